@@ -1,0 +1,18 @@
+//! phive: an inference engine for the Phi vision-language models
+//! (`microsoft/Phi-3.5-vision-instruct`, `microsoft/Phi-4-multimodal-instruct`).
+//!
+//! Data flows one way through the modules below (see `docs/architecture.md`):
+//! `checkpoint` loads files, `media` turns sources into decoded images, `vision` preprocesses
+//! them exactly as the Hugging Face reference does, `prompt` renders the chat template and places
+//! the media tokens, `models` runs the networks, and `engine` samples, stops and detokenizes.
+
+pub mod checkpoint;
+pub mod engine;
+pub mod error;
+pub mod media;
+pub mod models;
+pub mod nn;
+pub mod prompt;
+pub mod vision;
+
+pub use error::{Error, Result};

@@ -1,0 +1,5 @@
+//! Image preprocessing and image towers.
+
+pub mod clip;
+pub mod phi3v_hd;
+pub mod resize;
