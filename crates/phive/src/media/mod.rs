@@ -1,1 +1,9 @@
-//! (in progress)
+//! Media sources: resolving an image reference (http(s) URL, `data:` URL, raw base64, local
+//! path or `file://` URL) to bytes under a policy, and decoding it within limits.
+//!
+//! Fetching media is a security boundary for a server, so every source goes through a
+//! [`MediaPolicy`] that says which kinds are allowed and how large things may get.
+
+mod source;
+
+pub use source::{load_image, MediaPolicy, MediaSource};

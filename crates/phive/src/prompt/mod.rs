@@ -1,1 +1,56 @@
-//! (in progress)
+//! From chat messages to token ids: media tags, the chat template, and placeholder runs.
+//!
+//! Phi models reference media in the text with `<|image_N|>` / `<|audio_N|>` tags. A user may
+//! write them (then they are validated) or leave them out (then phive inserts them where the
+//! media parts sit in each message, as in Hugging Face's examples: `<|image_1|>\n` before the
+//! text that follows the image).
+
+mod expand;
+mod tags;
+mod template;
+
+pub use expand::{expand_phi3v, MediaSpan, PromptTokens};
+pub use tags::{place_media_tags, MediaKind};
+pub use template::ChatTemplate;
+
+/// One part of a message, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessagePart {
+    /// Plain text, possibly containing explicit media tags.
+    Text(String),
+    /// An image; images are numbered by their order across the whole conversation.
+    Image,
+}
+
+/// A chat message: a role (`system`, `user`, `assistant`) and its parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// The speaker.
+    pub role: String,
+    /// Text and media parts in order.
+    pub parts: Vec<MessagePart>,
+}
+
+impl ChatMessage {
+    /// A text-only message.
+    pub fn text(role: impl Into<String>, text: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            parts: vec![MessagePart::Text(text.into())],
+        }
+    }
+
+    /// Number of parts of the given kind.
+    pub fn count(&self, kind: MediaKind) -> usize {
+        self.parts.iter().filter(|p| kind.matches(p)).count()
+    }
+}
+
+/// A message whose content is a single string, as chat templates expect.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RenderedMessage {
+    /// The speaker.
+    pub role: String,
+    /// The content with media tags in place.
+    pub content: String,
+}

@@ -1,0 +1,134 @@
+//! `phive run`: one prompt, streamed to stdout, with a timing summary on stderr.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use phive::engine::{GenerationParams, SamplingParams};
+use phive::media::{load_image, MediaPolicy};
+use phive::pipeline::{ChatRequest, LoadOptions, Pipeline};
+use phive::prompt::{ChatMessage, MessagePart};
+
+/// Options of `phive run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Model: a local checkpoint folder or a Hugging Face id (e.g. microsoft/Phi-3.5-vision-instruct).
+    #[arg(short, long)]
+    model: String,
+    /// Hub revision (branch, tag or commit) when MODEL is a Hub id.
+    #[arg(long)]
+    revision: Option<String>,
+    /// The user prompt. Images are placed before it unless it contains <|image_N|> tags.
+    #[arg(short, long)]
+    prompt: String,
+    /// An image: a local path, an http(s) URL, a data: URL or base64. Repeat for several images.
+    #[arg(long = "image", value_name = "PATH_OR_URL")]
+    images: Vec<String>,
+    /// An optional system message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens to generate (default: up to the context length).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Sampling temperature; 0 (the default) is greedy decoding.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Nucleus sampling probability mass.
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Sample only among the K most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Drop tokens less likely than MIN_P times the most likely one.
+    #[arg(long)]
+    min_p: Option<f64>,
+    /// OpenAI frequency penalty (-2..2).
+    #[arg(long)]
+    frequency_penalty: Option<f32>,
+    /// OpenAI presence penalty (-2..2).
+    #[arg(long)]
+    presence_penalty: Option<f32>,
+    /// Multiplicative repetition penalty (1.0 is off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Random seed: the same seed gives the same output.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop generating at this string (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+}
+
+/// Loads the model, runs the prompt, streams the answer.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let policy = MediaPolicy::trusted();
+    let images = args
+        .images
+        .iter()
+        .map(|src| load_image(src, &policy).with_context(|| format!("image {src}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    eprintln!("loading {} ...", args.model);
+    let pipeline = Pipeline::load(&LoadOptions { model: args.model.clone(), revision: args.revision.clone() })?;
+    eprintln!(
+        "loaded {} ({}) in {:.2}s, {:.1} MB of weights",
+        pipeline.source(),
+        pipeline.architecture().name(),
+        pipeline.load_time().as_secs_f64(),
+        pipeline.weight_bytes() as f64 / 1e6
+    );
+
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::text("system", system));
+    }
+    let mut parts = vec![MessagePart::Image; images.len()];
+    parts.push(MessagePart::Text(args.prompt.clone()));
+    messages.push(ChatMessage { role: "user".into(), parts });
+
+    let request = ChatRequest {
+        messages,
+        images,
+        params: GenerationParams {
+            sampling: SamplingParams {
+                temperature: args.temperature,
+                top_p: args.top_p,
+                top_k: args.top_k,
+                min_p: args.min_p,
+                frequency_penalty: args.frequency_penalty,
+                presence_penalty: args.presence_penalty,
+                repetition_penalty: args.repetition_penalty,
+                seed: args.seed,
+            },
+            max_tokens: args.max_tokens,
+            stop: args.stop.clone(),
+        },
+    };
+    let request_start = Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let completion = pipeline.chat(&request, |text| {
+        if stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    let _ = writeln!(stdout);
+    let u = &completion.usage;
+    eprintln!(
+        "prompt tokens: {} ({} image) | completion tokens: {} | finish: {:?}\n\
+         time to first token: {:.2}s | prefill: {:.1} tok/s | decode: {:.1} tok/s | total: {:.2}s (wall {:.2}s)",
+        u.prompt_tokens,
+        u.image_tokens,
+        u.completion_tokens,
+        completion.finish_reason,
+        u.time_to_first_token.as_secs_f64(),
+        u.prompt_tokens_per_sec(),
+        u.completion_tokens_per_sec(),
+        request_start.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(())
+}

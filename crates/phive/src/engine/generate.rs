@@ -1,0 +1,181 @@
+//! The decode loop for one sequence: prefill, then sample → stop checks → detokenize → emit,
+//! one token at a time, with timings for the usage report.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use super::{IncrementalDetokenizer, Sampler, SamplingParams, StopStrings};
+use crate::prompt::PromptTokens;
+use crate::{Error, Result};
+
+/// A model positioned on one sequence: it has consumed the prompt or the tokens fed so far.
+pub trait SequenceModel {
+    /// Runs the prompt and returns the logits of its last position.
+    fn prefill(&mut self, prompt: &PromptTokens) -> Result<Vec<f32>>;
+    /// Feeds one generated token and returns the logits that follow it.
+    fn step(&mut self, token: u32) -> Result<Vec<f32>>;
+}
+
+/// Per-request generation settings.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationParams {
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// Most tokens to generate; `None` means up to the context length.
+    pub max_tokens: Option<usize>,
+    /// Strings that end generation (not included in the output).
+    pub stop: Vec<String>,
+}
+
+/// Why generation ended, with OpenAI's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+    /// The caller stopped listening.
+    Cancelled,
+}
+
+/// What one generation produced.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The generated text (stop strings removed).
+    pub text: String,
+    /// Generated token ids (including a final stop token if one ended generation).
+    pub tokens: Vec<u32>,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Token counts and timings.
+    pub usage: Usage,
+}
+
+/// Token counts and timings of one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// Prompt length in positions, media placeholders included.
+    pub prompt_tokens: usize,
+    /// How many of the prompt positions are image features.
+    pub image_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Time spent before generation started (media encoding and preprocessing).
+    pub preprocess_time: Duration,
+    /// Prefill time (prompt through the model, first logits).
+    pub prompt_time: Duration,
+    /// Decode time after the first token.
+    pub completion_time: Duration,
+    /// From the request's start to the first token.
+    pub time_to_first_token: Duration,
+}
+
+impl Usage {
+    /// Prompt tokens per second of prefill.
+    pub fn prompt_tokens_per_sec(&self) -> f64 {
+        rate(self.prompt_tokens, self.prompt_time)
+    }
+
+    /// Generated tokens per second of decode (the first token is counted in prefill).
+    pub fn completion_tokens_per_sec(&self) -> f64 {
+        rate(self.completion_tokens.saturating_sub(1), self.completion_time)
+    }
+}
+
+fn rate(tokens: usize, time: Duration) -> f64 {
+    if time.is_zero() {
+        0.0
+    } else {
+        tokens as f64 / time.as_secs_f64()
+    }
+}
+
+/// Generates a completion for `prompt`, calling `on_text` with each new piece of text; return
+/// `ControlFlow::Break(())` from it to cancel.
+#[allow(clippy::too_many_arguments)]
+pub fn generate(
+    model: &mut dyn SequenceModel,
+    tokenizer: &tokenizers::Tokenizer,
+    prompt: &PromptTokens,
+    params: &GenerationParams,
+    stop_token_ids: &[u32],
+    context_length: usize,
+    started: Instant,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Completion> {
+    params.sampling.validate()?;
+    if params.max_tokens == Some(0) {
+        return Err(Error::InvalidRequest("max_tokens must be at least 1".into()));
+    }
+    let prompt_len = prompt.ids.len();
+    if prompt_len >= context_length {
+        return Err(Error::InvalidRequest(format!(
+            "the prompt is {prompt_len} tokens (images included) but the model's context length is {context_length}"
+        )));
+    }
+    let budget = params.max_tokens.unwrap_or(usize::MAX).min(context_length - prompt_len);
+    let mut usage = Usage {
+        prompt_tokens: prompt_len,
+        image_tokens: prompt.media.iter().map(|s| s.len).sum(),
+        preprocess_time: started.elapsed(),
+        ..Default::default()
+    };
+
+    let prefill_start = Instant::now();
+    let mut logits = model.prefill(prompt)?;
+    usage.prompt_time = prefill_start.elapsed();
+
+    let mut sampler = Sampler::new(params.sampling.clone());
+    let stops = StopStrings::new(params.stop.iter().cloned());
+    let mut detok = IncrementalDetokenizer::new(tokenizer);
+    let mut context = prompt.text_ids();
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    let mut emitted = 0;
+    let decode_start = Instant::now();
+    let finish_reason = loop {
+        let token = sampler.sample(&logits, &context);
+        if tokens.is_empty() {
+            usage.time_to_first_token = started.elapsed();
+        }
+        tokens.push(token);
+        if stop_token_ids.contains(&token) {
+            break FinishReason::Stop;
+        }
+        sampler.observe(token);
+        context.push(token);
+        let searched = text.len();
+        if let Some(delta) = detok.push(token)? {
+            text.push_str(&delta);
+        }
+        if let Some(hit) = stops.find(&text, searched) {
+            text.truncate(hit.at);
+            break FinishReason::Stop;
+        }
+        let safe = stops.safe_len(&text);
+        if safe > emitted {
+            if on_text(&text[emitted..safe]).is_break() {
+                emitted = safe;
+                break FinishReason::Cancelled;
+            }
+            emitted = safe;
+        }
+        if tokens.len() >= budget {
+            break FinishReason::Length;
+        }
+        logits = model.step(token)?;
+    };
+    if finish_reason == FinishReason::Length {
+        if let Some(rest) = detok.flush()? {
+            text.push_str(&rest);
+        }
+    }
+    if finish_reason != FinishReason::Cancelled && text.len() > emitted {
+        // Held-back text that turned out not to be a stop string (or the final flush).
+        let _ = on_text(&text[emitted..]);
+    }
+    usage.completion_tokens = tokens.len();
+    usage.completion_time = decode_start.elapsed();
+    Ok(Completion { text, tokens, finish_reason, usage })
+}
