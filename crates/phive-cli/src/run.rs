@@ -105,12 +105,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             max_tokens: args.max_tokens,
             stop: args.stop.clone(),
+            logprobs: None,
         },
     };
     let request_start = Instant::now();
     let mut stdout = std::io::stdout().lock();
-    let completion = pipeline.chat(&request, |text| {
-        if stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+    let completion = pipeline.chat(&request, |delta| {
+        if stdout.write_all(delta.text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())

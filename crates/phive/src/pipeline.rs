@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
 
 use crate::checkpoint::{Architecture, Checkpoint, TokenizerBundle};
-use crate::engine::{generate, Completion, GenerationParams, SequenceModel};
+use crate::engine::{generate, Completion, Delta, GenerationParams, SequenceModel};
 use crate::models::phi3v::{Phi3V, Phi3VConfig};
 use crate::nn::kv_cache::KvCache;
 use crate::prompt::{expand_phi3v, place_media_tags, ChatMessage, ChatTemplate, MediaKind, PromptTokens};
@@ -137,11 +137,11 @@ impl Pipeline {
         Ok(PreparedPrompt { tokens, text, images })
     }
 
-    /// Answers a chat request, streaming text pieces to `on_text` (return `Break` to cancel).
-    pub fn chat(&self, request: &ChatRequest, on_text: impl FnMut(&str) -> ControlFlow<()>) -> Result<Completion> {
+    /// Answers a chat request, streaming pieces of text to `on_delta` (return `Break` to cancel).
+    pub fn chat(&self, request: &ChatRequest, on_delta: impl FnMut(Delta) -> ControlFlow<()>) -> Result<Completion> {
         let started = Instant::now();
         let prepared = self.prepare(&request.messages, &request.images)?;
-        self.generate(&prepared, &request.params, started, on_text)
+        self.generate(&prepared, &request.params, started, on_delta)
     }
 
     /// Generates from an already prepared prompt.
@@ -150,7 +150,7 @@ impl Pipeline {
         prepared: &PreparedPrompt,
         params: &GenerationParams,
         started: Instant,
-        on_text: impl FnMut(&str) -> ControlFlow<()>,
+        on_delta: impl FnMut(Delta) -> ControlFlow<()>,
     ) -> Result<Completion> {
         let mut sequence = Phi3VSequence { model: &self.model, cache: self.model.new_cache(), images: &prepared.images };
         generate(
@@ -161,7 +161,7 @@ impl Pipeline {
             &self.tokenizer.stop_token_ids,
             self.context_length(),
             started,
-            on_text,
+            on_delta,
         )
     }
 

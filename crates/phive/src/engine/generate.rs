@@ -4,6 +4,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use super::logprobs::{token_logprob, TokenLogprob};
 use super::{IncrementalDetokenizer, Sampler, SamplingParams, StopStrings};
 use crate::prompt::PromptTokens;
 use crate::{Error, Result};
@@ -25,6 +26,18 @@ pub struct GenerationParams {
     pub max_tokens: Option<usize>,
     /// Strings that end generation (not included in the output).
     pub stop: Vec<String>,
+    /// Report log-probabilities of the chosen tokens with this many top alternatives
+    /// (`None`: no log-probabilities).
+    pub logprobs: Option<usize>,
+}
+
+/// A piece of streamed output.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// New text.
+    pub text: String,
+    /// Log-probabilities of the tokens that produced this text (when requested).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Why generation ended, with OpenAI's names.
@@ -46,6 +59,8 @@ pub struct Completion {
     pub text: String,
     /// Generated token ids (including a final stop token if one ended generation).
     pub tokens: Vec<u32>,
+    /// Log-probabilities per generated token (stop tokens excluded), when requested.
+    pub logprobs: Vec<TokenLogprob>,
     /// Why it ended.
     pub finish_reason: FinishReason,
     /// Token counts and timings.
@@ -91,7 +106,7 @@ fn rate(tokens: usize, time: Duration) -> f64 {
     }
 }
 
-/// Generates a completion for `prompt`, calling `on_text` with each new piece of text; return
+/// Generates a completion for `prompt`, calling `on_delta` with each new piece of text; return
 /// `ControlFlow::Break(())` from it to cancel.
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
@@ -102,7 +117,7 @@ pub fn generate(
     stop_token_ids: &[u32],
     context_length: usize,
     started: Instant,
-    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    mut on_delta: impl FnMut(Delta) -> ControlFlow<()>,
 ) -> Result<Completion> {
     params.sampling.validate()?;
     if params.max_tokens == Some(0) {
@@ -133,6 +148,8 @@ pub fn generate(
     let mut tokens = Vec::new();
     let mut text = String::new();
     let mut emitted = 0;
+    let mut all_logprobs = Vec::new();
+    let mut pending_logprobs = Vec::new();
     let decode_start = Instant::now();
     let finish_reason = loop {
         let token = sampler.sample(&logits, &context);
@@ -142,6 +159,11 @@ pub fn generate(
         tokens.push(token);
         if stop_token_ids.contains(&token) {
             break FinishReason::Stop;
+        }
+        if let Some(top) = params.logprobs {
+            let lp = token_logprob(&logits, token, top, tokenizer);
+            all_logprobs.push(lp.clone());
+            pending_logprobs.push(lp);
         }
         sampler.observe(token);
         context.push(token);
@@ -155,11 +177,11 @@ pub fn generate(
         }
         let safe = stops.safe_len(&text);
         if safe > emitted {
-            if on_text(&text[emitted..safe]).is_break() {
-                emitted = safe;
+            let delta = Delta { text: text[emitted..safe].to_string(), logprobs: std::mem::take(&mut pending_logprobs) };
+            emitted = safe;
+            if on_delta(delta).is_break() {
                 break FinishReason::Cancelled;
             }
-            emitted = safe;
         }
         if tokens.len() >= budget {
             break FinishReason::Length;
@@ -171,11 +193,12 @@ pub fn generate(
             text.push_str(&rest);
         }
     }
-    if finish_reason != FinishReason::Cancelled && text.len() > emitted {
+    if finish_reason != FinishReason::Cancelled && (text.len() > emitted || !pending_logprobs.is_empty()) {
         // Held-back text that turned out not to be a stop string (or the final flush).
-        let _ = on_text(&text[emitted..]);
+        let text = text.get(emitted..).unwrap_or_default().to_string();
+        let _ = on_delta(Delta { text, logprobs: pending_logprobs });
     }
     usage.completion_tokens = tokens.len();
     usage.completion_time = decode_start.elapsed();
-    Ok(Completion { text, tokens, finish_reason, usage })
+    Ok(Completion { text, tokens, logprobs: all_logprobs, finish_reason, usage })
 }

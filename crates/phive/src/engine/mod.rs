@@ -2,10 +2,12 @@
 
 pub mod detokenizer;
 pub mod generate;
+pub mod logprobs;
 pub mod sampler;
 pub mod stop;
 
 pub use detokenizer::IncrementalDetokenizer;
-pub use generate::{generate, Completion, FinishReason, GenerationParams, SequenceModel, Usage};
+pub use generate::{generate, Completion, Delta, FinishReason, GenerationParams, SequenceModel, Usage};
+pub use logprobs::{TokenLogprob, TopLogprob};
 pub use sampler::{Sampler, SamplingParams};
 pub use stop::{StopMatch, StopStrings};

@@ -1,0 +1,48 @@
+//! Log-probabilities of chosen tokens and their most likely alternatives, as OpenAI's
+//! `logprobs` / `top_logprobs` report them (from the model's distribution before sampling
+//! adjustments, as vLLM does).
+
+/// A token with its log-probability.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TopLogprob {
+    /// Token id.
+    pub token_id: u32,
+    /// The token's text.
+    pub token: String,
+    /// Natural-log probability.
+    pub logprob: f32,
+}
+
+/// The chosen token's log-probability and the top alternatives at that step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenLogprob {
+    /// The chosen token.
+    #[serde(flatten)]
+    pub chosen: TopLogprob,
+    /// The most likely tokens at this step, best first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// Computes the log-probability of `chosen` and the `top` most likely tokens from raw logits.
+pub fn token_logprob(
+    logits: &[f32],
+    chosen: u32,
+    top: usize,
+    tokenizer: &tokenizers::Tokenizer,
+) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+    let entry = |id: u32| TopLogprob {
+        token_id: id,
+        token: tokenizer.decode(&[id], false).unwrap_or_default(),
+        logprob: logits[id as usize] - log_sum,
+    };
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(ids.len());
+    if top > 0 {
+        ids.select_nth_unstable_by(top - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        ids.truncate(top);
+        ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    }
+    TokenLogprob { chosen: entry(chosen), top_logprobs: if top > 0 { ids.into_iter().map(entry).collect() } else { Vec::new() } }
+}

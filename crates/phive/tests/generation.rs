@@ -1,0 +1,153 @@
+//! The decode loop with a scripted model: stop tokens, stop strings, length, cancellation,
+//! logprobs and prompt-length validation, independent of any network.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Instant;
+
+use phive::engine::{generate, Delta, FinishReason, GenerationParams, SequenceModel};
+use phive::prompt::PromptTokens;
+
+fn tokenizer() -> tokenizers::Tokenizer {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/phi3v-tiny/tokenizer.json");
+    tokenizers::Tokenizer::from_file(path).unwrap()
+}
+
+/// Emits a fixed token script: the logits put all mass on the next scripted token.
+struct Scripted {
+    script: Vec<u32>,
+    next: usize,
+    vocab: usize,
+}
+
+impl Scripted {
+    fn new(script: Vec<u32>) -> Self {
+        Scripted { script, next: 0, vocab: 32064 }
+    }
+    fn logits(&mut self) -> Vec<f32> {
+        let mut l = vec![0.0; self.vocab];
+        l[self.script[self.next.min(self.script.len() - 1)] as usize] = 20.0;
+        self.next += 1;
+        l
+    }
+}
+
+impl SequenceModel for Scripted {
+    fn prefill(&mut self, _prompt: &PromptTokens) -> phive::Result<Vec<f32>> {
+        Ok(self.logits())
+    }
+    fn step(&mut self, _token: u32) -> phive::Result<Vec<f32>> {
+        Ok(self.logits())
+    }
+}
+
+const END: u32 = 32007;
+
+fn run(
+    script: Vec<u32>,
+    params: GenerationParams,
+    mut on_delta: impl FnMut(&Delta) -> ControlFlow<()>,
+) -> phive::Result<phive::engine::Completion> {
+    let tok = tokenizer();
+    let prompt = PromptTokens { ids: vec![1, 450, 4799], media: vec![] };
+    let mut model = Scripted::new(script);
+    generate(&mut model, &tok, &prompt, &params, &[END, 32000], 4096, Instant::now(), |d| on_delta(&d))
+}
+
+fn ids(text: &str) -> Vec<u32> {
+    tokenizer().encode(text, false).unwrap().get_ids().to_vec()
+}
+
+#[test]
+fn stops_at_a_stop_token_and_streams_everything_before_it() {
+    let mut script = ids("The sky is blue.");
+    script.push(END);
+    let mut streamed = String::new();
+    let c = run(script, GenerationParams::default(), |d| {
+        streamed.push_str(&d.text);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(c.finish_reason, FinishReason::Stop);
+    assert_eq!(c.text, "The sky is blue.");
+    assert_eq!(streamed, c.text);
+    assert_eq!(*c.tokens.last().unwrap(), END);
+}
+
+#[test]
+fn stop_string_truncates_and_never_streams() {
+    let script = ids("Answer: 42</answer> and more text");
+    let params = GenerationParams { stop: vec!["</answer>".into()], ..Default::default() };
+    let mut streamed = String::new();
+    let c = run(script, params, |d| {
+        streamed.push_str(&d.text);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(c.finish_reason, FinishReason::Stop);
+    assert_eq!(c.text, "Answer: 42");
+    assert_eq!(streamed, "Answer: 42");
+}
+
+#[test]
+fn max_tokens_gives_length() {
+    let script = ids("one two three four five six seven eight nine ten");
+    let params = GenerationParams { max_tokens: Some(3), ..Default::default() };
+    let c = run(script.clone(), params, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(c.finish_reason, FinishReason::Length);
+    assert_eq!(c.tokens, script[..3].to_vec());
+    assert_eq!(c.usage.completion_tokens, 3);
+    assert_eq!(c.usage.prompt_tokens, 3);
+}
+
+#[test]
+fn breaking_the_callback_cancels() {
+    let script = ids("one two three four five six seven eight nine ten");
+    let mut calls = 0;
+    let c = run(script, GenerationParams::default(), |_| {
+        calls += 1;
+        if calls == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert_eq!(c.finish_reason, FinishReason::Cancelled);
+    assert_eq!(calls, 2);
+}
+
+#[test]
+fn logprobs_cover_each_generated_token() {
+    let mut script = ids("Hi there");
+    script.push(END);
+    let params = GenerationParams { logprobs: Some(3), ..Default::default() };
+    let mut streamed = Vec::new();
+    let c = run(script.clone(), params, |d| {
+        streamed.extend(d.logprobs.iter().map(|l| l.chosen.token_id));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let generated: Vec<u32> = script[..script.len() - 1].to_vec();
+    assert_eq!(c.logprobs.iter().map(|l| l.chosen.token_id).collect::<Vec<_>>(), generated);
+    assert_eq!(streamed, generated);
+    for lp in &c.logprobs {
+        assert_eq!(lp.top_logprobs.len(), 3);
+        assert_eq!(lp.top_logprobs[0].token_id, lp.chosen.token_id);
+        assert!(lp.chosen.logprob <= 0.0 && lp.chosen.logprob > -1e-3);
+    }
+}
+
+#[test]
+fn prompt_over_context_is_rejected_and_bad_params_too() {
+    let tok = tokenizer();
+    let prompt = PromptTokens { ids: vec![1; 10], media: vec![] };
+    let mut model = Scripted::new(vec![5]);
+    let err = generate(&mut model, &tok, &prompt, &GenerationParams::default(), &[], 10, Instant::now(), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("context length"), "{err}");
+    let params = GenerationParams { max_tokens: Some(0), ..Default::default() };
+    assert!(run(vec![5], params, |_| ControlFlow::Continue(())).is_err());
+}
