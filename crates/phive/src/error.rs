@@ -33,6 +33,9 @@ pub enum Error {
     /// Tokenizer failure.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
+    /// The engine's queue is full; the request was not accepted (retry later).
+    #[error("the server is busy: {0}")]
+    QueueFull(String),
     /// Chat template rendering failure.
     #[error("chat template error: {0}")]
     Template(String),

@@ -12,6 +12,7 @@ pub mod error;
 pub mod media;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
 pub mod prompt;
 pub mod vision;
 

@@ -144,6 +144,12 @@ impl Pipeline {
         self.generate(&prepared, &request.params, started, on_delta)
     }
 
+    /// Checks that the prompt leaves room for at least one generated token and that the
+    /// request's length settings are valid.
+    pub fn check_fits(&self, prepared: &PreparedPrompt, params: &GenerationParams) -> Result<()> {
+        crate::engine::generate::check_lengths(prepared.tokens.ids.len(), params, self.context_length())
+    }
+
     /// Generates from an already prepared prompt.
     pub fn generate(
         &self,

@@ -106,6 +106,19 @@ fn rate(tokens: usize, time: Duration) -> f64 {
     }
 }
 
+/// Rejects `max_tokens: 0` and prompts that leave no room for a generated token.
+pub fn check_lengths(prompt_len: usize, params: &GenerationParams, context_length: usize) -> Result<()> {
+    if params.max_tokens == Some(0) {
+        return Err(Error::InvalidRequest("max_tokens must be at least 1".into()));
+    }
+    if prompt_len >= context_length {
+        return Err(Error::InvalidRequest(format!(
+            "the prompt is {prompt_len} tokens (images included) but the model's context length is {context_length}"
+        )));
+    }
+    Ok(())
+}
+
 /// Generates a completion for `prompt`, calling `on_delta` with each new piece of text; return
 /// `ControlFlow::Break(())` from it to cancel.
 #[allow(clippy::too_many_arguments)]
@@ -120,15 +133,8 @@ pub fn generate(
     mut on_delta: impl FnMut(Delta) -> ControlFlow<()>,
 ) -> Result<Completion> {
     params.sampling.validate()?;
-    if params.max_tokens == Some(0) {
-        return Err(Error::InvalidRequest("max_tokens must be at least 1".into()));
-    }
     let prompt_len = prompt.ids.len();
-    if prompt_len >= context_length {
-        return Err(Error::InvalidRequest(format!(
-            "the prompt is {prompt_len} tokens (images included) but the model's context length is {context_length}"
-        )));
-    }
+    check_lengths(prompt_len, params, context_length)?;
     let budget = params.max_tokens.unwrap_or(usize::MAX).min(context_length - prompt_len);
     let mut usage = Usage {
         prompt_tokens: prompt_len,

@@ -1,0 +1,75 @@
+//! Fixture paths and golden loading shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use phive::prompt::{ChatMessage, MessagePart};
+
+/// `tests/fixtures` at the repository root.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The tiny Phi-3.5-vision checkpoint.
+pub fn phi3v_tiny() -> PathBuf {
+    fixtures().join("phi3v-tiny")
+}
+
+/// A fixture image.
+pub fn image(name: &str) -> image::DynamicImage {
+    image::open(fixtures().join("images").join(name)).unwrap()
+}
+
+/// Parses a golden JSON file.
+pub fn golden_json(relative: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("goldens").join(relative)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// OpenAI-style messages (content a string or parts with `image_url` file names) as phive
+/// messages plus the images they reference, in order.
+pub fn openai_messages(messages: &serde_json::Value) -> (Vec<ChatMessage>, Vec<image::DynamicImage>) {
+    let mut images = Vec::new();
+    let chat = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = m["role"].as_str().unwrap().to_string();
+            let parts = match &m["content"] {
+                serde_json::Value::String(s) => vec![MessagePart::Text(s.clone())],
+                serde_json::Value::Array(parts) => parts
+                    .iter()
+                    .map(|p| match p["type"].as_str().unwrap() {
+                        "text" => MessagePart::Text(p["text"].as_str().unwrap().to_string()),
+                        "image_url" => {
+                            images.push(image(p["image_url"]["url"].as_str().unwrap()));
+                            MessagePart::Image
+                        }
+                        other => panic!("unexpected part {other}"),
+                    })
+                    .collect(),
+                other => panic!("unexpected content {other}"),
+            };
+            ChatMessage { role, parts }
+        })
+        .collect();
+    (chat, images)
+}
+
+/// A golden id list as u32, with HF's negative image placeholders mapped to `placeholder`.
+pub fn golden_ids(value: &serde_json::Value, placeholder: u32) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let id = v.as_i64().unwrap();
+            if id < 0 {
+                placeholder
+            } else {
+                id as u32
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,113 @@
+//! End to end through the public pipeline (as `phive run` and the server use it): our tags,
+//! template, preprocessing and tokenization must reproduce the reference's input ids, and
+//! greedy decoding its 16 tokens, for every golden case.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use phive::engine::{Engine, EngineConfig, Event, GenerationParams};
+use phive::pipeline::{LoadOptions, Pipeline};
+
+fn load() -> Pipeline {
+    Pipeline::load(&LoadOptions { model: common::phi3v_tiny().to_string_lossy().into(), revision: None }).unwrap()
+}
+
+#[test]
+fn every_golden_case_reproduces_ids_and_greedy_tokens() {
+    let pipeline = load();
+    let goldens = common::golden_json("phi3v/generation.json");
+    for case in goldens["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (messages, images) = common::openai_messages(&case["openai_messages"]);
+        let prepared = pipeline.prepare(&messages, &images).unwrap();
+        assert_eq!(prepared.text, case["prompt"].as_str().unwrap(), "{name}: rendered prompt");
+        assert_eq!(prepared.tokens.ids, common::golden_ids(&case["input_ids"], 0), "{name}: input ids");
+        let counts: Vec<usize> = prepared.tokens.media.iter().map(|s| s.len).collect();
+        let golden_counts: Vec<usize> =
+            case["num_image_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        assert_eq!(counts, golden_counts, "{name}: image token counts");
+
+        let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
+        let completion =
+            pipeline.generate(&prepared, &params, Instant::now(), |_| ControlFlow::Continue(())).unwrap();
+        let golden: Vec<u32> =
+            case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(completion.tokens, golden, "{name}: greedy tokens");
+        assert_eq!(completion.text, case["greedy_text"].as_str().unwrap(), "{name}: greedy text");
+    }
+}
+
+#[test]
+fn engine_serves_queued_requests_and_reports_queue_full() {
+    let pipeline = load();
+    let goldens = common::golden_json("phi3v/generation.json");
+    let case = &goldens["cases"][0];
+    let (messages, images) = common::openai_messages(&case["openai_messages"]);
+    let prepared = || pipeline.prepare(&messages, &images).unwrap();
+    let first = prepared();
+    let second = prepared();
+    let engine = Engine::new(load(), EngineConfig { max_concurrent: 1, max_queue: 2 });
+    let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
+    let a = engine.submit(first, params.clone(), 1).unwrap();
+    let b = engine.submit(second, params.clone(), 2).unwrap();
+    // The worker may already have taken `a`; fill the queue until it refuses.
+    let mut extra = Vec::new();
+    let refused = loop {
+        match engine.submit(prepared(), params.clone(), 1) {
+            Ok(handle) => extra.push(handle),
+            Err(e) => break e,
+        }
+        assert!(extra.len() <= 2, "the queue never filled up");
+    };
+    assert!(matches!(refused, phive::Error::QueueFull(_)), "{refused}");
+    let golden: Vec<u32> =
+        case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let done_a = a.collect_blocking().unwrap();
+    assert_eq!(done_a.len(), 1);
+    assert_eq!(done_a[0].tokens, golden);
+    let done_b = b.collect_blocking().unwrap();
+    assert_eq!(done_b.len(), 2, "n = 2 gives two choices");
+    assert!(done_b.iter().all(|c| c.tokens == golden), "greedy choices agree");
+}
+
+#[test]
+fn dropping_a_handle_cancels_generation() {
+    let pipeline = load();
+    let goldens = common::golden_json("phi3v/generation.json");
+    let (messages, images) = common::openai_messages(&goldens["cases"][0]["openai_messages"]);
+    let prepared = pipeline.prepare(&messages, &images).unwrap();
+    let engine = Engine::new(pipeline, EngineConfig::default());
+    let mut handle = engine.submit(prepared, GenerationParams { max_tokens: Some(1000), ..Default::default() }, 1).unwrap();
+    // Wait for the first delta, then walk away.
+    loop {
+        match handle.next_blocking() {
+            Some(Event::Delta { .. }) => break,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("finished without output"),
+        }
+    }
+    drop(handle);
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while engine.stats().active > 0 {
+        assert!(Instant::now() < deadline, "generation was not cancelled");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(engine.stats().cancelled, 1);
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let pipeline = load();
+    let (messages, _) = common::openai_messages(&serde_json::json!([
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "wide_1000x600.png"}}, {"type": "text", "text": "hi"}]}
+    ]));
+    let err = pipeline.prepare(&messages, &[]).err().unwrap().to_string();
+    assert!(err.contains("1 image(s)") && err.contains("0 were supplied"), "{err}");
+    let (messages, images) = common::openai_messages(&serde_json::json!([
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "wide_1000x600.png"}}, {"type": "text", "text": "<|image_2|> hi"}]}
+    ]));
+    assert!(pipeline.prepare(&messages, &images).is_err());
+    assert!(pipeline.prepare(&[], &[]).is_err());
+}
