@@ -11,7 +11,8 @@ use phive::engine::{Engine, EngineConfig, Event, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline};
 
 fn load() -> Pipeline {
-    Pipeline::load(&LoadOptions { model: common::phi3v_tiny().to_string_lossy().into(), revision: None }).unwrap()
+    Pipeline::load(&LoadOptions { model: common::phi3v_tiny().to_string_lossy().into(), revision: None })
+        .unwrap()
 }
 
 #[test]
@@ -25,8 +26,12 @@ fn every_golden_case_reproduces_ids_and_greedy_tokens() {
         assert_eq!(prepared.text, case["prompt"].as_str().unwrap(), "{name}: rendered prompt");
         assert_eq!(prepared.tokens.ids, common::golden_ids(&case["input_ids"], 0), "{name}: input ids");
         let counts: Vec<usize> = prepared.tokens.media.iter().map(|s| s.len).collect();
-        let golden_counts: Vec<usize> =
-            case["num_image_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let golden_counts: Vec<usize> = case["num_image_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(counts, golden_counts, "{name}: image token counts");
 
         let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
@@ -79,7 +84,9 @@ fn dropping_a_handle_cancels_generation() {
     let (messages, images) = common::openai_messages(&goldens["cases"][0]["openai_messages"]);
     let prepared = pipeline.prepare(&messages, &images).unwrap();
     let engine = Engine::new(pipeline, EngineConfig::default());
-    let mut handle = engine.submit(prepared, GenerationParams { max_tokens: Some(1000), ..Default::default() }, 1).unwrap();
+    let mut handle = engine
+        .submit(prepared, GenerationParams { max_tokens: Some(1000), ..Default::default() }, 1)
+        .unwrap();
     // Wait for the first delta, then walk away.
     match handle.next_blocking() {
         Some(Event::Delta { .. }) => {}

@@ -1,1 +1,14 @@
-//! (in progress)
+//! Layers shared by the Phi models: the [`linear::Linear`] projection (the one place weight
+//! matmuls happen), norms, activations, rotary embeddings (LongRoPE, partial rotary), attention
+//! with a KV cache, and the Phi-3 decoder stack.
+
+pub mod activation;
+pub mod attention;
+pub mod kv_cache;
+pub mod linear;
+pub mod norm;
+pub mod phi3_decoder;
+pub mod rotary;
+
+#[cfg(test)]
+pub(crate) mod test_util;

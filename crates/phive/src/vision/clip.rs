@@ -1,0 +1,306 @@
+//! The CLIP vision tower, as Hugging Face's `CLIPVisionModel`, used by Phi-3.5-vision.
+//!
+//! Embeddings: a bias-free patch convolution (stride = patch size, computed here as one matmul
+//! over unfolded patches), `[CLS; patches]` plus learned position embeddings, then
+//! `pre_layrnorm`. Encoder layers: `x += out_proj(MHA(LN1(x)))`, `x += fc2(act(fc1(LN2(x))))`,
+//! no mask. Features are selected the HF way: `hidden_states[0]` is the embeddings output and
+//! `hidden_states[k]` is the output of encoder layer `k`; a negative index counts from the end,
+//! so the default `-2` is the output of the penultimate layer (not the last one, as mistral.rs
+//! does). Only the layers up to the selected one are loaded and run.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::nn::activation::Activation;
+use crate::nn::attention::{attention, AttnMask};
+use crate::nn::linear::Linear;
+use crate::nn::norm::LayerNorm;
+use crate::Result;
+
+/// CLIP vision geometry, with Hugging Face's `CLIPVisionConfig` keys. Missing keys fall back to
+/// CLIP ViT-L/14-336, the tower the Phi-3.5-vision checkpoints were trained with (the Hub
+/// config does not spell it out).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ClipVisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_hidden_layers: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for ClipVisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_attention_heads: 16,
+            num_hidden_layers: 24,
+            image_size: 336,
+            patch_size: 14,
+            num_channels: 3,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl ClipVisionConfig {
+    /// Patches along one side of the image (24 for 336/14).
+    pub fn patches_per_side(&self) -> usize {
+        self.image_size / self.patch_size.max(1)
+    }
+
+    /// Patch tokens per image, without CLS (576 for 336/14).
+    pub fn num_patches(&self) -> usize {
+        self.patches_per_side().pow(2)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(crate::Error::checkpoint("config.json", format!("vision_config: {m}")));
+        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
+            return err(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Activation::from_name(&self.hidden_act).map(|_| ()).or_else(err)
+    }
+}
+
+/// Resolves a Hugging Face `hidden_states` index for a tower with `num_layers` encoder layers
+/// (the list has `num_layers + 1` entries, the embeddings first) to the number of encoder layers
+/// that must run: 0 = embeddings output, `num_layers` = last layer's output.
+pub fn hidden_state_index(layer_idx: isize, num_layers: usize) -> Result<usize> {
+    let n = num_layers as isize + 1;
+    let idx = if layer_idx < 0 { n + layer_idx } else { layer_idx };
+    if idx < 0 || idx >= n {
+        return Err(crate::Error::checkpoint(
+            "config.json",
+            format!(
+                "img_processor.layer_idx {layer_idx} is out of range for a {num_layers}-layer vision tower"
+            ),
+        ));
+    }
+    Ok(idx as usize)
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// A CLIP vision tower truncated at the selected hidden state.
+#[derive(Debug, Clone)]
+pub struct ClipVisionTower {
+    cfg: ClipVisionConfig,
+    act: Activation,
+    class_embedding: Tensor,
+    patch_embedding: Linear,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+}
+
+impl ClipVisionTower {
+    /// Loads the tower from `vb` rooted at `vision_model` (names `embeddings.*`,
+    /// `pre_layrnorm.*`, `encoder.layers.{j}.*`). `layer_idx` is the HF `hidden_states` index
+    /// the caller will read; later layers and `post_layernorm` are not loaded.
+    pub fn new(cfg: &ClipVisionConfig, vb: &VarBuilder, layer_idx: isize) -> Result<Self> {
+        cfg.validate()?;
+        let act =
+            Activation::from_name(&cfg.hidden_act).map_err(|m| crate::Error::checkpoint("config.json", m))?;
+        let run = hidden_state_index(layer_idx, cfg.num_hidden_layers)?;
+        let c = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let ve = vb.pp("embeddings");
+        let class_embedding = ve.get(c, "class_embedding")?;
+        let conv = ve.pp("patch_embedding").get((c, cfg.num_channels, p, p), "weight")?;
+        let patch_embedding = Linear::from_weights(conv.reshape((c, cfg.num_channels * p * p))?, None)?;
+        let position_embedding = ve.pp("position_embedding").get((cfg.num_patches() + 1, c), "weight")?;
+        let pre_layrnorm = LayerNorm::load(&vb.pp("pre_layrnorm"), c, cfg.layer_norm_eps)?;
+        let mut layers = Vec::with_capacity(run);
+        for j in 0..run {
+            let vl = vb.pp(format!("encoder.layers.{j}"));
+            let va = vl.pp("self_attn");
+            let i = cfg.intermediate_size;
+            layers.push(EncoderLayer {
+                layer_norm1: LayerNorm::load(&vl.pp("layer_norm1"), c, cfg.layer_norm_eps)?,
+                q_proj: Linear::load(&va.pp("q_proj"), c, c, true)?,
+                k_proj: Linear::load(&va.pp("k_proj"), c, c, true)?,
+                v_proj: Linear::load(&va.pp("v_proj"), c, c, true)?,
+                out_proj: Linear::load(&va.pp("out_proj"), c, c, true)?,
+                layer_norm2: LayerNorm::load(&vl.pp("layer_norm2"), c, cfg.layer_norm_eps)?,
+                fc1: Linear::load(&vl.pp("mlp.fc1"), c, i, true)?,
+                fc2: Linear::load(&vl.pp("mlp.fc2"), i, c, true)?,
+            });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            act,
+            class_embedding,
+            patch_embedding,
+            position_embedding,
+            pre_layrnorm,
+            layers,
+        })
+    }
+
+    /// The tower geometry.
+    pub fn config(&self) -> &ClipVisionConfig {
+        &self.cfg
+    }
+
+    /// Number of encoder layers that run (the selected hidden-state index).
+    pub fn num_layers_run(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// `hidden_states[0]`: patch + class + position embeddings after `pre_layrnorm`,
+    /// `[n, 1 + patches, hidden]` for pixels `[n, channels, image_size, image_size]`.
+    pub fn embeddings(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (n, ch, hgt, wid) = pixel_values.dims4()?;
+        let (s, p, g, c) =
+            (self.cfg.image_size, self.cfg.patch_size, self.cfg.patches_per_side(), self.cfg.hidden_size);
+        if ch != self.cfg.num_channels || hgt != s || wid != s {
+            return Err(crate::Error::InvalidRequest(format!(
+                "CLIP expects pixel values [n, {}, {s}, {s}], got {:?}",
+                self.cfg.num_channels,
+                pixel_values.shape()
+            )));
+        }
+        // Unfold non-overlapping patches into rows ordered (channel, y, x), the conv weight order.
+        let patches = pixel_values
+            .reshape((n, ch, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((n, g * g, ch * p * p))?;
+        let patch_embeds = self.patch_embedding.forward(&patches)?;
+        let cls = self.class_embedding.reshape((1, 1, c))?.broadcast_as((n, 1, c))?;
+        let x = Tensor::cat(&[&cls, &patch_embeds], 1)?.broadcast_add(&self.position_embedding)?;
+        self.pre_layrnorm.forward(&x)
+    }
+
+    /// `hidden_states[k]` for the `k` this tower was built for, `[n, 1 + patches, hidden]`.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let mut x = self.embeddings(pixel_values)?;
+        for layer in &self.layers {
+            x = self.layer(layer, &x)?;
+        }
+        Ok(x)
+    }
+
+    /// Selected features without the CLS token (`type_feature = "patch"`), `[n, patches, hidden]`.
+    pub fn patch_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let x = self.forward(pixel_values)?;
+        let t = x.dim(1)?;
+        Ok(x.narrow(1, 1, t - 1)?)
+    }
+
+    fn layer(&self, l: &EncoderLayer, x: &Tensor) -> Result<Tensor> {
+        let (n, t, c) = x.dims3()?;
+        let nh = self.cfg.num_attention_heads;
+        let hd = c / nh;
+        let h = l.layer_norm1.forward(x)?;
+        let split =
+            |y: Tensor| -> Result<Tensor> { Ok(y.reshape((n, t, nh, hd))?.transpose(1, 2)?.contiguous()?) };
+        let q = split(l.q_proj.forward(&h)?)?;
+        let k = split(l.k_proj.forward(&h)?)?;
+        let v = split(l.v_proj.forward(&h)?)?;
+        let o = attention(&q, &k, &v, (hd as f64).powf(-0.5), AttnMask::None)?;
+        let o = o.transpose(1, 2)?.reshape((n, t, c))?;
+        let x = (x + l.out_proj.forward(&o)?)?;
+        let h = l.layer_norm2.forward(&x)?;
+        let h = l.fc2.forward(&self.act.forward(&l.fc1.forward(&h)?)?)?;
+        Ok((x + h)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::test_util::{max_abs_diff, random_tensor, random_vb};
+
+    fn tiny(layers: usize) -> ClipVisionConfig {
+        ClipVisionConfig {
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_attention_heads: 2,
+            num_hidden_layers: layers,
+            image_size: 28,
+            patch_size: 7,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hidden_state_indexing_is_hf() {
+        // hidden_states = [embeddings, l1, ..., l24]: -2 is the output of layer 23.
+        assert_eq!(hidden_state_index(-2, 24).unwrap(), 23);
+        assert_eq!(hidden_state_index(-1, 24).unwrap(), 24);
+        assert_eq!(hidden_state_index(0, 24).unwrap(), 0);
+        assert_eq!(hidden_state_index(-25, 24).unwrap(), 0);
+        assert!(hidden_state_index(25, 24).is_err());
+        assert!(hidden_state_index(-26, 24).is_err());
+    }
+
+    #[test]
+    fn penultimate_layer_is_selected() {
+        let vb = random_vb(0.3);
+        let pixels = random_tensor("pixels", &(2, 3, 28, 28).into(), 1.0).unwrap();
+        let t = ClipVisionTower::new(&tiny(3), &vb, -2).unwrap();
+        assert_eq!(t.num_layers_run(), 2);
+        let sel = t.forward(&pixels).unwrap();
+        assert_eq!(sel.dims(), &[2, 17, 16]);
+        // The same weights as a 2-layer tower read at its last layer: identical.
+        let two = ClipVisionTower::new(&tiny(2), &vb, -1).unwrap();
+        assert!(max_abs_diff(&sel, &two.forward(&pixels).unwrap()) == 0.0);
+        // ... and different from the last layer of the 3-layer tower (mistral.rs' choice).
+        let last = ClipVisionTower::new(&tiny(3), &vb, -1).unwrap();
+        assert!(max_abs_diff(&sel, &last.forward(&pixels).unwrap()) > 1e-3);
+        // Index 0 is the embeddings output (after pre_layrnorm).
+        let emb = ClipVisionTower::new(&tiny(3), &vb, 0).unwrap();
+        assert!(max_abs_diff(&emb.forward(&pixels).unwrap(), &t.embeddings(&pixels).unwrap()) == 0.0);
+        assert_eq!(t.patch_features(&pixels).unwrap().dims(), &[2, 16, 16]);
+    }
+
+    #[test]
+    fn patch_embedding_equals_conv() {
+        let vb = random_vb(0.3);
+        let cfg = tiny(1);
+        let t = ClipVisionTower::new(&cfg, &vb, 0).unwrap();
+        let pixels = random_tensor("pixels", &(1, 3, 28, 28).into(), 1.0).unwrap();
+        let w = vb.pp("embeddings.patch_embedding").get((16, 3, 7, 7), "weight").unwrap();
+        let conv = pixels.conv2d(&w, 0, 7, 1, 1).unwrap().flatten_from(2).unwrap().transpose(1, 2).unwrap();
+        let patches = pixels
+            .reshape((1, 3, 4, 7, 4, 7))
+            .unwrap()
+            .permute((0, 2, 4, 1, 3, 5))
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((1, 16, 147))
+            .unwrap();
+        let ours = t.patch_embedding.forward(&patches).unwrap();
+        assert!(max_abs_diff(&ours, &conv) < 1e-4);
+    }
+}

@@ -1,0 +1,361 @@
+//! The Phi-3 decoder stack (Phi-3.5-vision's language model; Phi-4-mini, inside
+//! Phi-4-multimodal, has the same layout plus GQA and partial rotary).
+//!
+//! `embed → N × [x += o_proj(attn(RMSNorm(x))); x += down(silu(gate) ⊙ up)] → RMSNorm → lm_head`,
+//! with `q | k | v` fused in `qkv_proj` and `gate | up` fused in `gate_up_proj`, as in Hugging
+//! Face's `modeling_phi3(_v).py`.
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::activation::Activation;
+use super::attention::{attention, AttnMask};
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::norm::RmsNorm;
+use super::rotary::{RopeTables, RotaryConfig, RotaryEmbedding};
+use crate::Result;
+
+/// Geometry of a Phi-3 style decoder, independent of the config.json flavour it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phi3DecoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub rms_norm_eps: f64,
+    /// Rotary embedding (its `head_dim` must be `hidden_size / num_attention_heads`).
+    pub rope: RotaryConfig,
+    /// Keys further back than this many positions are masked (HF convention); `None` = unlimited.
+    pub sliding_window: Option<usize>,
+    /// Reuse `embed_tokens` as the output projection instead of loading `lm_head.weight`.
+    pub tie_word_embeddings: bool,
+    /// MLP activation (`silu` for every Phi model).
+    pub hidden_act: Activation,
+}
+
+impl Phi3DecoderConfig {
+    /// `hidden_size / num_attention_heads`.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(crate::Error::checkpoint("config.json", m));
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+            return err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.rope.head_dim != self.head_dim() {
+            return err(format!("rotary head_dim {} != head_dim {}", self.rope.head_dim, self.head_dim()));
+        }
+        if self.vocab_size == 0 || self.num_hidden_layers == 0 {
+            return err("vocab_size and num_hidden_layers must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    qkv_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: RmsNorm,
+    gate_up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// The loaded decoder: embeddings, layers, final norm and output projection.
+#[derive(Debug, Clone)]
+pub struct Phi3Decoder {
+    cfg: Phi3DecoderConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: RotaryEmbedding,
+}
+
+impl Phi3Decoder {
+    /// Loads `model.embed_tokens`, `model.layers.{i}.*`, `model.norm` and `lm_head` from `vb`
+    /// (rooted at the checkpoint root).
+    pub fn new(cfg: &Phi3DecoderConfig, vb: &VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
+        let vm = vb.pp("model");
+        let embed_tokens = vm.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let vl = vm.pp(format!("layers.{i}"));
+            let va = vl.pp("self_attn");
+            let vmlp = vl.pp("mlp");
+            layers.push(DecoderLayer {
+                input_layernorm: RmsNorm::load(&vl.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
+                qkv_proj: Linear::load(&va.pp("qkv_proj"), h, qkv_out, false)?,
+                o_proj: Linear::load(&va.pp("o_proj"), cfg.num_attention_heads * hd, h, false)?,
+                post_attention_layernorm: RmsNorm::load(
+                    &vl.pp("post_attention_layernorm"),
+                    h,
+                    cfg.rms_norm_eps,
+                )?,
+                gate_up_proj: Linear::load(&vmlp.pp("gate_up_proj"), h, 2 * cfg.intermediate_size, false)?,
+                down_proj: Linear::load(&vmlp.pp("down_proj"), cfg.intermediate_size, h, false)?,
+            });
+        }
+        let norm = RmsNorm::load(&vm.pp("norm"), h, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::from_weights(embed_tokens.clone(), None)?
+        } else {
+            Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?
+        };
+        let rotary = RotaryEmbedding::new(&cfg.rope)?;
+        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rotary })
+    }
+
+    /// The configuration this decoder was built from.
+    pub fn config(&self) -> &Phi3DecoderConfig {
+        &self.cfg
+    }
+
+    /// The rotary embedding (exposed for tests and diagnostics).
+    pub fn rotary(&self) -> &RotaryEmbedding {
+        &self.rotary
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// An empty KV cache sized for this decoder.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Embedding rows `[ids.len(), hidden]`. Ids must be `< vocab_size`.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(crate::Error::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.cfg.vocab_size
+            )));
+        }
+        let ids = Tensor::from_slice(ids, ids.len(), self.device())?;
+        Ok(self.embed_tokens.index_select(&ids, 0)?)
+    }
+
+    /// Runs all layers over `embeds` `[1, seq, hidden]` at positions `cache.len()..`, appends the
+    /// new keys/values to `cache` and returns the final-normed hidden states `[1, seq, hidden]`.
+    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, s, h) = embeds.dims3()?;
+        if b != 1 || h != self.cfg.hidden_size || s == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "decoder expects embeddings [1, seq>0, {}], got {:?}",
+                self.cfg.hidden_size,
+                embeds.shape()
+            ))
+            .into());
+        }
+        if cache.num_layers() != self.layers.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "kv cache has {} layers, the decoder {}",
+                cache.num_layers(),
+                self.layers.len()
+            ))
+            .into());
+        }
+        let offset = cache.len();
+        let tables = self.rotary.tables(offset, s, embeds.device())?;
+        let mask = AttnMask::Causal { offset, sliding_window: self.cfg.sliding_window };
+        let mut x = embeds.contiguous()?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = self.attn(layer, &layer.input_layernorm.forward(&x)?, &tables, mask, cache, i)?;
+            x = (x + a)?;
+            let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?)?;
+            x = (x + m)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    fn attn(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        tables: &RopeTables,
+        mask: AttnMask,
+        cache: &mut KvCache,
+        index: usize,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim());
+        let qkv = layer.qkv_proj.forward(x)?;
+        let heads = |start: usize, n: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(2, start * hd, n * hd)?.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = tables.apply(&heads(0, nh)?)?;
+        let k = tables.apply(&heads(nh, nkv)?)?;
+        let v = heads(nh + nkv, nkv)?;
+        let (k, v) = cache.append(index, &k, &v)?;
+        let o = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), mask)?;
+        let o = o.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        layer.o_proj.forward(&o)
+    }
+
+    fn mlp(&self, layer: &DecoderLayer, x: &Tensor) -> Result<Tensor> {
+        let gu = layer.gate_up_proj.forward(x)?;
+        let n = self.cfg.intermediate_size;
+        let gate = gu.narrow(2, 0, n)?;
+        let up = gu.narrow(2, n, n)?;
+        let y = (up * self.cfg.hidden_act.forward(&gate)?)?;
+        layer.down_proj.forward(&y)
+    }
+
+    /// Logits `[rows.len(), vocab]` for the given sequence rows of `hidden` `[1, seq, hidden]`.
+    pub fn logits(&self, hidden: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        let (b, s, h) = hidden.dims3()?;
+        if b != 1 || h != self.cfg.hidden_size {
+            return Err(candle_core::Error::Msg(format!(
+                "logits expect [1, seq, {}], got {:?}",
+                self.cfg.hidden_size,
+                hidden.shape()
+            ))
+            .into());
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= s) {
+            return Err(
+                candle_core::Error::Msg(format!("logits row {r} out of range for {s} positions")).into()
+            );
+        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), hidden.device())?;
+        let sel = hidden.squeeze(0)?.index_select(&idx, 0)?;
+        self.lm_head.forward(&sel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::rotary::LongRopeScaling;
+    use crate::nn::test_util::{max_abs_diff, random_vb, random_vb_missing};
+
+    fn cfg(kv_heads: usize) -> Phi3DecoderConfig {
+        Phi3DecoderConfig {
+            vocab_size: 50,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: kv_heads,
+            rms_norm_eps: 1e-5,
+            rope: RotaryConfig {
+                head_dim: 8,
+                partial_rotary_factor: 1.0,
+                theta: 10000.0,
+                max_position_embeddings: 64,
+                long_rope: Some(LongRopeScaling {
+                    short_factor: vec![1.0, 1.1, 1.2, 1.3],
+                    long_factor: vec![2.0, 3.0, 4.0, 5.0],
+                    original_max_position_embeddings: 16,
+                }),
+            },
+            sliding_window: None,
+            tie_word_embeddings: false,
+            hidden_act: Activation::Silu,
+        }
+    }
+
+    #[test]
+    fn cached_decoding_matches_full_prefill() {
+        for kv in [4, 2] {
+            let d = Phi3Decoder::new(&cfg(kv), &random_vb(0.2)).unwrap();
+            let ids: Vec<u32> = (0..12).map(|i| (i * 7 % 50) as u32).collect();
+            let embeds = d.embed_tokens(&ids).unwrap().unsqueeze(0).unwrap();
+            let mut c1 = d.new_cache();
+            let full = d.forward(&embeds, &mut c1).unwrap();
+            assert_eq!(c1.len(), 12);
+            let mut c2 = d.new_cache();
+            let mut parts = vec![d.forward(&embeds.narrow(1, 0, 5).unwrap(), &mut c2).unwrap()];
+            for i in 5..12 {
+                parts.push(d.forward(&embeds.narrow(1, i, 1).unwrap(), &mut c2).unwrap());
+            }
+            let stepped = Tensor::cat(&parts, 1).unwrap();
+            assert!(max_abs_diff(&full, &stepped) < 1e-4, "kv heads {kv}");
+            let logits = d.logits(&full, &[0, 11]).unwrap();
+            assert_eq!(logits.dims(), &[2, 50]);
+        }
+    }
+
+    #[test]
+    fn long_factors_switch_per_call() {
+        // original_max 16: a 16-token prefill is short, the 17th token runs with long factors
+        // and the cached keys keep their short rotation (so it differs from a 17-token prefill,
+        // which is long throughout).
+        let d = Phi3Decoder::new(&cfg(4), &random_vb(0.2)).unwrap();
+        let ids: Vec<u32> = (0..17).map(|i| (i * 3 % 50) as u32).collect();
+        let embeds = d.embed_tokens(&ids).unwrap().unsqueeze(0).unwrap();
+        let mut c = d.new_cache();
+        d.forward(&embeds.narrow(1, 0, 16).unwrap(), &mut c).unwrap();
+        assert!(!d.rotary().uses_long(0, 16));
+        assert!(d.rotary().uses_long(16, 1));
+        let last = d.forward(&embeds.narrow(1, 16, 1).unwrap(), &mut c).unwrap();
+        let full = d.forward(&embeds, &mut d.new_cache()).unwrap().narrow(1, 16, 1).unwrap();
+        assert!(max_abs_diff(&last, &full) > 1e-4);
+    }
+
+    #[test]
+    fn missing_tensor_is_a_named_error() {
+        let vb = random_vb_missing(0.2, &["model.layers.1.mlp.down_proj.weight"]);
+        let e = Phi3Decoder::new(&cfg(4), &vb).unwrap_err();
+        assert!(matches!(e, crate::Error::Tensor(_)));
+        assert!(e.to_string().contains("model.layers.1.mlp.down_proj.weight"), "{e}");
+    }
+
+    #[test]
+    fn rejects_out_of_vocab_ids() {
+        let d = Phi3Decoder::new(&cfg(4), &random_vb(0.2)).unwrap();
+        assert!(matches!(d.embed_tokens(&[1, 50]), Err(crate::Error::InvalidRequest(_))));
+    }
+
+    /// Timing of one full-size Phi-3.5 decoder layer (3072 hidden, 8192 intermediate, 32 heads)
+    /// plus the 32064-row lm_head: `cargo test -p phive --lib -- --ignored --nocapture full_size`.
+    #[test]
+    #[ignore]
+    fn full_size_layer_timing() {
+        let mut c = cfg(32);
+        c.vocab_size = 32064;
+        c.hidden_size = 3072;
+        c.intermediate_size = 8192;
+        c.num_hidden_layers = 1;
+        c.num_attention_heads = 32;
+        c.num_key_value_heads = 32;
+        c.rope.head_dim = 96;
+        c.rope.long_rope = None;
+        let d = Phi3Decoder::new(&c, &random_vb(0.02)).unwrap();
+        let ids: Vec<u32> = (0..512).map(|i| (i * 7 % 32064) as u32).collect();
+        let mut cache = d.new_cache();
+        let t = std::time::Instant::now();
+        let h = d.forward(&d.embed_tokens(&ids).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap();
+        eprintln!("prefill 512 tokens, 1 layer: {:?}", t.elapsed());
+        d.logits(&h, &[511]).unwrap();
+        let t = std::time::Instant::now();
+        for i in 0..10u32 {
+            let h = d.forward(&d.embed_tokens(&[i]).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap();
+            d.logits(&h, &[0]).unwrap();
+        }
+        eprintln!("decode step, 1 layer + lm_head: {:?}", t.elapsed() / 10);
+    }
+}
