@@ -129,7 +129,7 @@ impl Pipeline {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("messages must not be empty".into()));
         }
-        let rendered = place_media_tags(messages, &[MediaKind::Image])?;
+        let rendered = place_media_tags(messages, &[MediaKind::Image], "\n")?;
         let text = self.template.render(&rendered, true)?;
         let images = images.iter().map(|img| preprocess(img, &self.image_config)).collect::<Result<Vec<_>>>()?;
         let counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();

@@ -90,6 +90,67 @@ pub fn expand_phi3v(
     Ok(PromptTokens { ids, media })
 }
 
+/// One kind of placeholder token and the token counts of its items, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Placeholder<'a> {
+    /// Which media the token stands for.
+    pub kind: MediaKind,
+    /// The placeholder token id.
+    pub token: u32,
+    /// Token count of each item of this kind, in order.
+    pub counts: &'a [usize],
+}
+
+/// Phi-4-multimodal's processor (`processing_phi4mm.py`): each tag becomes its placeholder token
+/// (N is not used: items are taken in order), the whole prompt is tokenized once, and each
+/// placeholder token is expanded into a run of the item's token count.
+pub fn expand_phi4mm(
+    tokenizer: &tokenizers::Tokenizer,
+    prompt: &str,
+    placeholders: &[Placeholder<'_>],
+) -> Result<PromptTokens> {
+    let mut text = prompt.to_string();
+    for p in placeholders {
+        let token = tokenizer
+            .id_to_token(p.token)
+            .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no token with id {}", p.token)))?;
+        text = p.kind.pattern().replace_all(&text, token.as_str()).into_owned();
+    }
+    let encoded = tokenizer.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let mut ids = Vec::with_capacity(encoded.len());
+    let mut media = Vec::new();
+    let mut used = vec![0usize; placeholders.len()];
+    for &id in encoded.get_ids() {
+        let Some(slot) = placeholders.iter().position(|p| p.token == id) else {
+            ids.push(id);
+            continue;
+        };
+        let p = &placeholders[slot];
+        let index = used[slot];
+        let len = *p.counts.get(index).ok_or_else(|| mismatch(p, index + 1))?;
+        media.push(MediaSpan { kind: p.kind, index, start: ids.len(), len });
+        ids.extend(std::iter::repeat_n(id, len));
+        used[slot] += 1;
+    }
+    for (p, &n) in placeholders.iter().zip(&used) {
+        if n != p.counts.len() {
+            return Err(mismatch(p, n));
+        }
+    }
+    Ok(PromptTokens { ids, media })
+}
+
+fn mismatch(p: &Placeholder<'_>, found: usize) -> Error {
+    let word = match p.kind {
+        MediaKind::Image => "image",
+        MediaKind::Audio => "audio",
+    };
+    Error::InvalidRequest(format!(
+        "the prompt has {found} {word} placeholder(s) but {} {word} input(s) were supplied",
+        p.counts.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

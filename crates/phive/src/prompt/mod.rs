@@ -9,7 +9,7 @@ mod expand;
 mod tags;
 mod template;
 
-pub use expand::{expand_phi3v, MediaSpan, PromptTokens};
+pub use expand::{expand_phi3v, expand_phi4mm, MediaSpan, Placeholder, PromptTokens};
 pub use tags::{place_media_tags, MediaKind};
 pub use template::ChatTemplate;
 
@@ -20,6 +20,8 @@ pub enum MessagePart {
     Text(String),
     /// An image; images are numbered by their order across the whole conversation.
     Image,
+    /// An audio clip; numbered like images, separately from them.
+    Audio,
 }
 
 /// A chat message: a role (`system`, `user`, `assistant`) and its parts.

@@ -11,12 +11,15 @@ use crate::{Error, Result};
 pub enum MediaKind {
     /// `<|image_N|>`
     Image,
+    /// `<|audio_N|>`
+    Audio,
 }
 
 impl MediaKind {
     fn word(self) -> &'static str {
         match self {
             MediaKind::Image => "image",
+            MediaKind::Audio => "audio",
         }
     }
 
@@ -28,26 +31,28 @@ impl MediaKind {
     /// The pattern matching any tag of this kind, capturing its number.
     pub fn pattern(self) -> &'static Regex {
         static IMAGE: OnceLock<Regex> = OnceLock::new();
+        static AUDIO: OnceLock<Regex> = OnceLock::new();
         match self {
-            MediaKind::Image => {
-                IMAGE.get_or_init(|| Regex::new(r"<\|image_(\d+)\|>").expect("valid regex"))
-            }
+            MediaKind::Image => IMAGE.get_or_init(|| Regex::new(r"<\|image_(\d+)\|>").expect("valid regex")),
+            MediaKind::Audio => AUDIO.get_or_init(|| Regex::new(r"<\|audio_(\d+)\|>").expect("valid regex")),
         }
     }
 
     pub(crate) fn matches(self, part: &MessagePart) -> bool {
-        matches!((self, part), (MediaKind::Image, MessagePart::Image))
+        matches!((self, part), (MediaKind::Image, MessagePart::Image) | (MediaKind::Audio, MessagePart::Audio))
     }
 }
 
 /// Turns messages into template-ready strings with exactly one tag per media item.
 ///
 /// When the text already carries tags of a kind they must number the items 1..n in order of
-/// appearance, one tag per item; otherwise a tag (followed by a newline) is inserted at the
-/// position of each media part.
+/// appearance, one tag per item; otherwise a tag followed by `after_tag` is inserted at the
+/// position of each media part (Phi-3.5's examples put a newline after each tag, Phi-4's
+/// nothing).
 pub fn place_media_tags(
     messages: &[ChatMessage],
     kinds: &[MediaKind],
+    after_tag: &str,
 ) -> Result<Vec<RenderedMessage>> {
     let mut explicit = Vec::new();
     for &kind in kinds {
@@ -84,7 +89,7 @@ pub fn place_media_tags(
                         counters[slot] += 1;
                         if !explicit.contains(&kinds[slot]) {
                             content.push_str(&kinds[slot].tag(counters[slot]));
-                            content.push('\n');
+                            content.push_str(after_tag);
                         }
                     }
                 }
@@ -102,6 +107,7 @@ fn describe(part: &MessagePart) -> &'static str {
     match part {
         MessagePart::Text(_) => "text",
         MessagePart::Image => "image",
+        MessagePart::Audio => "audio",
     }
 }
 
@@ -168,7 +174,7 @@ mod tests {
                 MessagePart::Text("this?".into()),
             ]),
         ];
-        let out = place_media_tags(&msgs, &[MediaKind::Image]).unwrap();
+        let out = place_media_tags(&msgs, &[MediaKind::Image], "\n").unwrap();
         assert_eq!(out[0].content, "<|image_1|>\n<|image_2|>\nCompare.");
         assert_eq!(out[2].content, "And<|image_3|>\nthis?");
     }
@@ -179,7 +185,7 @@ mod tests {
             MessagePart::Text("<|image_1|>\nWhat?".into()),
             MessagePart::Image,
         ])];
-        let out = place_media_tags(&msgs, &[MediaKind::Image]).unwrap();
+        let out = place_media_tags(&msgs, &[MediaKind::Image], "\n").unwrap();
         assert_eq!(out[0].content, "<|image_1|>\nWhat?");
     }
 
@@ -189,7 +195,7 @@ mod tests {
             MessagePart::Text("<|image_1|><|image_2|>".into()),
             MessagePart::Image,
         ])];
-        let err = place_media_tags(&two_tags, &[MediaKind::Image])
+        let err = place_media_tags(&two_tags, &[MediaKind::Image], "\n")
             .unwrap_err()
             .to_string();
         assert!(
@@ -202,7 +208,7 @@ mod tests {
             MessagePart::Image,
             MessagePart::Image,
         ])];
-        let err = place_media_tags(&out_of_order, &[MediaKind::Image])
+        let err = place_media_tags(&out_of_order, &[MediaKind::Image], "\n")
             .unwrap_err()
             .to_string();
         assert!(
@@ -215,12 +221,26 @@ mod tests {
             MessagePart::Image,
             MessagePart::Image,
         ])];
-        assert!(place_media_tags(&repeated, &[MediaKind::Image]).is_err());
+        assert!(place_media_tags(&repeated, &[MediaKind::Image], "\n").is_err());
+    }
+
+    #[test]
+    fn images_and_audio_are_numbered_separately() {
+        let msgs = vec![user(vec![
+            MessagePart::Audio,
+            MessagePart::Image,
+            MessagePart::Audio,
+            MessagePart::Text("Describe.".into()),
+        ])];
+        let out = place_media_tags(&msgs, &[MediaKind::Image, MediaKind::Audio], "\n").unwrap();
+        assert_eq!(out[0].content, "<|audio_1|>\n<|image_1|>\n<|audio_2|>\nDescribe.");
+        let err = place_media_tags(&msgs, &[MediaKind::Image], "\n").unwrap_err().to_string();
+        assert!(err.contains("does not accept audio"), "{err}");
     }
 
     #[test]
     fn tags_without_images_are_an_error() {
         let msgs = vec![ChatMessage::text("user", "<|image_1|> hi")];
-        assert!(place_media_tags(&msgs, &[MediaKind::Image]).is_err());
+        assert!(place_media_tags(&msgs, &[MediaKind::Image], "\n").is_err());
     }
 }
