@@ -1,4 +1,5 @@
 //! The model assemblies: one file per architecture, built from the shared layers in `nn`,
-//! `vision` and (later) `audio`.
+//! `vision` and `audio`.
 
 pub mod phi3v;
+pub mod phi4mm;

@@ -4,6 +4,12 @@
 //! `embed → N × [x += o_proj(attn(RMSNorm(x))); x += down(silu(gate) ⊙ up)] → RMSNorm → lm_head`,
 //! with `q | k | v` fused in `qkv_proj` and `gate | up` fused in `gate_up_proj`, as in Hugging
 //! Face's `modeling_phi3(_v).py`.
+//!
+//! The four projections of every layer are [`LoraLinear`]s: Phi-3.5-vision loads plain
+//! `….weight` tensors and has no adapters; Phi-4-multimodal loads the PEFT layout
+//! (`….base_layer.weight` plus `lora_A/lora_B.{name}`) and picks the adapter per forward call
+//! ([`Phi3Decoder::forward_with_adapter`]), so one loaded model serves text, image and speech
+//! requests with the adapter each needs.
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
@@ -12,6 +18,7 @@ use super::activation::Activation;
 use super::attention::{attention, AttnMask};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
+use super::lora::{LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
 use super::rotary::{RopeTables, RotaryConfig, RotaryEmbedding};
 use crate::Result;
@@ -69,11 +76,11 @@ impl Phi3DecoderConfig {
 #[derive(Debug, Clone)]
 struct DecoderLayer {
     input_layernorm: RmsNorm,
-    qkv_proj: Linear,
-    o_proj: Linear,
+    qkv_proj: LoraLinear,
+    o_proj: LoraLinear,
     post_attention_layernorm: RmsNorm,
-    gate_up_proj: Linear,
-    down_proj: Linear,
+    gate_up_proj: LoraLinear,
+    down_proj: LoraLinear,
 }
 
 /// The loaded decoder: embeddings, layers, final norm and output projection.
@@ -85,13 +92,31 @@ pub struct Phi3Decoder {
     norm: RmsNorm,
     lm_head: Linear,
     rotary: RotaryEmbedding,
+    /// Names of the loaded adapters (each present on at least one projection).
+    adapters: Vec<String>,
 }
 
 impl Phi3Decoder {
     /// Loads `model.embed_tokens`, `model.layers.{i}.*`, `model.norm` and `lm_head` from `vb`
-    /// (rooted at the checkpoint root).
+    /// (rooted at the checkpoint root), without adapters.
     pub fn new(cfg: &Phi3DecoderConfig, vb: &VarBuilder) -> Result<Self> {
+        Self::new_with_adapters(cfg, vb, &[])
+    }
+
+    /// Like [`Phi3Decoder::new`], plus the LoRA adapters in `adapters` on the projections their
+    /// regex matches. The projection layout is detected from layer 0: PEFT
+    /// (`qkv_proj.base_layer.weight`, no `qkv_proj.weight`) or plain. An adapter that matches no
+    /// projection is a config error.
+    pub fn new_with_adapters(
+        cfg: &Phi3DecoderConfig,
+        vb: &VarBuilder,
+        adapters: &[LoraSpec],
+    ) -> Result<Self> {
         cfg.validate()?;
+        let probe = "model.layers.0.self_attn.qkv_proj";
+        let peft = vb.contains_tensor(&format!("{probe}.base_layer.weight"))
+            && !vb.contains_tensor(&format!("{probe}.weight"));
+        let lora = |v: &VarBuilder, i: usize, o: usize| LoraLinear::load(v, i, o, peft, adapters);
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
         let qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
@@ -104,15 +129,15 @@ impl Phi3Decoder {
             let vmlp = vl.pp("mlp");
             layers.push(DecoderLayer {
                 input_layernorm: RmsNorm::load(&vl.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
-                qkv_proj: Linear::load(&va.pp("qkv_proj"), h, qkv_out, false)?,
-                o_proj: Linear::load(&va.pp("o_proj"), cfg.num_attention_heads * hd, h, false)?,
+                qkv_proj: lora(&va.pp("qkv_proj"), h, qkv_out)?,
+                o_proj: lora(&va.pp("o_proj"), cfg.num_attention_heads * hd, h)?,
                 post_attention_layernorm: RmsNorm::load(
                     &vl.pp("post_attention_layernorm"),
                     h,
                     cfg.rms_norm_eps,
                 )?,
-                gate_up_proj: Linear::load(&vmlp.pp("gate_up_proj"), h, 2 * cfg.intermediate_size, false)?,
-                down_proj: Linear::load(&vmlp.pp("down_proj"), cfg.intermediate_size, h, false)?,
+                gate_up_proj: lora(&vmlp.pp("gate_up_proj"), h, 2 * cfg.intermediate_size)?,
+                down_proj: lora(&vmlp.pp("down_proj"), cfg.intermediate_size, h)?,
             });
         }
         let norm = RmsNorm::load(&vm.pp("norm"), h, cfg.rms_norm_eps)?;
@@ -122,7 +147,30 @@ impl Phi3Decoder {
             Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?
         };
         let rotary = RotaryEmbedding::new(&cfg.rope)?;
-        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rotary })
+        for spec in adapters {
+            let used = layers.iter().any(|l| {
+                [&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj]
+                    .iter()
+                    .any(|p| p.adapter_names().any(|n| n == spec.name))
+            });
+            if !used {
+                return Err(crate::Error::checkpoint(
+                    "config.json",
+                    format!(
+                        "{}_lora.layer {:?} matches none of the decoder projections",
+                        spec.name,
+                        spec.layer.as_str()
+                    ),
+                ));
+            }
+        }
+        let adapters = adapters.iter().map(|s| s.name.clone()).collect();
+        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rotary, adapters })
+    }
+
+    /// Names of the LoRA adapters loaded with [`Phi3Decoder::new_with_adapters`].
+    pub fn adapter_names(&self) -> &[String] {
+        &self.adapters
     }
 
     /// The configuration this decoder was built from.
@@ -160,6 +208,27 @@ impl Phi3Decoder {
     /// Runs all layers over `embeds` `[1, seq, hidden]` at positions `cache.len()..`, appends the
     /// new keys/values to `cache` and returns the final-normed hidden states `[1, seq, hidden]`.
     pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_with_adapter(embeds, cache, None)
+    }
+
+    /// [`Phi3Decoder::forward`] with the LoRA adapter `adapter` active on every projection that
+    /// carries it (`None`: base weights only). The KV cache holds keys computed under whatever
+    /// adapter each call used, so a sequence should keep one adapter throughout (as the
+    /// reference does). An unknown adapter name is an error.
+    pub fn forward_with_adapter(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+        adapter: Option<&str>,
+    ) -> Result<Tensor> {
+        if let Some(name) = adapter {
+            if !self.adapters.iter().any(|a| a == name) {
+                return Err(crate::Error::InvalidRequest(format!(
+                    "LoRA adapter {name:?} is not loaded (available: {:?})",
+                    self.adapters
+                )));
+            }
+        }
         let (b, s, h) = embeds.dims3()?;
         if b != 1 || h != self.cfg.hidden_size || s == 0 {
             return Err(candle_core::Error::Msg(format!(
@@ -182,14 +251,16 @@ impl Phi3Decoder {
         let mask = AttnMask::Causal { offset, sliding_window: self.cfg.sliding_window };
         let mut x = embeds.contiguous()?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let a = self.attn(layer, &layer.input_layernorm.forward(&x)?, &tables, mask, cache, i)?;
+            let a =
+                self.attn(layer, &layer.input_layernorm.forward(&x)?, &tables, mask, cache, i, adapter)?;
             x = (x + a)?;
-            let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?)?;
+            let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?, adapter)?;
             x = (x + m)?;
         }
         self.norm.forward(&x)
     }
 
+    #[allow(clippy::too_many_arguments)] // one layer's inputs; a struct would only rename them
     fn attn(
         &self,
         layer: &DecoderLayer,
@@ -198,10 +269,11 @@ impl Phi3Decoder {
         mask: AttnMask,
         cache: &mut KvCache,
         index: usize,
+        adapter: Option<&str>,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim());
-        let qkv = layer.qkv_proj.forward(x)?;
+        let qkv = layer.qkv_proj.forward(x, adapter)?;
         let heads = |start: usize, n: usize| -> Result<Tensor> {
             Ok(qkv.narrow(2, start * hd, n * hd)?.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
@@ -211,16 +283,16 @@ impl Phi3Decoder {
         let (k, v) = cache.append(index, &k, &v)?;
         let o = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), mask)?;
         let o = o.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-        layer.o_proj.forward(&o)
+        layer.o_proj.forward(&o, adapter)
     }
 
-    fn mlp(&self, layer: &DecoderLayer, x: &Tensor) -> Result<Tensor> {
-        let gu = layer.gate_up_proj.forward(x)?;
+    fn mlp(&self, layer: &DecoderLayer, x: &Tensor, adapter: Option<&str>) -> Result<Tensor> {
+        let gu = layer.gate_up_proj.forward(x, adapter)?;
         let n = self.cfg.intermediate_size;
         let gate = gu.narrow(2, 0, n)?;
         let up = gu.narrow(2, n, n)?;
         let y = (up * self.cfg.hidden_act.forward(&gate)?)?;
-        layer.down_proj.forward(&y)
+        layer.down_proj.forward(&y, adapter)
     }
 
     /// Logits `[rows.len(), vocab]` for the given sequence rows of `hidden` `[1, seq, hidden]`.
@@ -322,6 +394,60 @@ mod tests {
         let e = Phi3Decoder::new(&cfg(4), &vb).unwrap_err();
         assert!(matches!(e, crate::Error::Tensor(_)));
         assert!(e.to_string().contains("model.layers.1.mlp.down_proj.weight"), "{e}");
+    }
+
+    #[test]
+    fn adapters_are_selected_per_call() {
+        let vb = random_vb(0.2);
+        let specs = [
+            LoraSpec::new(
+                "vision",
+                r"layers.*((self_attn\.(qkv_proj|o_proj))|(mlp\.(gate_up|down)_proj))",
+                16.0,
+                4,
+            )
+            .unwrap(),
+            LoraSpec::new("speech", r"layers\.1\.mlp\.down_proj", 8.0, 2).unwrap(),
+        ];
+        let plain = Phi3Decoder::new(&cfg(2), &vb).unwrap();
+        let d = Phi3Decoder::new_with_adapters(&cfg(2), &vb, &specs).unwrap();
+        assert_eq!(d.adapter_names(), ["vision", "speech"]);
+        let ids: Vec<u32> = (0..6).map(|i| (i * 5 % 50) as u32).collect();
+        let e = d.embed_tokens(&ids).unwrap().unsqueeze(0).unwrap();
+        let base = plain.forward(&e, &mut plain.new_cache()).unwrap();
+        let none = d.forward_with_adapter(&e, &mut d.new_cache(), None).unwrap();
+        assert_eq!(max_abs_diff(&base, &none), 0.0);
+        let vision = d.forward_with_adapter(&e, &mut d.new_cache(), Some("vision")).unwrap();
+        let speech = d.forward_with_adapter(&e, &mut d.new_cache(), Some("speech")).unwrap();
+        assert!(max_abs_diff(&vision, &none) > 1e-3);
+        assert!(max_abs_diff(&speech, &none) > 1e-4);
+        assert!(max_abs_diff(&speech, &vision) > 1e-3);
+        // Cached decoding under an adapter matches its prefill.
+        let mut c = d.new_cache();
+        d.forward_with_adapter(&e.narrow(1, 0, 4).unwrap(), &mut c, Some("vision")).unwrap();
+        let tail = d.forward_with_adapter(&e.narrow(1, 4, 2).unwrap(), &mut c, Some("vision")).unwrap();
+        assert!(max_abs_diff(&tail, &vision.narrow(1, 4, 2).unwrap()) < 1e-4);
+        let err = d.forward_with_adapter(&e, &mut d.new_cache(), Some("audio")).unwrap_err();
+        assert!(matches!(err, crate::Error::InvalidRequest(_)), "{err}");
+        // An adapter whose regex matches no projection is a config error.
+        let bad = [LoraSpec::new("vision", r"vision_tower", 1.0, 1).unwrap()];
+        let err = Phi3Decoder::new_with_adapters(&cfg(2), &vb, &bad).unwrap_err().to_string();
+        assert!(err.contains("matches none"), "{err}");
+    }
+
+    #[test]
+    fn peft_layout_is_detected() {
+        // Without plain `….weight` tensors the projections come from `….base_layer.weight`.
+        let missing: Vec<String> = (0..2)
+            .flat_map(|i| {
+                ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]
+                    .map(|p| format!("model.layers.{i}.{p}.weight"))
+            })
+            .collect();
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        let d = Phi3Decoder::new(&cfg(2), &random_vb_missing(0.2, &missing)).unwrap();
+        let e = d.embed_tokens(&[1, 2, 3]).unwrap().unsqueeze(0).unwrap();
+        assert_eq!(d.forward(&e, &mut d.new_cache()).unwrap().dims(), &[1, 3, 32]);
     }
 
     #[test]

@@ -2,4 +2,6 @@
 
 pub mod clip;
 pub mod phi3v_hd;
+pub mod phi4mm_hd;
 pub mod resize;
+pub mod siglip;

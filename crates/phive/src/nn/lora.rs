@@ -1,0 +1,184 @@
+//! LoRA adapters kept beside their base projection, selected per forward call.
+//!
+//! Phi-4-multimodal ships one base language model and two LoRA adapters (`vision`, `speech`);
+//! the Hub remote code switches between them per request (text: none; any image: vision;
+//! audio only: speech). Merging an adapter into the weights (what mistral.rs does) fixes one
+//! choice for every request, so here the adapters stay unmerged:
+//! `y = base(x) + (α/r) · B(A x)` for the active adapter, nothing extra for none. That also
+//! lets the base [`Linear`] be quantized later while the small A/B matrices stay f32, and lets
+//! requests with different adapters share the base weights.
+//!
+//! Checkpoint layout (PEFT names): `{module}.base_layer.weight`, `{module}.lora_A.{name}.weight`
+//! `[r, in]`, `{module}.lora_B.{name}.weight` `[out, r]`. An adapter applies to the modules whose
+//! full name matches its `layer` regex (unanchored search, as the Hub code and PEFT use it).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::linear::Linear;
+use crate::{Error, Result};
+
+/// One adapter as described in a config (`vision_lora` / `speech_lora` of Phi-4-multimodal).
+#[derive(Debug, Clone)]
+pub struct LoraSpec {
+    /// Adapter name as it appears in tensor names (`lora_A.{name}.weight`).
+    pub name: String,
+    /// Regex over full module names (e.g. `model.layers.3.self_attn.qkv_proj`); the adapter
+    /// exists exactly on the modules it matches.
+    pub layer: regex::Regex,
+    /// `lora_alpha`.
+    pub alpha: f64,
+    /// Rank `r`.
+    pub r: usize,
+}
+
+impl LoraSpec {
+    /// Builds a spec, compiling `layer`; errors name the config key.
+    pub fn new(name: &str, layer: &str, alpha: f64, r: usize) -> Result<Self> {
+        let layer = regex::Regex::new(layer).map_err(|e| {
+            Error::checkpoint("config.json", format!("{name}_lora.layer is not a valid regex: {e}"))
+        })?;
+        if r == 0 || !alpha.is_finite() {
+            return Err(Error::checkpoint(
+                "config.json",
+                format!("{name}_lora needs r > 0 and a finite lora_alpha, got r {r}, alpha {alpha}"),
+            ));
+        }
+        Ok(Self { name: name.to_string(), layer, alpha, r })
+    }
+
+    /// `α / r`, the factor applied to `B(A x)`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+
+    /// Whether the module with this full name carries the adapter.
+    pub fn applies_to(&self, module: &str) -> bool {
+        self.layer.is_match(module)
+    }
+}
+
+/// The low-rank pair of one adapter on one module.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    a: Linear,
+    b: Linear,
+    scale: f64,
+    r: usize,
+}
+
+impl LoraAdapter {
+    /// Wraps `A` `[r, in]` and `B` `[out, r]` with the scale `α/r`.
+    pub fn from_weights(a: Tensor, b: Tensor, scale: f64) -> Result<Self> {
+        let a = Linear::from_weights(a, None)?;
+        let b = Linear::from_weights(b, None)?;
+        if a.out_dim() != b.in_dim() {
+            return Err(candle_core::Error::Msg(format!(
+                "lora_A has rank {} but lora_B expects {}",
+                a.out_dim(),
+                b.in_dim()
+            ))
+            .into());
+        }
+        let r = a.out_dim();
+        Ok(Self { a, b, scale, r })
+    }
+
+    /// The rank `r`.
+    pub fn rank(&self) -> usize {
+        self.r
+    }
+
+    /// `scale · B(A x)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((self.b.forward(&self.a.forward(x)?)? * self.scale)?)
+    }
+}
+
+/// A [`Linear`] plus named, unmerged LoRA adapters.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    base: Linear,
+    adapters: Vec<(String, LoraAdapter)>,
+}
+
+impl LoraLinear {
+    /// A projection without adapters.
+    pub fn plain(base: Linear) -> Self {
+        Self { base, adapters: Vec::new() }
+    }
+
+    /// Loads a bias-free projection under `vb` (the full module name is `vb.prefix()`):
+    /// `base_layer.weight` when `peft_layout` (falling back to `weight`), else `weight`; then,
+    /// for every spec whose regex matches the module name, its `lora_A` / `lora_B` pair. A
+    /// matching adapter with missing tensors is an error naming the tensor.
+    pub fn load(
+        vb: &VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        peft_layout: bool,
+        specs: &[LoraSpec],
+    ) -> Result<Self> {
+        let base = if peft_layout && vb.contains_tensor("base_layer.weight") {
+            Linear::load(&vb.pp("base_layer"), in_dim, out_dim, false)?
+        } else {
+            Linear::load(vb, in_dim, out_dim, false)?
+        };
+        let module = vb.prefix();
+        let mut adapters = Vec::new();
+        for spec in specs.iter().filter(|s| s.applies_to(&module)) {
+            let a = vb.pp("lora_A").pp(&spec.name).get((spec.r, in_dim), "weight")?;
+            let b = vb.pp("lora_B").pp(&spec.name).get((out_dim, spec.r), "weight")?;
+            adapters.push((spec.name.clone(), LoraAdapter::from_weights(a, b, spec.scale())?));
+        }
+        Ok(Self { base, adapters })
+    }
+
+    /// The base projection.
+    pub fn base(&self) -> &Linear {
+        &self.base
+    }
+
+    /// Names of the adapters this module carries.
+    pub fn adapter_names(&self) -> impl Iterator<Item = &str> {
+        self.adapters.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// `base(x)`, plus `scale · B(A x)` of `adapter` when given and present on this module
+    /// (a module outside an adapter's regex is unchanged by it, as in PEFT).
+    pub fn forward(&self, x: &Tensor, adapter: Option<&str>) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match adapter.and_then(|name| self.adapters.iter().find(|(n, _)| n == name)) {
+            Some((_, ad)) => Ok((y + ad.forward(x)?)?),
+            None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::test_util::{max_abs_diff, random_tensor, random_vb};
+
+    #[test]
+    fn unmerged_equals_merged_weight() {
+        let vb = random_vb(0.3).pp("model.layers.0.mlp.down_proj");
+        let spec = LoraSpec::new("vision", r"layers.*mlp\.(gate_up|down)_proj", 16.0, 4).unwrap();
+        let other = LoraSpec::new("speech", r"self_attn", 8.0, 2).unwrap();
+        let l = LoraLinear::load(&vb, 6, 5, true, &[spec.clone(), other]).unwrap();
+        assert_eq!(l.adapter_names().collect::<Vec<_>>(), vec!["vision"]);
+        let x = random_tensor("x", &(2, 3, 6).into(), 1.0).unwrap();
+        let w = vb.pp("base_layer").get((5, 6), "weight").unwrap();
+        let a = vb.pp("lora_A.vision").get((4, 6), "weight").unwrap();
+        let b = vb.pp("lora_B.vision").get((5, 4), "weight").unwrap();
+        let merged = (w.clone() + (b.matmul(&a).unwrap() * 4.0).unwrap()).unwrap();
+        let want = Linear::from_weights(merged, None).unwrap().forward(&x).unwrap();
+        assert!(max_abs_diff(&l.forward(&x, Some("vision")).unwrap(), &want) < 1e-5);
+        let base = Linear::from_weights(w, None).unwrap().forward(&x).unwrap();
+        assert_eq!(max_abs_diff(&l.forward(&x, None).unwrap(), &base), 0.0);
+        // An adapter this module does not carry leaves it unchanged.
+        assert_eq!(max_abs_diff(&l.forward(&x, Some("speech")).unwrap(), &base), 0.0);
+        assert!(LoraSpec::new("vision", "(", 1.0, 1).is_err());
+        assert_eq!(spec.scale(), 4.0);
+    }
+}
