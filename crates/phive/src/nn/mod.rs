@@ -6,6 +6,7 @@ pub mod activation;
 pub mod attention;
 pub mod kv_cache;
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod phi3_decoder;
 pub mod rotary;
