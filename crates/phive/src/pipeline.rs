@@ -5,35 +5,52 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use image::DynamicImage;
 
+use crate::audio::{log_mel_features, AudioProjectionMode, DecodedAudio};
 use crate::checkpoint::{Architecture, Checkpoint, TokenizerBundle};
 use crate::engine::{generate, Completion, Delta, GenerationParams, SequenceModel};
 use crate::models::phi3v::{Phi3V, Phi3VConfig};
+use crate::models::phi4mm::{route, Adapter, Phi4MM, Phi4MMConfig, AUDIO_TOKEN_ID, IMAGE_TOKEN_ID};
 use crate::nn::kv_cache::KvCache;
-use crate::prompt::{expand_phi3v, place_media_tags, ChatMessage, ChatTemplate, MediaKind, PromptTokens};
-use crate::vision::phi3v_hd::{preprocess, Phi3VImage, Phi3VImageProcessorConfig};
+use crate::prompt::{
+    expand_phi3v, expand_phi4mm, place_media_tags, ChatMessage, ChatTemplate, MediaKind, Placeholder, PromptTokens,
+};
+use crate::vision::{phi3v_hd, phi4mm_hd};
 use crate::{Error, Result};
 
 /// How to load a model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// A local checkpoint folder or a Hugging Face model id.
     pub model: String,
     /// Hub revision (branch, tag or commit); `main` when unset.
     pub revision: Option<String>,
+    /// In-situ quantization of the language model's linear layers while loading (`--isq`);
+    /// `None` keeps f32. A GGUF checkpoint from `phive quantize` is pre-quantized already.
+    pub isq: Option<crate::quant::IsqType>,
+    /// Quantize the vision/audio encoders' projections too (`--isq-encoders`).
+    pub isq_encoders: bool,
 }
 
-/// A chat request: messages whose image parts refer, in order, to `images`.
+/// A chat request: messages whose media parts refer, in order, to `images` and `audios`.
 #[derive(Debug, Clone, Default)]
 pub struct ChatRequest {
     /// The conversation.
     pub messages: Vec<ChatMessage>,
     /// Decoded images, one per `MessagePart::Image`, in order of appearance.
     pub images: Vec<DynamicImage>,
+    /// Decoded audio clips, one per `MessagePart::Audio`, in order of appearance.
+    pub audios: Vec<DecodedAudio>,
     /// Sampling, length and stop settings.
     pub params: GenerationParams,
+}
+
+/// The network of each supported family, with its preprocessing settings.
+enum Family {
+    Phi3V { model: Phi3V, images: phi3v_hd::Phi3VImageProcessorConfig },
+    Phi4MM { model: Box<Phi4MM>, images: phi4mm_hd::Phi4MMImageProcessorConfig },
 }
 
 /// A model loaded and ready to serve requests. Cheap to share: requests only read it.
@@ -42,20 +59,31 @@ pub struct Pipeline {
     architecture: Architecture,
     tokenizer: TokenizerBundle,
     template: ChatTemplate,
-    model: Phi3V,
-    image_config: Phi3VImageProcessorConfig,
+    family: Family,
     load_time: Duration,
     weight_bytes: u64,
+    load_report: crate::quant::LoadReport,
 }
 
-/// The prompt of a request, with its images preprocessed.
+/// A request's media after preprocessing, in the form its model family consumes.
+enum PreparedMedia {
+    Phi3V(Vec<phi3v_hd::Phi3VImage>),
+    Phi4MM {
+        images: Vec<phi4mm_hd::Phi4MMImage>,
+        /// Log-mel features `[T, 80]` per clip.
+        audios: Vec<Tensor>,
+        adapter: Adapter,
+        projection: AudioProjectionMode,
+    },
+}
+
+/// The prompt of a request, with its media preprocessed.
 pub struct PreparedPrompt {
-    /// Token ids with image placeholder runs.
+    /// Token ids with media placeholder runs.
     pub tokens: PromptTokens,
     /// The rendered prompt text (chat template applied, tags in place).
     pub text: String,
-    /// Preprocessed images, in order.
-    pub images: Vec<Phi3VImage>,
+    media: PreparedMedia,
 }
 
 impl Pipeline {
@@ -65,25 +93,40 @@ impl Pipeline {
         let checkpoint = Checkpoint::open(&options.model, options.revision.as_deref())?;
         let Checkpoint { source, config_path, config, architecture, weights, tokenizer, preprocessor_config } =
             checkpoint;
-        let model_config: Phi3VConfig = serde_json::from_value(config)
-            .map_err(|e| Error::checkpoint(&config_path, format!("invalid model config: {e}")))?;
-        let preprocessor_path = preprocessor_config
-            .ok_or_else(|| Error::checkpoint(config_path.with_file_name("preprocessor_config.json"), "required file is missing"))?;
-        let image_config = Phi3VImageProcessorConfig::from_file(&preprocessor_path)?;
-        let template =
-            ChatTemplate::new(&tokenizer.chat_template, tokenizer.bos_token.as_deref(), tokenizer.eos_token.as_deref())?;
-        let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
-        let model = Phi3V::new(&model_config, vb)?;
+        let preprocessor_path = preprocessor_config.ok_or_else(|| {
+            Error::checkpoint(config_path.with_file_name("preprocessor_config.json"), "required file is missing")
+        })?;
+        let template = ChatTemplate::new(
+            &tokenizer.chat_template,
+            tokenizer.bos_token.as_deref(),
+            tokenizer.eos_token.as_deref(),
+        )?;
+        let (vb, isq) = crate::quant::LoadContext::open(&weights, options.isq, options.isq_encoders)?;
+        let family = match architecture {
+            Architecture::Phi3V => {
+                let model_config: Phi3VConfig = serde_json::from_value(config)
+                    .map_err(|e| Error::checkpoint(&config_path, format!("invalid model config: {e}")))?;
+                let images = phi3v_hd::Phi3VImageProcessorConfig::from_file(&preprocessor_path)?;
+                Family::Phi3V { model: isq.scope(|| Phi3V::new(&model_config, vb))?, images }
+            }
+            Architecture::Phi4MM => {
+                let model_config = Phi4MMConfig::from_json(&config)?;
+                let images = phi4mm_hd::Phi4MMImageProcessorConfig::from_file(&preprocessor_path)?;
+                let model = isq.scope(|| Phi4MM::new(&model_config, vb))?;
+                Family::Phi4MM { model: Box::new(model), images }
+            }
+        };
+        let load_report = isq.finish();
         let weight_bytes = weights.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
         Ok(Pipeline {
             source,
             architecture,
             tokenizer,
             template,
-            model,
-            image_config,
+            family,
             load_time: started.elapsed(),
             weight_bytes,
+            load_report,
         })
     }
 
@@ -102,6 +145,11 @@ impl Pipeline {
         self.load_time
     }
 
+    /// What the load quantized, its peak memory and time (see [`crate::quant::LoadReport`]).
+    pub fn load_report(&self) -> &crate::quant::LoadReport {
+        &self.load_report
+    }
+
     /// Size of the checkpoint's weight files on disk.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
@@ -109,7 +157,15 @@ impl Pipeline {
 
     /// Longest sequence (prompt plus completion) the model accepts.
     pub fn context_length(&self) -> usize {
-        self.model.config().max_position_embeddings
+        match &self.family {
+            Family::Phi3V { model, .. } => model.config().max_position_embeddings,
+            Family::Phi4MM { model, .. } => model.config().max_position_embeddings,
+        }
+    }
+
+    /// Whether requests may carry audio (Phi-4-multimodal with an audio encoder).
+    pub fn accepts_audio(&self) -> bool {
+        matches!(&self.family, Family::Phi4MM { model, .. } if model.audio().is_some())
     }
 
     /// The tokenizer.
@@ -119,28 +175,94 @@ impl Pipeline {
 
     /// Places media tags, applies the chat template, preprocesses images and tokenizes.
     pub fn prepare(&self, messages: &[ChatMessage], images: &[DynamicImage]) -> Result<PreparedPrompt> {
-        let expected: usize = messages.iter().map(|m| m.count(MediaKind::Image)).sum();
-        if expected != images.len() {
-            return Err(Error::InvalidRequest(format!(
-                "the messages reference {expected} image(s) but {} were supplied",
-                images.len()
-            )));
-        }
+        self.prepare_media(messages, images, &[])
+    }
+
+    /// [`Self::prepare`] for requests that may also carry audio.
+    pub fn prepare_media(
+        &self,
+        messages: &[ChatMessage],
+        images: &[DynamicImage],
+        audios: &[DecodedAudio],
+    ) -> Result<PreparedPrompt> {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("messages must not be empty".into()));
         }
-        let rendered = place_media_tags(messages, &[MediaKind::Image], "\n")?;
-        let text = self.template.render(&rendered, true)?;
-        let images = images.iter().map(|img| preprocess(img, &self.image_config)).collect::<Result<Vec<_>>>()?;
-        let counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
-        let tokens = expand_phi3v(&self.tokenizer.tokenizer, &text, &counts, 0)?;
-        Ok(PreparedPrompt { tokens, text, images })
+        for (kind, supplied, word) in [(MediaKind::Image, images.len(), "image"), (MediaKind::Audio, audios.len(), "audio")]
+        {
+            let expected: usize = messages.iter().map(|m| m.count(kind)).sum();
+            if expected != supplied {
+                return Err(Error::InvalidRequest(format!(
+                    "the messages reference {expected} {word} input(s) but {supplied} were supplied"
+                )));
+            }
+        }
+        match &self.family {
+            Family::Phi3V { images: config, .. } => {
+                let rendered = place_media_tags(messages, &[MediaKind::Image], "\n")?;
+                let text = self.template.render(&rendered, true)?;
+                let images =
+                    images.iter().map(|img| phi3v_hd::preprocess(img, config)).collect::<Result<Vec<_>>>()?;
+                let counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
+                let tokens = expand_phi3v(&self.tokenizer.tokenizer, &text, &counts, 0)?;
+                Ok(PreparedPrompt { tokens, text, media: PreparedMedia::Phi3V(images) })
+            }
+            Family::Phi4MM { model, images: config } => {
+                let kinds: &[MediaKind] =
+                    if self.accepts_audio() { &[MediaKind::Image, MediaKind::Audio] } else { &[MediaKind::Image] };
+                let rendered = place_media_tags(messages, kinds, "")?;
+                let text = self.template.render(&rendered, true)?;
+                let images =
+                    images.iter().map(|img| phi4mm_hd::preprocess(img, config)).collect::<Result<Vec<_>>>()?;
+                let features = audios.iter().map(log_mel_features).collect::<Result<Vec<_>>>()?;
+                let image_counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
+                let audio_counts = match model.audio() {
+                    Some(audio) => features.iter().map(|f| Ok(audio.num_tokens(f.dim(0)?))).collect::<Result<_>>()?,
+                    None => Vec::new(),
+                };
+                let tokens = expand_phi4mm(
+                    &self.tokenizer.tokenizer,
+                    &text,
+                    &[
+                        Placeholder { kind: MediaKind::Image, token: IMAGE_TOKEN_ID, counts: &image_counts },
+                        Placeholder { kind: MediaKind::Audio, token: AUDIO_TOKEN_ID, counts: &audio_counts },
+                    ],
+                )?;
+                let (adapter, projection) = route(!images.is_empty(), !features.is_empty());
+                let media = PreparedMedia::Phi4MM { images, audios: features, adapter, projection };
+                Ok(PreparedPrompt { tokens, text, media })
+            }
+        }
+    }
+
+    /// Tokenizes a raw prompt (no chat template, no media) for plain text completion.
+    pub fn prepare_text(&self, prompt: &str) -> Result<PreparedPrompt> {
+        let ids = self
+            .tokenizer
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec();
+        if ids.is_empty() {
+            return Err(Error::InvalidRequest("the prompt must not be empty".into()));
+        }
+        let media = match &self.family {
+            Family::Phi3V { .. } => PreparedMedia::Phi3V(Vec::new()),
+            Family::Phi4MM { .. } => PreparedMedia::Phi4MM {
+                images: Vec::new(),
+                audios: Vec::new(),
+                adapter: Adapter::None,
+                projection: AudioProjectionMode::Speech,
+            },
+        };
+        Ok(PreparedPrompt { tokens: PromptTokens { ids, media: Vec::new() }, text: prompt.to_string(), media })
     }
 
     /// Answers a chat request, streaming pieces of text to `on_delta` (return `Break` to cancel).
     pub fn chat(&self, request: &ChatRequest, on_delta: impl FnMut(Delta) -> ControlFlow<()>) -> Result<Completion> {
         let started = Instant::now();
-        let prepared = self.prepare(&request.messages, &request.images)?;
+        let prepared = self.prepare_media(&request.messages, &request.images, &request.audios)?;
         self.generate(&prepared, &request.params, started, on_delta)
     }
 
@@ -158,9 +280,24 @@ impl Pipeline {
         started: Instant,
         on_delta: impl FnMut(Delta) -> ControlFlow<()>,
     ) -> Result<Completion> {
-        let mut sequence = Phi3VSequence { model: &self.model, cache: self.model.new_cache(), images: &prepared.images };
+        let mut sequence: Box<dyn SequenceModel + '_> = match (&self.family, &prepared.media) {
+            (Family::Phi3V { model, .. }, PreparedMedia::Phi3V(images)) => {
+                Box::new(Phi3VSequence { model, cache: model.new_cache(), images })
+            }
+            (Family::Phi4MM { model, .. }, PreparedMedia::Phi4MM { images, audios, adapter, projection }) => {
+                Box::new(Phi4MMSequence {
+                    model,
+                    cache: model.new_cache(),
+                    images,
+                    audios,
+                    adapter: *adapter,
+                    projection: *projection,
+                })
+            }
+            _ => return Err(Error::InvalidRequest("the prompt was prepared by a different model".into())),
+        };
         generate(
-            &mut sequence,
+            sequence.as_mut(),
             &self.tokenizer.tokenizer,
             &prepared.tokens,
             params,
@@ -177,18 +314,17 @@ impl Pipeline {
     }
 }
 
+/// Logits of the last row of `hidden` as a vector.
+fn last_row_logits(hidden: &Tensor, logits: impl FnOnce(&Tensor, &[usize]) -> Result<Tensor>) -> Result<Vec<f32>> {
+    let last = hidden.dim(1)? - 1;
+    Ok(logits(hidden, &[last])?.flatten_all()?.to_vec1::<f32>()?)
+}
+
 /// One Phi-3.5-vision sequence: the model, its KV cache, and its images.
 struct Phi3VSequence<'a> {
     model: &'a Phi3V,
     cache: KvCache,
-    images: &'a [Phi3VImage],
-}
-
-impl Phi3VSequence<'_> {
-    fn last_logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
-        let last = hidden.dim(1)? - 1;
-        Ok(self.model.logits(hidden, &[last])?.flatten_all()?.to_vec1::<f32>()?)
-    }
+    images: &'a [phi3v_hd::Phi3VImage],
 }
 
 impl SequenceModel for Phi3VSequence<'_> {
@@ -203,12 +339,47 @@ impl SequenceModel for Phi3VSequence<'_> {
             .collect::<Result<Vec<_>>>()?;
         let embeds = self.model.embed(&prompt.ids, &media)?;
         let hidden = self.model.forward(&embeds, &mut self.cache)?;
-        self.last_logits(&hidden)
+        last_row_logits(&hidden, |h, rows| self.model.logits(h, rows))
     }
 
     fn step(&mut self, token: u32) -> Result<Vec<f32>> {
         let embeds = self.model.embed(&[token], &[])?;
         let hidden = self.model.forward(&embeds, &mut self.cache)?;
-        self.last_logits(&hidden)
+        last_row_logits(&hidden, |h, rows| self.model.logits(h, rows))
+    }
+}
+
+/// One Phi-4-multimodal sequence: every forward call runs with the adapter its media chose.
+struct Phi4MMSequence<'a> {
+    model: &'a Phi4MM,
+    cache: KvCache,
+    images: &'a [phi4mm_hd::Phi4MMImage],
+    audios: &'a [Tensor],
+    adapter: Adapter,
+    projection: AudioProjectionMode,
+}
+
+impl SequenceModel for Phi4MMSequence<'_> {
+    fn prefill(&mut self, prompt: &PromptTokens) -> Result<Vec<f32>> {
+        let media = prompt
+            .media
+            .iter()
+            .map(|span| {
+                let features = match span.kind {
+                    MediaKind::Image => self.model.encode_image(&self.images[span.index])?,
+                    MediaKind::Audio => self.model.encode_audio(&self.audios[span.index], self.projection)?,
+                };
+                Ok((span.start, features))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embeds = self.model.embed(&prompt.ids, &media)?;
+        let hidden = self.model.forward(&embeds, &mut self.cache, self.adapter)?;
+        last_row_logits(&hidden, |h, rows| self.model.logits(h, rows))
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        let embeds = self.model.embed(&[token], &[])?;
+        let hidden = self.model.forward(&embeds, &mut self.cache, self.adapter)?;
+        last_row_logits(&hidden, |h, rows| self.model.logits(h, rows))
     }
 }

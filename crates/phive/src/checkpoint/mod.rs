@@ -19,17 +19,20 @@ use crate::{Error, Result};
 pub enum Architecture {
     /// `microsoft/Phi-3.5-vision-instruct` (`Phi3VForCausalLM`).
     Phi3V,
+    /// `microsoft/Phi-4-multimodal-instruct` (`Phi4MMForCausalLM`, the Hub's remote-code layout).
+    Phi4MM,
 }
 
 impl Architecture {
     /// The `architectures` names this family is published under.
     const NAMES: &'static [(&'static str, Architecture)] =
-        &[("Phi3VForCausalLM", Architecture::Phi3V)];
+        &[("Phi3VForCausalLM", Architecture::Phi3V), ("Phi4MMForCausalLM", Architecture::Phi4MM)];
 
     /// A short human-readable name.
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Phi3V => "phi3v",
+            Architecture::Phi4MM => "phi4mm",
         }
     }
 
@@ -44,6 +47,7 @@ impl Architecture {
             Some(name) => name.to_string(),
             None => match config.get("model_type").and_then(Value::as_str) {
                 Some("phi3_v") => return Ok(Architecture::Phi3V),
+                Some("phi4mm") => return Ok(Architecture::Phi4MM),
                 Some(other) => other.to_string(),
                 None => {
                     return Err(Error::checkpoint(

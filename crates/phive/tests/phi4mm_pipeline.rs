@@ -1,0 +1,97 @@
+//! Phi-4-multimodal end to end through the public pipeline: our tags, template, image and audio
+//! preprocessing, placeholder expansion, adapter routing and decoding reproduce the reference's
+//! input ids and 16 greedy tokens for text, one image, two images, one audio clip, and image +
+//! audio.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use phive::audio::decode_audio;
+use phive::checkpoint::Architecture;
+use phive::engine::GenerationParams;
+use phive::pipeline::{LoadOptions, Pipeline};
+use phive::prompt::{ChatMessage, MediaKind, MessagePart};
+
+fn load() -> Pipeline {
+    let model = common::fixtures().join("phi4mm-tiny").to_string_lossy().into_owned();
+    Pipeline::load(&LoadOptions { model, ..Default::default() }).unwrap()
+}
+
+fn repo_file(relative: &str) -> std::path::PathBuf {
+    common::fixtures().join("../..").join(relative)
+}
+
+#[test]
+fn every_golden_case_reproduces_ids_and_greedy_tokens() {
+    let pipeline = load();
+    assert_eq!(pipeline.architecture(), Architecture::Phi4MM);
+    assert!(pipeline.accepts_audio());
+    let goldens = common::golden_json("phi4mm/generation.json");
+    for case in goldens["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let paths = |key: &str| -> Vec<std::path::PathBuf> {
+            case[key].as_array().unwrap().iter().map(|p| repo_file(p.as_str().unwrap())).collect()
+        };
+        let images: Vec<_> = paths("images").iter().map(|p| image::open(p).unwrap()).collect();
+        let audios: Vec<_> =
+            paths("audios").iter().map(|p| decode_audio(&std::fs::read(p).unwrap(), None).unwrap()).collect();
+        // The golden messages carry explicit tags; add one media part per tag.
+        let messages: Vec<ChatMessage> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let text = m["content"].as_str().unwrap();
+                let mut parts = vec![MessagePart::Text(text.to_string())];
+                parts.extend(MediaKind::Image.pattern().find_iter(text).map(|_| MessagePart::Image));
+                parts.extend(MediaKind::Audio.pattern().find_iter(text).map(|_| MessagePart::Audio));
+                ChatMessage { role: m["role"].as_str().unwrap().to_string(), parts }
+            })
+            .collect();
+        let prepared = pipeline.prepare_media(&messages, &images, &audios).unwrap();
+        assert_eq!(prepared.text, case["prompt"].as_str().unwrap(), "{name}: prompt");
+        assert_eq!(prepared.tokens.ids, common::golden_ids(&case["input_ids"], 0), "{name}: input ids");
+        let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
+        let completion =
+            pipeline.generate(&prepared, &params, Instant::now(), |_| ControlFlow::Continue(())).unwrap();
+        let golden: Vec<u32> =
+            case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(completion.tokens, golden, "{name}: greedy tokens");
+    }
+}
+
+#[test]
+fn tags_are_placed_without_a_newline_when_absent() {
+    let pipeline = load();
+    let image = common::image("odd_333x777.png");
+    let messages = vec![ChatMessage {
+        role: "user".into(),
+        parts: vec![MessagePart::Image, MessagePart::Text("What is shown in this image?".into())],
+    }];
+    let prepared = pipeline.prepare(&messages, &[image]).unwrap();
+    assert_eq!(prepared.text, "<|user|><|image_1|>What is shown in this image?<|end|><|assistant|>");
+}
+
+#[test]
+fn bad_audio_and_bad_images_get_distinct_errors() {
+    let pipeline = load();
+    let corrupt = std::fs::read(common::fixtures().join("audio/corrupt.wav")).unwrap();
+    let audio_err = decode_audio(&corrupt, None).unwrap_err().to_string();
+    let empty = std::fs::read(common::fixtures().join("audio/empty.wav")).unwrap();
+    let empty_err = decode_audio(&empty, None).unwrap_err().to_string();
+    assert_ne!(audio_err, empty_err);
+    let image_err = phive::media::decode_image(b"\x89PNG\r\n\x1a\nnot really", &phive::media::MediaPolicy::trusted())
+        .unwrap_err()
+        .to_string();
+    assert!(image_err.contains("image"), "{image_err}");
+    // An audio part without an audio input, and an extreme aspect ratio, are request errors.
+    let messages = vec![ChatMessage { role: "user".into(), parts: vec![MessagePart::Audio] }];
+    let err = pipeline.prepare_media(&messages, &[], &[]).err().unwrap().to_string();
+    assert!(err.contains("1 audio input(s) but 0 were supplied"), "{err}");
+    let sliver = image::DynamicImage::new_rgb8(4000, 3);
+    let messages = vec![ChatMessage { role: "user".into(), parts: vec![MessagePart::Image] }];
+    let err = pipeline.prepare(&messages, &[sliver]).err().unwrap().to_string();
+    assert!(err.contains("aspect ratio"), "{err}");
+}
