@@ -1,12 +1,21 @@
 //! The `phive` command.
 
+mod quantize;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
 /// Inference engine for the Phi vision-language models (Phi-3.5-vision).
 #[derive(Parser)]
-#[command(name = "phive", version, about, long_about = None)]
+#[command(
+    name = "phive",
+    version,
+    about,
+    long_about = None,
+    after_help = "Serve a model over HTTP (OpenAI API):\n  phive serve vision -p 1234 -m microsoft/Phi-3.5-vision-instruct\n\
+                  The legacy form `phive --port 1234 vision-plain -m MODEL -a phi3v` is accepted too."
+)]
 struct Cli {
     /// Log filter (e.g. `info`, `phive=debug`); also read from RUST_LOG.
     #[arg(long, global = true, default_value = "warn", env = "RUST_LOG")]
@@ -19,16 +28,24 @@ struct Cli {
 enum Command {
     /// Answer one prompt (with optional images) and stream the answer to stdout.
     Run(run::RunArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (chat and text completions, SSE
+    /// streaming, /v1/models, /health, /metrics).
+    Serve(serve::ServeArgs),
+    /// Quantize a checkpoint (--isq TYPE) and save it as GGUF with its config and tokenizer, so
+    /// `-m OUTPUT` later loads it without quantizing.
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(serve::rewrite_legacy_args(std::env::args().collect()));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Quantize(args) => quantize::quantize(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use phive::engine::{GenerationParams, SamplingParams};
-use phive::media::{load_image, MediaPolicy};
+use phive::audio::decode_audio;
+use phive::media::{load_image, MediaPolicy, MediaSource};
 use phive::pipeline::{ChatRequest, LoadOptions, Pipeline};
 use phive::prompt::{ChatMessage, MessagePart};
 
@@ -20,12 +21,24 @@ pub struct RunArgs {
     /// Hub revision (branch, tag or commit) when MODEL is a Hub id.
     #[arg(long)]
     revision: Option<String>,
+    /// Quantize the language model's linear layers in situ while loading (case-insensitive):
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K, F16, BF16. Q4K and Q6K have
+    /// the fastest CPU kernels; lm_head gets the next higher type.
+    #[arg(long, value_name = "TYPE")]
+    isq: Option<phive::quant::IsqType>,
+    /// With --isq, quantize the vision (and audio) encoders' projections too.
+    #[arg(long, requires = "isq")]
+    isq_encoders: bool,
     /// The user prompt. Images are placed before it unless it contains <|image_N|> tags.
     #[arg(short, long)]
     prompt: String,
     /// An image: a local path, an http(s) URL, a data: URL or base64. Repeat for several images.
     #[arg(long = "image", value_name = "PATH_OR_URL")]
     images: Vec<String>,
+    /// An audio clip (Phi-4-multimodal): a local path, an http(s) URL, a data: URL or base64 of
+    /// wav, mp3, flac or ogg. Repeat for several clips; they follow the images.
+    #[arg(long = "audio", value_name = "PATH_OR_URL")]
+    audios: Vec<String>,
     /// An optional system message.
     #[arg(long)]
     system: Option<String>,
@@ -72,7 +85,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     eprintln!("loading {} ...", args.model);
-    let pipeline = Pipeline::load(&LoadOptions { model: args.model.clone(), revision: args.revision.clone() })?;
+    let pipeline = Pipeline::load(&LoadOptions {
+        model: args.model.clone(),
+        revision: args.revision.clone(),
+        isq: args.isq,
+        isq_encoders: args.isq_encoders,
+    })?;
     eprintln!(
         "loaded {} ({}) in {:.2}s, {:.1} MB of weights",
         pipeline.source(),
@@ -80,18 +98,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         pipeline.load_time().as_secs_f64(),
         pipeline.weight_bytes() as f64 / 1e6
     );
+    if pipeline.load_report().isq.is_some() {
+        eprintln!("{}", pipeline.load_report());
+    }
 
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage::text("system", system));
     }
+    let audios = args
+        .audios
+        .iter()
+        .map(|src| {
+            let bytes = MediaSource::parse(src).and_then(|s| s.fetch(&policy))?;
+            decode_audio(&bytes, None)
+        })
+        .collect::<Result<Vec<_>, phive::Error>>()
+        .context("audio input")?;
     let mut parts = vec![MessagePart::Image; images.len()];
+    parts.extend(vec![MessagePart::Audio; audios.len()]);
     parts.push(MessagePart::Text(args.prompt.clone()));
     messages.push(ChatMessage { role: "user".into(), parts });
 
     let request = ChatRequest {
         messages,
         images,
+        audios,
         params: GenerationParams {
             sampling: SamplingParams {
                 temperature: args.temperature,
@@ -119,10 +151,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = writeln!(stdout);
     let u = &completion.usage;
     eprintln!(
-        "prompt tokens: {} ({} image) | completion tokens: {} | finish: {:?}\n\
+        "prompt tokens: {} ({} image, {} audio) | completion tokens: {} | finish: {:?}\n\
          time to first token: {:.2}s | prefill: {:.1} tok/s | decode: {:.1} tok/s | total: {:.2}s (wall {:.2}s)",
         u.prompt_tokens,
         u.image_tokens,
+        u.audio_tokens,
         u.completion_tokens,
         completion.finish_reason,
         u.time_to_first_token.as_secs_f64(),

@@ -6,6 +6,8 @@
 //! them exactly as the Hugging Face reference does, `prompt` renders the chat template and places
 //! the media tokens, `models` runs the networks, and `engine` samples, stops and detokenizes.
 
+pub mod api;
+pub mod audio;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;
@@ -14,6 +16,7 @@ pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod prompt;
+pub mod quant;
 pub mod vision;
 
 pub use error::{Error, Result};

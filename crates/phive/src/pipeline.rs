@@ -49,7 +49,7 @@ pub struct ChatRequest {
 
 /// The network of each supported family, with its preprocessing settings.
 enum Family {
-    Phi3V { model: Phi3V, images: phi3v_hd::Phi3VImageProcessorConfig },
+    Phi3V { model: Box<Phi3V>, images: phi3v_hd::Phi3VImageProcessorConfig },
     Phi4MM { model: Box<Phi4MM>, images: phi4mm_hd::Phi4MMImageProcessorConfig },
 }
 
@@ -107,7 +107,7 @@ impl Pipeline {
                 let model_config: Phi3VConfig = serde_json::from_value(config)
                     .map_err(|e| Error::checkpoint(&config_path, format!("invalid model config: {e}")))?;
                 let images = phi3v_hd::Phi3VImageProcessorConfig::from_file(&preprocessor_path)?;
-                Family::Phi3V { model: isq.scope(|| Phi3V::new(&model_config, vb))?, images }
+                Family::Phi3V { model: Box::new(isq.scope(|| Phi3V::new(&model_config, vb))?), images }
             }
             Architecture::Phi4MM => {
                 let model_config = Phi4MMConfig::from_json(&config)?;

@@ -11,7 +11,7 @@ use phive::engine::{Engine, EngineConfig, Event, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline};
 
 fn load() -> Pipeline {
-    Pipeline::load(&LoadOptions { model: common::phi3v_tiny().to_string_lossy().into(), revision: None })
+    Pipeline::load(&LoadOptions { model: common::phi3v_tiny().to_string_lossy().into(), revision: None, ..Default::default() })
         .unwrap()
 }
 
@@ -108,7 +108,7 @@ fn bad_requests_get_clear_errors() {
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "wide_1000x600.png"}}, {"type": "text", "text": "hi"}]}
     ]));
     let err = pipeline.prepare(&messages, &[]).err().unwrap().to_string();
-    assert!(err.contains("1 image(s)") && err.contains("0 were supplied"), "{err}");
+    assert!(err.contains("1 image input(s)") && err.contains("0 were supplied"), "{err}");
     let (messages, images) = common::openai_messages(&serde_json::json!([
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "wide_1000x600.png"}}, {"type": "text", "text": "<|image_2|> hi"}]}
     ]));

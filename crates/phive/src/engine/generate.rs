@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::logprobs::{token_logprob, TokenLogprob};
 use super::{IncrementalDetokenizer, Sampler, SamplingParams, StopStrings};
-use crate::prompt::PromptTokens;
+use crate::prompt::{MediaKind, PromptTokens};
 use crate::{Error, Result};
 
 /// A model positioned on one sequence: it has consumed the prompt or the tokens fed so far.
@@ -74,6 +74,8 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// How many of the prompt positions are image features.
     pub image_tokens: usize,
+    /// How many of the prompt positions are audio features.
+    pub audio_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
     /// Time spent before generation started (media encoding and preprocessing).
@@ -138,7 +140,8 @@ pub fn generate(
     let budget = params.max_tokens.unwrap_or(usize::MAX).min(context_length - prompt_len);
     let mut usage = Usage {
         prompt_tokens: prompt_len,
-        image_tokens: prompt.media.iter().map(|s| s.len).sum(),
+        image_tokens: prompt.media.iter().filter(|s| s.kind == MediaKind::Image).map(|s| s.len).sum(),
+        audio_tokens: prompt.media.iter().filter(|s| s.kind == MediaKind::Audio).map(|s| s.len).sum(),
         preprocess_time: started.elapsed(),
         ..Default::default()
     };

@@ -23,6 +23,15 @@ pub struct TokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
+/// The text a token contributes in the middle of a sequence. Decoding a token alone loses a
+/// SentencePiece leading space (the decoder strips the first one), so the token is decoded
+/// after a copy of itself and the first copy's text is cut off.
+fn token_text(tokenizer: &tokenizers::Tokenizer, id: u32) -> String {
+    let single = tokenizer.decode(&[id], false).unwrap_or_default();
+    let double = tokenizer.decode(&[id, id], false).unwrap_or_default();
+    double.strip_prefix(single.as_str()).map(str::to_string).unwrap_or(single)
+}
+
 /// Computes the log-probability of `chosen` and the `top` most likely tokens from raw logits.
 pub fn token_logprob(
     logits: &[f32],
@@ -34,7 +43,7 @@ pub fn token_logprob(
     let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
     let entry = |id: u32| TopLogprob {
         token_id: id,
-        token: tokenizer.decode(&[id], false).unwrap_or_default(),
+        token: token_text(tokenizer, id),
         logprob: logits[id as usize] - log_sum,
     };
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();

@@ -4,6 +4,8 @@
 //! Fetching media is a security boundary for a server, so every source goes through a
 //! [`MediaPolicy`] that says which kinds are allowed and how large things may get.
 
+mod net;
 mod source;
 
-pub use source::{load_image, MediaPolicy, MediaSource};
+pub use net::{forbidden_reason, resolve_checked};
+pub use source::{decode_image, load_image, MediaPolicy, MediaSource};

@@ -7,19 +7,27 @@ use image::DynamicImage;
 
 use crate::{Error, Result};
 
-/// What a media reference may point at, and how large it may be.
+/// What a media reference may point at, and how large it may get.
 #[derive(Debug, Clone)]
 pub struct MediaPolicy {
-    /// Largest accepted encoded size in bytes (downloads and base64 payloads).
+    /// Largest accepted encoded size in bytes (downloads, files and base64 payloads).
     pub max_bytes: usize,
     /// Largest accepted decoded image, in pixels; checked from the header before decoding.
     pub max_pixels: u64,
-    /// Directories local paths must lie inside; `None` allows any readable path.
+    /// Directories local paths must lie inside (after resolving symlinks and `..`); `None`
+    /// allows any readable path, an empty list refuses every path.
     pub local_dirs: Option<Vec<PathBuf>>,
-    /// Whether http(s) URLs may be fetched.
+    /// Whether http(s) URLs may be fetched at all.
     pub allow_urls: bool,
+    /// Whether URLs may resolve to loopback, private, link-local, CGNAT, multicast, unspecified
+    /// or metadata addresses (checked on every redirect hop, on the address actually used).
+    pub allow_private_urls: bool,
     /// Total time allowed for one download.
     pub fetch_timeout: Duration,
+    /// Time allowed to establish a connection.
+    pub connect_timeout: Duration,
+    /// Most redirects followed per download.
+    pub max_redirects: u32,
 }
 
 impl MediaPolicy {
@@ -30,7 +38,26 @@ impl MediaPolicy {
             max_pixels: 100_000_000,
             local_dirs: None,
             allow_urls: true,
+            allow_private_urls: true,
             fetch_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_redirects: 5,
+        }
+    }
+
+    /// For requests from the network (the HTTP server): public URLs only, no local files,
+    /// 20 MB per image (OpenAI's limit) and a 50-megapixel budget. Operators widen it with
+    /// flags, which every refusal names.
+    pub fn server() -> Self {
+        MediaPolicy {
+            max_bytes: 20 * 1024 * 1024,
+            max_pixels: 50_000_000,
+            local_dirs: Some(Vec::new()),
+            allow_urls: true,
+            allow_private_urls: false,
+            fetch_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_redirects: 3,
         }
     }
 }
@@ -65,11 +92,7 @@ impl MediaSource {
             return Ok(MediaSource::Path(PathBuf::from(&trimmed[7..])));
         }
         if let Some(scheme) = trimmed.split_once("://").map(|(s, _)| s) {
-            if !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-            {
+            if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
                 return Err(Error::Media(format!(
                     "unsupported URL scheme {scheme:?}; use http(s), data: or file:// URLs, a local path, or base64"
                 )));
@@ -90,6 +113,35 @@ impl MediaSource {
         )))
     }
 
+    /// Classifies `reference` for a server: like [`MediaSource::parse`], but when local paths
+    /// are restricted the answer never depends on whether a file exists (that would let a
+    /// client probe the server's file system): inline base64 is recognised by its content,
+    /// everything else that is not a URL is treated as a path and checked by [`fetch`](Self::fetch).
+    pub fn parse_with(reference: &str, policy: &MediaPolicy) -> Result<Self> {
+        if policy.local_dirs.is_none() {
+            return Self::parse(reference);
+        }
+        let trimmed = reference.trim();
+        let lower = trimmed.get(..8).unwrap_or(trimmed).to_ascii_lowercase();
+        if trimmed.is_empty()
+            || lower.starts_with("data:")
+            || lower.starts_with("http://")
+            || lower.starts_with("https://")
+            || lower.starts_with("file://")
+            || trimmed.contains("://")
+        {
+            return Self::parse(trimmed);
+        }
+        if trimmed.len() >= 16 {
+            if let Ok(bytes) = decode_base64(trimmed) {
+                if image::guess_format(&bytes).is_ok() {
+                    return Ok(MediaSource::Inline(bytes));
+                }
+            }
+        }
+        Ok(MediaSource::Path(PathBuf::from(trimmed)))
+    }
+
     /// Reads the bytes behind the source, enforcing `policy`.
     pub fn fetch(&self, policy: &MediaPolicy) -> Result<Vec<u8>> {
         let bytes = match self {
@@ -106,7 +158,7 @@ impl MediaSource {
 
 /// Resolves, fetches and decodes an image reference.
 pub fn load_image(reference: &str, policy: &MediaPolicy) -> Result<DynamicImage> {
-    let bytes = MediaSource::parse(reference)?.fetch(policy)?;
+    let bytes = MediaSource::parse_with(reference, policy)?.fetch(policy)?;
     decode_image(&bytes, policy)
 }
 
@@ -118,16 +170,15 @@ pub fn decode_image(bytes: &[u8], policy: &MediaPolicy) -> Result<DynamicImage> 
             .with_guessed_format()
             .map_err(|e| Error::Media(format!("cannot read image: {e}")))
     };
-    let format = reader()?.format().ok_or_else(|| {
-        Error::Media("unrecognised image format; send PNG, JPEG, WebP, GIF or BMP".into())
-    })?;
-    let (w, h) = reader()?
-        .into_dimensions()
-        .map_err(|e| Error::Media(format!("corrupt {format:?} image: {e}")))?;
+    let format = reader()?
+        .format()
+        .ok_or_else(|| Error::Media("unrecognised image format; send PNG, JPEG, WebP, GIF or BMP".into()))?;
+    let (w, h) =
+        reader()?.into_dimensions().map_err(|e| Error::Media(format!("corrupt {format:?} image: {e}")))?;
     let pixels = u64::from(w) * u64::from(h);
     if pixels > policy.max_pixels {
         return Err(Error::Media(format!(
-            "image is {w}x{h} = {pixels} pixels, over the limit of {} pixels",
+            "image is {w}x{h} = {pixels} pixels, over the limit of {} pixels (the server's --max-image-pixels)",
             policy.max_pixels
         )));
     }
@@ -140,9 +191,7 @@ pub fn decode_image(bytes: &[u8], policy: &MediaPolicy) -> Result<DynamicImage> 
     limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
     let mut reader = reader()?;
     reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| Error::Media(format!("cannot decode {format:?} image: {e}")))
+    reader.decode().map_err(|e| Error::Media(format!("cannot decode {format:?} image: {e}")))
 }
 
 fn parse_data_url(url: &str) -> Result<Vec<u8>> {
@@ -150,9 +199,7 @@ fn parse_data_url(url: &str) -> Result<Vec<u8>> {
         .split_once(',')
         .ok_or_else(|| Error::Media("malformed data: URL (no comma before the data)".into()))?;
     if !header.to_ascii_lowercase().ends_with(";base64") {
-        return Err(Error::Media(
-            "data: URLs must be base64-encoded (data:<mime>;base64,<data>)".into(),
-        ));
+        return Err(Error::Media("data: URLs must be base64-encoded (data:<mime>;base64,<data>)".into()));
     }
     decode_base64(data).map_err(|e| Error::Media(format!("invalid base64 in data: URL: {e}")))
 }
@@ -167,28 +214,92 @@ fn decode_base64(data: &str) -> std::result::Result<Vec<u8>, base64::DecodeError
     engine.decode(compact.as_bytes())
 }
 
-fn read_local(path: &Path, policy: &MediaPolicy) -> Result<Vec<u8>> {
-    let canonical = path
-        .canonicalize()
-        .map_err(|e| Error::Media(format!("cannot open local file {}: {e}", path.display())))?;
-    if let Some(dirs) = &policy.local_dirs {
-        let allowed = dirs
-            .iter()
-            .filter_map(|d| d.canonicalize().ok())
-            .any(|d| canonical.starts_with(&d));
-        if !allowed {
-            return Err(Error::Media(format!(
-                "local file {} is outside the directories allowed for media (--allow-local-media)",
-                path.display()
-            )));
+/// Makes `path` absolute and removes `.` and `..` without touching the file system, so a path
+/// that does not exist can still be placed inside or outside the allowed directories.
+fn lexical_absolute(path: &Path) -> PathBuf {
+    let base = if path.is_absolute() { PathBuf::new() } else { std::env::current_dir().unwrap_or_default() };
+    let mut out = PathBuf::new();
+    for component in base.join(path).components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
         }
     }
-    let size = std::fs::metadata(&canonical).map(|m| m.len()).unwrap_or(0);
-    if size > policy.max_bytes as u64 {
-        return Err(too_large(size as usize, policy.max_bytes));
+    out
+}
+
+fn read_local(path: &Path, policy: &MediaPolicy) -> Result<Vec<u8>> {
+    let canonical = match &policy.local_dirs {
+        None => path
+            .canonicalize()
+            .map_err(|e| Error::Media(format!("cannot open local file {}: {e}", path.display())))?,
+        Some(dirs) if dirs.is_empty() => {
+            return Err(Error::Media(format!(
+                "local file paths are not allowed on this server ({}); the operator can allow a directory with --allow-local-media DIR",
+                shorten(&path.display().to_string())
+            )))
+        }
+        Some(dirs) => {
+            let allowed: Vec<PathBuf> = dirs.iter().filter_map(|d| d.canonicalize().ok()).collect();
+            let outside = || {
+                Error::Media(format!(
+                    "local file {} is outside the directories allowed for media (--allow-local-media)",
+                    shorten(&path.display().to_string())
+                ))
+            };
+            match path.canonicalize() {
+                // Symlinks and `..` are resolved before the check, so neither escapes.
+                Ok(canonical) if allowed.iter().any(|d| canonical.starts_with(d)) => canonical,
+                Ok(_) => return Err(outside()),
+                Err(e) => {
+                    // Only say "not found" for paths that would have been allowed, so the
+                    // answer reveals nothing about files elsewhere.
+                    let lexical = lexical_absolute(path);
+                    if allowed.iter().any(|d| lexical.starts_with(d)) {
+                        return Err(Error::Media(format!("cannot open local file {}: {e}", path.display())));
+                    }
+                    return Err(outside());
+                }
+            }
+        }
+    };
+    let metadata = std::fs::metadata(&canonical)
+        .map_err(|e| Error::Media(format!("cannot open local file {}: {e}", path.display())))?;
+    if !metadata.is_file() {
+        return Err(Error::Media(format!("{} is not a regular file", path.display())));
     }
-    std::fs::read(&canonical)
-        .map_err(|e| Error::Media(format!("cannot read {}: {e}", path.display())))
+    if metadata.len() > policy.max_bytes as u64 {
+        return Err(too_large(metadata.len() as usize, policy.max_bytes));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&canonical)
+        .and_then(|f| f.take(policy.max_bytes as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| Error::Media(format!("cannot read {}: {e}", path.display())))?;
+    Ok(bytes)
+}
+
+/// A DNS resolver for ureq that only returns addresses the policy allows; ureq calls it for
+/// every connection, redirects included, and connects to exactly these addresses.
+struct CheckedResolver {
+    allow_private: bool,
+}
+
+impl ureq::Resolver for CheckedResolver {
+    fn resolve(&self, netloc: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        super::net::resolve_checked(netloc, self.allow_private)
+    }
+}
+
+/// The innermost explanation of a ureq failure (our resolver's refusal, a timeout...).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
 }
 
 fn download(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>> {
@@ -196,22 +307,51 @@ fn download(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>> {
         return Err(Error::Media("fetching media from URLs is disabled".into()));
     }
     let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10).min(policy.fetch_timeout))
+        .timeout_connect(policy.connect_timeout.min(policy.fetch_timeout))
         .timeout(policy.fetch_timeout)
-        .redirects(5)
+        .redirects(policy.max_redirects)
+        .try_proxy_from_env(false)
+        .resolver(CheckedResolver { allow_private: policy.allow_private_urls })
         .build();
+    let shown = shorten(url);
     let response = agent.get(url).call().map_err(|e| match e {
         ureq::Error::Status(code, _) => {
-            Error::Media(format!("fetching {url} failed with HTTP status {code}"))
+            Error::Media(format!("fetching {shown} failed with HTTP status {code}"))
         }
-        other => Error::Media(format!("cannot fetch {url}: {other}")),
+        ureq::Error::Transport(t) => {
+            let cause = root_cause(&t);
+            match t.kind() {
+                ureq::ErrorKind::TooManyRedirects => Error::Media(format!(
+                    "fetching {shown} followed more than {} redirects (the server's limit)",
+                    policy.max_redirects
+                )),
+                ureq::ErrorKind::Dns if cause.contains("--allow-private-urls") => {
+                    Error::Media(format!("refusing to fetch {shown}: {cause}"))
+                }
+                _ if cause.contains("timed out") || cause.contains("timeout") => Error::Media(format!(
+                    "fetching {shown} took longer than the {}s limit (--fetch-timeout): {cause}",
+                    policy.fetch_timeout.as_secs_f64()
+                )),
+                _ => Error::Media(format!("cannot fetch {shown}: {t}")),
+            }
+        }
     })?;
+    if let Some(len) = response.header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+        if len > policy.max_bytes as u64 {
+            return Err(too_large(len as usize, policy.max_bytes));
+        }
+    }
     let mut bytes = Vec::new();
-    response
-        .into_reader()
-        .take(policy.max_bytes as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::Media(format!("error while downloading {url}: {e}")))?;
+    response.into_reader().take(policy.max_bytes as u64 + 1).read_to_end(&mut bytes).map_err(|e| {
+        if e.to_string().contains("timed out") {
+            Error::Media(format!(
+                "downloading {shown} took longer than the {}s limit (--fetch-timeout)",
+                policy.fetch_timeout.as_secs_f64()
+            ))
+        } else {
+            Error::Media(format!("error while downloading {shown}: {e}"))
+        }
+    })?;
     if bytes.len() > policy.max_bytes {
         return Err(too_large(bytes.len(), policy.max_bytes));
     }
@@ -220,7 +360,7 @@ fn download(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>> {
 
 fn too_large(size: usize, max: usize) -> Error {
     Error::Media(format!(
-        "media is larger than the limit of {max} bytes (got at least {size})"
+        "media is larger than the limit of {max} bytes (got at least {size}; the server's --max-image-bytes)"
     ))
 }
 
@@ -252,18 +392,9 @@ mod tests {
             MediaSource::Inline(png.clone())
         );
         assert_eq!(MediaSource::parse(&b64).unwrap(), MediaSource::Inline(png));
-        assert!(matches!(
-            MediaSource::parse("https://example.com/a.png").unwrap(),
-            MediaSource::Url(_)
-        ));
-        assert_eq!(
-            MediaSource::parse("file:///tmp/x.png").unwrap(),
-            MediaSource::Path("/tmp/x.png".into())
-        );
-        assert!(MediaSource::parse("ftp://host/x.png")
-            .unwrap_err()
-            .to_string()
-            .contains("scheme"));
+        assert!(matches!(MediaSource::parse("https://example.com/a.png").unwrap(), MediaSource::Url(_)));
+        assert_eq!(MediaSource::parse("file:///tmp/x.png").unwrap(), MediaSource::Path("/tmp/x.png".into()));
+        assert!(MediaSource::parse("ftp://host/x.png").unwrap_err().to_string().contains("scheme"));
         assert!(MediaSource::parse("no-such-file.png").is_err());
         assert!(MediaSource::parse("data:image/png,abc").is_err());
     }
@@ -273,14 +404,8 @@ mod tests {
         let png = png_bytes(40, 30);
         let img = decode_image(&png, &MediaPolicy::trusted()).unwrap();
         assert_eq!((img.width(), img.height()), (40, 30));
-        let tight = MediaPolicy {
-            max_pixels: 1000,
-            ..MediaPolicy::trusted()
-        };
-        assert!(decode_image(&png, &tight)
-            .unwrap_err()
-            .to_string()
-            .contains("over the limit"));
+        let tight = MediaPolicy { max_pixels: 1000, ..MediaPolicy::trusted() };
+        assert!(decode_image(&png, &tight).unwrap_err().to_string().contains("over the limit"));
         assert!(decode_image(b"not an image at all", &MediaPolicy::trusted()).is_err());
         let mut truncated = png_bytes(40, 30);
         truncated.truncate(truncated.len() / 2);
@@ -293,18 +418,50 @@ mod tests {
         let inside = dir.path().join("a.png");
         std::fs::write(&inside, png_bytes(2, 2)).unwrap();
         let other = tempfile::tempdir().unwrap();
-        let policy = MediaPolicy {
-            local_dirs: Some(vec![other.path().to_path_buf()]),
-            ..MediaPolicy::trusted()
-        };
-        let err = load_image(inside.to_str().unwrap(), &policy)
-            .unwrap_err()
-            .to_string();
+        let policy =
+            MediaPolicy { local_dirs: Some(vec![other.path().to_path_buf()]), ..MediaPolicy::trusted() };
+        let err = load_image(inside.to_str().unwrap(), &policy).unwrap_err().to_string();
         assert!(err.contains("--allow-local-media"), "{err}");
-        let policy = MediaPolicy {
-            local_dirs: Some(vec![dir.path().to_path_buf()]),
-            ..MediaPolicy::trusted()
-        };
+        let policy =
+            MediaPolicy { local_dirs: Some(vec![dir.path().to_path_buf()]), ..MediaPolicy::trusted() };
         assert!(load_image(inside.to_str().unwrap(), &policy).is_ok());
+    }
+
+    #[test]
+    fn server_policy_refusals_name_their_flag_and_reveal_nothing() {
+        let allowed = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let secret = elsewhere.path().join("secret.png");
+        std::fs::write(&secret, png_bytes(2, 2)).unwrap();
+        // No directories allowed: every path is refused the same way.
+        let closed = MediaPolicy::server();
+        let err = load_image(secret.to_str().unwrap(), &closed).unwrap_err().to_string();
+        assert!(err.contains("--allow-local-media"), "{err}");
+        let policy =
+            MediaPolicy { local_dirs: Some(vec![allowed.path().to_path_buf()]), ..MediaPolicy::server() };
+        // An existing and a missing file outside the allowed dir get the same answer.
+        let missing = elsewhere.path().join("missing.png");
+        let a = load_image(secret.to_str().unwrap(), &policy).unwrap_err().to_string();
+        let b = load_image(missing.to_str().unwrap(), &policy).unwrap_err().to_string();
+        assert_eq!(a.replace("secret", "X"), b.replace("missing", "X"));
+        // `..` and symlinks cannot escape.
+        let dotdot = allowed.path().join("..").join(elsewhere.path().file_name().unwrap()).join("secret.png");
+        assert!(load_image(dotdot.to_str().unwrap(), &policy).unwrap_err().to_string().contains("outside"));
+        #[cfg(unix)]
+        {
+            let link = allowed.path().join("link.png");
+            std::os::unix::fs::symlink(&secret, &link).unwrap();
+            let err = load_image(link.to_str().unwrap(), &policy).unwrap_err().to_string();
+            assert!(err.contains("outside"), "{err}");
+        }
+        // Inside the allowed dir it works, and raw base64 is recognised without touching files.
+        let inside = allowed.path().join("ok.png");
+        std::fs::write(&inside, png_bytes(3, 3)).unwrap();
+        assert!(load_image(inside.to_str().unwrap(), &policy).is_ok());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(png_bytes(3, 3));
+        assert!(load_image(&b64, &policy).is_ok());
+        // URLs to private addresses are refused before connecting.
+        let err = load_image("http://127.0.0.1:9/x.png", &policy).unwrap_err().to_string();
+        assert!(err.contains("--allow-private-urls"), "{err}");
     }
 }

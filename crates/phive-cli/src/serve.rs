@@ -1,0 +1,310 @@
+//! `phive serve`: the OpenAI-compatible HTTP server.
+//!
+//! Documented form: `phive serve vision -p 1234 -m MODEL`. The mistral.rs-style legacy form
+//! `phive --port 1234 vision-plain -m MODEL -a phi4mm` is rewritten to
+//! `phive serve vision-plain --port 1234 -m MODEL -a phi4mm` before parsing (see
+//! [`rewrite_legacy_args`]), so server options may come before or after the model subcommand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use phive::api::RequestLimits;
+use phive::engine::{Engine, EngineConfig};
+use phive::media::MediaPolicy;
+use phive::pipeline::{LoadOptions, Pipeline};
+use phive_server::{Server, ServerConfig};
+
+/// Options of `phive serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    server: ServerOptions,
+    #[command(subcommand)]
+    model: ModelCommand,
+}
+
+/// The kind of model to serve.
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Serve a vision-language model (Phi-3.5-vision; Phi-4-multimodal is planned).
+    #[command(visible_alias = "vision-plain")]
+    Vision(ModelArgs),
+}
+
+/// Architectures `--arch` accepts.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Arch {
+    /// microsoft/Phi-3.5-vision-instruct.
+    Phi3v,
+    /// microsoft/Phi-4-multimodal-instruct (not implemented yet).
+    Phi4mm,
+}
+
+impl Arch {
+    fn name(self) -> &'static str {
+        match self {
+            Arch::Phi3v => "phi3v",
+            Arch::Phi4mm => "phi4mm",
+        }
+    }
+}
+
+/// Weight data types `--dtype` accepts.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Dtype {
+    /// The best supported type for the device (f32 on the CPU).
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// bfloat16 (not supported yet).
+    Bf16,
+    /// float16 (not supported yet).
+    F16,
+}
+
+/// In-situ quantization types (mistral.rs's names, plus bit counts).
+const ISQ_TYPES: &[&str] = &[
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "q2k", "q3k", "q4k", "q5k", "q6k", "q8k", "hqq4", "hqq8",
+    "f8e4m3", "2", "3", "4", "5", "6", "8",
+];
+
+fn parse_isq(value: &str) -> Result<String, String> {
+    let lower = value.to_ascii_lowercase();
+    if ISQ_TYPES.contains(&lower.as_str()) {
+        Ok(lower)
+    } else {
+        Err(format!("unknown ISQ type; expected one of {}", ISQ_TYPES.join(", ")))
+    }
+}
+
+/// Which model to load.
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// Model: a local checkpoint folder or a Hugging Face id (e.g. microsoft/Phi-3.5-vision-instruct).
+    #[arg(short, long, visible_alias = "model-id")]
+    model: String,
+    /// Hub revision (branch, tag or commit) when MODEL is a Hub id.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Expected architecture; checked against the checkpoint's config.json (auto-detected when absent).
+    #[arg(short, long, value_enum)]
+    arch: Option<Arch>,
+}
+
+/// Server options; accepted before or after the model subcommand.
+#[derive(Args, Debug)]
+struct ServerOptions {
+    /// Address to listen on. Use 0.0.0.0 to accept connections from other machines.
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free port).
+    #[arg(short, long, global = true, default_value_t = 1234)]
+    port: u16,
+    /// Weight data type.
+    #[arg(short = 'd', long, global = true, value_enum, default_value = "auto")]
+    dtype: Dtype,
+    /// In-situ quantization type (q4k, q8_0, ... or bits); not supported yet, so giving it is an error.
+    #[arg(long, global = true, value_parser = parse_isq)]
+    isq: Option<String>,
+    /// Requests generating at the same time (one worker thread each).
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_concurrent: u32,
+    /// Requests waiting for a worker (including one being handed over); beyond it requests get 503.
+    #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queue: u32,
+    /// Most images per request.
+    #[arg(long, global = true, default_value_t = 8)]
+    max_images: usize,
+    /// Largest image in bytes (download, file or base64 payload).
+    #[arg(long, global = true, default_value_t = 20 * 1024 * 1024)]
+    max_image_bytes: usize,
+    /// Largest image in pixels (width x height), checked from the header before decoding.
+    #[arg(long, global = true, default_value_t = 50_000_000)]
+    max_image_pixels: u64,
+    /// Allow images given as local paths or file:// URLs inside DIR (repeatable). Without it,
+    /// local paths are refused.
+    #[arg(long = "allow-local-media", value_name = "DIR", global = true)]
+    allow_local_media: Vec<PathBuf>,
+    /// Allow image URLs that resolve to loopback, private, link-local, CGNAT, multicast or
+    /// metadata addresses (refused by default: they reach the server's own network).
+    #[arg(long, global = true)]
+    allow_private_urls: bool,
+    /// Seconds allowed for downloading one image URL.
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
+    fetch_timeout: f64,
+    /// Largest request body in bytes.
+    #[arg(long, global = true, default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Model id clients send and responses carry (default: the --model value).
+    #[arg(long, global = true)]
+    served_model_name: Option<String>,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
+    shutdown_timeout: f64,
+}
+
+/// Rewrites the legacy form `phive [OPTIONS] vision-plain ARGS` into
+/// `phive serve vision-plain [OPTIONS] ARGS`, leaving every other command line alone.
+pub fn rewrite_legacy_args(args: Vec<String>) -> Vec<String> {
+    let Some(position) = args.iter().position(|a| a == "vision-plain") else { return args };
+    if args[1..position].iter().any(|a| ["serve", "run", "quantize", "help"].contains(&a.as_str())) {
+        return args;
+    }
+    let mut out = vec![args[0].clone(), "serve".to_string(), "vision-plain".to_string()];
+    out.extend(args[1..position].iter().cloned());
+    out.extend(args[position + 1..].iter().cloned());
+    out
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{name} must be a positive number of seconds, got {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Loads the model and serves it until SIGINT/SIGTERM.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ModelCommand::Vision(model) = args.model;
+    let opts = args.server;
+    match opts.dtype {
+        Dtype::Auto | Dtype::F32 => {}
+        other => bail!(
+            "--dtype {} is not supported yet: phive runs f32 weights on the CPU (use --dtype auto or f32)",
+            format!("{other:?}").to_lowercase()
+        ),
+    }
+    if let Some(isq) = &opts.isq {
+        bail!("--isq {isq}: in-situ quantization is not supported yet; remove --isq to serve unquantized weights");
+    }
+    let fetch_timeout = seconds("--fetch-timeout", opts.fetch_timeout)?;
+    let shutdown_timeout = seconds("--shutdown-timeout", opts.shutdown_timeout)?;
+    for dir in &opts.allow_local_media {
+        if !dir.is_dir() {
+            bail!("--allow-local-media {}: not a directory", dir.display());
+        }
+    }
+
+    eprintln!("loading {} ...", model.model);
+    let pipeline = Pipeline::load(&LoadOptions {
+        model: model.model.clone(),
+        revision: model.revision.clone(),
+        ..Default::default()
+    })?;
+    let detected = pipeline.architecture().name();
+    if let Some(arch) = model.arch {
+        if arch.name() != detected {
+            bail!(
+                "--arch {} does not match the checkpoint: {} is a {detected} model",
+                arch.name(),
+                pipeline.source()
+            );
+        }
+    }
+    let served = opts.served_model_name.clone().unwrap_or_else(|| model.model.clone());
+    eprintln!(
+        "loaded {} | arch {detected} | dtype f32 | {:.1} MB of weights | load time {:.2}s",
+        pipeline.source(),
+        pipeline.weight_bytes() as f64 / 1e6,
+        pipeline.load_time().as_secs_f64()
+    );
+
+    let engine = Arc::new(Engine::new(
+        pipeline,
+        EngineConfig { max_concurrent: opts.max_concurrent as usize, max_queue: opts.max_queue as usize },
+    ));
+    let media = MediaPolicy {
+        max_bytes: opts.max_image_bytes,
+        max_pixels: opts.max_image_pixels,
+        local_dirs: Some(opts.allow_local_media.clone()),
+        allow_private_urls: opts.allow_private_urls,
+        fetch_timeout,
+        ..MediaPolicy::server()
+    };
+    let config = ServerConfig {
+        served_model_name: served.clone(),
+        model_aliases: vec![model.model.clone()],
+        media,
+        limits: RequestLimits { max_images: opts.max_images },
+        max_body_bytes: opts.max_body_bytes,
+    };
+    let server = Server::new(Arc::clone(&engine), config);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
+        let address: SocketAddr = listener.local_addr()?;
+        eprintln!(
+            "listening on http://{address} | model id {served:?} | max concurrent {} | max queue {}",
+            opts.max_concurrent, opts.max_queue
+        );
+        server.serve(listener, shutdown_signal(), shutdown_timeout).await.context("serving")
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    eprintln!("stopped");
+    result
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    eprintln!("shutting down: no longer accepting connections");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn rewrites_only_the_legacy_form() {
+        assert_eq!(
+            rewrite_legacy_args(strings(&[
+                "phive",
+                "--port",
+                "1234",
+                "vision-plain",
+                "-m",
+                "M",
+                "-a",
+                "phi4mm"
+            ])),
+            strings(&["phive", "serve", "vision-plain", "--port", "1234", "-m", "M", "-a", "phi4mm"])
+        );
+        let documented = strings(&["phive", "serve", "vision", "-p", "1234", "-m", "M"]);
+        assert_eq!(rewrite_legacy_args(documented.clone()), documented);
+        let run = strings(&["phive", "run", "-m", "M", "-p", "vision-plain"]);
+        assert_eq!(rewrite_legacy_args(run.clone()), run);
+    }
+}

@@ -1,0 +1,213 @@
+"""Response objects, shaped like mistral.rs's (and OpenAI's): attribute access all the way down.
+
+They are plain dataclasses built from the engine's JSON; ``repr`` shows every field and
+``to_dict()`` gives the OpenAI-shaped dict back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+__all__ = [
+    "Usage",
+    "Timings",
+    "TopLogprob",
+    "ResponseLogprob",
+    "Logprobs",
+    "ResponseMessage",
+    "Choice",
+    "ChatCompletionResponse",
+    "Delta",
+    "ChunkChoice",
+    "ChatCompletionChunkResponse",
+]
+
+
+class _Record:
+    def to_dict(self) -> Dict[str, Any]:
+        """The OpenAI-shaped dict."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> Any:
+        """Builds the record from a dict, ignoring keys it does not know (newer engines)."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Usage(_Record):
+    """Token counts and speeds (mistral.rs's nine fields). Times are in seconds; with several
+    choices, times and rates cover all of them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    avg_tok_per_sec: float = 0.0
+    avg_prompt_tok_per_sec: float = 0.0
+    avg_compl_tok_per_sec: float = 0.0
+    total_time_sec: float = 0.0
+    total_prompt_time_sec: float = 0.0
+    total_completion_time_sec: float = 0.0
+
+
+@dataclass
+class Timings(_Record):
+    """phive's timings of the first choice."""
+
+    image_tokens: int
+    time_to_first_token_ms: float
+    prompt_tokens_per_second: float
+    completion_tokens_per_second: float
+
+
+@dataclass
+class TopLogprob(_Record):
+    """An alternative token and its log-probability."""
+
+    token: str
+    logprob: float
+    bytes: List[int]
+
+
+@dataclass
+class ResponseLogprob(_Record):
+    """A generated token, its log-probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: List[int]
+    top_logprobs: List[TopLogprob]
+
+
+@dataclass
+class Logprobs(_Record):
+    """Log-probabilities of a choice (``logprobs=True``)."""
+
+    content: List[ResponseLogprob]
+    refusal: Optional[str] = None
+
+
+@dataclass
+class ResponseMessage(_Record):
+    """The assistant's answer."""
+
+    role: str
+    content: str
+
+
+@dataclass
+class Choice(_Record):
+    """One choice of a chat completion."""
+
+    index: int
+    message: ResponseMessage
+    finish_reason: str
+    logprobs: Optional[Logprobs] = None
+
+
+@dataclass
+class ChatCompletionResponse(_Record):
+    """The answer to a non-streamed chat request."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: List[Choice]
+    usage: Usage
+    timings: Optional[Timings] = None
+    system_fingerprint: Optional[str] = None
+
+
+@dataclass
+class Delta(_Record):
+    """New output of a streamed choice (``content`` is ``""`` on the final chunk)."""
+
+    content: Optional[str] = None
+    role: Optional[str] = None
+
+
+@dataclass
+class ChunkChoice(_Record):
+    """One choice in a stream chunk; ``finish_reason`` is set on the choice's last chunk."""
+
+    index: int
+    delta: Delta
+    finish_reason: Optional[str] = None
+    logprobs: Optional[Logprobs] = None
+
+
+@dataclass
+class ChatCompletionChunkResponse(_Record):
+    """One chunk of a streamed chat request. The last chunk carries ``usage``."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: List[ChunkChoice] = field(default_factory=list)
+    usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None
+
+
+def _logprobs(d: Optional[Dict[str, Any]]) -> Optional[Logprobs]:
+    if d is None:
+        return None
+    content = [
+        ResponseLogprob(
+            token=e["token"],
+            logprob=e["logprob"],
+            bytes=e["bytes"],
+            top_logprobs=[TopLogprob._from(t) for t in e.get("top_logprobs", [])],
+        )
+        for e in d.get("content", [])
+    ]
+    return Logprobs(content=content, refusal=d.get("refusal"))
+
+
+def response_from_dict(d: Dict[str, Any]) -> ChatCompletionResponse:
+    """Builds a response from the engine's ``chat.completion`` dict."""
+    choices = [
+        Choice(
+            index=c["index"],
+            message=ResponseMessage(role=c["message"]["role"], content=c["message"]["content"]),
+            finish_reason=c["finish_reason"],
+            logprobs=_logprobs(c.get("logprobs")),
+        )
+        for c in d["choices"]
+    ]
+    timings = d.get("timings")
+    return ChatCompletionResponse(
+        id=d["id"],
+        object=d["object"],
+        created=d["created"],
+        model=d["model"],
+        choices=choices,
+        usage=Usage._from(d["usage"]),
+        timings=Timings._from(timings) if timings else None,
+    )
+
+
+def chunk_from_dict(d: Dict[str, Any]) -> ChatCompletionChunkResponse:
+    """Builds a stream chunk from the engine's ``chat.completion.chunk`` dict."""
+    choices = [
+        ChunkChoice(
+            index=c["index"],
+            delta=Delta(content=c["delta"].get("content"), role=c["delta"].get("role")),
+            finish_reason=c.get("finish_reason"),
+            logprobs=_logprobs(c.get("logprobs")),
+        )
+        for c in d["choices"]
+    ]
+    usage = d.get("usage")
+    return ChatCompletionChunkResponse(
+        id=d["id"],
+        object=d["object"],
+        created=d["created"],
+        model=d["model"],
+        choices=choices,
+        usage=Usage._from(usage) if usage else None,
+    )

@@ -1,0 +1,681 @@
+//! `phive._phive`: the native half of phive's Python package.
+//!
+//! The Python half (`python/phive`) holds the mistral.rs-shaped classes users see (`Runner`,
+//! `Which`, `ChatCompletionRequest`, the response objects and the exceptions). This module is a
+//! thin layer over [`phive::engine::Engine`]: requests come in as OpenAI-shaped JSON and are
+//! validated by [`phive::api::ChatCompletionRequest::into_chat`] (so Python rejects exactly what
+//! the HTTP server rejects, with the same messages); responses and stream chunks go out as JSON
+//! built from the [`phive::api`] response types.
+//!
+//! Generation runs on the engine's worker threads. While a caller waits for events the GIL is
+//! released, and every [`POLL`] the waiting thread takes the GIL back to run Python's signal
+//! handlers: a Ctrl-C (`KeyboardInterrupt`) cancels the request and propagates.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use phive::api::{
+    finish_reason, ApiError, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
+    ChatCompletionResponse, ChoiceLogprobs, ChunkChoice, ChunkDelta, Content, ContentPart, ErrorKind,
+    RequestLimits, Timings, Usage,
+};
+use phive::checkpoint::Checkpoint;
+use phive::engine::{Completion, Engine, EngineConfig, Event, RequestHandle};
+use phive::media::{load_image, MediaPolicy};
+use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
+use phive::quant::IsqType;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use serde_json::Value;
+use tokio::runtime::Runtime;
+
+/// How long a waiting thread keeps the GIL released before it checks for signals (Ctrl-C).
+const POLL: Duration = Duration::from_millis(50);
+
+/// Most events handed over per wake-up, so a fast generator cannot starve signal checks.
+const MAX_BATCH: usize = 256;
+
+/// A failure on its way to Python: the Python exception class (in `phive._errors`) and the
+/// client-facing error.
+struct Failure {
+    class: &'static str,
+    error: ApiError,
+}
+
+impl Failure {
+    /// An invalid-request failure about `param`.
+    fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Failure { class: "InvalidRequestError", error: ApiError::invalid(Some(param.to_string()), message) }
+    }
+
+    /// A bug on our side.
+    fn internal(message: impl Into<String>) -> Self {
+        Failure {
+            class: "InternalError",
+            error: ApiError::new(ErrorKind::Internal, message).with_code("internal_error"),
+        }
+    }
+
+    /// Raises the Python exception. Falls back to `RuntimeError` should `phive._errors` be
+    /// missing (the extension imported outside its package).
+    fn into_py(self, py: Python<'_>) -> PyErr {
+        let Failure { class, error } = self;
+        let raised = (|| -> PyResult<PyErr> {
+            let cls = py.import("phive._errors")?.getattr(class)?;
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("param", error.param.as_deref())?;
+            kwargs.set_item("code", error.code.as_deref())?;
+            let exc = cls.call((error.message.as_str(),), Some(&kwargs))?;
+            Ok(PyErr::from_value(exc))
+        })();
+        raised.unwrap_or_else(|_| PyRuntimeError::new_err(error.message))
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        let class = match error.kind {
+            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::UnsupportedMediaType => {
+                if error.code.as_deref() == Some("invalid_image") {
+                    "MediaError"
+                } else {
+                    "InvalidRequestError"
+                }
+            }
+            ErrorKind::NotFound => "ModelNotFoundError",
+            ErrorKind::Overloaded => "EngineBusyError",
+            ErrorKind::MethodNotAllowed | ErrorKind::Internal => "InternalError",
+        };
+        Failure { class, error }
+    }
+}
+
+impl From<phive::Error> for Failure {
+    fn from(error: phive::Error) -> Self {
+        let class = match &error {
+            phive::Error::ModelNotFound(_) => Some(("ModelNotFoundError", "model_not_found")),
+            phive::Error::UnsupportedArchitecture { .. } => {
+                Some(("UnsupportedArchitectureError", "unsupported_architecture"))
+            }
+            phive::Error::Checkpoint { .. } => Some(("ModelLoadError", "invalid_checkpoint")),
+            _ => None,
+        };
+        match class {
+            Some((class, code)) => Failure {
+                class,
+                error: ApiError::new(ErrorKind::Internal, error.to_string()).with_code(code),
+            },
+            None => ApiError::from(error).into(),
+        }
+    }
+}
+
+/// `Result` whose error becomes a Python exception.
+type Fallible<T> = Result<T, Failure>;
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn new_id() -> String {
+    format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// Parses `in_situ_quant` as mistral.rs does: a type name (`Q4K`, `q8_0`, `BF16`...) or a bit
+/// width shorthand (`"4"` is Q4K; 2, 3, 5 and 6 are k-quants too, 8 is Q8_0).
+fn parse_isq(value: &str) -> Fallible<IsqType> {
+    let by_bits = match value.trim() {
+        "2" => Some(IsqType::Q2K),
+        "3" => Some(IsqType::Q3K),
+        "4" => Some(IsqType::Q4K),
+        "5" => Some(IsqType::Q5K),
+        "6" => Some(IsqType::Q6K),
+        "8" => Some(IsqType::Q8_0),
+        _ => None,
+    };
+    match by_bits {
+        Some(isq) => Ok(isq),
+        None => value.parse().map_err(|e: phive::quant::ParseIsqTypeError| {
+            Failure::invalid(
+                "in_situ_quant",
+                format!("in_situ_quant: {e} (or a bit width: 2, 3, 4, 5, 6, 8)"),
+            )
+        }),
+    }
+}
+
+/// Parses an OpenAI chat request from JSON, naming the field of a type error
+/// (`invalid value for temperature: ...`).
+fn parse_request(json: &str) -> Fallible<ChatCompletionRequest> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let missing = inner.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+        let error = match missing {
+            Some(field) => ApiError::invalid(Some(field.to_string()), format!("{field} is required")),
+            None if path != "." => {
+                ApiError::invalid(Some(path.clone()), format!("invalid value for {path}: {inner}"))
+            }
+            None => ApiError::invalid(None, format!("invalid request: {inner}")),
+        };
+        error.into()
+    })
+}
+
+/// mistral.rs's usage fields (OpenAI's three counts plus rates and times), summed over choices.
+fn usage_value(completions: &[Completion], total: Duration) -> Value {
+    let prompt_tokens = completions.first().map(|c| c.usage.prompt_tokens).unwrap_or(0);
+    let completion_tokens: usize = completions.iter().map(|c| c.usage.completion_tokens).sum();
+    let usage = Usage::new(prompt_tokens, completion_tokens);
+    let prompt_time: f64 = completions.iter().map(|c| c.usage.prompt_time.as_secs_f64()).sum();
+    let completion_time: f64 = completions.iter().map(|c| c.usage.completion_time.as_secs_f64()).sum();
+    let prefilled: usize = completions.iter().map(|c| c.usage.prompt_tokens).sum();
+    // The first token of each choice comes out of prefill; the decode rate counts the others.
+    let decoded: usize = completions.iter().map(|c| c.usage.completion_tokens.saturating_sub(1)).sum();
+    let rate = |tokens: usize, secs: f64| if secs > 0.0 { tokens as f64 / secs } else { 0.0 };
+    let total_secs = total.as_secs_f64();
+    serde_json::json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "avg_tok_per_sec": rate(usage.total_tokens, total_secs),
+        "avg_prompt_tok_per_sec": rate(prefilled, prompt_time),
+        "avg_compl_tok_per_sec": rate(decoded, completion_time),
+        "total_time_sec": total_secs,
+        "total_prompt_time_sec": prompt_time,
+        "total_completion_time_sec": completion_time,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Fallible<Value> {
+    serde_json::to_value(value).map_err(|e| Failure::internal(format!("cannot serialize a response: {e}")))
+}
+
+/// Waits (GIL released) for the request's next events: at least one unless the request ended.
+/// Returns the events and whether the request is over. Runs Python's signal handlers every
+/// [`POLL`]; when one raises (Ctrl-C), the request is cancelled and the exception returned.
+fn next_events(
+    py: Python<'_>,
+    runtime: &Runtime,
+    handle: &mut RequestHandle,
+) -> PyResult<(Vec<Event>, bool)> {
+    loop {
+        let (events, ended) = py.detach(|| {
+            runtime.block_on(async {
+                let mut events = Vec::new();
+                let mut wait = POLL;
+                while events.len() < MAX_BATCH {
+                    match tokio::time::timeout(wait, handle.next()).await {
+                        Ok(Some(event)) => events.push(event),
+                        Ok(None) => return (events, true),
+                        Err(_) => break,
+                    }
+                    // Drain what is already there without waiting again.
+                    wait = Duration::ZERO;
+                }
+                (events, false)
+            })
+        });
+        if let Err(interrupt) = py.check_signals() {
+            handle.cancel();
+            return Err(interrupt);
+        }
+        if ended || !events.is_empty() {
+            return Ok((events, ended));
+        }
+    }
+}
+
+fn new_runtime() -> PyResult<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start a timer runtime: {e}")))
+}
+
+/// A loaded model served by phive's engine (wrapped by `phive.Runner`).
+#[pyclass(module = "phive._phive", frozen)]
+struct NativeEngine {
+    engine: Arc<Engine>,
+    model_id: String,
+    architecture: String,
+    isq: Option<String>,
+    max_seqs: usize,
+    limits: RequestLimits,
+    policy: MediaPolicy,
+}
+
+impl NativeEngine {
+    /// Validates the request, loads its images and prepares the prompt (GIL released).
+    fn prepare(&self, py: Python<'_>, json: &str) -> Fallible<(PreparedPrompt, phive::api::ChatInput)> {
+        let request = parse_request(json)?;
+        self.check_audio(&request)?;
+        let mut input = request.into_chat(&self.limits)?;
+        let references = std::mem::take(&mut input.images);
+        let messages = std::mem::take(&mut input.messages);
+        let prepared = py.detach(|| -> Fallible<PreparedPrompt> {
+            let images = references
+                .iter()
+                .enumerate()
+                .map(|(i, reference)| {
+                    load_image(reference, &self.policy).map_err(|e| {
+                        let mut error = ApiError::from(e);
+                        error.message = format!("image {}: {}", i + 1, error.message);
+                        Failure::from(error)
+                    })
+                })
+                .collect::<Fallible<Vec<_>>>()?;
+            Ok(self.engine.pipeline().prepare(&messages, &images)?)
+        })?;
+        input.messages = messages;
+        Ok((prepared, input))
+    }
+
+    /// `into_chat` refuses audio parts as Phi-3.5-vision does; for a model that hears (Phi-4)
+    /// say instead that the request translation does not carry audio yet.
+    fn check_audio(&self, request: &ChatCompletionRequest) -> Fallible<()> {
+        if self.architecture == "phi3v" {
+            return Ok(());
+        }
+        for (i, message) in request.messages.iter().enumerate() {
+            let Some(Content::Parts(parts)) = &message.content else { continue };
+            for (j, part) in parts.iter().enumerate() {
+                if matches!(part, ContentPart::InputAudio { .. } | ContentPart::AudioUrl { .. }) {
+                    return Err(Failure::invalid(
+                        &format!("messages[{i}].content[{j}]"),
+                        "audio input is not supported by phive's Python API yet (the request translation in \
+                         phive::api does not pass audio parts through); send images and text",
+                    )
+                    .with_code("unsupported_modality"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&self, py: Python<'_>, json: &str) -> Fallible<(RequestHandle, phive::api::ChatInput)> {
+        let (prepared, input) = self.prepare(py, json)?;
+        let handle = self.engine.submit(prepared, input.params.clone(), input.delivery.n)?;
+        Ok((handle, input))
+    }
+}
+
+#[pymethods]
+impl NativeEngine {
+    /// Loads `model` (a local folder or a Hugging Face id). `arch` (`"phi3v"`, `"phi4mm"`) must
+    /// match the checkpoint's detected architecture when given. `isq` quantizes the language
+    /// model's linear layers while loading (and the encoders' too with `isq_encoders`).
+    #[new]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_images=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        model: String,
+        revision: Option<String>,
+        arch: Option<String>,
+        isq: Option<String>,
+        isq_encoders: bool,
+        max_seqs: Option<usize>,
+        max_queue: Option<usize>,
+        max_images: Option<usize>,
+    ) -> PyResult<Self> {
+        Self::load(py, model, revision, arch, isq, isq_encoders, max_seqs, max_queue, max_images)
+            .map_err(|f| f.into_py(py))
+    }
+
+    /// Where the model came from (a folder, or `org/name@revision`).
+    #[getter]
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The detected architecture (`phi3v`...).
+    #[getter]
+    fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// The in-situ quantization type in effect (`Q4K`...), or `None` for unquantized weights.
+    #[getter]
+    fn isq(&self) -> Option<&str> {
+        self.isq.as_deref()
+    }
+
+    /// Requests generated at the same time.
+    #[getter]
+    fn max_seqs(&self) -> usize {
+        self.max_seqs
+    }
+
+    /// Longest sequence (prompt plus completion) the model accepts.
+    #[getter]
+    fn context_length(&self) -> usize {
+        self.engine.pipeline().context_length()
+    }
+
+    /// Queue depth and activity: `{"queued", "active", "cancelled"}`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.engine.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("queued", stats.queued)?;
+        dict.set_item("active", stats.active)?;
+        dict.set_item("cancelled", stats.cancelled)?;
+        Ok(dict)
+    }
+
+    /// Answers an OpenAI chat request (JSON) with a `chat.completion` object (JSON) whose
+    /// `usage` carries mistral.rs's rate and time fields.
+    fn chat(&self, py: Python<'_>, request: &str) -> PyResult<String> {
+        let started = Instant::now();
+        let (mut handle, input) = self.submit(py, request).map_err(|f| f.into_py(py))?;
+        let n = input.delivery.n;
+        let runtime = new_runtime()?;
+        let mut done = Vec::with_capacity(n);
+        loop {
+            let (events, ended) = next_events(py, &runtime, &mut handle)?;
+            for event in events {
+                match event {
+                    Event::Delta { .. } => {}
+                    Event::Done { choice, completion } => done.push((choice, completion)),
+                    Event::Error(e) => return Err(Failure::from(e).into_py(py)),
+                }
+            }
+            if ended {
+                break;
+            }
+        }
+        if done.len() != n {
+            return Err(
+                Failure::internal("the engine ended the request before every choice finished").into_py(py)
+            );
+        }
+        done.sort_by_key(|(choice, _)| *choice);
+        let completions: Vec<Completion> = done.into_iter().map(|(_, c)| c).collect();
+        let usage = usage_value(&completions, started.elapsed());
+        let response = ChatCompletionResponse {
+            id: new_id(),
+            object: "chat.completion".into(),
+            created: now(),
+            model: self.model_id.clone(),
+            choices: completions
+                .iter()
+                .enumerate()
+                .map(|(index, c)| ChatChoice {
+                    index,
+                    message: AssistantMessage { role: "assistant".into(), content: c.text.clone() },
+                    logprobs: input.delivery.logprobs.then(|| ChoiceLogprobs::from_engine(&c.logprobs)),
+                    finish_reason: finish_reason(c.finish_reason).to_string(),
+                })
+                .collect(),
+            usage: Usage::default(),
+            timings: completions.first().map(|c| Timings::from_usage(&c.usage)),
+        };
+        let mut body = to_json(&response).map_err(|f| f.into_py(py))?;
+        body["usage"] = usage;
+        Ok(body.to_string())
+    }
+
+    /// Submits an OpenAI chat request (JSON) and returns an iterator of
+    /// `chat.completion.chunk` objects (JSON).
+    fn chat_stream(&self, py: Python<'_>, request: &str) -> PyResult<ChatStream> {
+        let started = Instant::now();
+        let (handle, input) = self.submit(py, request).map_err(|f| f.into_py(py))?;
+        let n = input.delivery.n;
+        let format = ChunkBuilder { id: new_id(), created: now(), model: self.model_id.clone() };
+        let pending = (0..n)
+            .map(|index| {
+                format.chunk(ChunkChoice {
+                    index,
+                    delta: ChunkDelta { role: Some("assistant".into()), content: Some(String::new()) },
+                    logprobs: None,
+                    finish_reason: None,
+                })
+            })
+            .collect::<Fallible<VecDeque<_>>>()
+            .map_err(|f| f.into_py(py))?;
+        let state = StreamState {
+            handle: Some(handle),
+            runtime: new_runtime()?,
+            pending,
+            format,
+            n,
+            logprobs: input.delivery.logprobs,
+            started,
+            completions: Vec::with_capacity(n),
+        };
+        Ok(ChatStream { state: Mutex::new(state) })
+    }
+}
+
+impl NativeEngine {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        py: Python<'_>,
+        model: String,
+        revision: Option<String>,
+        arch: Option<String>,
+        isq: Option<String>,
+        isq_encoders: bool,
+        max_seqs: Option<usize>,
+        max_queue: Option<usize>,
+        max_images: Option<usize>,
+    ) -> Fallible<Self> {
+        let isq = isq.as_deref().map(parse_isq).transpose()?;
+        if max_seqs == Some(0) {
+            return Err(Failure::invalid("max_seqs", "max_seqs must be at least 1"));
+        }
+        let defaults = EngineConfig::default();
+        let config = EngineConfig {
+            max_concurrent: max_seqs.unwrap_or(defaults.max_concurrent),
+            max_queue: max_queue.unwrap_or(defaults.max_queue),
+        };
+        let pipeline = py.detach(|| -> Fallible<Pipeline> {
+            if let Some(arch) = &arch {
+                // Cheap: reads config, tokenizer and weight headers, not the tensors.
+                let detected = Checkpoint::open(&model, revision.as_deref())?.architecture.name();
+                if !detected.eq_ignore_ascii_case(arch) {
+                    return Err(Failure::invalid(
+                        "arch",
+                        format!(
+                            "arch={arch:?} was requested but {model:?} is a {detected:?} checkpoint; \
+                             pass arch={detected:?} or leave arch unset to auto-detect"
+                        ),
+                    )
+                    .with_code("architecture_mismatch"));
+                }
+            }
+            // Fields added to LoadOptions later keep their defaults here.
+            #[allow(clippy::needless_update)]
+            let options = LoadOptions { model, revision, isq, isq_encoders, ..Default::default() };
+            Ok(Pipeline::load(&options)?)
+        })?;
+        let isq = pipeline.load_report().isq.map(|t| t.name().to_string());
+        let model_id = pipeline.source().to_string();
+        let architecture = pipeline.architecture().name().to_string();
+        let limits = match max_images {
+            Some(max_images) => RequestLimits { max_images },
+            None => RequestLimits::default(),
+        };
+        Ok(NativeEngine {
+            engine: Arc::new(Engine::new(pipeline, config.clone())),
+            model_id,
+            architecture,
+            isq,
+            max_seqs: config.max_concurrent,
+            limits,
+            policy: MediaPolicy::trusted(),
+        })
+    }
+}
+
+impl Failure {
+    fn with_code(mut self, code: &str) -> Self {
+        self.error = self.error.with_code(code);
+        self
+    }
+}
+
+/// Builds `chat.completion.chunk` payloads of one stream.
+struct ChunkBuilder {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl ChunkBuilder {
+    fn chunk(&self, choice: ChunkChoice) -> Fallible<String> {
+        self.chunk_with_usage(vec![choice], None)
+    }
+
+    fn chunk_with_usage(&self, choices: Vec<ChunkChoice>, usage: Option<Value>) -> Fallible<String> {
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: None,
+        };
+        let mut value = to_json(&chunk)?;
+        if let Some(usage) = usage {
+            value["usage"] = usage;
+        }
+        Ok(value.to_string())
+    }
+}
+
+struct StreamState {
+    /// `None` once the request is over (finished, failed or closed).
+    handle: Option<RequestHandle>,
+    runtime: Runtime,
+    pending: VecDeque<String>,
+    format: ChunkBuilder,
+    n: usize,
+    logprobs: bool,
+    started: Instant,
+    completions: Vec<Completion>,
+}
+
+impl StreamState {
+    /// Turns an event into chunks; an error ends the stream.
+    fn on_event(&mut self, event: Event) -> Fallible<()> {
+        match event {
+            Event::Delta { choice, delta } => {
+                if delta.text.is_empty() && delta.logprobs.is_empty() {
+                    return Ok(());
+                }
+                let logprobs = self.logprobs.then(|| ChoiceLogprobs::from_engine(&delta.logprobs));
+                let chunk = self.format.chunk(ChunkChoice {
+                    index: choice,
+                    delta: ChunkDelta { role: None, content: Some(delta.text) },
+                    logprobs,
+                    finish_reason: None,
+                })?;
+                self.pending.push_back(chunk);
+            }
+            Event::Done { choice, completion } => {
+                let reason = Some(finish_reason(completion.finish_reason).to_string());
+                self.completions.push(completion);
+                // The last chunk of the request carries the usage, as mistral.rs's does, so
+                // `chunk.choices[0]` is valid on every chunk.
+                let usage = (self.completions.len() == self.n)
+                    .then(|| usage_value(&self.completions, self.started.elapsed()));
+                let choice = ChunkChoice {
+                    index: choice,
+                    delta: ChunkDelta { role: None, content: Some(String::new()) },
+                    logprobs: None,
+                    finish_reason: reason,
+                };
+                let chunk = self.format.chunk_with_usage(vec![choice], usage)?;
+                self.pending.push_back(chunk);
+                if self.completions.len() == self.n {
+                    self.handle = None;
+                }
+            }
+            Event::Error(e) => {
+                self.handle = None;
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The chunks of a streamed chat request (wrapped by the iterator `send_chat_completion_request`
+/// returns). Dropping or closing it cancels the request.
+#[pyclass(module = "phive._phive", frozen)]
+struct ChatStream {
+    state: Mutex<StreamState>,
+}
+
+#[pymethods]
+impl ChatStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// The next chunk (JSON); `StopIteration` after the last.
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::WouldBlock) => {
+                return Err(PyRuntimeError::new_err("this stream is already being read by another thread"))
+            }
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        loop {
+            if let Some(chunk) = state.pending.pop_front() {
+                return Ok(Some(chunk));
+            }
+            let state = &mut *state;
+            let Some(handle) = state.handle.as_mut() else {
+                return Ok(None);
+            };
+            let (events, ended) = match next_events(py, &state.runtime, handle) {
+                Ok(next) => next,
+                Err(interrupt) => {
+                    state.handle = None;
+                    return Err(interrupt);
+                }
+            };
+            for event in events {
+                if let Err(failure) = state.on_event(event) {
+                    state.pending.clear();
+                    return Err(failure.into_py(py));
+                }
+            }
+            if ended && state.handle.is_some() {
+                state.handle = None;
+                state.pending.clear();
+                return Err(Failure::internal("the engine ended the request before every choice finished")
+                    .into_py(py));
+            }
+        }
+    }
+
+    /// Cancels the request; the iterator then ends.
+    fn close(&self, py: Python<'_>) {
+        // Another thread may be reading with the GIL released: wait for it without the GIL.
+        let mut state = loop {
+            match self.state.try_lock() {
+                Ok(state) => break state,
+                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(TryLockError::WouldBlock) => py.detach(|| std::thread::sleep(Duration::from_millis(5))),
+            }
+        };
+        state.handle = None;
+        state.pending.clear();
+    }
+}
+
+/// The native module.
+#[pymodule]
+fn _phive(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NativeEngine>()?;
+    m.add_class::<ChatStream>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

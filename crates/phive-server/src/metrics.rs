@@ -1,0 +1,216 @@
+//! A small Prometheus registry owned by one server instance.
+//!
+//! Hand-rolled rather than the global `metrics` recorder so several servers (tests start many
+//! in one process) keep separate counts, and so `/metrics` can read the engine's live queue
+//! depth at scrape time instead of mirroring it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use phive::engine::EngineStats;
+
+/// Latency buckets in seconds: requests on a CPU range from milliseconds to minutes.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// The routes metrics are labelled with; anything else counts as `other` so a scanner cannot
+/// blow up the label space.
+pub const ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"];
+
+/// The route label of a request path.
+pub fn route_label(path: &str) -> &'static str {
+    ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other")
+}
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram { counts: vec![0; LATENCY_BUCKETS.len()], sum: 0.0, count: 0 }
+    }
+
+    fn observe(&mut self, seconds: f64) {
+        for (bucket, count) in LATENCY_BUCKETS.iter().zip(&mut self.counts) {
+            if seconds <= *bucket {
+                *count += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bucket, count) in LATENCY_BUCKETS.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bucket}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// Counters and histograms of one server.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    ttft: Mutex<Histogram>,
+    prompt_tokens: AtomicU64,
+    generated_tokens: AtomicU64,
+    disconnects: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Mutex::default(),
+            latency: Mutex::default(),
+            ttft: Mutex::new(Histogram::new()),
+            prompt_tokens: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished request (for streams: when the response head was sent).
+    pub fn record_request(&self, route: &'static str, method: &str, status: u16) {
+        if let Ok(mut map) = self.requests.lock() {
+            *map.entry((route, method.to_string(), status)).or_default() += 1;
+        }
+    }
+
+    /// Records how long a request took (for streams: until the stream ended).
+    pub fn observe_latency(&self, route: &'static str, elapsed: Duration) {
+        if let Ok(mut map) = self.latency.lock() {
+            map.entry(route).or_insert_with(Histogram::new).observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Records a request's time to first token (from its arrival).
+    pub fn observe_ttft(&self, elapsed: Duration) {
+        if let Ok(mut h) = self.ttft.lock() {
+            h.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Adds prompt tokens of a served request.
+    pub fn add_prompt_tokens(&self, n: usize) {
+        self.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Adds generated tokens.
+    pub fn add_generated_tokens(&self, n: usize) {
+        self.generated_tokens.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a client that went away before its answer was complete.
+    pub fn add_disconnect(&self) {
+        self.disconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition, with the engine's live queue state.
+    pub fn render(&self, engine: EngineStats) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP phive_http_requests_total HTTP requests by route, method and status.\n");
+        out.push_str("# TYPE phive_http_requests_total counter\n");
+        if let Ok(map) = self.requests.lock() {
+            for ((route, method, status), count) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "phive_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP phive_http_request_duration_seconds Request latency (streams: until the stream ends).\n",
+        );
+        out.push_str("# TYPE phive_http_request_duration_seconds histogram\n");
+        if let Ok(map) = self.latency.lock() {
+            for (route, h) in map.iter() {
+                h.render(&mut out, "phive_http_request_duration_seconds", &format!("route=\"{route}\""));
+            }
+        }
+        out.push_str(
+            "# HELP phive_time_to_first_token_seconds From request arrival to the first generated token.\n",
+        );
+        out.push_str("# TYPE phive_time_to_first_token_seconds histogram\n");
+        if let Ok(h) = self.ttft.lock() {
+            h.render(&mut out, "phive_time_to_first_token_seconds", "");
+        }
+        let counters = [
+            (
+                "phive_prompt_tokens_total",
+                "Prompt tokens processed (image tokens included).",
+                &self.prompt_tokens,
+            ),
+            ("phive_generated_tokens_total", "Tokens generated.", &self.generated_tokens),
+            (
+                "phive_client_disconnects_total",
+                "Requests whose client went away before the answer was complete.",
+                &self.disconnects,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP phive_requests_cancelled_total Requests the engine stopped because their client went away.\n\
+             # TYPE phive_requests_cancelled_total counter\nphive_requests_cancelled_total {}",
+            engine.cancelled
+        );
+        let _ = writeln!(
+            out,
+            "# HELP phive_queue_depth Requests waiting for a worker.\n# TYPE phive_queue_depth gauge\nphive_queue_depth {}",
+            engine.queued
+        );
+        let _ = writeln!(
+            out,
+            "# HELP phive_active_sequences Requests being generated.\n# TYPE phive_active_sequences gauge\nphive_active_sequences {}",
+            engine.active
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.record_request("/health", "GET", 200);
+        m.record_request("/health", "GET", 200);
+        m.observe_latency("/health", Duration::from_millis(3));
+        m.observe_ttft(Duration::from_millis(40));
+        m.add_prompt_tokens(5);
+        let text = m.render(EngineStats { queued: 1, active: 2, cancelled: 3 });
+        assert!(
+            text.contains("phive_http_requests_total{route=\"/health\",method=\"GET\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("phive_http_request_duration_seconds_bucket{route=\"/health\",le=\"0.005\"} 1"));
+        assert!(text.contains("phive_time_to_first_token_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(text.contains("phive_prompt_tokens_total 5"));
+        assert!(text.contains("phive_queue_depth 1") && text.contains("phive_active_sequences 2"));
+        assert!(text.contains("phive_requests_cancelled_total 3"));
+        assert_eq!(route_label("/etc/passwd"), "other");
+    }
+}

@@ -1,0 +1,309 @@
+//! Server-sent events exactly as OpenAI sends them: `data: {chunk}\n\n` per chunk, the role
+//! first, content deltas, one final chunk per choice with its `finish_reason`, the usage chunk
+//! (`choices: []`) when asked for, then `data: [DONE]`. Errors after the stream started go
+//! in-band as `data: {"error": {...}}`.
+//!
+//! The stream owns the engine's `RequestHandle`: when the client disconnects, hyper drops the
+//! body, the handle goes with it, and the engine stops generating at the next token.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use phive::api::{
+    finish_reason, ApiError, ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, ChunkDelta, CompletionChoice,
+    CompletionResponse, ErrorKind, LegacyLogprobs, Usage,
+};
+use phive::engine::{Completion, Delta, Event, RequestHandle};
+
+use crate::AppState;
+
+/// Builds the JSON payloads of one kind of stream (chat or text completion).
+pub(crate) trait ChunkFormat: Send + 'static {
+    /// Chunks sent before any generated text.
+    fn start(&mut self, n: usize) -> Vec<String>;
+    /// A chunk for new text of `choice`, or `None` when there is nothing to send.
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<String>;
+    /// The final chunk of `choice`.
+    fn done(&mut self, choice: usize, completion: &Completion) -> String;
+    /// The usage chunk.
+    fn usage(&mut self, usage: Usage) -> String;
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":{{\"message\":\"cannot serialize a chunk: {e}\",\"type\":\"server_error\",\"param\":null,\"code\":null}}}}"))
+}
+
+/// Chunks of `chat.completion.chunk`.
+pub(crate) struct ChatFormat {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub logprobs: bool,
+}
+
+impl ChatFormat {
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> String {
+        to_json(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
+}
+
+impl ChunkFormat for ChatFormat {
+    fn start(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|index| {
+                let delta = ChunkDelta { role: Some("assistant".into()), content: Some(String::new()) };
+                self.chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
+            })
+            .collect()
+    }
+
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<String> {
+        if delta.text.is_empty() && delta.logprobs.is_empty() {
+            return None;
+        }
+        let logprobs = self.logprobs.then(|| ChoiceLogprobs::from_engine(&delta.logprobs));
+        let delta = ChunkDelta { role: None, content: Some(delta.text.clone()) };
+        Some(self.chunk(vec![ChunkChoice { index: choice, delta, logprobs, finish_reason: None }], None))
+    }
+
+    fn done(&mut self, choice: usize, completion: &Completion) -> String {
+        let reason = Some(finish_reason(completion.finish_reason).to_string());
+        self.chunk(
+            vec![ChunkChoice {
+                index: choice,
+                delta: ChunkDelta::default(),
+                logprobs: None,
+                finish_reason: reason,
+            }],
+            None,
+        )
+    }
+
+    fn usage(&mut self, usage: Usage) -> String {
+        self.chunk(Vec::new(), Some(usage))
+    }
+}
+
+/// Chunks of `text_completion`.
+pub(crate) struct CompletionFormat {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub logprobs: bool,
+    /// Characters sent so far per choice (for legacy `text_offset`).
+    pub offsets: Vec<usize>,
+}
+
+impl CompletionFormat {
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> String {
+        to_json(&CompletionResponse {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+            timings: None,
+        })
+    }
+}
+
+impl ChunkFormat for CompletionFormat {
+    fn start(&mut self, n: usize) -> Vec<String> {
+        self.offsets = vec![0; n];
+        Vec::new()
+    }
+
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<String> {
+        if delta.text.is_empty() && delta.logprobs.is_empty() {
+            return None;
+        }
+        let offset = self.offsets.get(choice).copied().unwrap_or(0);
+        let logprobs = self.logprobs.then(|| LegacyLogprobs::from_engine(&delta.logprobs, offset));
+        if let Some(o) = self.offsets.get_mut(choice) {
+            *o += delta.text.chars().count();
+        }
+        let text = delta.text.clone();
+        Some(self.chunk(vec![CompletionChoice { text, index: choice, logprobs, finish_reason: None }], None))
+    }
+
+    fn done(&mut self, choice: usize, completion: &Completion) -> String {
+        let reason = Some(finish_reason(completion.finish_reason).to_string());
+        self.chunk(
+            vec![CompletionChoice {
+                text: String::new(),
+                index: choice,
+                logprobs: None,
+                finish_reason: reason,
+            }],
+            None,
+        )
+    }
+
+    fn usage(&mut self, usage: Usage) -> String {
+        self.chunk(Vec::new(), Some(usage))
+    }
+}
+
+/// Per-request accounting shared by streamed and non-streamed answers.
+pub(crate) struct Accounting {
+    pub state: Arc<AppState>,
+    pub route: &'static str,
+    /// When the request arrived.
+    pub started: Instant,
+    /// From arrival to submission (media fetching, preprocessing).
+    pub before_submit: Duration,
+    prompt_tokens: Option<usize>,
+    completion_tokens: usize,
+    pub finished: bool,
+}
+
+impl Accounting {
+    pub fn new(state: Arc<AppState>, route: &'static str, started: Instant) -> Self {
+        Accounting {
+            state,
+            route,
+            before_submit: started.elapsed(),
+            started,
+            prompt_tokens: None,
+            completion_tokens: 0,
+            finished: false,
+        }
+    }
+
+    /// Records a finished choice.
+    pub fn on_done(&mut self, completion: &Completion) {
+        let metrics = self.state.metrics();
+        if self.prompt_tokens.is_none() {
+            self.prompt_tokens = Some(completion.usage.prompt_tokens);
+            metrics.add_prompt_tokens(completion.usage.prompt_tokens);
+            if completion.usage.completion_tokens > 0 {
+                metrics.observe_ttft(self.before_submit + completion.usage.time_to_first_token);
+            }
+        }
+        self.completion_tokens += completion.usage.completion_tokens;
+        metrics.add_generated_tokens(completion.usage.completion_tokens);
+    }
+
+    /// The request's usage so far.
+    pub fn usage(&self) -> Usage {
+        Usage::new(self.prompt_tokens.unwrap_or(0), self.completion_tokens)
+    }
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.metrics().add_disconnect();
+        }
+    }
+}
+
+struct EventStream<F: ChunkFormat> {
+    handle: Option<RequestHandle>,
+    format: F,
+    pending: VecDeque<Bytes>,
+    n: usize,
+    done: usize,
+    include_usage: bool,
+    accounting: Accounting,
+}
+
+fn data(payload: &str) -> Bytes {
+    Bytes::from(format!("data: {payload}\n\n"))
+}
+
+impl<F: ChunkFormat> EventStream<F> {
+    fn finish(&mut self) {
+        self.accounting.finished = true;
+        self.handle = None;
+        self.accounting
+            .state
+            .metrics()
+            .observe_latency(self.accounting.route, self.accounting.started.elapsed());
+    }
+
+    fn on_event(&mut self, event: Option<Event>) {
+        match event {
+            Some(Event::Delta { choice, delta }) => {
+                if let Some(chunk) = self.format.delta(choice, &delta) {
+                    self.pending.push_back(data(&chunk));
+                }
+            }
+            Some(Event::Done { choice, completion }) => {
+                self.accounting.on_done(&completion);
+                let chunk = self.format.done(choice, &completion);
+                self.pending.push_back(data(&chunk));
+                self.done += 1;
+                if self.done == self.n {
+                    if self.include_usage {
+                        let chunk = self.format.usage(self.accounting.usage());
+                        self.pending.push_back(data(&chunk));
+                    }
+                    self.pending.push_back(data("[DONE]"));
+                    self.finish();
+                }
+            }
+            Some(Event::Error(e)) => {
+                let error = ApiError::from(e);
+                tracing::warn!(message = %error.message, "error during a streamed request");
+                self.pending.push_back(data(&to_json(&error.body())));
+                self.finish();
+            }
+            None => {
+                let error = ApiError::new(
+                    ErrorKind::Internal,
+                    "the engine ended the request before every choice finished",
+                )
+                .with_code("internal_error");
+                self.pending.push_back(data(&to_json(&error.body())));
+                self.finish();
+            }
+        }
+    }
+
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(bytes) = self.pending.pop_front() {
+                return Some(bytes);
+            }
+            let handle = self.handle.as_mut()?;
+            let event = handle.next().await;
+            self.on_event(event);
+        }
+    }
+}
+
+/// An SSE response for a submitted request.
+pub(crate) fn sse_response<F: ChunkFormat>(
+    handle: RequestHandle,
+    mut format: F,
+    n: usize,
+    include_usage: bool,
+    accounting: Accounting,
+) -> Response {
+    let pending = format.start(n).iter().map(|c| data(c)).collect();
+    let stream = EventStream { handle: Some(handle), format, pending, n, done: 0, include_usage, accounting };
+    let body = futures::stream::unfold(stream, |mut s| async move {
+        s.next_bytes().await.map(|bytes| (Ok::<_, Infallible>(bytes), s))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}

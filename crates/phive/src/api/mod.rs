@@ -1,0 +1,22 @@
+//! OpenAI-shaped request and response types shared by every front end (HTTP server, Python,
+//! Rust SDK), and their translation into phive's [`ChatMessage`](crate::prompt::ChatMessage)s
+//! and [`GenerationParams`](crate::engine::GenerationParams).
+//!
+//! Keeping validation here means every front end rejects the same requests with the same
+//! messages, and the HTTP layer only chooses status codes (via [`ApiError::status`]).
+
+mod error;
+mod request;
+mod response;
+
+pub use error::{ApiError, ErrorKind, ErrorObject, ErrorResponse};
+pub use request::{
+    ChatCompletionRequest, ChatInput, CompletionRequest, Content, ContentPart, Delivery, ImageUrl, Message,
+    RequestLimits, SamplingFields, StopSpec, StreamOptions, TextInput, DEFAULT_COMPLETION_MAX_TOKENS,
+    MAX_LEGACY_LOGPROBS, MAX_N, MAX_STOP, MAX_STOP_LEN, MAX_TOP_LOGPROBS,
+};
+pub use response::{
+    finish_reason, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
+    ChunkChoice, ChunkDelta, CompletionChoice, CompletionResponse, LegacyLogprobs, LogprobEntry, ModelCard,
+    ModelList, Timings, TopLogprobEntry, Usage,
+};

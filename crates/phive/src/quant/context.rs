@@ -1,0 +1,469 @@
+//! The scoped load context that [`Linear::load`](crate::nn::linear::Linear::load) consults.
+//!
+//! Model constructors (`Phi3V::new`, the decoder, the towers) only call `Linear::load(vb, ...)`;
+//! they know nothing about quantization. The pipeline installs a [`LoadContext`] on the loading
+//! thread for the duration of the constructor ([`LoadContext::scope`]); `Linear::load` looks it
+//! up with the layer's full tensor name (`vb.prefix()`), and the context decides from the name
+//! (its [`TensorRole`]) and the input width whether to quantize, to which type, and takes
+//! pre-quantized tensors from a GGUF checkpoint. The full-precision weight is read in its stored
+//! dtype, quantized, and dropped before the next tensor is read.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::gguf::GgufStore;
+use super::{memory_stats, quantize, reset_peak_rss, IsqType, MemoryStats};
+use crate::checkpoint::weights::{WeightFiles, WeightFormat};
+use crate::nn::linear::LinearWeight;
+use crate::{Error, Result};
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<LoadContext>>> = const { RefCell::new(None) };
+    static RECORDER: RefCell<Option<Arc<Recorder>>> = const { RefCell::new(None) };
+}
+
+/// What a tensor is, judged from its checkpoint name; decides whether ISQ touches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRole {
+    /// A projection of a language-model layer: `model.layers.N.self_attn.{qkv_proj,o_proj}` or
+    /// `model.layers.N.mlp.{gate_up_proj,down_proj}`, or the `base_layer` of a Phi-4 LoRA layer.
+    LmLinear,
+    /// The output projection `lm_head` (quantized at [`IsqType::promoted`]).
+    LmHead,
+    /// A projection inside the vision or audio encoder (`model.vision_embed_tokens.*`,
+    /// `model.embed_tokens_extend.*`): quantized only with `--isq-encoders`.
+    EncoderLinear,
+    /// Anything else (LoRA adapters, embeddings, norms): always full precision.
+    Other,
+}
+
+impl TensorRole {
+    /// Classifies a linear layer by its prefix (the name without `.weight`).
+    pub fn of(prefix: &str) -> TensorRole {
+        if prefix.contains("lora_A") || prefix.contains("lora_B") {
+            return TensorRole::Other;
+        }
+        if prefix == "lm_head" {
+            return TensorRole::LmHead;
+        }
+        let base = prefix.strip_suffix(".base_layer").unwrap_or(prefix);
+        if base.starts_with("model.layers.")
+            && [".self_attn.qkv_proj", ".self_attn.o_proj", ".mlp.gate_up_proj", ".mlp.down_proj"]
+                .iter()
+                .any(|s| base.ends_with(s))
+        {
+            return TensorRole::LmLinear;
+        }
+        if prefix.starts_with("model.vision_embed_tokens.")
+            || prefix.starts_with("model.embed_tokens_extend.")
+        {
+            return TensorRole::EncoderLinear;
+        }
+        TensorRole::Other
+    }
+}
+
+/// Collects the weights a load quantized, for `phive quantize` to save.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    pub(crate) weights: Mutex<Vec<(String, LinearWeight)>>,
+}
+
+/// Runs `f` (which loads a model through [`crate::pipeline::Pipeline::load`] on this thread) and
+/// returns, with its result, every linear weight the load quantized or converted, by tensor name.
+pub(crate) fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<(String, LinearWeight)>) {
+    let recorder = Arc::new(Recorder::default());
+    let previous = RECORDER.with(|r| r.replace(Some(recorder.clone())));
+    let result = f();
+    RECORDER.with(|r| *r.borrow_mut() = previous);
+    let weights = std::mem::take(&mut *recorder.weights.lock().unwrap_or_else(|e| e.into_inner()));
+    (result, weights)
+}
+
+/// The context installed while a model is being constructed. See the module docs.
+pub struct LoadContext {
+    isq: Option<IsqType>,
+    encoders: bool,
+    /// Stored dtype of each full-precision tensor of the source, so weights are read without an
+    /// f32 copy when they are about to be quantized anyway.
+    stored: HashMap<String, DType>,
+    gguf: Option<Arc<GgufStore>>,
+    recorder: Option<Arc<Recorder>>,
+    started: Instant,
+    state: Mutex<State>,
+}
+
+struct State {
+    progress: ProgressBar,
+    tensors: usize,
+    bytes: u64,
+    source_bytes: u64,
+    fallbacks: usize,
+    by_type: BTreeMap<&'static str, usize>,
+}
+
+/// What a load did, for the load summary (`phive run` prints it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadReport {
+    /// The ISQ type in effect (from `--isq`, or recorded in a GGUF checkpoint).
+    pub isq: Option<IsqType>,
+    /// Whether encoder projections were quantized too.
+    pub encoders: bool,
+    /// The weights came pre-quantized from a GGUF file.
+    pub prequantized: bool,
+    /// Linear weights stored quantized or as half precision.
+    pub quantized_tensors: usize,
+    /// Their bytes as stored.
+    pub quantized_bytes: u64,
+    /// What those weights would take in f32.
+    pub f32_bytes: u64,
+    /// Tensors whose width forced a fallback type.
+    pub fallbacks: usize,
+    /// Count per storage type (`Q4K` → 128, `Q6K` → 1).
+    pub by_type: Vec<(String, usize)>,
+    /// Wall time of the load (from opening the weights to the constructed model).
+    pub elapsed: Duration,
+    /// Memory after the load; `peak_rss` is the peak during it where the kernel allows resetting it.
+    pub memory: MemoryStats,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MB: f64 = 1e6;
+        match self.isq {
+            None => write!(f, "no ISQ")?,
+            Some(t) => {
+                let types: Vec<String> = self.by_type.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+                write!(
+                    f,
+                    "ISQ {t}{}{}: {} tensors, {:.1} MB quantized (f32 {:.1} MB; {}; {} fallbacks)",
+                    if self.prequantized { " (pre-quantized GGUF)" } else { "" },
+                    if self.encoders { " incl. encoders" } else { "" },
+                    self.quantized_tensors,
+                    self.quantized_bytes as f64 / MB,
+                    self.f32_bytes as f64 / MB,
+                    if types.is_empty() { "none".to_string() } else { types.join(", ") },
+                    self.fallbacks
+                )?;
+            }
+        }
+        write!(
+            f,
+            "; load {:.2}s, peak RSS {:.1} MB, RSS after load {:.1} MB",
+            self.elapsed.as_secs_f64(),
+            self.memory.peak_rss as f64 / MB,
+            self.memory.rss as f64 / MB
+        )
+    }
+}
+
+impl LoadContext {
+    /// Opens `weights` for loading with `isq` (`encoders`: also quantize the vision/audio
+    /// projections) and returns the `VarBuilder` the model constructor reads from, plus the
+    /// context to install around it with [`LoadContext::scope`].
+    ///
+    /// * GGUF checkpoints (written by `phive quantize`) carry their ISQ type; `isq` must be
+    ///   unset or equal to it, since requantizing quantized weights would compound the error.
+    /// * With ISQ, safetensors are read tensor by tensor with plain reads instead of a memory
+    ///   map, so that checkpoint pages never count in the process's RSS and the peak stays near
+    ///   the quantized size plus one full-precision tensor.
+    /// * Without ISQ the memory-mapped path is used unchanged.
+    pub fn open(
+        weights: &WeightFiles,
+        isq: Option<IsqType>,
+        encoders: bool,
+    ) -> Result<(VarBuilder<'static>, Arc<Self>)> {
+        reset_peak_rss();
+        let started = Instant::now();
+        let recorder = RECORDER.with(|r| r.borrow().clone());
+        let (vb, isq, encoders, stored, gguf) = match weights.format {
+            WeightFormat::Gguf => {
+                let path =
+                    weights.files.first().ok_or_else(|| Error::ModelNotFound("no GGUF file".into()))?;
+                let store = Arc::new(GgufStore::open(path)?);
+                let saved = store.isq()?;
+                if let (Some(wanted), Some(saved)) = (isq, saved) {
+                    if wanted != saved {
+                        return Err(Error::InvalidRequest(format!(
+                            "{} is already quantized with ISQ {saved}; drop --isq {wanted} or quantize the original checkpoint",
+                            path.display()
+                        )));
+                    }
+                }
+                let stored = store.float_dtypes();
+                let encoders = store.encoders();
+                (
+                    super::gguf::var_builder(store.clone(), DType::F32, &Device::Cpu),
+                    saved,
+                    encoders,
+                    stored,
+                    Some(store),
+                )
+            }
+            WeightFormat::Safetensors if isq.is_some() => {
+                let (vb, stored) = weights.streaming_var_builder(DType::F32, &Device::Cpu)?;
+                (vb, isq, encoders, stored, None)
+            }
+            WeightFormat::Safetensors => {
+                (weights.var_builder(DType::F32, &Device::Cpu)?, None, false, HashMap::new(), None)
+            }
+        };
+        let planned = match isq {
+            None => 0,
+            Some(_) => {
+                let mut names: Vec<&String> = stored.keys().collect();
+                if let Some(store) = &gguf {
+                    names.extend(store.quantized_names());
+                }
+                names.sort();
+                names.dedup();
+                names
+                    .iter()
+                    .filter_map(|n| n.strip_suffix(".weight"))
+                    .filter(|p| match TensorRole::of(p) {
+                        TensorRole::LmLinear | TensorRole::LmHead => true,
+                        TensorRole::EncoderLinear => encoders,
+                        TensorRole::Other => false,
+                    })
+                    .count()
+            }
+        };
+        let progress = if planned > 0 && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(planned as u64), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors, {elapsed}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            let verb = if gguf.is_some() { "loading" } else { "quantizing" };
+            bar.set_message(format!("{verb} {}", isq.map(|t| t.name()).unwrap_or("")));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let ctx = LoadContext {
+            isq,
+            encoders,
+            stored,
+            gguf,
+            recorder,
+            started,
+            state: Mutex::new(State {
+                progress,
+                tensors: 0,
+                bytes: 0,
+                source_bytes: 0,
+                fallbacks: 0,
+                by_type: BTreeMap::new(),
+            }),
+        };
+        Ok((vb, Arc::new(ctx)))
+    }
+
+    /// A context for tests and tools: quantize with `isq`, no source metadata (weights are
+    /// read as f32 from whatever `VarBuilder` the caller uses).
+    pub fn new(isq: Option<IsqType>, encoders: bool) -> Arc<Self> {
+        Arc::new(LoadContext {
+            isq,
+            encoders,
+            stored: HashMap::new(),
+            gguf: None,
+            recorder: RECORDER.with(|r| r.borrow().clone()),
+            started: Instant::now(),
+            state: Mutex::new(State {
+                progress: ProgressBar::hidden(),
+                tensors: 0,
+                bytes: 0,
+                source_bytes: 0,
+                fallbacks: 0,
+                by_type: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// The ISQ type in effect.
+    pub fn isq(&self) -> Option<IsqType> {
+        self.isq
+    }
+
+    /// Runs `f` (a model constructor) with this context installed on the current thread, and
+    /// restores the previous one afterwards, even if `f` unwinds. Constructors must load their
+    /// linears on this thread (the context is thread-local so concurrent loads never mix).
+    pub fn scope<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> R {
+        struct Restore(Option<Arc<LoadContext>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                CURRENT.with(|c| *c.borrow_mut() = previous);
+            }
+        }
+        let _restore = Restore(CURRENT.with(|c| c.replace(Some(self.clone()))));
+        f()
+    }
+
+    /// The context installed on this thread, if any.
+    pub(crate) fn current() -> Option<Arc<LoadContext>> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Finishes the progress bar and summarises the load.
+    pub fn finish(&self) -> LoadReport {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.progress.finish_and_clear();
+        LoadReport {
+            isq: self.isq,
+            encoders: self.encoders,
+            prequantized: self.gguf.is_some(),
+            quantized_tensors: state.tensors,
+            quantized_bytes: state.bytes,
+            f32_bytes: state.source_bytes,
+            fallbacks: state.fallbacks,
+            by_type: state.by_type.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            elapsed: self.started.elapsed(),
+            memory: memory_stats(),
+        }
+    }
+
+    /// The storage type for the linear layer `prefix` with `in_dim` input features: `None` keeps
+    /// it f32. Logs the fallback when the width does not fit the block size.
+    pub fn plan(&self, prefix: &str, in_dim: usize) -> Option<IsqType> {
+        let isq = self.isq?;
+        let wanted = match TensorRole::of(prefix) {
+            TensorRole::LmLinear => isq,
+            TensorRole::LmHead => isq.promoted(),
+            TensorRole::EncoderLinear if self.encoders => isq,
+            _ => return None,
+        };
+        let fit = wanted.fit(in_dim);
+        if fit != wanted {
+            tracing::info!(
+                "{prefix}.weight: {in_dim} input features are not a multiple of {wanted}'s block size {}; storing it as {fit}",
+                wanted.block_size()
+            );
+            self.lock().fallbacks += 1;
+        }
+        Some(fit)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The weight of the linear layer at `vb` (`prefix` = its full name), or `None` when it stays
+    /// dense f32 and the caller should load it as usual.
+    pub(crate) fn linear_weight(
+        &self,
+        vb: &VarBuilder,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Option<LinearWeight>> {
+        let name = format!("{prefix}.weight");
+        if let Some(store) = &self.gguf {
+            if let Some(q) = store.quantized(&name)? {
+                if q.shape().dims() != [out_dim, in_dim] {
+                    return Err(Error::checkpoint(
+                        store.path(),
+                        format!("{name} has shape {:?}, expected [{out_dim}, {in_dim}]", q.shape().dims()),
+                    ));
+                }
+                let weight = LinearWeight::Quantized(Arc::new(q));
+                self.note(&name, &weight, in_dim * out_dim);
+                return Ok(Some(weight));
+            }
+        }
+        let Some(target) = self.plan(prefix, in_dim) else {
+            return Ok(None);
+        };
+        let dtype = match self.stored.get(&name) {
+            Some(&d @ (DType::BF16 | DType::F16 | DType::F32)) => d,
+            _ => DType::F32,
+        };
+        let w = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), dtype)?;
+        let weight = convert(&w, target)?;
+        drop(w);
+        self.note(&name, &weight, in_dim * out_dim);
+        Ok(Some(weight))
+    }
+
+    /// [`LinearWeight`] for an already loaded `[out, in]` weight named `prefix` (a tied
+    /// `lm_head`), or `None` to keep it dense.
+    pub(crate) fn convert_linear(&self, prefix: &str, w: &Tensor) -> Result<Option<LinearWeight>> {
+        let (out_dim, in_dim) = w.dims2()?;
+        let name = format!("{prefix}.weight");
+        if let Some(store) = &self.gguf {
+            if let Some(q) = store.quantized(&name)? {
+                if q.shape().dims() == [out_dim, in_dim] {
+                    let weight = LinearWeight::Quantized(Arc::new(q));
+                    self.note(&name, &weight, in_dim * out_dim);
+                    return Ok(Some(weight));
+                }
+            }
+        }
+        let Some(target) = self.plan(prefix, in_dim) else {
+            return Ok(None);
+        };
+        let weight = convert(w, target)?;
+        self.note(&name, &weight, in_dim * out_dim);
+        Ok(Some(weight))
+    }
+
+    fn note(&self, name: &str, weight: &LinearWeight, elems: usize) {
+        let (ty, bytes) = match weight {
+            LinearWeight::Dense(t) => (None, t.elem_count() * t.dtype().size_in_bytes()),
+            LinearWeight::Half(t) => (
+                Some(if t.dtype() == DType::F16 { IsqType::F16 } else { IsqType::BF16 }),
+                t.elem_count() * t.dtype().size_in_bytes(),
+            ),
+            LinearWeight::Quantized(q) => (IsqType::from_ggml(q.dtype()), q.storage_size_in_bytes()),
+        };
+        {
+            let mut s = self.lock();
+            s.tensors += 1;
+            s.bytes += bytes as u64;
+            s.source_bytes += 4 * elems as u64;
+            *s.by_type.entry(ty.map_or("F32", |t| t.name())).or_default() += 1;
+            s.progress.inc(1);
+        }
+        if let Some(rec) = &self.recorder {
+            rec.weights.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), weight.clone()));
+        }
+    }
+}
+
+/// Stores `w` as `target`: dense half, or GGML blocks quantized on all cores.
+fn convert(w: &Tensor, target: IsqType) -> Result<LinearWeight> {
+    Ok(match target {
+        IsqType::F16 => LinearWeight::Half(w.to_dtype(DType::F16)?),
+        IsqType::BF16 => LinearWeight::Half(w.to_dtype(DType::BF16)?),
+        t => LinearWeight::Quantized(Arc::new(quantize(w, t.ggml())?)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_from_names() {
+        use TensorRole::*;
+        for (name, role) in [
+            ("model.layers.0.self_attn.qkv_proj", LmLinear),
+            ("model.layers.31.mlp.down_proj", LmLinear),
+            ("model.layers.3.mlp.gate_up_proj.base_layer", LmLinear),
+            ("model.layers.3.mlp.gate_up_proj.lora_A.vision", Other),
+            ("lm_head", LmHead),
+            ("model.vision_embed_tokens.img_projection.0", EncoderLinear),
+            ("model.embed_tokens_extend.audio_embed.encoder.encoders.0.self_attn.linear_q", EncoderLinear),
+            ("model.embed_tokens", Other),
+        ] {
+            assert_eq!(TensorRole::of(name), role, "{name}");
+        }
+    }
+}
