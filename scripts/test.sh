@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check phive has: formatting, lints, and all tests (unit, golden, CLI).
+# Runs every check phive has: formatting, lints, all Rust tests (unit, golden, SDK, server), the
+# HTTP server driven by the official `openai` client, and the Python SDK tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -7,5 +8,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test"
-cargo test --workspace
+echo "== cargo test (release: the model tests run real math on tiny checkpoints)"
+cargo test --release --workspace
+echo "== HTTP server with the openai client"
+bash scripts/test-http.sh
+echo "== Python SDK"
+bash scripts/test-python.sh

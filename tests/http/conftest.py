@@ -31,13 +31,13 @@ def free_port() -> int:
 class Server:
     """A running `phive serve`; its stderr goes to a log file shown on failure."""
 
-    def __init__(self, tmp: Path, *extra: str):
+    def __init__(self, tmp: Path, *extra: str, model: Path = MODEL):
         if not PHIVE.exists():
             raise RuntimeError(f"{PHIVE} is missing; build it with `cargo build --release -p phive-cli`")
         self.port = free_port()
         self.log_path = tmp / f"phive-serve-{self.port}.log"
         self.log = open(self.log_path, "w")
-        args = [str(PHIVE), "serve", "vision", "-p", str(self.port), "-m", str(MODEL),
+        args = [str(PHIVE), "serve", "vision", "-p", str(self.port), "-m", str(model),
                 "--served-model-name", SERVED_NAME, "--allow-local-media", str(IMAGES), *extra]
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         self.base = f"http://127.0.0.1:{self.port}"
@@ -73,6 +73,14 @@ def server(tmp_path_factory):
     yield s
     s.stop()
     assert s.process.returncode == 0, s.log_path.read_text()
+
+
+@pytest.fixture(scope="session")
+def phi4_server(tmp_path_factory):
+    """A server for the tiny Phi-4-multimodal checkpoint (images and audio)."""
+    s = Server(tmp_path_factory.mktemp("serve-phi4"), model=ROOT / "tests" / "fixtures" / "phi4mm-tiny")
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="session")

@@ -173,11 +173,6 @@ def test_n_choices_and_logprobs(runner):
         assert "".join(e.token for e in entries).replace(" ", "") == choice.message.content.replace(" ", "")
 
 
-@pytest.mark.xfail(
-    reason="engine: logprob token texts are decoded one id at a time, which drops SentencePiece's "
-    "leading space (phive::engine::logprobs::token_logprob)",
-    strict=False,
-)
 def test_logprob_tokens_concatenate_to_content(runner):
     res = runner.send_chat_completion_request(
         ChatCompletionRequest(messages=[{"role": "user", "content": "Hello"}], max_tokens=8, logprobs=True)

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use phive::engine::{GenerationParams, SamplingParams};
 use phive::audio::decode_audio;
+use phive::engine::{GenerationParams, SamplingParams};
 use phive::media::{load_image, MediaPolicy, MediaSource};
 use phive::pipeline::{ChatRequest, LoadOptions, Pipeline};
 use phive::prompt::{ChatMessage, MessagePart};

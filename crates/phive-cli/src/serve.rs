@@ -67,20 +67,6 @@ enum Dtype {
 }
 
 /// In-situ quantization types (mistral.rs's names, plus bit counts).
-const ISQ_TYPES: &[&str] = &[
-    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "q2k", "q3k", "q4k", "q5k", "q6k", "q8k", "hqq4", "hqq8",
-    "f8e4m3", "2", "3", "4", "5", "6", "8",
-];
-
-fn parse_isq(value: &str) -> Result<String, String> {
-    let lower = value.to_ascii_lowercase();
-    if ISQ_TYPES.contains(&lower.as_str()) {
-        Ok(lower)
-    } else {
-        Err(format!("unknown ISQ type; expected one of {}", ISQ_TYPES.join(", ")))
-    }
-}
-
 /// Which model to load.
 #[derive(Args, Debug)]
 struct ModelArgs {
@@ -107,9 +93,13 @@ struct ServerOptions {
     /// Weight data type.
     #[arg(short = 'd', long, global = true, value_enum, default_value = "auto")]
     dtype: Dtype,
-    /// In-situ quantization type (q4k, q8_0, ... or bits); not supported yet, so giving it is an error.
-    #[arg(long, global = true, value_parser = parse_isq)]
-    isq: Option<String>,
+    /// Quantize the language model's linear layers in situ while loading (case-insensitive):
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K, F16, BF16.
+    #[arg(long, global = true, value_name = "TYPE")]
+    isq: Option<phive::IsqType>,
+    /// With --isq, quantize the vision (and audio) encoders' projections too.
+    #[arg(long, global = true, requires = "isq")]
+    isq_encoders: bool,
     /// Requests generating at the same time (one worker thread each).
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     max_concurrent: u32,
@@ -178,9 +168,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             format!("{other:?}").to_lowercase()
         ),
     }
-    if let Some(isq) = &opts.isq {
-        bail!("--isq {isq}: in-situ quantization is not supported yet; remove --isq to serve unquantized weights");
-    }
     let fetch_timeout = seconds("--fetch-timeout", opts.fetch_timeout)?;
     let shutdown_timeout = seconds("--shutdown-timeout", opts.shutdown_timeout)?;
     for dir in &opts.allow_local_media {
@@ -193,7 +180,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&LoadOptions {
         model: model.model.clone(),
         revision: model.revision.clone(),
-        ..Default::default()
+        isq: opts.isq,
+        isq_encoders: opts.isq_encoders,
     })?;
     let detected = pipeline.architecture().name();
     if let Some(arch) = model.arch {
@@ -207,11 +195,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let served = opts.served_model_name.clone().unwrap_or_else(|| model.model.clone());
     eprintln!(
-        "loaded {} | arch {detected} | dtype f32 | {:.1} MB of weights | load time {:.2}s",
+        "loaded {} | arch {detected} | dtype f32 | isq {} | {:.1} MB of weights | load time {:.2}s",
         pipeline.source(),
+        opts.isq.map_or_else(|| "none".to_string(), |t| t.to_string()),
         pipeline.weight_bytes() as f64 / 1e6,
         pipeline.load_time().as_secs_f64()
     );
+    if pipeline.load_report().isq.is_some() {
+        eprintln!("{}", pipeline.load_report());
+    }
 
     let engine = Arc::new(Engine::new(
         pipeline,

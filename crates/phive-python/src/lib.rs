@@ -15,14 +15,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use phive::api::{
-    finish_reason, ApiError, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
-    ChatCompletionResponse, ChoiceLogprobs, ChunkChoice, ChunkDelta, Content, ContentPart, ErrorKind,
-    RequestLimits, Timings, Usage,
-};
+use phive::api::{ApiError, ChatCompletionRequest, ChatResponseBuilder, ErrorKind, RequestLimits, Usage};
 use phive::checkpoint::Checkpoint;
 use phive::engine::{Completion, Engine, EngineConfig, Event, RequestHandle};
-use phive::media::{load_image, MediaPolicy};
+use phive::media::MediaPolicy;
 use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
 use phive::quant::IsqType;
 use pyo3::exceptions::PyRuntimeError;
@@ -165,31 +161,6 @@ fn parse_request(json: &str) -> Fallible<ChatCompletionRequest> {
     })
 }
 
-/// mistral.rs's usage fields (OpenAI's three counts plus rates and times), summed over choices.
-fn usage_value(completions: &[Completion], total: Duration) -> Value {
-    let prompt_tokens = completions.first().map(|c| c.usage.prompt_tokens).unwrap_or(0);
-    let completion_tokens: usize = completions.iter().map(|c| c.usage.completion_tokens).sum();
-    let usage = Usage::new(prompt_tokens, completion_tokens);
-    let prompt_time: f64 = completions.iter().map(|c| c.usage.prompt_time.as_secs_f64()).sum();
-    let completion_time: f64 = completions.iter().map(|c| c.usage.completion_time.as_secs_f64()).sum();
-    let prefilled: usize = completions.iter().map(|c| c.usage.prompt_tokens).sum();
-    // The first token of each choice comes out of prefill; the decode rate counts the others.
-    let decoded: usize = completions.iter().map(|c| c.usage.completion_tokens.saturating_sub(1)).sum();
-    let rate = |tokens: usize, secs: f64| if secs > 0.0 { tokens as f64 / secs } else { 0.0 };
-    let total_secs = total.as_secs_f64();
-    serde_json::json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "avg_tok_per_sec": rate(usage.total_tokens, total_secs),
-        "avg_prompt_tok_per_sec": rate(prefilled, prompt_time),
-        "avg_compl_tok_per_sec": rate(decoded, completion_time),
-        "total_time_sec": total_secs,
-        "total_prompt_time_sec": prompt_time,
-        "total_completion_time_sec": completion_time,
-    })
-}
-
 fn to_json<T: serde::Serialize>(value: &T) -> Fallible<Value> {
     serde_json::to_value(value).map_err(|e| Failure::internal(format!("cannot serialize a response: {e}")))
 }
@@ -249,51 +220,11 @@ struct NativeEngine {
 }
 
 impl NativeEngine {
-    /// Validates the request, loads its images and prepares the prompt (GIL released).
+    /// Validates the request, loads its images and audio and prepares the prompt (GIL released).
     fn prepare(&self, py: Python<'_>, json: &str) -> Fallible<(PreparedPrompt, phive::api::ChatInput)> {
-        let request = parse_request(json)?;
-        self.check_audio(&request)?;
-        let mut input = request.into_chat(&self.limits)?;
-        let references = std::mem::take(&mut input.images);
-        let messages = std::mem::take(&mut input.messages);
-        let prepared = py.detach(|| -> Fallible<PreparedPrompt> {
-            let images = references
-                .iter()
-                .enumerate()
-                .map(|(i, reference)| {
-                    load_image(reference, &self.policy).map_err(|e| {
-                        let mut error = ApiError::from(e);
-                        error.message = format!("image {}: {}", i + 1, error.message);
-                        Failure::from(error)
-                    })
-                })
-                .collect::<Fallible<Vec<_>>>()?;
-            Ok(self.engine.pipeline().prepare(&messages, &images)?)
-        })?;
-        input.messages = messages;
+        let input = parse_request(json)?.into_chat(&self.limits)?;
+        let prepared = py.detach(|| input.prepare(self.engine.pipeline(), &self.policy))?;
         Ok((prepared, input))
-    }
-
-    /// `into_chat` refuses audio parts as Phi-3.5-vision does; for a model that hears (Phi-4)
-    /// say instead that the request translation does not carry audio yet.
-    fn check_audio(&self, request: &ChatCompletionRequest) -> Fallible<()> {
-        if self.architecture == "phi3v" {
-            return Ok(());
-        }
-        for (i, message) in request.messages.iter().enumerate() {
-            let Some(Content::Parts(parts)) = &message.content else { continue };
-            for (j, part) in parts.iter().enumerate() {
-                if matches!(part, ContentPart::InputAudio { .. } | ContentPart::AudioUrl { .. }) {
-                    return Err(Failure::invalid(
-                        &format!("messages[{i}].content[{j}]"),
-                        "audio input is not supported by phive's Python API yet (the request translation in \
-                         phive::api does not pass audio parts through); send images and text",
-                    )
-                    .with_code("unsupported_modality"));
-                }
-            }
-        }
-        Ok(())
     }
 
     fn submit(&self, py: Python<'_>, json: &str) -> Fallible<(RequestHandle, phive::api::ChatInput)> {
@@ -394,27 +325,10 @@ impl NativeEngine {
         }
         done.sort_by_key(|(choice, _)| *choice);
         let completions: Vec<Completion> = done.into_iter().map(|(_, c)| c).collect();
-        let usage = usage_value(&completions, started.elapsed());
-        let response = ChatCompletionResponse {
-            id: new_id(),
-            object: "chat.completion".into(),
-            created: now(),
-            model: self.model_id.clone(),
-            choices: completions
-                .iter()
-                .enumerate()
-                .map(|(index, c)| ChatChoice {
-                    index,
-                    message: AssistantMessage { role: "assistant".into(), content: c.text.clone() },
-                    logprobs: input.delivery.logprobs.then(|| ChoiceLogprobs::from_engine(&c.logprobs)),
-                    finish_reason: finish_reason(c.finish_reason).to_string(),
-                })
-                .collect(),
-            usage: Usage::default(),
-            timings: completions.first().map(|c| Timings::from_usage(&c.usage)),
-        };
-        let mut body = to_json(&response).map_err(|f| f.into_py(py))?;
-        body["usage"] = usage;
+        let builder = self.response_builder(input.delivery.logprobs);
+        let response =
+            builder.response(&completions, Usage::from_completions(&completions, started.elapsed()));
+        let body = to_json(&response).map_err(|f| f.into_py(py))?;
         Ok(body.to_string())
     }
 
@@ -424,16 +338,9 @@ impl NativeEngine {
         let started = Instant::now();
         let (handle, input) = self.submit(py, request).map_err(|f| f.into_py(py))?;
         let n = input.delivery.n;
-        let format = ChunkBuilder { id: new_id(), created: now(), model: self.model_id.clone() };
+        let format = self.response_builder(input.delivery.logprobs);
         let pending = (0..n)
-            .map(|index| {
-                format.chunk(ChunkChoice {
-                    index,
-                    delta: ChunkDelta { role: Some("assistant".into()), content: Some(String::new()) },
-                    logprobs: None,
-                    finish_reason: None,
-                })
-            })
+            .map(|index| to_json(&format.role_chunk(index)).map(|v| v.to_string()))
             .collect::<Fallible<VecDeque<_>>>()
             .map_err(|f| f.into_py(py))?;
         let state = StreamState {
@@ -442,7 +349,6 @@ impl NativeEngine {
             pending,
             format,
             n,
-            logprobs: input.delivery.logprobs,
             started,
             completions: Vec::with_capacity(n),
         };
@@ -511,39 +417,17 @@ impl NativeEngine {
     }
 }
 
+impl NativeEngine {
+    /// The fixed parts of a new chat response from this engine.
+    fn response_builder(&self, logprobs: bool) -> ChatResponseBuilder {
+        ChatResponseBuilder { id: new_id(), created: now(), model: self.model_id.clone(), logprobs }
+    }
+}
+
 impl Failure {
     fn with_code(mut self, code: &str) -> Self {
         self.error = self.error.with_code(code);
         self
-    }
-}
-
-/// Builds `chat.completion.chunk` payloads of one stream.
-struct ChunkBuilder {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl ChunkBuilder {
-    fn chunk(&self, choice: ChunkChoice) -> Fallible<String> {
-        self.chunk_with_usage(vec![choice], None)
-    }
-
-    fn chunk_with_usage(&self, choices: Vec<ChunkChoice>, usage: Option<Value>) -> Fallible<String> {
-        let chunk = ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage: None,
-        };
-        let mut value = to_json(&chunk)?;
-        if let Some(usage) = usage {
-            value["usage"] = usage;
-        }
-        Ok(value.to_string())
     }
 }
 
@@ -552,9 +436,8 @@ struct StreamState {
     handle: Option<RequestHandle>,
     runtime: Runtime,
     pending: VecDeque<String>,
-    format: ChunkBuilder,
+    format: ChatResponseBuilder,
     n: usize,
-    logprobs: bool,
     started: Instant,
     completions: Vec<Completion>,
 }
@@ -564,36 +447,22 @@ impl StreamState {
     fn on_event(&mut self, event: Event) -> Fallible<()> {
         match event {
             Event::Delta { choice, delta } => {
-                if delta.text.is_empty() && delta.logprobs.is_empty() {
-                    return Ok(());
+                if let Some(chunk) = self.format.delta_chunk(choice, &delta) {
+                    self.pending.push_back(to_json(&chunk)?.to_string());
                 }
-                let logprobs = self.logprobs.then(|| ChoiceLogprobs::from_engine(&delta.logprobs));
-                let chunk = self.format.chunk(ChunkChoice {
-                    index: choice,
-                    delta: ChunkDelta { role: None, content: Some(delta.text) },
-                    logprobs,
-                    finish_reason: None,
-                })?;
-                self.pending.push_back(chunk);
             }
             Event::Done { choice, completion } => {
-                let reason = Some(finish_reason(completion.finish_reason).to_string());
+                let mut chunk = self.format.finish_chunk(choice, &completion);
+                // mistral.rs's last chunk carries empty content rather than no content.
+                chunk.choices.iter_mut().for_each(|c| c.delta.content = Some(String::new()));
                 self.completions.push(completion);
                 // The last chunk of the request carries the usage, as mistral.rs's does, so
                 // `chunk.choices[0]` is valid on every chunk.
-                let usage = (self.completions.len() == self.n)
-                    .then(|| usage_value(&self.completions, self.started.elapsed()));
-                let choice = ChunkChoice {
-                    index: choice,
-                    delta: ChunkDelta { role: None, content: Some(String::new()) },
-                    logprobs: None,
-                    finish_reason: reason,
-                };
-                let chunk = self.format.chunk_with_usage(vec![choice], usage)?;
-                self.pending.push_back(chunk);
                 if self.completions.len() == self.n {
+                    chunk.usage = Some(Usage::from_completions(&self.completions, self.started.elapsed()));
                     self.handle = None;
                 }
+                self.pending.push_back(to_json(&chunk)?.to_string());
             }
             Event::Error(e) => {
                 self.handle = None;

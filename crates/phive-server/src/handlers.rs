@@ -9,11 +9,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use image::DynamicImage;
 use phive::api::{
-    finish_reason, ApiError, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse,
-    ChoiceLogprobs, CompletionChoice, CompletionRequest, CompletionResponse, ErrorKind, LegacyLogprobs,
-    ModelCard, ModelList, Timings,
+    finish_reason, ApiError, ChatCompletionRequest, ChatResponseBuilder, CompletionChoice, CompletionRequest,
+    CompletionResponse, ErrorKind, LegacyLogprobs, ModelCard, ModelList, Timings, Usage,
 };
 use phive::engine::{Completion, Event, RequestHandle};
 use phive::prompt::MediaKind;
@@ -55,28 +53,6 @@ fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Fetches and decodes every image on blocking threads (the media code is synchronous).
-async fn load_images(state: &AppState, references: Vec<String>) -> AppResult<Vec<DynamicImage>> {
-    let tasks: Vec<_> = references
-        .into_iter()
-        .enumerate()
-        .map(|(i, reference)| {
-            let policy = state.config().media.clone();
-            tokio::task::spawn_blocking(move || {
-                phive::media::load_image(&reference, &policy).map_err(|e| {
-                    let mut error = ApiError::from(e);
-                    error.message = format!("image {}: {}", i + 1, error.message);
-                    error
-                })
-            })
-        })
-        .collect();
-    let mut images = Vec::with_capacity(tasks.len());
-    for task in futures::future::join_all(tasks).await {
-        images.push(task.map_err(join_error)??);
-    }
-    Ok(images)
-}
-
 /// Waits for every choice of a non-streamed request.
 async fn collect(
     mut handle: RequestHandle,
@@ -127,12 +103,14 @@ async fn chat(
     let request: ChatCompletionRequest = parse_json(&headers, body, state.config().max_body_bytes)?;
     check_model(&state, request.model.as_deref())?;
     let input = request.into_chat(&state.config().limits)?;
-    let images = load_images(&state, input.images).await?;
     let engine = Arc::clone(state.engine());
-    let messages = input.messages;
-    let prepared = tokio::task::spawn_blocking(move || engine.pipeline().prepare(&messages, &images))
-        .await
-        .map_err(join_error)??;
+    let policy = state.config().media.clone();
+    let (prepared, input) = tokio::task::spawn_blocking(move || {
+        let prepared = input.prepare(engine.pipeline(), &policy);
+        prepared.map(|p| (p, input))
+    })
+    .await
+    .map_err(join_error)??;
     let delivery = input.delivery;
     let mut accounting = Accounting::new(Arc::clone(&state), "/v1/chat/completions", started);
     let handle = match state.engine().submit(prepared, input.params, delivery.n) {
@@ -142,33 +120,18 @@ async fn chat(
             return Err(e.into());
         }
     };
-    let id = new_id("chatcmpl");
-    let model = state.config().served_model_name.clone();
+    let builder = ChatResponseBuilder {
+        id: new_id("chatcmpl"),
+        created: now(),
+        model: state.config().served_model_name.clone(),
+        logprobs: delivery.logprobs,
+    };
     if delivery.stream {
-        let format = ChatFormat { id, created: now(), model, logprobs: delivery.logprobs };
+        let format = ChatFormat(builder);
         return Ok(sse_response(handle, format, delivery.n, delivery.include_usage, accounting));
     }
     let completions = collect(handle, delivery.n, &mut accounting).await?;
-    let timings = completions.first().map(|c| Timings::from_usage(&c.usage));
-    let choices = completions
-        .into_iter()
-        .enumerate()
-        .map(|(index, c)| ChatChoice {
-            index,
-            message: AssistantMessage { role: "assistant".into(), content: c.text },
-            logprobs: delivery.logprobs.then(|| ChoiceLogprobs::from_engine(&c.logprobs)),
-            finish_reason: finish_reason(c.finish_reason).to_string(),
-        })
-        .collect();
-    let response = ChatCompletionResponse {
-        id,
-        object: "chat.completion".into(),
-        created: now(),
-        model,
-        choices,
-        usage: accounting.usage(),
-        timings,
-    };
+    let response = builder.response(&completions, Usage::from_completions(&completions, started.elapsed()));
     Ok(json_response(StatusCode::OK, &response))
 }
 

@@ -15,8 +15,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use phive::api::{
-    finish_reason, ApiError, ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, ChunkDelta, CompletionChoice,
-    CompletionResponse, ErrorKind, LegacyLogprobs, Usage,
+    finish_reason, ApiError, ChatResponseBuilder, CompletionChoice, CompletionResponse, ErrorKind,
+    LegacyLogprobs, Usage,
 };
 use phive::engine::{Completion, Delta, Event, RequestHandle};
 
@@ -38,61 +38,24 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":{{\"message\":\"cannot serialize a chunk: {e}\",\"type\":\"server_error\",\"param\":null,\"code\":null}}}}"))
 }
 
-/// Chunks of `chat.completion.chunk`.
-pub(crate) struct ChatFormat {
-    pub id: String,
-    pub created: u64,
-    pub model: String,
-    pub logprobs: bool,
-}
-
-impl ChatFormat {
-    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> String {
-        to_json(&ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        })
-    }
-}
+/// Chunks of `chat.completion.chunk`, built by phive's shared [`ChatResponseBuilder`].
+pub(crate) struct ChatFormat(pub ChatResponseBuilder);
 
 impl ChunkFormat for ChatFormat {
     fn start(&mut self, n: usize) -> Vec<String> {
-        (0..n)
-            .map(|index| {
-                let delta = ChunkDelta { role: Some("assistant".into()), content: Some(String::new()) };
-                self.chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
-            })
-            .collect()
+        (0..n).map(|index| to_json(&self.0.role_chunk(index))).collect()
     }
 
     fn delta(&mut self, choice: usize, delta: &Delta) -> Option<String> {
-        if delta.text.is_empty() && delta.logprobs.is_empty() {
-            return None;
-        }
-        let logprobs = self.logprobs.then(|| ChoiceLogprobs::from_engine(&delta.logprobs));
-        let delta = ChunkDelta { role: None, content: Some(delta.text.clone()) };
-        Some(self.chunk(vec![ChunkChoice { index: choice, delta, logprobs, finish_reason: None }], None))
+        self.0.delta_chunk(choice, delta).map(|chunk| to_json(&chunk))
     }
 
     fn done(&mut self, choice: usize, completion: &Completion) -> String {
-        let reason = Some(finish_reason(completion.finish_reason).to_string());
-        self.chunk(
-            vec![ChunkChoice {
-                index: choice,
-                delta: ChunkDelta::default(),
-                logprobs: None,
-                finish_reason: reason,
-            }],
-            None,
-        )
+        to_json(&self.0.finish_chunk(choice, completion))
     }
 
     fn usage(&mut self, usage: Usage) -> String {
-        self.chunk(Vec::new(), Some(usage))
+        to_json(&self.0.usage_chunk(usage))
     }
 }
 

@@ -16,11 +16,7 @@ pub enum Error {
     ModelNotFound(String),
     /// `config.json` names an architecture phive does not implement.
     #[error("unsupported architecture {found:?} in {path}; phive supports {supported}")]
-    UnsupportedArchitecture {
-        found: String,
-        path: PathBuf,
-        supported: String,
-    },
+    UnsupportedArchitecture { found: String, path: PathBuf, supported: String },
     /// The request is invalid (bad tags, too many images, prompt too long, bad sampling values...).
     #[error("{0}")]
     InvalidRequest(String),
@@ -47,9 +43,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// A checkpoint error naming the offending file.
     pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Checkpoint {
-            path: path.into(),
-            message: message.into(),
-        }
+        Error::Checkpoint { path: path.into(), message: message.into() }
     }
 }

@@ -17,6 +17,12 @@ pub mod nn;
 pub mod pipeline;
 pub mod prompt;
 pub mod quant;
+pub mod sdk;
 pub mod vision;
 
 pub use error::{Error, Result};
+pub use quant::IsqType;
+pub use sdk::{
+    ChatStream, Images, Model, ModelDType, RequestBuilder, RequestLike, Response, TextMessageRole,
+    VisionArchitecture, VisionMessages, VisionModelBuilder,
+};

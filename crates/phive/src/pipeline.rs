@@ -15,7 +15,8 @@ use crate::models::phi3v::{Phi3V, Phi3VConfig};
 use crate::models::phi4mm::{route, Adapter, Phi4MM, Phi4MMConfig, AUDIO_TOKEN_ID, IMAGE_TOKEN_ID};
 use crate::nn::kv_cache::KvCache;
 use crate::prompt::{
-    expand_phi3v, expand_phi4mm, place_media_tags, ChatMessage, ChatTemplate, MediaKind, Placeholder, PromptTokens,
+    expand_phi3v, expand_phi4mm, place_media_tags, ChatMessage, ChatTemplate, MediaKind, Placeholder,
+    PromptTokens,
 };
 use crate::vision::{phi3v_hd, phi4mm_hd};
 use crate::{Error, Result};
@@ -94,7 +95,10 @@ impl Pipeline {
         let Checkpoint { source, config_path, config, architecture, weights, tokenizer, preprocessor_config } =
             checkpoint;
         let preprocessor_path = preprocessor_config.ok_or_else(|| {
-            Error::checkpoint(config_path.with_file_name("preprocessor_config.json"), "required file is missing")
+            Error::checkpoint(
+                config_path.with_file_name("preprocessor_config.json"),
+                "required file is missing",
+            )
         })?;
         let template = ChatTemplate::new(
             &tokenizer.chat_template,
@@ -117,7 +121,8 @@ impl Pipeline {
             }
         };
         let load_report = isq.finish();
-        let weight_bytes = weights.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+        let weight_bytes =
+            weights.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
         Ok(Pipeline {
             source,
             architecture,
@@ -188,7 +193,8 @@ impl Pipeline {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("messages must not be empty".into()));
         }
-        for (kind, supplied, word) in [(MediaKind::Image, images.len(), "image"), (MediaKind::Audio, audios.len(), "audio")]
+        for (kind, supplied, word) in
+            [(MediaKind::Image, images.len(), "image"), (MediaKind::Audio, audios.len(), "audio")]
         {
             let expected: usize = messages.iter().map(|m| m.count(kind)).sum();
             if expected != supplied {
@@ -208,16 +214,23 @@ impl Pipeline {
                 Ok(PreparedPrompt { tokens, text, media: PreparedMedia::Phi3V(images) })
             }
             Family::Phi4MM { model, images: config } => {
-                let kinds: &[MediaKind] =
-                    if self.accepts_audio() { &[MediaKind::Image, MediaKind::Audio] } else { &[MediaKind::Image] };
+                let kinds: &[MediaKind] = if self.accepts_audio() {
+                    &[MediaKind::Image, MediaKind::Audio]
+                } else {
+                    &[MediaKind::Image]
+                };
                 let rendered = place_media_tags(messages, kinds, "")?;
                 let text = self.template.render(&rendered, true)?;
-                let images =
-                    images.iter().map(|img| phi4mm_hd::preprocess(img, config)).collect::<Result<Vec<_>>>()?;
+                let images = images
+                    .iter()
+                    .map(|img| phi4mm_hd::preprocess(img, config))
+                    .collect::<Result<Vec<_>>>()?;
                 let features = audios.iter().map(log_mel_features).collect::<Result<Vec<_>>>()?;
                 let image_counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
                 let audio_counts = match model.audio() {
-                    Some(audio) => features.iter().map(|f| Ok(audio.num_tokens(f.dim(0)?))).collect::<Result<_>>()?,
+                    Some(audio) => {
+                        features.iter().map(|f| Ok(audio.num_tokens(f.dim(0)?))).collect::<Result<_>>()?
+                    }
                     None => Vec::new(),
                 };
                 let tokens = expand_phi4mm(
@@ -256,11 +269,19 @@ impl Pipeline {
                 projection: AudioProjectionMode::Speech,
             },
         };
-        Ok(PreparedPrompt { tokens: PromptTokens { ids, media: Vec::new() }, text: prompt.to_string(), media })
+        Ok(PreparedPrompt {
+            tokens: PromptTokens { ids, media: Vec::new() },
+            text: prompt.to_string(),
+            media,
+        })
     }
 
     /// Answers a chat request, streaming pieces of text to `on_delta` (return `Break` to cancel).
-    pub fn chat(&self, request: &ChatRequest, on_delta: impl FnMut(Delta) -> ControlFlow<()>) -> Result<Completion> {
+    pub fn chat(
+        &self,
+        request: &ChatRequest,
+        on_delta: impl FnMut(Delta) -> ControlFlow<()>,
+    ) -> Result<Completion> {
         let started = Instant::now();
         let prepared = self.prepare_media(&request.messages, &request.images, &request.audios)?;
         self.generate(&prepared, &request.params, started, on_delta)
@@ -315,7 +336,10 @@ impl Pipeline {
 }
 
 /// Logits of the last row of `hidden` as a vector.
-fn last_row_logits(hidden: &Tensor, logits: impl FnOnce(&Tensor, &[usize]) -> Result<Tensor>) -> Result<Vec<f32>> {
+fn last_row_logits(
+    hidden: &Tensor,
+    logits: impl FnOnce(&Tensor, &[usize]) -> Result<Tensor>,
+) -> Result<Vec<f32>> {
     let last = hidden.dim(1)? - 1;
     Ok(logits(hidden, &[last])?.flatten_all()?.to_vec1::<f32>()?)
 }

@@ -143,10 +143,11 @@ fn prompt_over_context_is_rejected_and_bad_params_too() {
     let tok = tokenizer();
     let prompt = PromptTokens { ids: vec![1; 10], media: vec![] };
     let mut model = Scripted::new(vec![5]);
-    let err = generate(&mut model, &tok, &prompt, &GenerationParams::default(), &[], 10, Instant::now(), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap_err();
+    let err =
+        generate(&mut model, &tok, &prompt, &GenerationParams::default(), &[], 10, Instant::now(), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
     assert!(err.to_string().contains("context length"), "{err}");
     let params = GenerationParams { max_tokens: Some(0), ..Default::default() };
     assert!(run(vec![5], params, |_| ControlFlow::Continue(())).is_err());

@@ -11,8 +11,12 @@ use phive::engine::{Engine, EngineConfig, Event, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline};
 
 fn load() -> Pipeline {
-    Pipeline::load(&LoadOptions { model: common::phi3v_tiny().to_string_lossy().into(), revision: None, ..Default::default() })
-        .unwrap()
+    Pipeline::load(&LoadOptions {
+        model: common::phi3v_tiny().to_string_lossy().into(),
+        revision: None,
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 #[test]

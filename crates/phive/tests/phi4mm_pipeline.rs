@@ -82,9 +82,10 @@ fn bad_audio_and_bad_images_get_distinct_errors() {
     let empty = std::fs::read(common::fixtures().join("audio/empty.wav")).unwrap();
     let empty_err = decode_audio(&empty, None).unwrap_err().to_string();
     assert_ne!(audio_err, empty_err);
-    let image_err = phive::media::decode_image(b"\x89PNG\r\n\x1a\nnot really", &phive::media::MediaPolicy::trusted())
-        .unwrap_err()
-        .to_string();
+    let image_err =
+        phive::media::decode_image(b"\x89PNG\r\n\x1a\nnot really", &phive::media::MediaPolicy::trusted())
+            .unwrap_err()
+            .to_string();
     assert!(image_err.contains("image"), "{image_err}");
     // An audio part without an audio input, and an extreme aspect ratio, are request errors.
     let messages = vec![ChatMessage { role: "user".into(), parts: vec![MessagePart::Audio] }];

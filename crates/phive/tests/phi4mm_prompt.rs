@@ -39,7 +39,8 @@ fn counts(case: &serde_json::Value, key: &str) -> Vec<usize> {
 fn every_golden_prompt_expands_to_the_reference_ids() {
     let bundle = bundle();
     let template =
-        ChatTemplate::new(&bundle.chat_template, bundle.bos_token.as_deref(), bundle.eos_token.as_deref()).unwrap();
+        ChatTemplate::new(&bundle.chat_template, bundle.bos_token.as_deref(), bundle.eos_token.as_deref())
+            .unwrap();
     let goldens = common::golden_json("phi4mm/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();

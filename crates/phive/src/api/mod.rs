@@ -5,10 +5,13 @@
 //! Keeping validation here means every front end rejects the same requests with the same
 //! messages, and the HTTP layer only chooses status codes (via [`ApiError::status`]).
 
+mod assemble;
 mod error;
+mod prepare;
 mod request;
 mod response;
 
+pub use assemble::ChatResponseBuilder;
 pub use error::{ApiError, ErrorKind, ErrorObject, ErrorResponse};
 pub use request::{
     ChatCompletionRequest, ChatInput, CompletionRequest, Content, ContentPart, Delivery, ImageUrl, Message,

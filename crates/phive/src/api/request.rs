@@ -393,10 +393,41 @@ pub struct ChatInput {
     pub messages: Vec<ChatMessage>,
     /// One reference per image part, in order.
     pub images: Vec<String>,
+    /// One reference per audio part, in order (`input_audio` becomes a `data:` URL).
+    pub audios: Vec<String>,
     /// Sampling, length, stop and logprob settings.
     pub params: GenerationParams,
     /// Choices, streaming, usage chunk.
     pub delivery: Delivery,
+}
+
+/// The reference of an audio part: `audio_url.url` as given, or `input_audio`'s base64 `data`
+/// as a `data:` URL of its `format`.
+fn audio_reference(part: &ContentPart, param: &str) -> Result<String, ApiError> {
+    fn field<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+        obj.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+    }
+    match part {
+        ContentPart::InputAudio { input_audio } => {
+            let data = field(input_audio, "data").ok_or_else(|| {
+                ApiError::invalid(
+                    Some(format!("{param}.input_audio.data")),
+                    "input_audio.data must be base64 audio",
+                )
+            })?;
+            let format = field(input_audio, "format").ok_or_else(|| {
+                ApiError::invalid(
+                    Some(format!("{param}.input_audio.format")),
+                    "input_audio.format must name the encoding (wav, mp3, flac or ogg)",
+                )
+            })?;
+            Ok(format!("data:audio/{format};base64,{data}"))
+        }
+        ContentPart::AudioUrl { audio_url } => field(audio_url, "url").map(str::to_string).ok_or_else(|| {
+            ApiError::invalid(Some(format!("{param}.audio_url.url")), "audio_url.url must not be empty")
+        }),
+        _ => Err(ApiError::invalid(Some(param.to_string()), "not an audio part")),
+    }
 }
 
 /// A text completion request translated to phive's terms.
@@ -570,6 +601,7 @@ impl ChatCompletionRequest {
             return Err(ApiError::invalid(p("messages"), "messages must contain at least one message"));
         }
         let mut images = Vec::new();
+        let mut audios = Vec::new();
         let mut messages = Vec::with_capacity(self.messages.len());
         for (i, message) in self.messages.into_iter().enumerate() {
             let role = message.role.as_str();
@@ -618,12 +650,15 @@ impl ChatCompletionRequest {
                                 images.push(image_url.url);
                                 out.push(MessagePart::Image);
                             }
-                            ContentPart::InputAudio { .. } | ContentPart::AudioUrl { .. } => {
-                                return Err(ApiError::invalid(
-                                    param(),
-                                    "this model (Phi-3.5-vision) does not accept audio input",
-                                )
-                                .with_code("unsupported_modality"))
+                            audio @ (ContentPart::InputAudio { .. } | ContentPart::AudioUrl { .. }) => {
+                                if role != "user" {
+                                    return Err(ApiError::invalid(
+                                        param(),
+                                        "only user messages may contain audio",
+                                    ));
+                                }
+                                audios.push(audio_reference(&audio, &format!("messages[{i}].content[{j}]"))?);
+                                out.push(MessagePart::Audio);
                             }
                         }
                     }
@@ -642,7 +677,7 @@ impl ChatCompletionRequest {
                 ),
             ));
         }
-        Ok(ChatInput { messages, images, params, delivery })
+        Ok(ChatInput { messages, images, audios, params, delivery })
     }
 }
 

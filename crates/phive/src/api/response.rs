@@ -6,22 +6,46 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{FinishReason, TokenLogprob};
 
-/// Token counts, as OpenAI reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Token counts, as OpenAI reports them, plus mistral.rs's rates and times (OpenAI clients
+/// ignore the extra fields; code written for mistral.rs reads them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt positions (image placeholders included).
+    /// Prompt positions (image and audio placeholders included).
     pub prompt_tokens: usize,
     /// Generated tokens, summed over choices.
     pub completion_tokens: usize,
     /// The sum of both.
     pub total_tokens: usize,
+    /// All tokens over the request's wall time.
+    #[serde(default)]
+    pub avg_tok_per_sec: f64,
+    /// Prefill speed.
+    #[serde(default)]
+    pub avg_prompt_tok_per_sec: f64,
+    /// Decode speed.
+    #[serde(default)]
+    pub avg_compl_tok_per_sec: f64,
+    /// The request's wall time.
+    #[serde(default)]
+    pub total_time_sec: f64,
+    /// Time spent in prefill.
+    #[serde(default)]
+    pub total_prompt_time_sec: f64,
+    /// Time spent decoding.
+    #[serde(default)]
+    pub total_completion_time_sec: f64,
 }
 
 impl Usage {
-    /// Usage of a request whose prompt is `prompt` tokens and whose choices generated
-    /// `completion` tokens in all.
+    /// Counts only (rates and times zero): the prompt is `prompt` tokens and the choices
+    /// generated `completion` tokens in all.
     pub fn new(prompt: usize, completion: usize) -> Self {
-        Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            ..Default::default()
+        }
     }
 }
 
@@ -120,8 +144,8 @@ impl ChoiceLogprobs {
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: String,
-    /// The generated text.
-    pub content: String,
+    /// The generated text (an `Option`, as in mistral.rs and OpenAI's schema).
+    pub content: Option<String>,
 }
 
 /// One choice of a chat completion.

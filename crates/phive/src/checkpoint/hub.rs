@@ -29,15 +29,12 @@ impl ModelLocation {
                 "{model} is a file, not a checkpoint folder; pass the folder that holds config.json"
             )));
         }
-        let looks_like_path =
-            model.starts_with('.') || model.starts_with('/') || model.starts_with('~');
+        let looks_like_path = model.starts_with('.') || model.starts_with('/') || model.starts_with('~');
         let parts: Vec<&str> = model.split('/').collect();
         let valid_id = parts.len() == 2
-            && parts.iter().all(|p| {
-                !p.is_empty()
-                    && p.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            });
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
         if looks_like_path || !valid_id {
             return Err(Error::ModelNotFound(format!(
                 "model {model:?} is neither an existing local folder nor a Hugging Face model id of the form org/name"
@@ -135,28 +132,20 @@ impl FileFetcher {
 
     /// The path of `filename`, which the model must have.
     pub fn get(&mut self, filename: &str) -> Result<PathBuf> {
-        self.get_optional(filename)?
-            .ok_or_else(|| match &self.location {
-                ModelLocation::Local(dir) => {
-                    Error::checkpoint(dir.join(filename), "required file is missing")
-                }
-                ModelLocation::Hub { .. } => {
-                    Error::ModelNotFound(format!("{} has no file {filename}", self.describe()))
-                }
-            })
+        self.get_optional(filename)?.ok_or_else(|| match &self.location {
+            ModelLocation::Local(dir) => Error::checkpoint(dir.join(filename), "required file is missing"),
+            ModelLocation::Hub { .. } => {
+                Error::ModelNotFound(format!("{} has no file {filename}", self.describe()))
+            }
+        })
     }
 
     fn snapshot_dir(&self, repo_id: &str, revision: &str) -> Option<PathBuf> {
-        let repo_dir = self
-            .cache_dir
-            .join(format!("models--{}", repo_id.replace('/', "--")));
+        let repo_dir = self.cache_dir.join(format!("models--{}", repo_id.replace('/', "--")));
         let commit = if revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()) {
             revision.to_string()
         } else {
-            std::fs::read_to_string(repo_dir.join("refs").join(revision))
-                .ok()?
-                .trim()
-                .to_string()
+            std::fs::read_to_string(repo_dir.join("refs").join(revision)).ok()?.trim().to_string()
         };
         let dir = repo_dir.join("snapshots").join(commit);
         dir.is_dir().then_some(dir)
@@ -172,17 +161,9 @@ impl FileFetcher {
         let Some(snapshot) = self.snapshot_dir(repo_id, revision) else {
             return false;
         };
-        let commit = snapshot
-            .file_name()
-            .map(|c| c.to_owned())
-            .unwrap_or_default();
-        let repo_dir = snapshot
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf);
-        repo_dir
-            .map(|d| d.join(".no_exist").join(commit).join(filename).exists())
-            .unwrap_or(false)
+        let commit = snapshot.file_name().map(|c| c.to_owned()).unwrap_or_default();
+        let repo_dir = snapshot.parent().and_then(Path::parent).map(Path::to_path_buf);
+        repo_dir.map(|d| d.join(".no_exist").join(commit).join(filename).exists()).unwrap_or(false)
     }
 
     fn not_cached_error(&self, repo_id: &str, revision: &str) -> Error {
@@ -194,12 +175,7 @@ impl FileFetcher {
         ))
     }
 
-    fn download(
-        &mut self,
-        repo_id: &str,
-        revision: &str,
-        filename: &str,
-    ) -> Result<Option<PathBuf>> {
+    fn download(&mut self, repo_id: &str, revision: &str, filename: &str) -> Result<Option<PathBuf>> {
         if self.api.is_none() {
             let cache = hf_hub::Cache::new(self.cache_dir.clone());
             let token = non_empty_env("HF_TOKEN").or_else(|| cache.token());
@@ -208,9 +184,7 @@ impl FileFetcher {
                 builder = builder.with_endpoint(endpoint);
             }
             let api = builder.build().map_err(|e| {
-                Error::ModelNotFound(format!(
-                    "cannot set up Hugging Face Hub access for {repo_id}: {e}"
-                ))
+                Error::ModelNotFound(format!("cannot set up Hugging Face Hub access for {repo_id}: {e}"))
             })?;
             self.api = Some(api.repo(hf_hub::Repo::with_revision(
                 repo_id.to_string(),

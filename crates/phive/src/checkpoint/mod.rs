@@ -36,6 +36,14 @@ impl Architecture {
         }
     }
 
+    /// The model family's name for people.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Architecture::Phi3V => "Phi-3.5-vision",
+            Architecture::Phi4MM => "Phi-4-multimodal",
+        }
+    }
+
     /// Detects the architecture from `config.json` (`architectures`, else `model_type`).
     pub fn detect(config: &Value, path: &Path) -> Result<Self> {
         let declared = config
@@ -57,19 +65,13 @@ impl Architecture {
                 }
             },
         };
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| *n == found)
-            .map(|(_, a)| *a)
-            .ok_or_else(|| Error::UnsupportedArchitecture {
+        Self::NAMES.iter().find(|(n, _)| *n == found).map(|(_, a)| *a).ok_or_else(|| {
+            Error::UnsupportedArchitecture {
                 found,
                 path: path.to_path_buf(),
-                supported: Self::NAMES
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+                supported: Self::NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            }
+        })
     }
 }
 
@@ -119,7 +121,7 @@ impl Checkpoint {
 
 /// Reads and parses a JSON file, naming the file in every error.
 pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
     serde_json::from_str(&text).map_err(|e| Error::checkpoint(path, format!("invalid JSON: {e}")))
 }

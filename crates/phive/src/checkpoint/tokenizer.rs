@@ -29,9 +29,8 @@ impl TokenizerBundle {
     /// Loads the tokenizer files of a checkpoint.
     pub fn fetch(fetcher: &mut FileFetcher) -> Result<Self> {
         let tokenizer_path = fetcher.get("tokenizer.json")?;
-        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
-            Error::checkpoint(&tokenizer_path, format!("cannot load tokenizer: {e}"))
-        })?;
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| Error::checkpoint(&tokenizer_path, format!("cannot load tokenizer: {e}")))?;
 
         let config_path = fetcher.get("tokenizer_config.json")?;
         let config = read_json(&config_path)?;
@@ -66,13 +65,7 @@ impl TokenizerBundle {
                 }
             }
         }
-        Ok(TokenizerBundle {
-            tokenizer,
-            chat_template,
-            bos_token,
-            eos_token,
-            stop_token_ids,
-        })
+        Ok(TokenizerBundle { tokenizer, chat_template, bos_token, eos_token, stop_token_ids })
     }
 }
 
@@ -83,15 +76,9 @@ fn special_token(config: &Value, key: &str, path: &Path) -> Result<Option<String
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Object(o)) => match o.get("content") {
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            _ => Err(Error::checkpoint(
-                path,
-                format!("key {key:?} must have a string \"content\""),
-            )),
+            _ => Err(Error::checkpoint(path, format!("key {key:?} must have a string \"content\""))),
         },
-        Some(_) => Err(Error::checkpoint(
-            path,
-            format!("key {key:?} must be a string"),
-        )),
+        Some(_) => Err(Error::checkpoint(path, format!("key {key:?} must be a string"))),
     }
 }
 
@@ -101,40 +88,24 @@ fn template_from(config: &Value, path: &Path) -> Result<Option<String>> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Array(list)) => {
-            let named = |name: &str| {
-                list.iter()
-                    .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
-            };
+            let named =
+                |name: &str| list.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(name));
             let entry = named("default").or_else(|| list.first());
-            match entry
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-            {
+            match entry.and_then(|t| t.get("template")).and_then(Value::as_str) {
                 Some(s) => Ok(Some(s.to_string())),
-                None => Err(Error::checkpoint(
-                    path,
-                    "\"chat_template\" list has no usable \"template\"",
-                )),
+                None => Err(Error::checkpoint(path, "\"chat_template\" list has no usable \"template\"")),
             }
         }
-        Some(_) => Err(Error::checkpoint(
-            path,
-            "\"chat_template\" must be a string or a list",
-        )),
+        Some(_) => Err(Error::checkpoint(path, "\"chat_template\" must be a string or a list")),
     }
 }
 
 /// `eos_token_id` as an integer or a list of integers.
 fn eos_ids(config: &Value, path: &Path) -> Result<Vec<u32>> {
     let as_id = |v: &Value| {
-        v.as_u64()
-            .and_then(|id| u32::try_from(id).ok())
-            .ok_or_else(|| {
-                Error::checkpoint(
-                    path,
-                    format!("\"eos_token_id\" must hold token ids, found {v}"),
-                )
-            })
+        v.as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
+            Error::checkpoint(path, format!("\"eos_token_id\" must hold token ids, found {v}"))
+        })
     };
     match config.get("eos_token_id") {
         None | Some(Value::Null) => Ok(Vec::new()),

@@ -17,18 +17,11 @@ pub struct IncrementalDetokenizer<'t> {
 impl<'t> IncrementalDetokenizer<'t> {
     /// A detokenizer with no tokens yet.
     pub fn new(tokenizer: &'t tokenizers::Tokenizer) -> Self {
-        IncrementalDetokenizer {
-            tokenizer,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
+        IncrementalDetokenizer { tokenizer, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        self.tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// Adds a token; returns the new text it completes, if any.
@@ -53,9 +46,6 @@ impl<'t> IncrementalDetokenizer<'t> {
         let prefix = self.decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let full = self.decode(&self.ids[self.prefix_offset..])?;
         self.read_offset = self.ids.len();
-        Ok(full
-            .strip_prefix(&prefix)
-            .filter(|d| !d.is_empty())
-            .map(str::to_string))
+        Ok(full.strip_prefix(&prefix).filter(|d| !d.is_empty()).map(str::to_string))
     }
 }

@@ -108,6 +108,10 @@ fn rate(tokens: usize, time: Duration) -> f64 {
     }
 }
 
+/// Generated tokens decoded before a logprob token to find its text (enough for SentencePiece
+/// spaces and multi-byte characters, short enough to stay cheap on long completions).
+const LOGPROB_CONTEXT: usize = 4;
+
 /// Rejects `max_tokens: 0` and prompts that leave no room for a generated token.
 pub fn check_lengths(prompt_len: usize, params: &GenerationParams, context_length: usize) -> Result<()> {
     if params.max_tokens == Some(0) {
@@ -170,7 +174,9 @@ pub fn generate(
             break FinishReason::Stop;
         }
         if let Some(top) = params.logprobs {
-            let lp = token_logprob(&logits, token, top, tokenizer);
+            let previous = &tokens[..tokens.len() - 1];
+            let context = &previous[previous.len().saturating_sub(LOGPROB_CONTEXT)..];
+            let lp = token_logprob(&logits, token, top, tokenizer, context);
             all_logprobs.push(lp.clone());
             pending_logprobs.push(lp);
         }
@@ -186,7 +192,10 @@ pub fn generate(
         }
         let safe = stops.safe_len(&text);
         if safe > emitted {
-            let delta = Delta { text: text[emitted..safe].to_string(), logprobs: std::mem::take(&mut pending_logprobs) };
+            let delta = Delta {
+                text: text[emitted..safe].to_string(),
+                logprobs: std::mem::take(&mut pending_logprobs),
+            };
             emitted = safe;
             if on_delta(delta).is_break() {
                 break FinishReason::Cancelled;

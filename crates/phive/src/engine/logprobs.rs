@@ -23,27 +23,30 @@ pub struct TokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-/// The text a token contributes in the middle of a sequence. Decoding a token alone loses a
-/// SentencePiece leading space (the decoder strips the first one), so the token is decoded
-/// after a copy of itself and the first copy's text is cut off.
-fn token_text(tokenizer: &tokenizers::Tokenizer, id: u32) -> String {
-    let single = tokenizer.decode(&[id], false).unwrap_or_default();
-    let double = tokenizer.decode(&[id, id], false).unwrap_or_default();
-    double.strip_prefix(single.as_str()).map(str::to_string).unwrap_or(single)
+/// The text `id` adds after the tokens in `context` (the previous generated tokens), so the
+/// chosen tokens' texts concatenate to the completion: decoding a token alone would lose a
+/// SentencePiece leading space in mid-sequence, and keep one the completion's first token drops.
+fn token_text(tokenizer: &tokenizers::Tokenizer, context: &[u32], id: u32) -> String {
+    let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_default();
+    let before = decode(context);
+    let with = decode(&[context, &[id]].concat());
+    with.strip_prefix(before.as_str()).map(str::to_string).unwrap_or_else(|| decode(&[id]))
 }
 
-/// Computes the log-probability of `chosen` and the `top` most likely tokens from raw logits.
+/// Computes the log-probability of `chosen` and the `top` most likely tokens from raw logits;
+/// `context` holds the last few generated tokens before this step (for token texts).
 pub fn token_logprob(
     logits: &[f32],
     chosen: u32,
     top: usize,
     tokenizer: &tokenizers::Tokenizer,
+    context: &[u32],
 ) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
     let entry = |id: u32| TopLogprob {
         token_id: id,
-        token: token_text(tokenizer, id),
+        token: token_text(tokenizer, context, id),
         logprob: logits[id as usize] - log_sum,
     };
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
@@ -53,5 +56,8 @@ pub fn token_logprob(
         ids.truncate(top);
         ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
     }
-    TokenLogprob { chosen: entry(chosen), top_logprobs: if top > 0 { ids.into_iter().map(entry).collect() } else { Vec::new() } }
+    TokenLogprob {
+        chosen: entry(chosen),
+        top_logprobs: if top > 0 { ids.into_iter().map(entry).collect() } else { Vec::new() },
+    }
 }

@@ -49,10 +49,9 @@ impl SamplingParams {
                 return bad("min_p", "must be between 0 and 1");
             }
         }
-        for (name, v) in [
-            ("frequency_penalty", self.frequency_penalty),
-            ("presence_penalty", self.presence_penalty),
-        ] {
+        for (name, v) in
+            [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)]
+        {
             if let Some(v) = v {
                 if !(-2.0..=2.0).contains(&v) {
                     return bad(name, "must be between -2 and 2");
@@ -86,11 +85,7 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Sampler {
-            params,
-            rng,
-            completion_counts: HashMap::new(),
-        }
+        Sampler { params, rng, completion_counts: HashMap::new() }
     }
 
     /// Records a generated token (frequency and presence penalties count completion tokens).
@@ -107,11 +102,8 @@ impl Sampler {
             return argmax(&logits);
         }
         let temperature = self.params.temperature.unwrap_or(1.0) as f32;
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l / temperature))
-            .collect();
+        let mut candidates: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, l / temperature)).collect();
         candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
         if let Some(k) = self.params.top_k {
             candidates.truncate(k.max(1));
@@ -154,11 +146,7 @@ impl Sampler {
                 let t = t as usize;
                 if t < logits.len() && !seen[t] {
                     seen[t] = true;
-                    logits[t] = if logits[t] > 0.0 {
-                        logits[t] / r
-                    } else {
-                        logits[t] * r
-                    };
+                    logits[t] = if logits[t] > 0.0 { logits[t] / r } else { logits[t] * r };
                 }
             }
         }
@@ -195,11 +183,7 @@ mod tests {
     use super::*;
 
     fn params() -> SamplingParams {
-        SamplingParams {
-            temperature: Some(1.0),
-            seed: Some(7),
-            ..Default::default()
-        }
+        SamplingParams { temperature: Some(1.0), seed: Some(7), ..Default::default() }
     }
 
     #[test]
@@ -212,10 +196,7 @@ mod tests {
     fn same_seed_same_draws_different_seed_differs() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let draw = |seed| {
-            let mut s = Sampler::new(SamplingParams {
-                seed: Some(seed),
-                ..params()
-            });
+            let mut s = Sampler::new(SamplingParams { seed: Some(seed), ..params() });
             (0..40).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
@@ -224,10 +205,7 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut s = Sampler::new(SamplingParams {
-            top_k: Some(1),
-            ..params()
-        });
+        let mut s = Sampler::new(SamplingParams { top_k: Some(1), ..params() });
         for _ in 0..20 {
             assert_eq!(s.sample(&[1.0, 1.2, 0.5], &[]), 1);
         }
@@ -237,24 +215,15 @@ mod tests {
     fn top_p_and_min_p_cut_the_tail() {
         // Probabilities ~ [0.66, 0.24, 0.09, 0.01]: top_p 0.5 keeps only the first.
         let logits = [3.0, 2.0, 1.0, -1.0];
-        let mut s = Sampler::new(SamplingParams {
-            top_p: Some(0.5),
-            ..params()
-        });
+        let mut s = Sampler::new(SamplingParams { top_p: Some(0.5), ..params() });
         assert!((0..50).all(|_| s.sample(&logits, &[]) == 0));
-        let mut s = Sampler::new(SamplingParams {
-            min_p: Some(0.3),
-            ..params()
-        });
+        let mut s = Sampler::new(SamplingParams { min_p: Some(0.3), ..params() });
         assert!((0..200).all(|_| s.sample(&logits, &[]) <= 1));
     }
 
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative() {
-        let s = Sampler::new(SamplingParams {
-            repetition_penalty: Some(2.0),
-            ..Default::default()
-        });
+        let s = Sampler::new(SamplingParams { repetition_penalty: Some(2.0), ..Default::default() });
         let mut logits = vec![4.0, -1.0, 3.0];
         s.apply_penalties(&mut logits, &[0, 1, 0]);
         assert_eq!(logits, vec![2.0, -2.0, 3.0]);
@@ -262,37 +231,21 @@ mod tests {
 
     #[test]
     fn frequency_and_presence_penalties_change_greedy_choice() {
-        let mut s = Sampler::new(SamplingParams {
-            frequency_penalty: Some(0.5),
-            ..Default::default()
-        });
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: Some(0.5), ..Default::default() });
         s.observe(0);
         s.observe(0);
         // 2.0 - 2*0.5 = 1.0 < 1.5
         assert_eq!(s.sample(&[2.0, 1.5], &[]), 1);
-        let mut s = Sampler::new(SamplingParams {
-            presence_penalty: Some(1.0),
-            ..Default::default()
-        });
+        let mut s = Sampler::new(SamplingParams { presence_penalty: Some(1.0), ..Default::default() });
         s.observe(0);
         assert_eq!(s.sample(&[2.0, 1.5], &[]), 1);
     }
 
     #[test]
     fn validation_names_the_parameter() {
-        let err = SamplingParams {
-            top_p: Some(0.0),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err();
+        let err = SamplingParams { top_p: Some(0.0), ..Default::default() }.validate().unwrap_err();
         assert!(err.to_string().contains("top_p"));
-        let err = SamplingParams {
-            temperature: Some(3.0),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err();
+        let err = SamplingParams { temperature: Some(3.0), ..Default::default() }.validate().unwrap_err();
         assert!(err.to_string().contains("temperature"));
         assert!(SamplingParams::default().validate().is_ok());
     }

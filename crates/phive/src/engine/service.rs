@@ -168,7 +168,12 @@ impl Engine {
 
     /// Queues a prepared request for `choices` completions. Parameters are validated here, so a
     /// bad request fails before anything is streamed.
-    pub fn submit(&self, prepared: PreparedPrompt, params: GenerationParams, choices: usize) -> Result<RequestHandle> {
+    pub fn submit(
+        &self,
+        prepared: PreparedPrompt,
+        params: GenerationParams,
+        choices: usize,
+    ) -> Result<RequestHandle> {
         params.sampling.validate()?;
         self.shared.pipeline.check_fits(&prepared, &params)?;
         if choices == 0 {
@@ -176,7 +181,8 @@ impl Engine {
         }
         let (events, receiver) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job { prepared, params, choices, started: Instant::now(), events, cancel: Arc::clone(&cancel) };
+        let job =
+            Job { prepared, params, choices, started: Instant::now(), events, cancel: Arc::clone(&cancel) };
         let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.config.max_queue {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);

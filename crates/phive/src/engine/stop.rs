@@ -19,9 +19,7 @@ pub struct StopStrings {
 impl StopStrings {
     /// Stop strings; empty strings are ignored.
     pub fn new(stops: impl IntoIterator<Item = String>) -> Self {
-        StopStrings {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
-        }
+        StopStrings { stops: stops.into_iter().filter(|s| !s.is_empty()).collect() }
     }
 
     /// The earliest stop string in `text`, looking only at matches that end after
@@ -31,10 +29,7 @@ impl StopStrings {
             .iter()
             .filter_map(|stop| {
                 let from = floor_char_boundary(text, searched_up_to.saturating_sub(stop.len() - 1));
-                text[from..].find(stop.as_str()).map(|i| StopMatch {
-                    at: from + i,
-                    stop: stop.clone(),
-                })
+                text[from..].find(stop.as_str()).map(|i| StopMatch { at: from + i, stop: stop.clone() })
             })
             .min_by_key(|m| m.at)
     }
@@ -68,13 +63,7 @@ mod tests {
     #[test]
     fn finds_earliest_stop() {
         let s = StopStrings::new(["END".to_string(), "\n\n".to_string()]);
-        assert_eq!(
-            s.find("abc\n\nxEND", 0),
-            Some(StopMatch {
-                at: 3,
-                stop: "\n\n".into()
-            })
-        );
+        assert_eq!(s.find("abc\n\nxEND", 0), Some(StopMatch { at: 3, stop: "\n\n".into() }));
         assert_eq!(s.find("no stop here", 0), None);
     }
 

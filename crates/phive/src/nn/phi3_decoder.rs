@@ -142,7 +142,7 @@ impl Phi3Decoder {
         }
         let norm = RmsNorm::load(&vm.pp("norm"), h, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_weights(embed_tokens.clone(), None)?
+            Linear::from_weights_named("lm_head", embed_tokens.clone(), None)?
         } else {
             Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?
         };

@@ -28,9 +28,7 @@ pub struct PromptTokens {
 impl PromptTokens {
     /// Whether position `pos` is part of a media run.
     pub fn is_media(&self, pos: usize) -> bool {
-        self.media
-            .iter()
-            .any(|s| (s.start..s.start + s.len).contains(&pos))
+        self.media.iter().any(|s| (s.start..s.start + s.len).contains(&pos))
     }
 
     /// Ids of the text positions only (what sampling penalties look at).
@@ -74,15 +72,8 @@ pub fn expand_phi3v(
             .checked_sub(1)
             .and_then(|i| image_tokens.get(i))
             .copied()
-            .ok_or_else(|| {
-                Error::InvalidRequest(format!("{} has no matching image", whole.as_str()))
-            })?;
-        media.push(MediaSpan {
-            kind: MediaKind::Image,
-            index: number - 1,
-            start: ids.len(),
-            len,
-        });
+            .ok_or_else(|| Error::InvalidRequest(format!("{} has no matching image", whole.as_str())))?;
+        media.push(MediaSpan { kind: MediaKind::Image, index: number - 1, start: ids.len(), len });
         ids.extend(std::iter::repeat_n(placeholder_id, len));
         chunk_start = whole.end();
     }
@@ -160,18 +151,8 @@ mod tests {
         let p = PromptTokens {
             ids: vec![5, 6, 0, 0, 0, 7, 0, 8],
             media: vec![
-                MediaSpan {
-                    kind: MediaKind::Image,
-                    index: 0,
-                    start: 2,
-                    len: 3,
-                },
-                MediaSpan {
-                    kind: MediaKind::Image,
-                    index: 1,
-                    start: 6,
-                    len: 1,
-                },
+                MediaSpan { kind: MediaKind::Image, index: 0, start: 2, len: 3 },
+                MediaSpan { kind: MediaKind::Image, index: 1, start: 6, len: 1 },
             ],
         };
         assert_eq!(p.text_ids(), vec![5, 6, 7, 8]);

@@ -36,10 +36,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A text-only message.
     pub fn text(role: impl Into<String>, text: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            parts: vec![MessagePart::Text(text.into())],
-        }
+        ChatMessage { role: role.into(), parts: vec![MessagePart::Text(text.into())] }
     }
 
     /// Number of parts of the given kind.

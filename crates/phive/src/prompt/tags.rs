@@ -39,7 +39,10 @@ impl MediaKind {
     }
 
     pub(crate) fn matches(self, part: &MessagePart) -> bool {
-        matches!((self, part), (MediaKind::Image, MessagePart::Image) | (MediaKind::Audio, MessagePart::Audio))
+        matches!(
+            (self, part),
+            (MediaKind::Image, MessagePart::Image) | (MediaKind::Audio, MessagePart::Audio)
+        )
     }
 }
 
@@ -94,10 +97,7 @@ pub fn place_media_tags(
                     }
                 }
             }
-            Ok(RenderedMessage {
-                role: message.role.clone(),
-                content,
-            })
+            Ok(RenderedMessage { role: message.role.clone(), content })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(rendered)
@@ -153,20 +153,13 @@ mod tests {
     use super::*;
 
     fn user(parts: Vec<MessagePart>) -> ChatMessage {
-        ChatMessage {
-            role: "user".into(),
-            parts,
-        }
+        ChatMessage { role: "user".into(), parts }
     }
 
     #[test]
     fn inserts_tags_before_text_in_part_order() {
         let msgs = vec![
-            user(vec![
-                MessagePart::Image,
-                MessagePart::Image,
-                MessagePart::Text("Compare.".into()),
-            ]),
+            user(vec![MessagePart::Image, MessagePart::Image, MessagePart::Text("Compare.".into())]),
             ChatMessage::text("assistant", "ok"),
             user(vec![
                 MessagePart::Text("And".into()),
@@ -181,40 +174,25 @@ mod tests {
 
     #[test]
     fn keeps_valid_written_tags() {
-        let msgs = vec![user(vec![
-            MessagePart::Text("<|image_1|>\nWhat?".into()),
-            MessagePart::Image,
-        ])];
+        let msgs = vec![user(vec![MessagePart::Text("<|image_1|>\nWhat?".into()), MessagePart::Image])];
         let out = place_media_tags(&msgs, &[MediaKind::Image], "\n").unwrap();
         assert_eq!(out[0].content, "<|image_1|>\nWhat?");
     }
 
     #[test]
     fn rejects_miscounted_or_misnumbered_tags() {
-        let two_tags = vec![user(vec![
-            MessagePart::Text("<|image_1|><|image_2|>".into()),
-            MessagePart::Image,
-        ])];
-        let err = place_media_tags(&two_tags, &[MediaKind::Image], "\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("2 image tag(s)") && err.contains("1 image(s)"),
-            "{err}"
-        );
+        let two_tags =
+            vec![user(vec![MessagePart::Text("<|image_1|><|image_2|>".into()), MessagePart::Image])];
+        let err = place_media_tags(&two_tags, &[MediaKind::Image], "\n").unwrap_err().to_string();
+        assert!(err.contains("2 image tag(s)") && err.contains("1 image(s)"), "{err}");
 
         let out_of_order = vec![user(vec![
             MessagePart::Text("<|image_2|><|image_1|>".into()),
             MessagePart::Image,
             MessagePart::Image,
         ])];
-        let err = place_media_tags(&out_of_order, &[MediaKind::Image], "\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("found <|image_2|> where <|image_1|> was expected"),
-            "{err}"
-        );
+        let err = place_media_tags(&out_of_order, &[MediaKind::Image], "\n").unwrap_err().to_string();
+        assert!(err.contains("found <|image_2|> where <|image_1|> was expected"), "{err}");
 
         let repeated = vec![user(vec![
             MessagePart::Text("<|image_1|><|image_1|>".into()),

@@ -1,0 +1,51 @@
+//! Fetching a chat request's media under a policy and preparing its prompt: the step every
+//! front end runs between validating a request and submitting it to the engine.
+
+use super::{ApiError, ChatInput};
+use crate::audio::decode_audio;
+use crate::media::{load_image, MediaPolicy, MediaSource};
+use crate::pipeline::{Pipeline, PreparedPrompt};
+use crate::prompt::MessagePart;
+
+impl ChatInput {
+    /// Fetches and decodes every image and audio reference (blocking; run it off async
+    /// executors) and prepares the prompt. Errors name the failing item ("image 2: ...").
+    pub fn prepare(&self, pipeline: &Pipeline, policy: &MediaPolicy) -> Result<PreparedPrompt, ApiError> {
+        if !self.audios.is_empty() && !pipeline.accepts_audio() {
+            // Refuse before fetching anything, naming the first audio part.
+            let position = self.messages.iter().enumerate().find_map(|(i, m)| {
+                m.parts
+                    .iter()
+                    .position(|p| *p == MessagePart::Audio)
+                    .map(|j| format!("messages[{i}].content[{j}]"))
+            });
+            let model = pipeline.architecture().display_name();
+            return Err(ApiError::invalid(
+                position,
+                format!("this model ({model}) does not accept audio input"),
+            )
+            .with_code("unsupported_modality"));
+        }
+        let numbered = |what: &str, i: usize, e: crate::Error| {
+            let mut error = ApiError::from(e);
+            error.message = format!("{what} {}: {}", i + 1, error.message);
+            error
+        };
+        let images = self
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, reference)| load_image(reference, policy).map_err(|e| numbered("image", i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let audios = self
+            .audios
+            .iter()
+            .enumerate()
+            .map(|(i, reference)| {
+                let bytes = MediaSource::parse(reference).and_then(|source| source.fetch(policy));
+                bytes.and_then(|bytes| decode_audio(&bytes, None)).map_err(|e| numbered("audio", i, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(pipeline.prepare_media(&self.messages, &images, &audios)?)
+    }
+}

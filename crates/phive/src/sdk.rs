@@ -1,0 +1,529 @@
+//! The Rust SDK: the builder, message and request types that code written for mistral.rs
+//! already uses (`VisionModelBuilder`, `VisionMessages`, `TextMessageRole`, `RequestBuilder`,
+//! `send_chat_request`, `stream_chat_request`), as a thin layer over [`crate::engine::Engine`].
+//!
+//! The futures returned here do their blocking work (loading, image preprocessing, generation)
+//! on phive's own threads, so they can be awaited from any async runtime.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use image::DynamicImage;
+use tokio::sync::oneshot;
+
+use std::collections::VecDeque;
+
+use crate::api::{ChatCompletionChunk, ChatCompletionResponse, ChatResponseBuilder, Usage};
+use crate::audio::DecodedAudio;
+use crate::engine::{
+    Completion, Engine, EngineConfig, Event, GenerationParams, RequestHandle, SamplingParams,
+};
+use crate::pipeline::{LoadOptions, Pipeline};
+use crate::prompt::{ChatMessage, MessagePart};
+use crate::quant::IsqType;
+use crate::{Error, Result};
+
+/// The vision architectures phive implements (`with_arch` checks the checkpoint against it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisionArchitecture {
+    /// `microsoft/Phi-3.5-vision-instruct`.
+    Phi3V,
+    /// `microsoft/Phi-4-multimodal-instruct`.
+    Phi4MM,
+}
+
+impl VisionArchitecture {
+    fn name(self) -> &'static str {
+        match self {
+            VisionArchitecture::Phi3V => "phi3v",
+            VisionArchitecture::Phi4MM => "phi4mm",
+        }
+    }
+}
+
+/// Weight dtype requested by the caller. phive computes in f32 on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelDType {
+    /// The best dtype for the device (f32 on the CPU).
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// bfloat16 (not supported on the CPU yet).
+    BF16,
+    /// float16 (not supported on the CPU yet).
+    F16,
+}
+
+/// Loads a model: `VisionModelBuilder::new(id).with_logging().build().await?`.
+#[derive(Debug, Clone)]
+pub struct VisionModelBuilder {
+    model_id: String,
+    arch: Option<VisionArchitecture>,
+    revision: Option<String>,
+    dtype: ModelDType,
+    isq: Option<IsqType>,
+    logging: bool,
+    engine: EngineConfig,
+}
+
+impl VisionModelBuilder {
+    /// A builder for a local checkpoint folder or a Hugging Face model id.
+    pub fn new(model_id: impl ToString) -> Self {
+        VisionModelBuilder {
+            model_id: model_id.to_string(),
+            arch: None,
+            revision: None,
+            dtype: ModelDType::Auto,
+            isq: None,
+            logging: false,
+            engine: EngineConfig::default(),
+        }
+    }
+
+    /// Requires the checkpoint to be of this architecture (it is detected either way).
+    pub fn with_arch(mut self, arch: VisionArchitecture) -> Self {
+        self.arch = Some(arch);
+        self
+    }
+
+    /// Hub revision (branch, tag or commit).
+    pub fn with_hf_revision(mut self, revision: impl ToString) -> Self {
+        self.revision = Some(revision.to_string());
+        self
+    }
+
+    /// Quantizes the language model's linear layers in situ while loading.
+    pub fn with_isq(mut self, isq: IsqType) -> Self {
+        self.isq = Some(isq);
+        self
+    }
+
+    /// Weight dtype.
+    pub fn with_dtype(mut self, dtype: ModelDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Logs loading progress and timings to stderr (installs a `tracing` subscriber unless the
+    /// application has one).
+    pub fn with_logging(mut self) -> Self {
+        self.logging = true;
+        self
+    }
+
+    /// How many requests generate at once (default 1).
+    pub fn with_max_num_seqs(mut self, max_concurrent: usize) -> Self {
+        self.engine.max_concurrent = max_concurrent.max(1);
+        self
+    }
+
+    /// Loads the model on a background thread.
+    pub async fn build(self) -> Result<Model> {
+        if !matches!(self.dtype, ModelDType::Auto | ModelDType::F32) {
+            return Err(Error::InvalidRequest(format!(
+                "dtype {:?} is not supported yet; phive runs in f32 on the CPU (use ModelDType::Auto)",
+                self.dtype
+            )));
+        }
+        if self.logging {
+            // An application that installed its own subscriber keeps it.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("phive=info"))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        let options = LoadOptions {
+            model: self.model_id.clone(),
+            revision: self.revision.clone(),
+            isq: self.isq,
+            ..Default::default()
+        };
+        let (arch, engine_config, model_id) = (self.arch, self.engine.clone(), self.model_id.clone());
+        let pipeline = run_blocking(move || Pipeline::load(&options)).await?;
+        if let Some(arch) = arch {
+            let found = pipeline.architecture().name();
+            if arch.name() != found {
+                return Err(Error::InvalidRequest(format!(
+                    "{model_id} is a {found} checkpoint, not {} as requested with with_arch",
+                    arch.name()
+                )));
+            }
+        }
+        tracing::info!(
+            "loaded {} ({}) in {:.2}s",
+            pipeline.source(),
+            pipeline.architecture().name(),
+            pipeline.load_time().as_secs_f64()
+        );
+        Ok(Model { engine: Arc::new(Engine::new(pipeline, engine_config)), id: model_id })
+    }
+}
+
+/// Runs blocking work on a phive thread and awaits it from any runtime.
+async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("phive-sdk".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| Error::InvalidRequest(format!("cannot start a worker thread: {e}")))?;
+    rx.await.map_err(|_| Error::InvalidRequest("the worker thread stopped unexpectedly".into()))?
+}
+
+/// Who speaks a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextMessageRole {
+    /// The system prompt.
+    System,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+    /// Any other role the chat template understands.
+    Custom(String),
+}
+
+impl TextMessageRole {
+    fn as_str(&self) -> &str {
+        match self {
+            TextMessageRole::System => "system",
+            TextMessageRole::User => "user",
+            TextMessageRole::Assistant => "assistant",
+            TextMessageRole::Custom(role) => role,
+        }
+    }
+}
+
+/// One image or several, for `add_image_message`.
+pub struct Images(Vec<DynamicImage>);
+
+impl From<DynamicImage> for Images {
+    fn from(image: DynamicImage) -> Self {
+        Images(vec![image])
+    }
+}
+
+impl From<Vec<DynamicImage>> for Images {
+    fn from(images: Vec<DynamicImage>) -> Self {
+        Images(images)
+    }
+}
+
+/// A conversation with images. Tags (`<|image_N|>`) are placed automatically before each
+/// message's text unless the text already carries them.
+#[derive(Debug, Clone, Default)]
+pub struct VisionMessages {
+    messages: Vec<ChatMessage>,
+    images: Vec<DynamicImage>,
+    audios: Vec<DecodedAudio>,
+}
+
+impl VisionMessages {
+    /// An empty conversation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a text message.
+    pub fn add_message(mut self, role: TextMessageRole, text: impl ToString) -> Self {
+        self.messages.push(ChatMessage::text(role.as_str(), text.to_string()));
+        self
+    }
+
+    /// Adds a message with one or more images placed before its text. `model` is accepted for
+    /// compatibility with code written for mistral.rs; tags do not depend on it.
+    pub fn add_image_message(
+        self,
+        role: TextMessageRole,
+        text: impl ToString,
+        images: impl Into<Images>,
+        _model: &Model,
+    ) -> Result<Self> {
+        Ok(self.with_images(role, text, images.into().0))
+    }
+
+    /// Adds a message with one image placed before its text (the older Phi-3-vision helper).
+    pub fn add_phiv_image_message(
+        self,
+        role: TextMessageRole,
+        text: impl ToString,
+        image: DynamicImage,
+    ) -> Self {
+        self.with_images(role, text, vec![image])
+    }
+
+    /// Adds a message with audio clips (Phi-4-multimodal) placed before its text; decode clips
+    /// with [`crate::audio::decode_audio`].
+    pub fn add_audio_message(
+        mut self,
+        role: TextMessageRole,
+        text: impl ToString,
+        audios: Vec<DecodedAudio>,
+    ) -> Self {
+        let mut parts = vec![MessagePart::Audio; audios.len()];
+        parts.push(MessagePart::Text(text.to_string()));
+        self.messages.push(ChatMessage { role: role.as_str().to_string(), parts });
+        self.audios.extend(audios);
+        self
+    }
+
+    fn with_images(mut self, role: TextMessageRole, text: impl ToString, images: Vec<DynamicImage>) -> Self {
+        let mut parts = vec![MessagePart::Image; images.len()];
+        parts.push(MessagePart::Text(text.to_string()));
+        self.messages.push(ChatMessage { role: role.as_str().to_string(), parts });
+        self.images.extend(images);
+        self
+    }
+}
+
+/// A conversation plus sampling settings (mistral.rs's `RequestBuilder`).
+#[derive(Debug, Clone, Default)]
+pub struct RequestBuilder {
+    messages: VisionMessages,
+    params: GenerationParams,
+    n_choices: usize,
+}
+
+impl From<VisionMessages> for RequestBuilder {
+    fn from(messages: VisionMessages) -> Self {
+        RequestBuilder { messages, params: GenerationParams::default(), n_choices: 1 }
+    }
+}
+
+impl RequestBuilder {
+    /// An empty request.
+    pub fn new() -> Self {
+        VisionMessages::new().into()
+    }
+
+    /// Adds a text message.
+    pub fn add_message(mut self, role: TextMessageRole, text: impl ToString) -> Self {
+        self.messages = self.messages.add_message(role, text);
+        self
+    }
+
+    /// Adds a message with images placed before its text.
+    pub fn add_image_message(
+        mut self,
+        role: TextMessageRole,
+        text: impl ToString,
+        images: impl Into<Images>,
+    ) -> Self {
+        self.messages = self.messages.with_images(role, text, images.into().0);
+        self
+    }
+
+    fn sampling(mut self, change: impl FnOnce(&mut SamplingParams)) -> Self {
+        change(&mut self.params.sampling);
+        self
+    }
+
+    /// Sampling temperature (0 is greedy).
+    pub fn set_sampler_temperature(self, temperature: f64) -> Self {
+        self.sampling(|s| s.temperature = Some(temperature))
+    }
+
+    /// Keep only the `k` most likely tokens.
+    pub fn set_sampler_topk(self, k: usize) -> Self {
+        self.sampling(|s| s.top_k = Some(k))
+    }
+
+    /// Nucleus sampling mass.
+    pub fn set_sampler_topp(self, p: f64) -> Self {
+        self.sampling(|s| s.top_p = Some(p))
+    }
+
+    /// Min-p filtering.
+    pub fn set_sampler_minp(self, p: f64) -> Self {
+        self.sampling(|s| s.min_p = Some(p))
+    }
+
+    /// OpenAI frequency penalty.
+    pub fn set_sampler_frequency_penalty(self, penalty: f32) -> Self {
+        self.sampling(|s| s.frequency_penalty = Some(penalty))
+    }
+
+    /// OpenAI presence penalty.
+    pub fn set_sampler_presence_penalty(self, penalty: f32) -> Self {
+        self.sampling(|s| s.presence_penalty = Some(penalty))
+    }
+
+    /// Multiplicative repetition penalty.
+    pub fn set_sampler_repetition_penalty(self, penalty: f32) -> Self {
+        self.sampling(|s| s.repetition_penalty = Some(penalty))
+    }
+
+    /// Seed for reproducible sampling.
+    pub fn set_sampler_seed(self, seed: u64) -> Self {
+        self.sampling(|s| s.seed = Some(seed))
+    }
+
+    /// Most tokens to generate.
+    pub fn set_sampler_max_len(mut self, max_tokens: usize) -> Self {
+        self.params.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Strings that end generation.
+    pub fn set_sampler_stop_strings(mut self, stop: Vec<String>) -> Self {
+        self.params.stop = stop;
+        self
+    }
+
+    /// Return log-probabilities of the chosen tokens with `top` alternatives each.
+    pub fn return_logprobs(mut self, top: usize) -> Self {
+        self.params.logprobs = Some(top);
+        self
+    }
+
+    /// Number of choices to generate.
+    pub fn set_sampler_n_choices(mut self, n: usize) -> Self {
+        self.n_choices = n;
+        self
+    }
+}
+
+/// Anything `send_chat_request` accepts: [`VisionMessages`] or a [`RequestBuilder`].
+pub trait RequestLike {
+    /// The request as a builder.
+    fn into_request(self) -> RequestBuilder;
+}
+
+impl RequestLike for VisionMessages {
+    fn into_request(self) -> RequestBuilder {
+        self.into()
+    }
+}
+
+impl RequestLike for RequestBuilder {
+    fn into_request(self) -> RequestBuilder {
+        self
+    }
+}
+
+/// A streamed response item (mistral.rs's `Response`).
+#[derive(Debug)]
+pub enum Response {
+    /// A chunk of new text.
+    Chunk(ChatCompletionChunk),
+    /// The full response, after the last chunk.
+    Done(ChatCompletionResponse),
+    /// Generation failed.
+    ModelError(String),
+}
+
+/// The stream returned by [`Model::stream_chat_request`]. Dropping it cancels generation.
+pub struct ChatStream {
+    handle: RequestHandle,
+    builder: ChatResponseBuilder,
+    pending: VecDeque<Response>,
+    completions: Vec<(usize, Completion)>,
+    started: Instant,
+    finished: bool,
+}
+
+impl ChatStream {
+    /// The next item: chunks as text arrives, then [`Response::Done`]; `None` after that or
+    /// after an error.
+    pub async fn next(&mut self) -> Option<Response> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            if self.finished {
+                return None;
+            }
+            match self.handle.next().await {
+                Some(Event::Delta { choice, delta }) => {
+                    if let Some(chunk) = self.builder.delta_chunk(choice, &delta) {
+                        self.pending.push_back(Response::Chunk(chunk));
+                    }
+                }
+                Some(Event::Done { choice, completion }) => {
+                    self.pending.push_back(Response::Chunk(self.builder.finish_chunk(choice, &completion)));
+                    self.completions.push((choice, completion));
+                }
+                Some(Event::Error(e)) => {
+                    self.finished = true;
+                    self.pending.push_back(Response::ModelError(e.to_string()));
+                }
+                None => {
+                    self.finished = true;
+                    let completions = in_choice_order(std::mem::take(&mut self.completions));
+                    let usage = Usage::from_completions(&completions, self.started.elapsed());
+                    self.pending.push_back(Response::Done(self.builder.response(&completions, usage)));
+                }
+            }
+        }
+    }
+}
+
+fn in_choice_order(mut done: Vec<(usize, Completion)>) -> Vec<Completion> {
+    done.sort_by_key(|(choice, _)| *choice);
+    done.into_iter().map(|(_, c)| c).collect()
+}
+
+/// A loaded model serving requests; clones share the model.
+#[derive(Clone)]
+pub struct Model {
+    engine: Arc<Engine>,
+    id: String,
+}
+
+impl Model {
+    /// The underlying engine (queue statistics, the pipeline).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    async fn submit(&self, request: impl RequestLike) -> Result<(RequestHandle, ChatResponseBuilder)> {
+        let request = request.into_request();
+        let engine = Arc::clone(&self.engine);
+        let n = request.n_choices.max(1);
+        let logprobs = request.params.logprobs.is_some();
+        let handle = run_blocking(move || {
+            let prepared = engine.pipeline().prepare_media(
+                &request.messages.messages,
+                &request.messages.images,
+                &request.messages.audios,
+            )?;
+            engine.submit(prepared, request.params, n)
+        })
+        .await?;
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
+        Ok((handle, ChatResponseBuilder { id, created, model: self.id.clone(), logprobs }))
+    }
+
+    /// Sends a request and waits for the whole answer.
+    pub async fn send_chat_request(&self, request: impl RequestLike) -> Result<ChatCompletionResponse> {
+        let started = Instant::now();
+        let (mut handle, builder) = self.submit(request).await?;
+        let mut done = Vec::new();
+        while let Some(event) = handle.next().await {
+            match event {
+                Event::Delta { .. } => {}
+                Event::Done { choice, completion } => done.push((choice, completion)),
+                Event::Error(e) => return Err(e),
+            }
+        }
+        let completions = in_choice_order(done);
+        Ok(builder.response(&completions, Usage::from_completions(&completions, started.elapsed())))
+    }
+
+    /// Sends a request and streams the answer as it is generated.
+    pub async fn stream_chat_request(&self, request: impl RequestLike) -> Result<ChatStream> {
+        let started = Instant::now();
+        let (handle, builder) = self.submit(request).await?;
+        Ok(ChatStream {
+            handle,
+            builder,
+            pending: VecDeque::new(),
+            completions: Vec::new(),
+            started,
+            finished: false,
+        })
+    }
+}

@@ -1,0 +1,94 @@
+//! The Rust SDK through the documented examples' own code, on the tiny fixture: the greedy
+//! answer equals the reference's (and so `phive run`'s), from a file and from a URL.
+
+mod common;
+
+#[path = "../examples/phi3v_local_image.rs"]
+mod local_image;
+#[path = "../examples/phi3v_url_image.rs"]
+mod url_image;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+use phive::{RequestBuilder, TextMessageRole, VisionArchitecture, VisionMessages, VisionModelBuilder};
+
+fn golden_one_image_text() -> String {
+    let goldens = common::golden_json("phi3v/generation.json");
+    let case = goldens["cases"].as_array().unwrap().iter().find(|c| c["name"] == "one_image").unwrap();
+    case["greedy_text"].as_str().unwrap().to_string()
+}
+
+fn model() -> String {
+    common::phi3v_tiny().to_string_lossy().into_owned()
+}
+
+fn image_path(name: &str) -> String {
+    common::fixtures().join("images").join(name).to_string_lossy().into_owned()
+}
+
+/// Serves one file over HTTP on 127.0.0.1 for each of `requests` connections.
+fn serve_file(path: String, requests: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/image.png", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let body = std::fs::read(path).unwrap();
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn local_image_example_gives_the_reference_answer() {
+    let answer = local_image::run(&model(), &image_path("wide_1000x600.png"), Some(16)).await.unwrap();
+    assert_eq!(answer, golden_one_image_text());
+}
+
+#[tokio::test]
+async fn url_image_example_streams_the_reference_answer() {
+    let url = serve_file(image_path("wide_1000x600.png"), 1);
+    let answer = url_image::run(&model(), &url, Some(16)).await.unwrap();
+    assert_eq!(answer, golden_one_image_text());
+}
+
+#[tokio::test]
+async fn usage_and_sampling_controls() {
+    let model = VisionModelBuilder::new(model()).with_arch(VisionArchitecture::Phi3V).build().await.unwrap();
+    let request = RequestBuilder::new()
+        .add_message(TextMessageRole::User, "Describe a sunset over the ocean in two sentences.")
+        .set_sampler_max_len(8)
+        .set_sampler_temperature(0.8)
+        .set_sampler_seed(42)
+        .set_sampler_n_choices(2);
+    let first = model.send_chat_request(request.clone()).await.unwrap();
+    let again = model.send_chat_request(request).await.unwrap();
+    assert_eq!(first.choices.len(), 2);
+    assert_eq!(first.choices[0].message.content, again.choices[0].message.content, "same seed, same text");
+    let usage = first.usage;
+    assert_eq!(usage.completion_tokens, 16);
+    assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+    assert!(usage.avg_prompt_tok_per_sec > 0.0 && usage.total_prompt_time_sec > 0.0);
+}
+
+#[tokio::test]
+async fn wrong_architecture_and_bad_requests_are_typed_errors() {
+    let err =
+        VisionModelBuilder::new(model()).with_arch(VisionArchitecture::Phi4MM).build().await.err().unwrap();
+    assert!(matches!(err, phive::Error::InvalidRequest(_)), "{err}");
+    let err = VisionModelBuilder::new("./no/such/model").build().await.err().unwrap();
+    assert!(matches!(err, phive::Error::ModelNotFound(_)), "{err}");
+    let model = VisionModelBuilder::new(model()).build().await.unwrap();
+    let request = RequestBuilder::from(VisionMessages::new().add_message(TextMessageRole::User, "hi"))
+        .set_sampler_topp(0.0);
+    let err = model.send_chat_request(request).await.err().unwrap();
+    assert!(err.to_string().contains("top_p"), "{err}");
+}
