@@ -764,6 +764,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(input.images, vec!["data:image/png;base64,AAAA".to_string()]);
+        assert!(input.audios.is_empty());
         assert_eq!(input.messages[1].parts, vec![MessagePart::Image, MessagePart::Text("what?".into())]);
         assert_eq!(input.params.max_tokens, Some(9));
         assert_eq!(input.params.logprobs, Some(3));
@@ -786,11 +787,36 @@ mod tests {
         assert_eq!(base(serde_json::json!({"top_logprobs": 2})).param.as_deref(), Some("top_logprobs"));
         assert_eq!(base(serde_json::json!({"max_tokens": 0})).param.as_deref(), Some("max_tokens"));
         let audio = base(serde_json::json!({"messages": [{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}));
-        assert!(audio.message.contains("audio"), "{audio:?}");
+            {"type": "input_audio", "input_audio": {"data": "AAAA"}}]}]}));
+        assert_eq!(audio.param.as_deref(), Some("messages[0].content[0].input_audio.format"), "{audio:?}");
+        let audio = base(serde_json::json!({"messages": [{"role": "assistant", "content": [
+            {"type": "audio_url", "audio_url": {"url": "a.wav"}}]}]}));
+        assert!(audio.message.contains("only user messages may contain audio"), "{audio:?}");
         let err = serde_json::from_value::<ChatCompletionRequest>(serde_json::json!({
             "messages": [{"role": "user", "content": [{"type": "video_url"}]}]}))
         .unwrap_err();
         assert!(err.to_string().contains("unknown content part type"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod audio_tests {
+    use super::*;
+
+    #[test]
+    fn audio_parts_become_references_in_order() {
+        let request: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "messages": [{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                {"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}},
+                {"type": "text", "text": "transcribe"}]}]
+        }))
+        .unwrap();
+        let input = request.into_chat(&RequestLimits::default()).unwrap();
+        assert_eq!(input.audios, vec!["data:audio/wav;base64,UklGRg==", "https://example.com/a.mp3"]);
+        assert_eq!(
+            input.messages[0].parts,
+            vec![MessagePart::Audio, MessagePart::Audio, MessagePart::Text("transcribe".into())]
+        );
     }
 }

@@ -552,52 +552,7 @@ impl Phi4MM {
     /// written over positions `start..start + n`. Ids under a span are ignored (placeholders);
     /// all others must be in the vocabulary. Spans must not overlap.
     pub fn embed(&self, token_ids: &[u32], media: &[(usize, Tensor)]) -> Result<Tensor> {
-        let seq = token_ids.len();
-        let h = self.cfg.hidden_size;
-        let mut spans: Vec<(usize, usize, &Tensor)> = Vec::with_capacity(media.len());
-        for (start, f) in media {
-            let n = match f.dims() {
-                [n, d] if *d == h => *n,
-                [1, n, d] if *d == h => *n,
-                other => {
-                    return Err(Error::InvalidRequest(format!(
-                        "media features must be [n, {h}], got {other:?}"
-                    )))
-                }
-            };
-            if start + n > seq {
-                return Err(Error::InvalidRequest(format!(
-                    "media span {start}..{} exceeds the {seq} prompt tokens",
-                    start + n
-                )));
-            }
-            spans.push((*start, n, f));
-        }
-        spans.sort_by_key(|s| s.0);
-        if spans.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
-            return Err(Error::InvalidRequest("media spans overlap".into()));
-        }
-        let mut ids = token_ids.to_vec();
-        for &(s, n, _) in &spans {
-            ids[s..s + n].iter_mut().for_each(|id| *id = 0);
-        }
-        let text = self.decoder.embed_tokens(&ids)?;
-        if spans.is_empty() {
-            return Ok(text.unsqueeze(0)?);
-        }
-        let mut parts = Vec::with_capacity(2 * spans.len() + 1);
-        let mut pos = 0;
-        for &(s, n, f) in &spans {
-            if s > pos {
-                parts.push(text.narrow(0, pos, s - pos)?);
-            }
-            parts.push(f.reshape((n, h))?.to_dtype(text.dtype())?);
-            pos = s + n;
-        }
-        if pos < seq {
-            parts.push(text.narrow(0, pos, seq - pos)?);
-        }
-        Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
+        self.decoder.embed_with_media(token_ids, media)
     }
 
     /// Runs the decoder with `adapter` over `embeds` `[1, seq, hidden]` at positions
