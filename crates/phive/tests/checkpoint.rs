@@ -151,3 +151,43 @@ fn offline_hub_model_loads_from_the_cache_layout() {
     let fetcher = FileFetcher::with_cache(location, cache.path().to_path_buf(), true);
     assert!(Checkpoint::open_with(fetcher).is_err());
 }
+
+/// Rewrites the merged single-file checkpoint in `dir` with `edit` applied to its tensors.
+fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>)) {
+    merge_shards(dir);
+    let file = dir.join("model.safetensors");
+    let mut all = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    edit(&mut all);
+    candle_core::safetensors::save(&all, &file).unwrap();
+}
+
+fn load_err(dir: &Path) -> String {
+    let options = phive::pipeline::LoadOptions { model: dir.to_string_lossy().into(), ..Default::default() };
+    match phive::pipeline::Pipeline::load(&options) {
+        Ok(_) => panic!("expected {} to fail to load", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_tmp, dir) = copy_fixture();
+    edit_tensors(&dir, |all| {
+        all.remove("model.layers.1.mlp.down_proj.weight");
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("model.layers.1.mlp.down_proj.weight"), "{err}");
+}
+
+#[test]
+fn wrong_shape_is_named_with_both_shapes() {
+    let (_tmp, dir) = copy_fixture();
+    edit_tensors(&dir, |all| {
+        let wrong =
+            candle_core::Tensor::zeros((7, 64), candle_core::DType::BF16, &candle_core::Device::Cpu).unwrap();
+        all.insert("model.layers.0.self_attn.o_proj.weight".into(), wrong);
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("model.layers.0.self_attn.o_proj.weight") && err.contains("shape"), "{err}");
+    assert!(err.contains("[7, 64]") && err.contains("[64, 64]"), "{err}");
+}
