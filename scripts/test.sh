@@ -8,6 +8,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc (the Rust SDK's documentation builds without warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p phive
 echo "== cargo test (release: the model tests run real math on tiny checkpoints)"
 cargo test --release --workspace
 echo "== HTTP server with the openai client"

@@ -199,7 +199,7 @@ pub struct Message {
 
 /// Sampling and length fields shared by chat and text completions. The request structs carry
 /// them as their own fields (not `#[serde(flatten)]`, which would lose the field name in type
-/// errors); [`sampling_fields!`] keeps the two lists identical.
+/// errors); `sampling_fields!` keeps the two lists identical.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SamplingFields {
     /// 0..=2; 0 is greedy.

@@ -9,7 +9,7 @@
 //! zero bins appended, so the spectrum looks like a 16 kHz one with an empty upper half and the
 //! same 16 kHz mel matrix applies.
 //!
-//! Other rates are resampled to 16 kHz exactly ([`super::resample`]) instead of the Hub's
+//! Other rates are resampled to 16 kHz exactly ([`super::resample()`]) instead of the Hub's
 //! integer-decimation path, which mislabels e.g. 22.05 kHz as 16 kHz (see `resample.rs`).
 
 use std::sync::{Arc, OnceLock};

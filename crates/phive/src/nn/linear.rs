@@ -75,7 +75,7 @@ impl Linear {
         Ok(Self { weight: LinearWeight::Dense(weight), bias, in_dim, out_dim })
     }
 
-    /// Loads `weight` ([out, in]) and, when `bias` is true, `bias` ([out]) under `vb`.
+    /// Loads `weight` (`[out, in]`) and, when `bias` is true, `bias` (`[out]`) under `vb`.
     /// A missing tensor or a wrong shape is an error naming the tensor.
     ///
     /// Under a [`LoadContext`] (an ISQ load), the weight may instead come back quantized or as

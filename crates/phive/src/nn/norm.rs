@@ -14,7 +14,7 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Loads `weight` ([dim]) under `vb`.
+    /// Loads `weight` (`[dim]`) under `vb`.
     pub fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self { weight: vb.get(dim, "weight")?, eps: eps as f32 })
     }
@@ -39,7 +39,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Loads `weight` and `bias` ([dim]) under `vb`.
+    /// Loads `weight` and `bias` (`[dim]`) under `vb`.
     pub fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
     }
