@@ -6,7 +6,7 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-/// Inference engine for the Phi vision-language models (Phi-3.5-vision).
+/// Inference engine for the Phi vision-language models (Phi-3.5-vision, Phi-4-multimodal).
 #[derive(Parser)]
 #[command(
     name = "phive",
