@@ -12,7 +12,7 @@ use phive::audio::decode_audio;
 use phive::checkpoint::Architecture;
 use phive::engine::GenerationParams;
 use phive::pipeline::{LoadOptions, Pipeline};
-use phive::prompt::{ChatMessage, MediaKind, MessagePart};
+use phive::prompt::{ChatMessage, MessagePart};
 
 fn load() -> Pipeline {
     let model = common::fixtures().join("phi4mm-tiny").to_string_lossy().into_owned();
@@ -37,19 +37,7 @@ fn every_golden_case_reproduces_ids_and_greedy_tokens() {
         let images: Vec<_> = paths("images").iter().map(|p| image::open(p).unwrap()).collect();
         let audios: Vec<_> =
             paths("audios").iter().map(|p| decode_audio(&std::fs::read(p).unwrap(), None).unwrap()).collect();
-        // The golden messages carry explicit tags; add one media part per tag.
-        let messages: Vec<ChatMessage> = case["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                let text = m["content"].as_str().unwrap();
-                let mut parts = vec![MessagePart::Text(text.to_string())];
-                parts.extend(MediaKind::Image.pattern().find_iter(text).map(|_| MessagePart::Image));
-                parts.extend(MediaKind::Audio.pattern().find_iter(text).map(|_| MessagePart::Audio));
-                ChatMessage { role: m["role"].as_str().unwrap().to_string(), parts }
-            })
-            .collect();
+        let messages = common::with_media_parts(&case["messages"]);
         let prepared = pipeline.prepare_media(&messages, &images, &audios).unwrap();
         assert_eq!(prepared.text, case["prompt"].as_str().unwrap(), "{name}: prompt");
         assert_eq!(prepared.tokens.ids, common::golden_ids(&case["input_ids"], 0), "{name}: input ids");

@@ -4,31 +4,12 @@ mod common;
 
 use phive::checkpoint::TokenizerBundle;
 use phive::checkpoint::{FileFetcher, ModelLocation};
-use phive::prompt::{
-    expand_phi4mm, place_media_tags, ChatMessage, ChatTemplate, MediaKind, MessagePart, Placeholder,
-};
+use phive::prompt::{expand_phi4mm, place_media_tags, ChatTemplate, MediaKind, Placeholder};
 
 fn bundle() -> TokenizerBundle {
     let dir = common::fixtures().join("phi4mm-tiny");
     let mut fetcher = FileFetcher::new(ModelLocation::Local(dir));
     TokenizerBundle::fetch(&mut fetcher).unwrap()
-}
-
-/// Messages whose text carries explicit tags, each followed by one media part per tag (the
-/// tags are written, so phive keeps them and only checks the counts).
-fn with_media_parts(messages: &serde_json::Value) -> Vec<ChatMessage> {
-    messages
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let text = m["content"].as_str().unwrap();
-            let mut parts = vec![MessagePart::Text(text.to_string())];
-            parts.extend(MediaKind::Image.pattern().find_iter(text).map(|_| MessagePart::Image));
-            parts.extend(MediaKind::Audio.pattern().find_iter(text).map(|_| MessagePart::Audio));
-            ChatMessage { role: m["role"].as_str().unwrap().to_string(), parts }
-        })
-        .collect()
 }
 
 fn counts(case: &serde_json::Value, key: &str) -> Vec<usize> {
@@ -44,7 +25,7 @@ fn every_golden_prompt_expands_to_the_reference_ids() {
     let goldens = common::golden_json("phi4mm/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let messages = with_media_parts(&case["messages"]);
+        let messages = common::with_media_parts(&case["messages"]);
         let rendered = place_media_tags(&messages, &[MediaKind::Image, MediaKind::Audio], "").unwrap();
         let prompt = template.render(&rendered, true).unwrap();
         assert_eq!(prompt, case["prompt"].as_str().unwrap(), "{name}: rendered prompt");

@@ -15,24 +15,12 @@ use crate::nn::activation::Activation;
 use crate::nn::kv_cache::KvCache;
 use crate::nn::linear::Linear;
 use crate::nn::phi3_decoder::{Phi3Decoder, Phi3DecoderConfig};
-use crate::nn::rotary::{LongRopeScaling, RotaryConfig};
+use crate::nn::rotary::{RopeScalingConfig, RotaryConfig};
 use crate::vision::clip::{ClipVisionConfig, ClipVisionTower};
 use crate::{Error, Result};
 
 fn config_error(message: impl Into<String>) -> Error {
     Error::checkpoint("config.json", message)
-}
-
-/// `rope_scaling` as written in the Hub config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct RopeScalingConfig {
-    /// `"su"` or `"longrope"` (the same thing); other types are rejected by validation.
-    #[serde(rename = "type", alias = "rope_type")]
-    pub kind: String,
-    #[serde(default)]
-    pub short_factor: Vec<f32>,
-    #[serde(default)]
-    pub long_factor: Vec<f32>,
 }
 
 /// `embd_layer`: how image features are assembled and projected.
@@ -158,25 +146,9 @@ impl Phi3VConfig {
     /// The decoder geometry this config describes.
     pub fn decoder_config(&self) -> Result<Phi3DecoderConfig> {
         let head_dim = self.hidden_size / self.num_attention_heads.max(1);
-        let long_rope = match &self.rope_scaling {
-            None => None,
-            Some(rs) => {
-                if rs.kind != "su" && rs.kind != "longrope" {
-                    return Err(config_error(format!(
-                        "rope_scaling type {:?} is not supported (expected \"su\" or \"longrope\")",
-                        rs.kind
-                    )));
-                }
-                let orig = self
-                    .original_max_position_embeddings
-                    .ok_or_else(|| config_error("rope_scaling needs original_max_position_embeddings"))?;
-                Some(LongRopeScaling {
-                    short_factor: rs.short_factor.clone(),
-                    long_factor: rs.long_factor.clone(),
-                    original_max_position_embeddings: orig,
-                })
-            }
-        };
+        let long_rope =
+            RopeScalingConfig::long_rope(self.rope_scaling.as_ref(), self.original_max_position_embeddings)
+                .map_err(config_error)?;
         Ok(Phi3DecoderConfig {
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,

@@ -25,7 +25,7 @@ use crate::nn::kv_cache::KvCache;
 use crate::nn::linear::Linear;
 use crate::nn::lora::LoraSpec;
 use crate::nn::phi3_decoder::{Phi3Decoder, Phi3DecoderConfig};
-use crate::nn::rotary::{LongRopeScaling, RotaryConfig};
+use crate::nn::rotary::{RopeScalingConfig, RotaryConfig};
 use crate::vision::phi4mm_hd::{Phi4MMImage, CROP_SIZE};
 use crate::vision::siglip::{SiglipVisionConfig, SiglipVisionTower};
 use crate::{Error, Result};
@@ -71,18 +71,6 @@ pub fn route(has_images: bool, has_audio: bool) -> (Adapter, AudioProjectionMode
         (false, true) => (Adapter::Speech, AudioProjectionMode::Speech),
         (false, false) => (Adapter::None, AudioProjectionMode::Speech),
     }
-}
-
-/// `rope_scaling` as written in the Hub config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct RopeScalingConfig {
-    /// `"longrope"` (or its old name `"su"`); `"default"` means plain RoPE.
-    #[serde(rename = "type", alias = "rope_type")]
-    pub kind: String,
-    #[serde(default)]
-    pub short_factor: Vec<f32>,
-    #[serde(default)]
-    pub long_factor: Vec<f32>,
 }
 
 /// `vision_lora` / `speech_lora` (`dp`, the dropout, is ignored at inference).
@@ -256,26 +244,9 @@ impl Phi4MMConfig {
     /// The decoder geometry this config describes.
     pub fn decoder_config(&self) -> Result<Phi3DecoderConfig> {
         let head_dim = self.hidden_size / self.num_attention_heads.max(1);
-        let long_rope = match &self.rope_scaling {
-            None => None,
-            Some(rs) if rs.kind == "default" => None,
-            Some(rs) => {
-                if rs.kind != "su" && rs.kind != "longrope" {
-                    return Err(config_error(format!(
-                        "rope_scaling type {:?} is not supported (expected \"longrope\")",
-                        rs.kind
-                    )));
-                }
-                let orig = self
-                    .original_max_position_embeddings
-                    .ok_or_else(|| config_error("rope_scaling needs original_max_position_embeddings"))?;
-                Some(LongRopeScaling {
-                    short_factor: rs.short_factor.clone(),
-                    long_factor: rs.long_factor.clone(),
-                    original_max_position_embeddings: orig,
-                })
-            }
-        };
+        let long_rope =
+            RopeScalingConfig::long_rope(self.rope_scaling.as_ref(), self.original_max_position_embeddings)
+                .map_err(config_error)?;
         Ok(Phi3DecoderConfig {
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,

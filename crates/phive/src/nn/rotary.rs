@@ -17,6 +17,43 @@ use candle_core::{Device, Tensor, D};
 
 use crate::Result;
 
+/// `rope_scaling` as written in a Phi checkpoint's `config.json`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct RopeScalingConfig {
+    /// `"longrope"` (or its old name `"su"`); `"default"` means plain RoPE.
+    #[serde(rename = "type", alias = "rope_type")]
+    pub kind: String,
+    /// Per-frequency factors used while the sequence fits the original context.
+    #[serde(default)]
+    pub short_factor: Vec<f32>,
+    /// Per-frequency factors used beyond it.
+    #[serde(default)]
+    pub long_factor: Vec<f32>,
+}
+
+impl RopeScalingConfig {
+    /// The LongRoPE tables this config asks for (`None` for plain RoPE); `original` is
+    /// `original_max_position_embeddings`, which LongRoPE needs.
+    pub fn long_rope(
+        scaling: Option<&RopeScalingConfig>,
+        original: Option<usize>,
+    ) -> std::result::Result<Option<LongRopeScaling>, String> {
+        let Some(rs) = scaling.filter(|rs| rs.kind != "default") else { return Ok(None) };
+        if rs.kind != "su" && rs.kind != "longrope" {
+            return Err(format!(
+                "rope_scaling type {:?} is not supported (expected \"longrope\" or \"su\")",
+                rs.kind
+            ));
+        }
+        let original = original.ok_or("rope_scaling needs original_max_position_embeddings")?;
+        Ok(Some(LongRopeScaling {
+            short_factor: rs.short_factor.clone(),
+            long_factor: rs.long_factor.clone(),
+            original_max_position_embeddings: original,
+        }))
+    }
+}
+
 /// LongRoPE parameters from `rope_scaling` plus `original_max_position_embeddings`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LongRopeScaling {

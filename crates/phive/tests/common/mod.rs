@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use phive::prompt::{ChatMessage, MessagePart};
+use phive::prompt::{ChatMessage, MediaKind, MessagePart};
 
 /// `tests/fixtures` at the repository root.
 pub fn fixtures() -> PathBuf {
@@ -70,6 +70,23 @@ pub fn golden_ids(value: &serde_json::Value, placeholder: u32) -> Vec<u32> {
             } else {
                 id as u32
             }
+        })
+        .collect()
+}
+
+/// Messages whose text carries explicit tags (as the Phi-4 goldens write them), each followed by
+/// one media part per tag: the tags are written, so phive keeps them and only checks counts.
+pub fn with_media_parts(messages: &serde_json::Value) -> Vec<ChatMessage> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let text = m["content"].as_str().unwrap();
+            let mut parts = vec![MessagePart::Text(text.to_string())];
+            parts.extend(MediaKind::Image.pattern().find_iter(text).map(|_| MessagePart::Image));
+            parts.extend(MediaKind::Audio.pattern().find_iter(text).map(|_| MessagePart::Audio));
+            ChatMessage { role: m["role"].as_str().unwrap().to_string(), parts }
         })
         .collect()
 }
