@@ -2,7 +2,6 @@
 //! model → generation. Front ends (CLI, server, SDKs) talk to this and hold no model logic.
 
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -327,11 +326,6 @@ impl Pipeline {
             started,
             on_delta,
         )
-    }
-
-    /// Loads an image file (a convenience for front ends and examples).
-    pub fn open_image(path: &Path) -> Result<DynamicImage> {
-        crate::media::load_image(&path.to_string_lossy(), &crate::media::MediaPolicy::trusted())
     }
 }
 
