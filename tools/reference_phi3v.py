@@ -410,20 +410,24 @@ class Phi3V:
         y = up * F.silu(gate)
         return r + F.linear(y, self.w[p + "mlp.down_proj.weight"])
 
-    def forward(self, input_ids, position_ids, cache, pixel_values=None, image_sizes=None):
+    def embed(self, input_ids, pixel_values=None, image_sizes=None):
         # Phi3VModel.forward: vision_embed_tokens when pixel_values given, else embed_tokens
         wte = self.w["model.embed_tokens.weight"]
-        extras = {}
         if pixel_values is not None:
-            x, extras = self.img.forward(input_ids, wte, pixel_values, image_sizes)
-        else:
-            x = F.embedding(input_ids, wte)
+            return self.img.forward(input_ids, wte, pixel_values, image_sizes)
+        return F.embedding(input_ids, wte), {}
+
+    def decode(self, x, position_ids, cache):
+        # Phi3VModel.forward after the embedding, then Phi3VForCausalLM.lm_head
         cos, sin, is_long = self.rotary(position_ids)
         for i in range(self.cfg["num_hidden_layers"]):
             x = self.layer(i, x, cos, sin, cache, causal=True)
         x = self.rms(x, "model.norm.weight")
-        logits = F.linear(x, self.w["lm_head.weight"])
-        extras["long_rope"] = is_long
+        return F.linear(x, self.w["lm_head.weight"]), is_long
+
+    def forward(self, input_ids, position_ids, cache, pixel_values=None, image_sizes=None):
+        x, extras = self.embed(input_ids, pixel_values, image_sizes)
+        logits, extras["long_rope"] = self.decode(x, position_ids, cache)
         return logits, extras
 
 
@@ -449,14 +453,48 @@ def long_text_prompt(tok: Tokenizer, template: str, special: dict, target: int) 
     raise RuntimeError("could not hit the target length")
 
 
-def run(model_dir: Path, out: Path, check_only: bool):
-    model = Phi3V(model_dir)
-    cfg = model.cfg
+def load_prompting(model_dir: Path):
+    """The checkpoint's tokenizer, chat template, special tokens and preprocessor config."""
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tcfg = json.loads((model_dir / "tokenizer_config.json").read_text())
     pcfg = json.loads((model_dir / "preprocessor_config.json").read_text())
-    template = tcfg["chat_template"]
     special = {k: tcfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    return tok, tcfg["chat_template"], special, pcfg
+
+
+def golden_cases(tok: Tokenizer, template: str, special: dict) -> list[tuple[str, list, list]]:
+    """The generation cases: (name, messages, image file names)."""
+    cases = [
+        ("text", [{"role": "user", "content": "Describe a sunset over the ocean in two sentences."}], []),
+        ("one_image", [{"role": "user", "content": "<|image_1|>\nWhat is in this picture?"}],
+         ["wide_1000x600.png"]),
+        ("two_images", [{"role": "user", "content": "<|image_1|>\n<|image_2|>\nCompare these two images."}],
+         ["wide_1000x600.png", "portrait_480x640.png"]),
+        ("system_and_turns", [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+            {"role": "user", "content": "And of Italy?"}], []),
+    ]
+    lt_msgs, _ = long_text_prompt(tok, template, special, target=4086)
+    cases.append(("long_text", lt_msgs, []))
+    return cases
+
+
+def case_inputs(tok: Tokenizer, template: str, special: dict, messages: list, prs: list):
+    """A case's prompt, input ids (-N for image N) and stacked pixel values / image sizes (None
+    without images); `prs` are the preprocess_image results of its images."""
+    prompt = render_chat(template, messages, special)
+    ids = convert_images_texts_to_inputs(tok, prompt, [p["num_img_tokens"] for p in prs])
+    pixel_values = torch.stack([p["pixel_values"] for p in prs]) if prs else None
+    image_sizes = [p["image_size"] for p in prs] if prs else None
+    return prompt, ids, pixel_values, image_sizes
+
+
+def run(model_dir: Path, out: Path, check_only: bool):
+    model = Phi3V(model_dir)
+    cfg = model.cfg
+    tok, template, special, pcfg = load_prompting(model_dir)
     num_crops, mean, std = pcfg["num_crops"], pcfg["image_mean"], pcfg["image_std"]
 
     # ---------------------------------------------------------------- preprocess goldens
@@ -493,30 +531,14 @@ def run(model_dir: Path, out: Path, check_only: bool):
             r["hd_pil"].save(pdir / f"{path.stem}.hd.png", format="PNG", optimize=True)
 
     # ---------------------------------------------------------------- generation goldens
-    cases = [
-        ("text", [{"role": "user", "content": "Describe a sunset over the ocean in two sentences."}], []),
-        ("one_image", [{"role": "user", "content": "<|image_1|>\nWhat is in this picture?"}],
-         ["wide_1000x600.png"]),
-        ("two_images", [{"role": "user", "content": "<|image_1|>\n<|image_2|>\nCompare these two images."}],
-         ["wide_1000x600.png", "portrait_480x640.png"]),
-        ("system_and_turns", [
-            {"role": "system", "content": "You are a concise assistant."},
-            {"role": "user", "content": "What is the capital of France?"},
-            {"role": "assistant", "content": "The capital of France is Paris."},
-            {"role": "user", "content": "And of Italy?"}], []),
-    ]
-    lt_msgs, _ = long_text_prompt(tok, template, special, target=4086)
-    cases.append(("long_text", lt_msgs, []))
+    cases = golden_cases(tok, template, special)
 
     gen_json = []
     gen_t = {}
     for name, messages, images in cases:
-        prompt = render_chat(template, messages, special)
         prs = [pre[i] for i in images]
-        ids = convert_images_texts_to_inputs(tok, prompt, [p["num_img_tokens"] for p in prs])
+        prompt, ids, pixel_values, image_sizes = case_inputs(tok, template, special, messages, prs)
         input_ids = torch.tensor(ids, dtype=torch.long)[None]
-        pixel_values = torch.stack([p["pixel_values"] for p in prs]) if prs else None
-        image_sizes = [p["image_size"] for p in prs] if prs else None
         L = input_ids.shape[1]
         cache = [None] * cfg["num_hidden_layers"]
         logits, extras = model.forward(input_ids.clone(), torch.arange(L)[None], cache, pixel_values, image_sizes)
