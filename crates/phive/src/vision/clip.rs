@@ -13,9 +13,9 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::nn::activation::Activation;
-use crate::nn::attention::{attention, AttnMask};
 use crate::nn::linear::Linear;
 use crate::nn::norm::LayerNorm;
+use crate::vision::vit::{load_encoder_layers, unfold_patches, EncoderLayer};
 use crate::Result;
 
 /// CLIP vision geometry, with Hugging Face's `CLIPVisionConfig` keys. Missing keys fall back to
@@ -97,18 +97,6 @@ pub fn hidden_state_index(layer_idx: isize, num_layers: usize) -> Result<usize> 
     Ok(idx as usize)
 }
 
-#[derive(Debug, Clone)]
-struct EncoderLayer {
-    layer_norm1: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// A CLIP vision tower truncated at the selected hidden state.
 #[derive(Debug, Clone)]
 pub struct ClipVisionTower {
@@ -138,22 +126,7 @@ impl ClipVisionTower {
         let patch_embedding = Linear::from_weights(conv.reshape((c, cfg.num_channels * p * p))?, None)?;
         let position_embedding = ve.pp("position_embedding").get((cfg.num_patches() + 1, c), "weight")?;
         let pre_layrnorm = LayerNorm::load(&vb.pp("pre_layrnorm"), c, cfg.layer_norm_eps)?;
-        let mut layers = Vec::with_capacity(run);
-        for j in 0..run {
-            let vl = vb.pp(format!("encoder.layers.{j}"));
-            let va = vl.pp("self_attn");
-            let i = cfg.intermediate_size;
-            layers.push(EncoderLayer {
-                layer_norm1: LayerNorm::load(&vl.pp("layer_norm1"), c, cfg.layer_norm_eps)?,
-                q_proj: Linear::load(&va.pp("q_proj"), c, c, true)?,
-                k_proj: Linear::load(&va.pp("k_proj"), c, c, true)?,
-                v_proj: Linear::load(&va.pp("v_proj"), c, c, true)?,
-                out_proj: Linear::load(&va.pp("out_proj"), c, c, true)?,
-                layer_norm2: LayerNorm::load(&vl.pp("layer_norm2"), c, cfg.layer_norm_eps)?,
-                fc1: Linear::load(&vl.pp("mlp.fc1"), c, i, true)?,
-                fc2: Linear::load(&vl.pp("mlp.fc2"), i, c, true)?,
-            });
-        }
+        let layers = load_encoder_layers(vb, run, c, cfg.intermediate_size, cfg.layer_norm_eps)?;
         Ok(Self {
             cfg: cfg.clone(),
             act,
@@ -179,8 +152,7 @@ impl ClipVisionTower {
     /// `[n, 1 + patches, hidden]` for pixels `[n, channels, image_size, image_size]`.
     pub fn embeddings(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let (n, ch, hgt, wid) = pixel_values.dims4()?;
-        let (s, p, g, c) =
-            (self.cfg.image_size, self.cfg.patch_size, self.cfg.patches_per_side(), self.cfg.hidden_size);
+        let (s, p, c) = (self.cfg.image_size, self.cfg.patch_size, self.cfg.hidden_size);
         if ch != self.cfg.num_channels || hgt != s || wid != s {
             return Err(crate::Error::InvalidRequest(format!(
                 "CLIP expects pixel values [n, {}, {s}, {s}], got {:?}",
@@ -188,13 +160,7 @@ impl ClipVisionTower {
                 pixel_values.shape()
             )));
         }
-        // Unfold non-overlapping patches into rows ordered (channel, y, x), the conv weight order.
-        let patches = pixel_values
-            .reshape((n, ch, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((n, g * g, ch * p * p))?;
-        let patch_embeds = self.patch_embedding.forward(&patches)?;
+        let patch_embeds = self.patch_embedding.forward(&unfold_patches(pixel_values, p)?)?;
         let cls = self.class_embedding.reshape((1, 1, c))?.broadcast_as((n, 1, c))?;
         let x = Tensor::cat(&[&cls, &patch_embeds], 1)?.broadcast_add(&self.position_embedding)?;
         self.pre_layrnorm.forward(&x)
@@ -204,7 +170,7 @@ impl ClipVisionTower {
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let mut x = self.embeddings(pixel_values)?;
         for layer in &self.layers {
-            x = self.layer(layer, &x)?;
+            x = layer.forward(&x, self.cfg.num_attention_heads, &self.act, None)?;
         }
         Ok(x)
     }
@@ -214,24 +180,6 @@ impl ClipVisionTower {
         let x = self.forward(pixel_values)?;
         let t = x.dim(1)?;
         Ok(x.narrow(1, 1, t - 1)?)
-    }
-
-    fn layer(&self, l: &EncoderLayer, x: &Tensor) -> Result<Tensor> {
-        let (n, t, c) = x.dims3()?;
-        let nh = self.cfg.num_attention_heads;
-        let hd = c / nh;
-        let h = l.layer_norm1.forward(x)?;
-        let split =
-            |y: Tensor| -> Result<Tensor> { Ok(y.reshape((n, t, nh, hd))?.transpose(1, 2)?.contiguous()?) };
-        let q = split(l.q_proj.forward(&h)?)?;
-        let k = split(l.k_proj.forward(&h)?)?;
-        let v = split(l.v_proj.forward(&h)?)?;
-        let o = attention(&q, &k, &v, (hd as f64).powf(-0.5), AttnMask::None)?;
-        let o = o.transpose(1, 2)?.reshape((n, t, c))?;
-        let x = (x + l.out_proj.forward(&o)?)?;
-        let h = l.layer_norm2.forward(&x)?;
-        let h = l.fc2.forward(&self.act.forward(&l.fc1.forward(&h)?)?)?;
-        Ok((x + h)?)
     }
 }
 

@@ -20,10 +20,9 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::nn::activation::Activation;
-use crate::nn::attention::{attention, AttnMask};
 use crate::nn::linear::Linear;
-use crate::nn::norm::LayerNorm;
 use crate::vision::clip::hidden_state_index;
+use crate::vision::vit::{load_encoder_layers, unfold_patches, EncoderLayer};
 use crate::{Error, Result};
 
 /// SigLIP vision geometry with Hugging Face's `SiglipVisionConfig` keys. Missing keys fall back
@@ -120,18 +119,6 @@ pub fn navit_position_ids(mask: &[u8], g: usize) -> Option<Vec<u32>> {
     Some((0..g * g).map(|p| if mask[p] != 0 { bh[p / g] * g as u32 + bw[p % g] } else { 0 }).collect())
 }
 
-#[derive(Debug, Clone)]
-struct EncoderLayer {
-    layer_norm1: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// A SigLIP vision tower truncated at the selected hidden state.
 #[derive(Debug, Clone)]
 pub struct SiglipVisionTower {
@@ -157,22 +144,7 @@ impl SiglipVisionTower {
         let conv = vp.get((c, ch, p, p), "weight")?;
         let patch_embedding = Linear::from_weights(conv.reshape((c, ch * p * p))?, Some(vp.get(c, "bias")?))?;
         let position_embedding = ve.pp("position_embedding").get((cfg.num_patches(), c), "weight")?;
-        let mut layers = Vec::with_capacity(run);
-        for j in 0..run {
-            let vl = vb.pp(format!("encoder.layers.{j}"));
-            let va = vl.pp("self_attn");
-            let i = cfg.intermediate_size;
-            layers.push(EncoderLayer {
-                layer_norm1: LayerNorm::load(&vl.pp("layer_norm1"), c, cfg.layer_norm_eps)?,
-                q_proj: Linear::load(&va.pp("q_proj"), c, c, true)?,
-                k_proj: Linear::load(&va.pp("k_proj"), c, c, true)?,
-                v_proj: Linear::load(&va.pp("v_proj"), c, c, true)?,
-                out_proj: Linear::load(&va.pp("out_proj"), c, c, true)?,
-                layer_norm2: LayerNorm::load(&vl.pp("layer_norm2"), c, cfg.layer_norm_eps)?,
-                fc1: Linear::load(&vl.pp("mlp.fc1"), c, i, true)?,
-                fc2: Linear::load(&vl.pp("mlp.fc2"), i, c, true)?,
-            });
-        }
+        let layers = load_encoder_layers(vb, run, c, cfg.intermediate_size, cfg.layer_norm_eps)?;
         Ok(Self { cfg: cfg.clone(), act, patch_embedding, position_embedding, layers })
     }
 
@@ -214,14 +186,8 @@ impl SiglipVisionTower {
     }
 
     fn embed(&self, pixel_values: &Tensor, n: usize, mask: &[u8]) -> Result<Tensor> {
-        let (p, g, ch) = (self.cfg.patch_size, self.cfg.patches_per_side(), self.cfg.num_channels);
-        // Unfold non-overlapping patches into rows ordered (channel, y, x), the conv weight order.
-        let patches = pixel_values
-            .reshape((n, ch, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((n, g * g, ch * p * p))?;
-        let patch_embeds = self.patch_embedding.forward(&patches)?;
+        let (p, g) = (self.cfg.patch_size, self.cfg.patches_per_side());
+        let patch_embeds = self.patch_embedding.forward(&unfold_patches(pixel_values, p)?)?;
         let mut ids = Vec::with_capacity(n * g * g);
         for (k, m) in mask.chunks_exact(g * g).enumerate() {
             let crop_ids = navit_position_ids(m, g).ok_or_else(|| {
@@ -253,33 +219,11 @@ impl SiglipVisionTower {
             };
             let mut h = x.narrow(0, k, 1)?;
             for layer in &self.layers {
-                h = self.layer(layer, &h, keys.as_ref())?;
+                h = layer.forward(&h, self.cfg.num_attention_heads, &self.act, keys.as_ref())?;
             }
             outs.push(h);
         }
         Ok(Tensor::cat(&outs, 0)?)
-    }
-
-    fn layer(&self, l: &EncoderLayer, x: &Tensor, keys: Option<&Tensor>) -> Result<Tensor> {
-        let (n, t, c) = x.dims3()?;
-        let nh = self.cfg.num_attention_heads;
-        let hd = c / nh;
-        let h = l.layer_norm1.forward(x)?;
-        let split =
-            |y: Tensor| -> Result<Tensor> { Ok(y.reshape((n, t, nh, hd))?.transpose(1, 2)?.contiguous()?) };
-        let q = split(l.q_proj.forward(&h)?)?;
-        let mut k = split(l.k_proj.forward(&h)?)?;
-        let mut v = split(l.v_proj.forward(&h)?)?;
-        if let Some(idx) = keys {
-            k = k.index_select(idx, 2)?;
-            v = v.index_select(idx, 2)?;
-        }
-        let o = attention(&q, &k, &v, (hd as f64).powf(-0.5), AttnMask::None)?;
-        let o = o.transpose(1, 2)?.reshape((n, t, c))?;
-        let x = (x + l.out_proj.forward(&o)?)?;
-        let h = l.layer_norm2.forward(&x)?;
-        let h = l.fc2.forward(&self.act.forward(&l.fc1.forward(&h)?)?)?;
-        Ok((x + h)?)
     }
 }
 
