@@ -78,8 +78,9 @@ impl EncoderLayer {
         let (n, t, c) = x.dims3()?;
         let hd = c / heads;
         let h = self.layer_norm1.forward(x)?;
-        let split =
-            |y: Tensor| -> Result<Tensor> { Ok(y.reshape((n, t, heads, hd))?.transpose(1, 2)?.contiguous()?) };
+        let split = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((n, t, heads, hd))?.transpose(1, 2)?.contiguous()?)
+        };
         let q = split(self.q_proj.forward(&h)?)?;
         let mut k = split(self.k_proj.forward(&h)?)?;
         let mut v = split(self.v_proj.forward(&h)?)?;
