@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Goldens for phive's Phi-4-multimodal support, recorded from transformers' NATIVE
 `Phi4MultimodalForCausalLM` (pinned in tools/phi4mm/requirements.txt) on the tiny Hub-layout
-checkpoint tests/fixtures/phi4mm-tiny.
+checkpoint tests/fixtures/phi4mm-tiny (its LM decoder trained by tools/phi4mm/train_fixture.py, which
+reuses this module's `load_model`, `CASES`, `route` and `case_inputs`).
 
 * Weights: the Hub (remote-code) tensor names are mapped to the native ones exactly as
   transformers' convert_phi4_multimodal_weights_to_hf.py does (STATE_DICT_MAPPING; `base_layer.`
@@ -517,6 +518,37 @@ def route(case):
     return "none", "speech"
 
 
+def case_inputs(case, tokenizer: Tokenizer, tok_cfg):
+    """A golden case's model inputs: expanded input ids, the media keyword arguments of the native
+    forward (pixel values / audio features, batched and padded), and the per-item token counts."""
+    prompt = render(tok_cfg, case["messages"])
+    kw, img_counts, aud_counts = {}, [], []
+    if case["images"]:
+        pre = [hub_image_preprocess(Image.open(IMAGES / n)) for n in case["images"]]
+        img_counts = [p["num_tokens"] for p in pre]
+        maxc = max(p["pixel_values"].shape[0] for p in pre)
+        pv = torch.stack([torch.cat([p["pixel_values"], torch.zeros(maxc - p["pixel_values"].shape[0], 3, 448, 448)])
+                          for p in pre])
+        am = torch.stack([torch.cat([p["attention_mask"], torch.ones(maxc - p["attention_mask"].shape[0], 32, 32)])
+                          for p in pre])
+        kw.update(image_pixel_values=pv, image_attention_mask=am,
+                  image_sizes=torch.tensor([p["image_size"] for p in pre], dtype=torch.long))
+    if case["audios"]:
+        feats = []
+        for n in case["audios"]:
+            x, fs = read_wav(AUDIO / n)
+            f, nt, _ = hub_audio_features(x, fs)
+            feats.append(torch.from_numpy(f))
+            aud_counts.append(nt)
+        maxt = max(f.shape[0] for f in feats)
+        af = torch.stack([torch.cat([f, torch.zeros(maxt - f.shape[0], 80)]) for f in feats])
+        kw.update(audio_input_features=af, audio_embed_sizes=torch.tensor(aud_counts, dtype=torch.long))
+        if len(feats) > 1:
+            kw["audio_attention_mask"] = torch.stack([torch.arange(maxt) < f.shape[0] for f in feats])
+    ids = build_input_ids(tokenizer, prompt, img_counts, aud_counts)
+    return ids, kw, img_counts, aud_counts
+
+
 def record_generation(out: Path, model_dir: Path):
     model, hub, lora = load_model(model_dir)
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -557,30 +589,7 @@ def record_generation(out: Path, model_dir: Path):
         captured.clear()
         adapter, proj_mode = route(case)
         prompt = render(tok_cfg, case["messages"])
-        kw, img_counts, aud_counts = {}, [], []
-        if case["images"]:
-            pre = [hub_image_preprocess(Image.open(IMAGES / n)) for n in case["images"]]
-            img_counts = [p["num_tokens"] for p in pre]
-            maxc = max(p["pixel_values"].shape[0] for p in pre)
-            pv = torch.stack([torch.cat([p["pixel_values"], torch.zeros(maxc - p["pixel_values"].shape[0], 3, 448, 448)])
-                              for p in pre])
-            am = torch.stack([torch.cat([p["attention_mask"], torch.ones(maxc - p["attention_mask"].shape[0], 32, 32)])
-                              for p in pre])
-            kw.update(image_pixel_values=pv, image_attention_mask=am,
-                      image_sizes=torch.tensor([p["image_size"] for p in pre], dtype=torch.long))
-        if case["audios"]:
-            feats = []
-            for n in case["audios"]:
-                x, fs = read_wav(AUDIO / n)
-                f, nt, _ = hub_audio_features(x, fs)
-                feats.append(torch.from_numpy(f))
-                aud_counts.append(nt)
-            maxt = max(f.shape[0] for f in feats)
-            af = torch.stack([torch.cat([f, torch.zeros(maxt - f.shape[0], 80)]) for f in feats])
-            kw.update(audio_input_features=af, audio_embed_sizes=torch.tensor(aud_counts, dtype=torch.long))
-            if len(feats) > 1:
-                kw["audio_attention_mask"] = torch.stack([torch.arange(maxt) < f.shape[0] for f in feats])
-        ids = build_input_ids(tokenizer, prompt, img_counts, aud_counts)
+        ids, kw, img_counts, aud_counts = case_inputs(case, tokenizer, tok_cfg)
         # logits positions: 0, the last token of each media item's placeholder run, last
         pos = [0]
         counts = {IMAGE_TOKEN_ID: list(img_counts), AUDIO_TOKEN_ID: list(aud_counts)}

@@ -1,6 +1,7 @@
 //! Phi-4-multimodal network against transformers' native `Phi4MultimodalForCausalLM`
 //! (`tools/phi4mm/reference.py`: eager attention, f32 compute, unmerged LoRA hooks) on the tiny
-//! random checkpoint `tests/fixtures/phi4mm-tiny` (Hub layout).
+//! checkpoint `tests/fixtures/phi4mm-tiny` (Hub layout; random weights, the LM decoder trained by
+//! `tools/phi4mm/train_fixture.py` so every greedy step wins by >= 4 logits).
 //!
 //! Per golden case: the golden input ids (positive placeholder runs of 200010 / 200011 are
 //! filled with our own image / audio features, in order), the projected image and audio
