@@ -15,12 +15,8 @@ use phive::pipeline::{LoadOptions, Pipeline};
 use phive::prompt::{ChatMessage, MessagePart};
 
 fn load() -> Pipeline {
-    let model = common::fixtures().join("phi4mm-tiny").to_string_lossy().into_owned();
+    let model = common::phi4mm_tiny().to_string_lossy().into_owned();
     Pipeline::load(&LoadOptions { model, ..Default::default() }).unwrap()
-}
-
-fn repo_file(relative: &str) -> std::path::PathBuf {
-    common::fixtures().join("../..").join(relative)
 }
 
 #[test]
@@ -31,14 +27,7 @@ fn every_golden_case_reproduces_ids_and_greedy_tokens() {
     let goldens = common::golden_json("phi4mm/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let paths = |key: &str| -> Vec<std::path::PathBuf> {
-            case[key].as_array().unwrap().iter().map(|p| repo_file(p.as_str().unwrap())).collect()
-        };
-        let images: Vec<_> = paths("images").iter().map(|p| image::open(p).unwrap()).collect();
-        let audios: Vec<_> =
-            paths("audios").iter().map(|p| decode_audio(&std::fs::read(p).unwrap(), None).unwrap()).collect();
-        let messages = common::with_media_parts(&case["messages"]);
-        let prepared = pipeline.prepare_media(&messages, &images, &audios).unwrap();
+        let prepared = common::phi4mm_prepare(&pipeline, case);
         assert_eq!(prepared.text, case["prompt"].as_str().unwrap(), "{name}: prompt");
         assert_eq!(prepared.tokens.ids, common::golden_ids(&case["input_ids"], 0), "{name}: input ids");
         let params = GenerationParams { max_tokens: Some(16), ..Default::default() };

@@ -7,7 +7,7 @@ use phive::checkpoint::{FileFetcher, ModelLocation};
 use phive::prompt::{expand_phi4mm, place_media_tags, ChatTemplate, MediaKind, Placeholder};
 
 fn bundle() -> TokenizerBundle {
-    let dir = common::fixtures().join("phi4mm-tiny");
+    let dir = common::phi4mm_tiny();
     let mut fetcher = FileFetcher::new(ModelLocation::Local(dir));
     TokenizerBundle::fetch(&mut fetcher).unwrap()
 }

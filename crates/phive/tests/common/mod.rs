@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use phive::audio::decode_audio;
+use phive::pipeline::{Pipeline, PreparedPrompt};
 use phive::prompt::{ChatMessage, MediaKind, MessagePart};
 
 /// `tests/fixtures` at the repository root.
@@ -13,6 +15,24 @@ pub fn fixtures() -> PathBuf {
 /// The tiny Phi-3.5-vision checkpoint.
 pub fn phi3v_tiny() -> PathBuf {
     fixtures().join("phi3v-tiny")
+}
+
+/// The tiny Phi-4-multimodal checkpoint.
+pub fn phi4mm_tiny() -> PathBuf {
+    fixtures().join("phi4mm-tiny")
+}
+
+/// A Phi-4 golden case (tagged messages, image and audio paths relative to the repository
+/// root) prepared by `pipeline`.
+pub fn phi4mm_prepare(pipeline: &Pipeline, case: &serde_json::Value) -> PreparedPrompt {
+    let paths = |key: &str| -> Vec<PathBuf> {
+        let root = fixtures().join("../..");
+        case[key].as_array().unwrap().iter().map(|p| root.join(p.as_str().unwrap())).collect()
+    };
+    let images: Vec<_> = paths("images").iter().map(|p| image::open(p).unwrap()).collect();
+    let audios: Vec<_> =
+        paths("audios").iter().map(|p| decode_audio(&std::fs::read(p).unwrap(), None).unwrap()).collect();
+    pipeline.prepare_media(&with_media_parts(&case["messages"]), &images, &audios).unwrap()
 }
 
 /// A fixture image.
