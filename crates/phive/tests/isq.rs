@@ -1,5 +1,6 @@
 //! In-situ quantization: per-type round-trip error, the type fallback for narrow widths, greedy
-//! decoding on both tiny fixtures (Q8_0 equals f32 on every golden case), and `quantize` → reload giving the in-situ result bit for bit.
+//! decoding on both tiny fixtures (Q8_0 equals f32 on every golden case), and `quantize` →
+//! reload giving the in-situ result bit for bit.
 
 mod common;
 
