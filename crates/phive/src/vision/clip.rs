@@ -10,91 +10,27 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use serde::Deserialize;
 
 use crate::nn::activation::Activation;
 use crate::nn::linear::Linear;
 use crate::nn::norm::LayerNorm;
-use crate::vision::vit::{load_encoder_layers, unfold_patches, EncoderLayer};
+use crate::vision::vit::{
+    hidden_state_index, load_encoder_layers, unfold_patches, EncoderLayer, TowerDefaults, VitConfig,
+};
 use crate::Result;
 
-/// CLIP vision geometry, with Hugging Face's `CLIPVisionConfig` keys. Missing keys fall back to
-/// CLIP ViT-L/14-336, the tower the Phi-3.5-vision checkpoints were trained with (the Hub
-/// config does not spell it out).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct ClipVisionConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_attention_heads: usize,
-    pub num_hidden_layers: usize,
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub num_channels: usize,
-    pub hidden_act: String,
-    pub layer_norm_eps: f64,
-}
+/// CLIP vision geometry, with Hugging Face's `CLIPVisionConfig` keys.
+pub type ClipVisionConfig = VitConfig<ClipL336>;
 
-impl Default for ClipVisionConfig {
-    fn default() -> Self {
-        Self {
-            hidden_size: 1024,
-            intermediate_size: 4096,
-            num_attention_heads: 16,
-            num_hidden_layers: 24,
-            image_size: 336,
-            patch_size: 14,
-            num_channels: 3,
-            hidden_act: "quick_gelu".into(),
-            layer_norm_eps: 1e-5,
-        }
-    }
-}
+/// CLIP ViT-L/14-336, the tower the Phi-3.5-vision checkpoints were trained with: it fills the
+/// keys a checkpoint leaves out (the Hub config has no `vision_config` at all).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipL336;
 
-impl ClipVisionConfig {
-    /// Patches along one side of the image (24 for 336/14).
-    pub fn patches_per_side(&self) -> usize {
-        self.image_size / self.patch_size.max(1)
+impl TowerDefaults for ClipL336 {
+    fn defaults() -> ClipVisionConfig {
+        VitConfig::new(1024, 4096, 16, 24, 336, 14, "quick_gelu", 1e-5)
     }
-
-    /// Patch tokens per image, without CLS (576 for 336/14).
-    pub fn num_patches(&self) -> usize {
-        self.patches_per_side().pow(2)
-    }
-
-    fn validate(&self) -> Result<()> {
-        let err = |m: String| Err(crate::Error::checkpoint("config.json", format!("vision_config: {m}")));
-        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
-            return err(format!(
-                "image_size {} is not a multiple of patch_size {}",
-                self.image_size, self.patch_size
-            ));
-        }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
-        Activation::from_name(&self.hidden_act).map(|_| ()).or_else(err)
-    }
-}
-
-/// Resolves a Hugging Face `hidden_states` index for a tower with `num_layers` encoder layers
-/// (the list has `num_layers + 1` entries, the embeddings first) to the number of encoder layers
-/// that must run: 0 = embeddings output, `num_layers` = last layer's output.
-pub fn hidden_state_index(layer_idx: isize, num_layers: usize) -> Result<usize> {
-    let n = num_layers as isize + 1;
-    let idx = if layer_idx < 0 { n + layer_idx } else { layer_idx };
-    if idx < 0 || idx >= n {
-        return Err(crate::Error::checkpoint(
-            "config.json",
-            format!(
-                "img_processor.layer_idx {layer_idx} is out of range for a {num_layers}-layer vision tower"
-            ),
-        ));
-    }
-    Ok(idx as usize)
 }
 
 /// A CLIP vision tower truncated at the selected hidden state.

@@ -5,4 +5,4 @@ pub mod phi3v_hd;
 pub mod phi4mm_hd;
 pub mod resize;
 pub mod siglip;
-mod vit;
+pub mod vit;

@@ -17,74 +17,26 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use serde::Deserialize;
 
 use crate::nn::activation::Activation;
 use crate::nn::linear::Linear;
-use crate::vision::clip::hidden_state_index;
-use crate::vision::vit::{load_encoder_layers, unfold_patches, EncoderLayer};
+use crate::vision::vit::{
+    hidden_state_index, load_encoder_layers, unfold_patches, EncoderLayer, TowerDefaults, VitConfig,
+};
 use crate::{Error, Result};
 
-/// SigLIP vision geometry with Hugging Face's `SiglipVisionConfig` keys. Missing keys fall back
-/// to SigLIP-so400m-patch14-448, the tower inside Phi-4-multimodal (the Hub config does not
-/// spell it out; phive reads an optional top-level `vision_config` for other geometries).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct SiglipVisionConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_attention_heads: usize,
-    pub num_hidden_layers: usize,
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub num_channels: usize,
-    pub hidden_act: String,
-    pub layer_norm_eps: f64,
-}
+/// SigLIP vision geometry, with Hugging Face's `SiglipVisionConfig` keys.
+pub type SiglipVisionConfig = VitConfig<SiglipSo400m448>;
 
-impl Default for SiglipVisionConfig {
-    fn default() -> Self {
-        Self {
-            hidden_size: 1152,
-            intermediate_size: 4304,
-            num_attention_heads: 16,
-            num_hidden_layers: 27,
-            image_size: 448,
-            patch_size: 14,
-            num_channels: 3,
-            hidden_act: "gelu_pytorch_tanh".into(),
-            layer_norm_eps: 1e-6,
-        }
-    }
-}
+/// SigLIP-so400m-patch14-448, the tower inside Phi-4-multimodal: it fills the keys a checkpoint
+/// leaves out (the Hub config does not spell the tower out; phive reads an optional top-level
+/// `vision_config` for other geometries).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiglipSo400m448;
 
-impl SiglipVisionConfig {
-    /// Patches along one side of a crop (32 for 448/14).
-    pub fn patches_per_side(&self) -> usize {
-        self.image_size / self.patch_size.max(1)
-    }
-
-    /// Patches per crop (1024 for 448/14).
-    pub fn num_patches(&self) -> usize {
-        self.patches_per_side().pow(2)
-    }
-
-    /// Rejects geometries the tower cannot be built with, naming the key.
-    pub fn validate(&self) -> Result<()> {
-        let err = |m: String| Err(Error::checkpoint("config.json", format!("vision_config: {m}")));
-        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
-            return err(format!(
-                "image_size {} is not a multiple of patch_size {}",
-                self.image_size, self.patch_size
-            ));
-        }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
-        Activation::from_name(&self.hidden_act).map(|_| ()).or_else(err)
+impl TowerDefaults for SiglipSo400m448 {
+    fn defaults() -> SiglipVisionConfig {
+        VitConfig::new(1152, 4304, 16, 27, 448, 14, "gelu_pytorch_tanh", 1e-6)
     }
 }
 

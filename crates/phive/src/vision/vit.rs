@@ -2,14 +2,120 @@
 //! for the patch-embedding convolution, and the pre-norm encoder layer with Hugging Face's
 //! tensor names (`layer_norm1`, `self_attn.{q,k,v,out}_proj`, `layer_norm2`, `mlp.fc{1,2}`).
 
+use std::marker::PhantomData;
+
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use serde::Deserialize;
 
 use crate::nn::activation::Activation;
 use crate::nn::attention::{attention, AttnMask};
 use crate::nn::linear::Linear;
 use crate::nn::norm::LayerNorm;
-use crate::Result;
+use crate::{Error, Result};
+
+/// The geometry of a ViT tower, with the keys Hugging Face's CLIP and SigLIP vision configs share.
+/// Keys a checkpoint leaves out come from `T`, the tower the model was trained with.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, bound = "T: TowerDefaults")]
+pub struct VitConfig<T> {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_hidden_layers: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+    /// Which tower's defaults apply (a marker; public so `..Default::default()` works).
+    #[serde(skip)]
+    pub tower: PhantomData<T>,
+}
+
+/// A named tower whose geometry fills the keys a checkpoint's `vision_config` omits.
+pub trait TowerDefaults: Sized {
+    fn defaults() -> VitConfig<Self>;
+}
+
+impl<T: TowerDefaults> Default for VitConfig<T> {
+    fn default() -> Self {
+        T::defaults()
+    }
+}
+
+impl<T> VitConfig<T> {
+    /// A 3-channel tower's geometry, in `CLIPVisionConfig`'s key order.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_attention_heads: usize,
+        num_hidden_layers: usize,
+        image_size: usize,
+        patch_size: usize,
+        hidden_act: &str,
+        layer_norm_eps: f64,
+    ) -> Self {
+        Self {
+            hidden_size,
+            intermediate_size,
+            num_attention_heads,
+            num_hidden_layers,
+            image_size,
+            patch_size,
+            num_channels: 3,
+            hidden_act: hidden_act.into(),
+            layer_norm_eps,
+            tower: PhantomData,
+        }
+    }
+
+    /// Patches along one side of the image (24 for CLIP 336/14, 32 for SigLIP 448/14).
+    pub fn patches_per_side(&self) -> usize {
+        self.image_size / self.patch_size.max(1)
+    }
+
+    /// Patch tokens per image, a CLS token not counted.
+    pub fn num_patches(&self) -> usize {
+        self.patches_per_side().pow(2)
+    }
+
+    /// Rejects geometries the tower cannot be built with, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(Error::checkpoint("config.json", format!("vision_config: {m}")));
+        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
+            return err(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Activation::from_name(&self.hidden_act).map(|_| ()).or_else(err)
+    }
+}
+
+/// Resolves a Hugging Face `hidden_states` index for a tower with `num_layers` encoder layers
+/// (the list has `num_layers + 1` entries, the embeddings first) to the number of encoder layers
+/// that must run: 0 = embeddings output, `num_layers` = last layer's output.
+pub fn hidden_state_index(layer_idx: isize, num_layers: usize) -> Result<usize> {
+    let n = num_layers as isize + 1;
+    let idx = if layer_idx < 0 { n + layer_idx } else { layer_idx };
+    if idx < 0 || idx >= n {
+        return Err(Error::checkpoint(
+            "config.json",
+            format!(
+                "img_processor.layer_idx {layer_idx} is out of range for a {num_layers}-layer vision tower"
+            ),
+        ));
+    }
+    Ok(idx as usize)
+}
 
 /// Non-overlapping `patch × patch` patches of square pixels `[n, ch, S, S]` as rows ordered
 /// (channel, y, x), the convolution weight's order: `[n, (S/patch)², ch·patch²]`, so the
