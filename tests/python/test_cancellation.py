@@ -4,6 +4,7 @@ generating, the runner keeps working), and so does closing a stream."""
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 
@@ -20,6 +21,15 @@ def long_request(stream: bool = False) -> ChatCompletionRequest:
     return ChatCompletionRequest(
         messages=[{"role": "user", "content": "Hello"}], max_tokens=LONG, temperature=0.0, stream=stream
     )
+
+
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """`_thread.interrupt_main` does nothing while SIGINT is ignored, which it is in a shell's
+    background jobs (some CI launchers): install Python's own handler for these tests."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def interrupt_after(seconds: float) -> threading.Timer:
