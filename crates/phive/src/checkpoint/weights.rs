@@ -214,6 +214,18 @@ fn map_err(e: Error) -> candle_core::Error {
     }
 }
 
+/// `t` if it has the shape a layer asked `name` for; candle's shape error naming both otherwise.
+pub(crate) fn expect_shape(t: Tensor, expected: Shape, name: &str) -> candle_core::Result<Tensor> {
+    if t.shape() != &expected {
+        return Err(candle_core::Error::UnexpectedShape {
+            msg: format!("shape mismatch for {name}"),
+            expected,
+            got: t.shape().clone(),
+        });
+    }
+    Ok(t)
+}
+
 impl SimpleBackend for SafetensorsReader {
     fn get(
         &self,
@@ -224,14 +236,7 @@ impl SimpleBackend for SafetensorsReader {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let t = self.read(name).map_err(map_err)?;
-        if t.shape() != &s {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: s,
-                got: t.shape().clone(),
-            });
-        }
-        t.to_dtype(dtype)?.to_device(dev)
+        expect_shape(t, s, name)?.to_dtype(dtype)?.to_device(dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

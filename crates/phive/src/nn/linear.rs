@@ -63,16 +63,7 @@ impl Linear {
     /// Wraps an existing `[out, in]` weight and optional `[out]` bias.
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
-        if let Some(b) = &bias {
-            let n = b.dims1()?;
-            if n != out_dim {
-                return Err(candle_core::Error::Msg(format!(
-                    "linear bias has {n} elements but the weight has {out_dim} rows"
-                ))
-                .into());
-            }
-        }
-        Ok(Self { weight: LinearWeight::Dense(weight), bias, in_dim, out_dim })
+        Self::from_parts(LinearWeight::Dense(weight), bias, in_dim, out_dim)
     }
 
     /// Loads `weight` (`[out, in]`) and, when `bias` is true, `bias` (`[out]`) under `vb`.

@@ -21,7 +21,7 @@ use candle_nn::VarBuilder;
 
 use super::context::record;
 use super::{IsqType, LoadReport};
-use crate::checkpoint::weights::{WeightFormat, GGUF_FILE};
+use crate::checkpoint::weights::{expect_shape, WeightFormat, GGUF_FILE};
 use crate::checkpoint::Checkpoint;
 use crate::nn::linear::LinearWeight;
 use crate::pipeline::{LoadOptions, Pipeline};
@@ -162,15 +162,7 @@ impl SimpleBackend for GgufBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = self.load(name, dtype)?;
-        if t.shape() != &s {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: s,
-                got: t.shape().clone(),
-            });
-        }
-        t.to_device(dev)
+        expect_shape(self.load(name, dtype)?, s, name)?.to_device(dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
