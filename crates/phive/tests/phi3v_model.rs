@@ -6,8 +6,10 @@
 //! (prefill once, then one cached decode step per token; `long_text` crosses position 4096, so
 //! the later steps run with the long LongRoPE factors while the cached keys keep the short ones).
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -16,32 +18,15 @@ use candle_nn::VarBuilder;
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
 use phive::vision::phi3v_hd::{preprocess, Phi3VImageProcessorConfig};
 
+use common::{fixtures, read_json, shard_files};
+
 /// Max abs error allowed (f32 compute on both sides, same bf16 weights; observed ~1e-5 to 7e-5).
 const TOL: f32 = 1e-3;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 /// `tests/fixtures/goldens/phi3v`, or `PHIVE_PHI3V_GOLDENS` (same layout) to check against a
 /// regenerated set.
 fn goldens_dir() -> PathBuf {
     std::env::var_os("PHIVE_PHI3V_GOLDENS").map_or_else(|| fixtures().join("goldens/phi3v"), PathBuf::from)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-/// Shard files named by `model.safetensors.index.json`, deduplicated.
-fn shard_files(dir: &Path) -> Vec<PathBuf> {
-    let index = read_json(&dir.join("model.safetensors.index.json"));
-    let mut files: Vec<String> =
-        index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
-    files.sort();
-    files.dedup();
-    files.into_iter().map(|f| dir.join(f)).collect()
 }
 
 fn load_model(files: &[PathBuf]) -> phive::Result<Phi3V> {

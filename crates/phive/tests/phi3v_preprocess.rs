@@ -12,6 +12,8 @@
 //! directory / image directory (e.g. float32 goldens recorded on the spot, to measure the
 //! error without float16 rounding).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -20,16 +22,14 @@ use phive::vision::phi3v_hd::{
     num_image_tokens_for, preprocess, Phi3VImage, Phi3VImageProcessorConfig, CROP_SIZE,
 };
 
+use common::fixtures;
+
 /// Largest accepted |ours - reference| over all pixels of all crops (normalised units). The
 /// goldens are float16 (rounding error up to ~1e-3 at |v| ~ 2); one 8-bit level is ~0.0146.
 const TOLERANCE: f32 = 0.015;
 /// Largest accepted error beyond the golden's own float16 rounding. The port reproduces the
 /// reference's f32 arithmetic to a few f32 ulps (~1e-6), far below one 8-bit level (~0.0146).
 const EXCESS_TOLERANCE: f32 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn golden_dir() -> PathBuf {
     std::env::var_os("PHI3V_PREPROCESS_GOLDENS")

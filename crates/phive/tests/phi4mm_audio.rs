@@ -3,6 +3,8 @@
 //! error classes for bad input, Hub log-mel features, token counts, the 16 kHz resampler, and
 //! the conformer + projections of the tiny checkpoint `tests/fixtures/phi4mm-tiny`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,21 +16,10 @@ use phive::audio::{
     Phi4AudioConfig, Phi4AudioEmbedding,
 };
 
+use common::{fixtures, phi4mm_goldens, read_json};
+
 /// Max abs error allowed against the goldens (f32 on both sides; observed values are printed).
 const TOL: f32 = 1e-3;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn goldens() -> PathBuf {
-    fixtures().join("goldens/phi4mm")
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
 
 fn load_st(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -164,12 +155,12 @@ fn bad_inputs_give_distinct_errors() {
 
 #[test]
 fn mel_features_match_hub_extractor() {
-    let doc = read_json(&goldens().join("audio.json"));
+    let doc = read_json(&phi4mm_goldens().join("audio.json"));
     for case in doc["cases"].as_array().unwrap() {
         let file = case["audio"].as_str().unwrap();
         let name = Path::new(file).file_name().unwrap().to_str().unwrap();
         let stem = name.trim_end_matches(".wav");
-        let golden = load_st(&goldens().join(format!("audio/{stem}.safetensors")));
+        let golden = load_st(&phi4mm_goldens().join(format!("audio/{stem}.safetensors")));
         let want = &golden["features"];
         let want_tokens = golden["num_audio_tokens"].to_vec1::<i64>().unwrap()[0] as usize;
         assert_eq!(want_tokens as u64, case["num_audio_tokens"].as_u64().unwrap());
@@ -196,7 +187,7 @@ fn mel_features_match_hub_extractor() {
 
 #[test]
 fn resampler_matches_scipy() {
-    let g = load_st(&goldens().join("audio/chirp_44k_resampled.safetensors"));
+    let g = load_st(&phi4mm_goldens().join("audio/chirp_44k_resampled.safetensors"));
     let chirp = decode_fixture("chirp_44k_stereo.wav");
     let y = resample(&chirp.samples, 44100, 16000);
     let err = max_abs_diff(&y, &flat(&g["chirp_44k_stereo.resampled_16k"]));
@@ -276,8 +267,8 @@ fn config_parsing() {
 
 #[test]
 fn conformer_and_projections_match_reference() {
-    let gen = read_json(&goldens().join("generation.json"));
-    let embeds = load_st(&goldens().join("generation.safetensors"));
+    let gen = read_json(&phi4mm_goldens().join("generation.json"));
+    let embeds = load_st(&phi4mm_goldens().join("generation.safetensors"));
     let mut checked = 0;
     for case in gen["cases"].as_array().unwrap() {
         let audios = case["audios"].as_array().unwrap();
@@ -297,7 +288,7 @@ fn conformer_and_projections_match_reference() {
         let n_tok = case["num_audio_tokens"][0].as_u64().unwrap() as usize;
         assert_eq!(want.dims2().unwrap(), (n_tok, 64));
         // From the golden features (tests the network alone) and from our own features.
-        let golden_feats = &load_st(&goldens().join(format!("audio/{stem}.safetensors")))["features"];
+        let golden_feats = &load_st(&phi4mm_goldens().join(format!("audio/{stem}.safetensors")))["features"];
         let ours = log_mel_features(&decode_fixture(file)).unwrap();
         let emb = &tiny().emb;
         assert_eq!(emb.num_tokens(golden_feats.dims2().unwrap().0), n_tok);

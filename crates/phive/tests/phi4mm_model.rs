@@ -9,8 +9,10 @@
 //! stored top-64 ids, plus logsumexp), and 16 greedy tokens (prefill + cached decode steps with
 //! the adapter [`route`] picks). A routing test runs the text prompt under all three adapters.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -20,30 +22,10 @@ use phive::audio::AudioProjectionMode;
 use phive::models::phi4mm::{route, Adapter, Phi4MM, Phi4MMConfig, AUDIO_TOKEN_ID, IMAGE_TOKEN_ID};
 use phive::vision::phi4mm_hd::{preprocess, Phi4MMImageProcessorConfig};
 
+use common::{fixtures, phi4mm_goldens, read_json, shard_files};
+
 /// Max abs error allowed (f32 compute on both sides, same bf16 weights).
 const TOL: f32 = 1e-3;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn goldens() -> PathBuf {
-    fixtures().join("goldens/phi4mm")
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn shard_files(dir: &Path) -> Vec<PathBuf> {
-    let index = read_json(&dir.join("model.safetensors.index.json"));
-    let mut files: Vec<String> =
-        index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
-    files.sort();
-    files.dedup();
-    files.into_iter().map(|f| dir.join(f)).collect()
-}
 
 struct Fixture {
     model: Phi4MM,
@@ -61,9 +43,10 @@ fn fixture() -> &'static Fixture {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&shard_files(&dir), DType::F32, &Device::Cpu) }
             .unwrap();
         let model = Phi4MM::new(&config, vb).expect("load phi4mm-tiny");
-        let tensors = candle_core::safetensors::load(goldens().join("generation.safetensors"), &Device::Cpu)
-            .expect("generation.safetensors");
-        let gen = read_json(&goldens().join("generation.json"));
+        let tensors =
+            candle_core::safetensors::load(phi4mm_goldens().join("generation.safetensors"), &Device::Cpu)
+                .expect("generation.safetensors");
+        let gen = read_json(&phi4mm_goldens().join("generation.json"));
         eprintln!("fixture loaded in {:?}", t.elapsed());
         Fixture { model, goldens: tensors, cases: gen["cases"].as_array().unwrap().clone() }
     })
@@ -178,7 +161,7 @@ fn run_case(name: &str) {
     let mut audio_feats = Vec::new();
     for (k, path) in audios.iter().enumerate() {
         let st = candle_core::safetensors::load(
-            goldens().join(format!("audio/{}.safetensors", file_stem(path))),
+            phi4mm_goldens().join(format!("audio/{}.safetensors", file_stem(path))),
             &Device::Cpu,
         )
         .unwrap();

@@ -4,29 +4,20 @@
 //! sub-crop pixels against the stored HD canvas; global-view rows and sums; full pixel values
 //! (f16) for `odd_333x777`.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use phive::vision::phi4mm_hd::{
     hd_geometry, num_image_tokens_for, preprocess, Phi4MMImageProcessorConfig, CROP_SIZE,
 };
 
+use common::{fixtures, phi4mm_goldens, read_json};
+
 /// Max abs pixel error allowed (one 8-bit level is 1/127.5 ≈ 0.0078 after Normalize(0.5, 0.5)).
 const PIXEL_TOL: f32 = 0.015;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn goldens() -> PathBuf {
-    fixtures().join("goldens/phi4mm")
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
 
 fn config() -> Phi4MMImageProcessorConfig {
     Phi4MMImageProcessorConfig::from_file(&fixtures().join("phi4mm-tiny/preprocessor_config.json")).unwrap()
@@ -56,7 +47,7 @@ fn config_file_and_defaults() {
 
 #[test]
 fn preprocessing_matches_reference() {
-    let doc = read_json(&goldens().join("preprocess.json"));
+    let doc = read_json(&phi4mm_goldens().join("preprocess.json"));
     let cfg = config();
     let cases = doc["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 7);
@@ -69,7 +60,7 @@ fn preprocessing_matches_reference() {
         let p = preprocess(&img, &cfg).unwrap();
         let elapsed = t.elapsed();
         let st: HashMap<String, Tensor> = candle_core::safetensors::load(
-            goldens().join(format!("preprocess/{stem}.safetensors")),
+            phi4mm_goldens().join(format!("preprocess/{stem}.safetensors")),
             &Device::Cpu,
         )
         .unwrap();
@@ -99,7 +90,8 @@ fn preprocessing_matches_reference() {
         assert_eq!(ours, want, "{stem}: patch mask");
 
         // Sub-crops: functions of the stored HD canvas.
-        let canvas = image::open(goldens().join(format!("preprocess/{stem}.hd.png"))).unwrap().to_rgb8();
+        let canvas =
+            image::open(phi4mm_goldens().join(format!("preprocess/{stem}.hd.png"))).unwrap().to_rgb8();
         let (hd_h, hd_w) = p.hd_size;
         assert_eq!((canvas.height() as usize, canvas.width() as usize), (hd_h, hd_w), "{stem}: canvas");
         let pv = p.pixel_values.to_dtype(DType::F32).unwrap();

@@ -42,8 +42,28 @@ pub fn image(name: &str) -> image::DynamicImage {
 
 /// Parses a golden JSON file.
 pub fn golden_json(relative: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("goldens").join(relative)).unwrap();
+    read_json(&fixtures().join("goldens").join(relative))
+}
+
+/// Parses a JSON file, naming it when it cannot be read.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+/// A checkpoint's shard files, as named by its `model.safetensors.index.json`, deduplicated.
+pub fn shard_files(dir: &Path) -> Vec<PathBuf> {
+    let index = read_json(&dir.join("model.safetensors.index.json"));
+    let mut files: Vec<String> =
+        index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
+    files.sort();
+    files.dedup();
+    files.into_iter().map(|f| dir.join(f)).collect()
+}
+
+/// `tests/fixtures/goldens/phi4mm`.
+pub fn phi4mm_goldens() -> PathBuf {
+    fixtures().join("goldens/phi4mm")
 }
 
 /// OpenAI-style messages (content a string or parts with `image_url` file names) as phive
