@@ -162,8 +162,8 @@ impl Pipeline {
     /// Longest sequence (prompt plus completion) the model accepts.
     pub fn context_length(&self) -> usize {
         match &self.family {
-            Family::Phi3V { model, .. } => model.config().max_position_embeddings,
-            Family::Phi4MM { model, .. } => model.config().max_position_embeddings,
+            Family::Phi3V { model, .. } => model.config().text.max_position_embeddings,
+            Family::Phi4MM { model, .. } => model.config().text.max_position_embeddings,
         }
     }
 

@@ -3,3 +3,4 @@
 
 pub mod phi3v;
 pub mod phi4mm;
+pub mod text_config;

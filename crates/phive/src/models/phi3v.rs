@@ -11,17 +11,13 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::models::text_config::{config_error, Phi3TextConfig};
 use crate::nn::activation::Activation;
 use crate::nn::kv_cache::KvCache;
 use crate::nn::linear::Linear;
-use crate::nn::phi3_decoder::{Phi3Decoder, Phi3DecoderConfig};
-use crate::nn::rotary::{RopeScalingConfig, RotaryConfig};
+use crate::nn::phi3_decoder::Phi3Decoder;
 use crate::vision::clip::{ClipVisionConfig, ClipVisionTower};
 use crate::{Error, Result};
-
-fn config_error(message: impl Into<String>) -> Error {
-    Error::checkpoint("config.json", message)
-}
 
 /// `embd_layer`: how image features are assembled and projected.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -72,47 +68,13 @@ fn default_layer_idx() -> isize {
 fn default_type_feature() -> String {
     "patch".into()
 }
-fn default_num_kv_heads() -> Option<usize> {
-    None
-}
-fn default_rms_norm_eps() -> f64 {
-    1e-5
-}
-fn default_rope_theta() -> f64 {
-    10000.0
-}
-fn default_hidden_act() -> String {
-    "silu".into()
-}
 
 /// The fields of Phi-3.5-vision's `config.json` that phive reads (unknown keys are ignored).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Phi3VConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    /// Defaults to `num_attention_heads`.
-    #[serde(default = "default_num_kv_heads")]
-    pub num_key_value_heads: Option<usize>,
-    #[serde(default = "default_rms_norm_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
-    /// LongRoPE factors; absent means plain RoPE.
-    #[serde(default)]
-    pub rope_scaling: Option<RopeScalingConfig>,
-    pub max_position_embeddings: usize,
-    /// Required with `rope_scaling`.
-    #[serde(default)]
-    pub original_max_position_embeddings: Option<usize>,
-    #[serde(default)]
-    pub sliding_window: Option<usize>,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    #[serde(default = "default_hidden_act")]
-    pub hidden_act: String,
+    /// The language model's keys.
+    #[serde(flatten)]
+    pub text: Phi3TextConfig,
     pub embd_layer: EmbdLayerConfig,
     pub img_processor: ImgProcessorConfig,
     /// Tower geometry (phive extension, HF `CLIPVisionConfig` keys); CLIP ViT-L/14-336 if absent.
@@ -131,43 +93,11 @@ impl Phi3VConfig {
         self.vision_config.clone().unwrap_or_default()
     }
 
-    /// Key/value heads (GQA); equal to the attention heads for Phi-3.5.
-    pub fn num_kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
-    }
-
     /// Tokens one image with an HD grid of `rows × cols` crops turns into:
     /// `(rows·cols + 1)·m² + (rows + 1)·m + 1` with `m` = merged patches per side (12).
     pub fn num_image_tokens(&self, rows: usize, cols: usize) -> usize {
         let m = self.vision_config().patches_per_side() / 2;
         (rows * cols + 1) * m * m + (rows + 1) * m + 1
-    }
-
-    /// The decoder geometry this config describes.
-    pub fn decoder_config(&self) -> Result<Phi3DecoderConfig> {
-        let head_dim = self.hidden_size / self.num_attention_heads.max(1);
-        let long_rope =
-            RopeScalingConfig::long_rope(self.rope_scaling.as_ref(), self.original_max_position_embeddings)
-                .map_err(config_error)?;
-        Ok(Phi3DecoderConfig {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: self.num_kv_heads(),
-            rms_norm_eps: self.rms_norm_eps,
-            rope: RotaryConfig {
-                head_dim,
-                partial_rotary_factor: 1.0,
-                theta: self.rope_theta,
-                max_position_embeddings: self.max_position_embeddings,
-                long_rope,
-            },
-            sliding_window: self.sliding_window,
-            tie_word_embeddings: self.tie_word_embeddings,
-            hidden_act: Activation::from_name(&self.hidden_act).map_err(config_error)?,
-        })
     }
 
     /// Rejects configurations phive does not implement, with a message naming the key.
@@ -216,7 +146,7 @@ impl Phi3VConfig {
                 v.image_size, v.patch_size
             )));
         }
-        self.decoder_config()?;
+        self.text.decoder_config()?;
         Ok(())
     }
 }
@@ -244,7 +174,7 @@ impl Phi3V {
     /// (`model.embed_tokens.weight`, `model.vision_embed_tokens.*`, `lm_head.weight`, ...).
     pub fn new(config: &Phi3VConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
-        let decoder = Phi3Decoder::new(&config.decoder_config()?, &vb)?;
+        let decoder = Phi3Decoder::new(&config.text.decoder_config()?, &vb)?;
         let vv = vb.pp("model.vision_embed_tokens");
         let vcfg = config.vision_config();
         let tower = ClipVisionTower::new(
@@ -255,7 +185,7 @@ impl Phi3V {
         let c4 = 4 * vcfg.hidden_size;
         let glb_gn = vv.get((1, 1, c4), "glb_GN")?.flatten_all()?;
         let sub_gn = vv.get((1, 1, 1, c4), "sub_GN")?.flatten_all()?;
-        let h = config.hidden_size;
+        let h = config.text.hidden_size;
         let vp = vv.pp("img_projection");
         let projection = if config.embd_layer.projection_cls == "mlp" {
             Projection::Mlp(Linear::load(&vp.pp("0"), c4, h, true)?, Linear::load(&vp.pp("2"), h, h, true)?)
@@ -416,10 +346,10 @@ mod tests {
     #[test]
     fn config_defaults_and_validation() {
         let cfg = Phi3VConfig::from_json(&tiny_json()).unwrap();
-        assert_eq!(cfg.num_kv_heads(), 2);
+        assert_eq!(cfg.text.num_kv_heads(), 2);
         assert_eq!(cfg.img_processor.layer_idx, -2);
         assert_eq!(cfg.img_processor.type_feature, "patch");
-        assert!(!cfg.tie_word_embeddings);
+        assert!(!cfg.text.tie_word_embeddings);
         // Real geometry: 24x24 patches -> (r·c + 1)·144 + (r + 1)·12 + 1.
         let mut real = cfg.clone();
         real.vision_config = None;

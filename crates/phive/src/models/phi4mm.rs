@@ -20,12 +20,12 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::audio::{AudioProjectionMode, Phi4AudioConfig, Phi4AudioEmbedding};
+use crate::models::text_config::{config_error, Phi3TextConfig};
 use crate::nn::activation::Activation;
 use crate::nn::kv_cache::KvCache;
 use crate::nn::linear::Linear;
 use crate::nn::lora::LoraSpec;
-use crate::nn::phi3_decoder::{Phi3Decoder, Phi3DecoderConfig};
-use crate::nn::rotary::{RopeScalingConfig, RotaryConfig};
+use crate::nn::phi3_decoder::Phi3Decoder;
 use crate::vision::phi4mm_hd::{Phi4MMImage, CROP_SIZE};
 use crate::vision::siglip::{SiglipVisionConfig, SiglipVisionTower};
 use crate::{Error, Result};
@@ -34,10 +34,6 @@ use crate::{Error, Result};
 pub const IMAGE_TOKEN_ID: u32 = 200010;
 /// `<|endoftext11|>`: the audio placeholder token, repeated once per audio token.
 pub const AUDIO_TOKEN_ID: u32 = 200011;
-
-fn config_error(message: impl Into<String>) -> Error {
-    Error::checkpoint("config.json", message)
-}
 
 /// Which LoRA adapter of the language model a forward call runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,50 +142,15 @@ fn default_layer_idx() -> isize {
 fn default_type_feature() -> String {
     "patch".into()
 }
-fn default_rms_norm_eps() -> f64 {
-    1e-5
-}
-fn default_rope_theta() -> f64 {
-    10000.0
-}
-fn default_hidden_act() -> String {
-    "silu".into()
-}
-fn default_partial_rotary() -> f64 {
-    1.0
-}
 
 /// The fields of Phi-4-multimodal's Hub `config.json` that phive reads (unknown keys are
 /// ignored). The audio tower's keys are read by [`Phi4AudioConfig::from_model_config`] from the
 /// same JSON, kept in [`Phi4MMConfig::raw`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Phi4MMConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    /// Defaults to `num_attention_heads`.
-    #[serde(default)]
-    pub num_key_value_heads: Option<usize>,
-    #[serde(default = "default_rms_norm_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
-    #[serde(default)]
-    pub rope_scaling: Option<RopeScalingConfig>,
-    /// Fraction of each head that is rotated (0.75 for Phi-4-mini).
-    #[serde(default = "default_partial_rotary")]
-    pub partial_rotary_factor: f64,
-    pub max_position_embeddings: usize,
-    #[serde(default)]
-    pub original_max_position_embeddings: Option<usize>,
-    #[serde(default)]
-    pub sliding_window: Option<usize>,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    #[serde(default = "default_hidden_act")]
-    pub hidden_act: String,
+    /// The language model's keys.
+    #[serde(flatten)]
+    pub text: Phi3TextConfig,
     pub embd_layer: EmbdLayerConfig,
     /// `null` on the Hub: defaults apply.
     #[serde(default)]
@@ -239,33 +200,6 @@ impl Phi4MMConfig {
             }
         }
         Ok(specs)
-    }
-
-    /// The decoder geometry this config describes.
-    pub fn decoder_config(&self) -> Result<Phi3DecoderConfig> {
-        let head_dim = self.hidden_size / self.num_attention_heads.max(1);
-        let long_rope =
-            RopeScalingConfig::long_rope(self.rope_scaling.as_ref(), self.original_max_position_embeddings)
-                .map_err(config_error)?;
-        Ok(Phi3DecoderConfig {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            rms_norm_eps: self.rms_norm_eps,
-            rope: RotaryConfig {
-                head_dim,
-                partial_rotary_factor: self.partial_rotary_factor,
-                theta: self.rope_theta,
-                max_position_embeddings: self.max_position_embeddings,
-                long_rope,
-            },
-            sliding_window: self.sliding_window,
-            tie_word_embeddings: self.tie_word_embeddings,
-            hidden_act: Activation::from_name(&self.hidden_act).map_err(config_error)?,
-        })
     }
 
     /// Rejects configurations phive does not implement, with a message naming the key.
@@ -318,7 +252,7 @@ impl Phi4MMConfig {
             }
         }
         self.lora_specs()?;
-        self.decoder_config()?;
+        self.text.decoder_config()?;
         Ok(())
     }
 }
@@ -360,8 +294,8 @@ pub struct Phi4MM {
 impl std::fmt::Debug for Phi4MM {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Phi4MM")
-            .field("layers", &self.cfg.num_hidden_layers)
-            .field("hidden_size", &self.cfg.hidden_size)
+            .field("layers", &self.cfg.text.num_hidden_layers)
+            .field("hidden_size", &self.cfg.text.hidden_size)
             .field("adapters", &self.decoder.adapter_names())
             .field("image", &self.image.is_some())
             .field("audio", &self.audio.is_some())
@@ -377,7 +311,8 @@ impl Phi4MM {
     /// the config describes one. Use an f32 `VarBuilder`.
     pub fn new(config: &Phi4MMConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
-        let decoder = Phi3Decoder::new_with_adapters(&config.decoder_config()?, &vb, &config.lora_specs()?)?;
+        let decoder =
+            Phi3Decoder::new_with_adapters(&config.text.decoder_config()?, &vb, &config.lora_specs()?)?;
         let image = match &config.embd_layer.image_embd_layer {
             Some(e) => Some(Self::load_image(config, e, &vb.pp("model.embed_tokens_extend.image_embed"))?),
             None => None,
@@ -401,7 +336,7 @@ impl Phi4MM {
         let c = vcfg.hidden_size;
         let glb_gn = vi.get((1, 1, c), "glb_GN")?.flatten_all()?;
         let sub_gn = vi.get((1, 1, 1, c), "sub_GN")?.flatten_all()?;
-        let h = config.hidden_size;
+        let h = config.text.hidden_size;
         let vp = vi.pp("img_projection");
         let projection = if e.projection_cls == "mlp" {
             Projection::Mlp(Linear::load(&vp.pp("0"), c, h, true)?, Linear::load(&vp.pp("2"), h, h, true)?)
@@ -565,7 +500,7 @@ mod tests {
         c.validate().unwrap();
         assert!(c.has_audio());
         assert_eq!(c.img_processor().layer_idx, -2);
-        let d = c.decoder_config().unwrap();
+        let d = c.text.decoder_config().unwrap();
         assert_eq!((d.num_key_value_heads, d.rope.partial_rotary_factor), (2, 0.75));
         let specs = c.lora_specs().unwrap();
         assert_eq!(specs.len(), 2);
