@@ -66,7 +66,6 @@ enum Dtype {
     F16,
 }
 
-/// In-situ quantization types (mistral.rs's names, plus bit counts).
 /// Which model to load.
 #[derive(Args, Debug)]
 struct ModelArgs {

@@ -52,7 +52,6 @@ fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// Fetches and decodes every image on blocking threads (the media code is synchronous).
 /// Waits for every choice of a non-streamed request.
 async fn collect(
     mut handle: RequestHandle,

@@ -261,12 +261,10 @@ impl Pipeline {
         }
         let media = match &self.family {
             Family::Phi3V { .. } => PreparedMedia::Phi3V(Vec::new()),
-            Family::Phi4MM { .. } => PreparedMedia::Phi4MM {
-                images: Vec::new(),
-                audios: Vec::new(),
-                adapter: Adapter::None,
-                projection: AudioProjectionMode::Speech,
-            },
+            Family::Phi4MM { .. } => {
+                let (adapter, projection) = route(false, false);
+                PreparedMedia::Phi4MM { images: Vec::new(), audios: Vec::new(), adapter, projection }
+            }
         };
         Ok(PreparedPrompt {
             tokens: PromptTokens { ids, media: Vec::new() },

@@ -381,7 +381,7 @@ impl Phi4MM {
     /// over its placeholder tokens.
     pub fn encode_image(&self, image: &Phi4MMImage) -> Result<Tensor> {
         let ie = self.image_embedding()?;
-        let feats = ie.tower.forward(&image.pixel_values, &image.patch_mask)?;
+        let feats = self.siglip_features(image)?;
         let all = self.hd_tokens(ie, &feats, image)?;
         if all.dim(0)? != image.num_image_tokens {
             return Err(candle_core::Error::Msg(format!(

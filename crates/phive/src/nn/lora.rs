@@ -64,7 +64,6 @@ pub struct LoraAdapter {
     a: Linear,
     b: Linear,
     scale: f64,
-    r: usize,
 }
 
 impl LoraAdapter {
@@ -80,13 +79,12 @@ impl LoraAdapter {
             ))
             .into());
         }
-        let r = a.out_dim();
-        Ok(Self { a, b, scale, r })
+        Ok(Self { a, b, scale })
     }
 
     /// The rank `r`.
     pub fn rank(&self) -> usize {
-        self.r
+        self.a.out_dim()
     }
 
     /// `scale · B(A x)`.

@@ -247,10 +247,9 @@ pub fn quantize_checkpoint(options: &LoadOptions, output_dir: &Path) -> Result<Q
     }
     let n_quantized = quantized.len();
 
-    let index = checkpoint.weights.tensor_index()?;
     let reader = checkpoint.weights.reader()?;
     let mut tensors: BTreeMap<String, QTensor> = BTreeMap::new();
-    for (name, entry) in &index {
+    for (name, entry) in reader.index() {
         if let Some(q) = quantized.remove(name) {
             tensors.insert(name.clone(), q);
             continue;
