@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use phive::audio::decode_audio;
 use phive::engine::{GenerationParams, SamplingParams};
-use phive::media::{load_image, MediaPolicy, MediaSource};
+use phive::media::{load_audio, load_image, MediaPolicy};
 use phive::pipeline::{ChatRequest, LoadOptions, Pipeline};
 use phive::prompt::{ChatMessage, MessagePart};
 
@@ -109,10 +108,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let audios = args
         .audios
         .iter()
-        .map(|src| {
-            let bytes = MediaSource::parse(src).and_then(|s| s.fetch(&policy))?;
-            decode_audio(&bytes, None)
-        })
+        .map(|src| load_audio(src, &policy))
         .collect::<Result<Vec<_>, phive::Error>>()
         .context("audio input")?;
     let mut parts = vec![MessagePart::Image; images.len()];

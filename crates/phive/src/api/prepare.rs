@@ -2,8 +2,7 @@
 //! front end runs between validating a request and submitting it to the engine.
 
 use super::{ApiError, ChatInput};
-use crate::audio::decode_audio;
-use crate::media::{load_image, MediaPolicy, MediaSource};
+use crate::media::{load_audio, load_image, MediaPolicy};
 use crate::pipeline::{Pipeline, PreparedPrompt};
 use crate::prompt::MessagePart;
 
@@ -41,10 +40,7 @@ impl ChatInput {
             .audios
             .iter()
             .enumerate()
-            .map(|(i, reference)| {
-                let bytes = MediaSource::parse(reference).and_then(|source| source.fetch(policy));
-                bytes.and_then(|bytes| decode_audio(&bytes, None)).map_err(|e| numbered("audio", i, e))
-            })
+            .map(|(i, reference)| load_audio(reference, policy).map_err(|e| numbered("audio", i, e)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(pipeline.prepare_media(&self.messages, &images, &audios)?)
     }

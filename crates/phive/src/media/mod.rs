@@ -8,4 +8,4 @@ mod net;
 mod source;
 
 pub use net::{forbidden_reason, resolve_checked};
-pub use source::{decode_image, load_image, MediaPolicy, MediaSource};
+pub use source::{decode_image, load_audio, load_image, MediaPolicy, MediaSource};

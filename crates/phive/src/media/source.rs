@@ -5,6 +5,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use image::DynamicImage;
 
+use crate::audio::{decode_audio, DecodedAudio};
 use crate::{Error, Result};
 
 /// What a media reference may point at, and how large it may get.
@@ -134,7 +135,7 @@ impl MediaSource {
         }
         if trimmed.len() >= 16 {
             if let Ok(bytes) = decode_base64(trimmed) {
-                if image::guess_format(&bytes).is_ok() {
+                if image::guess_format(&bytes).is_ok() || looks_like_audio(&bytes) {
                     return Ok(MediaSource::Inline(bytes));
                 }
             }
@@ -160,6 +161,21 @@ impl MediaSource {
 pub fn load_image(reference: &str, policy: &MediaPolicy) -> Result<DynamicImage> {
     let bytes = MediaSource::parse_with(reference, policy)?.fetch(policy)?;
     decode_image(&bytes, policy)
+}
+
+/// Fetches and decodes the audio clip `reference` names (a path, URL, `data:` URL or raw
+/// base64), classified as [`MediaSource::parse_with`] does for images.
+pub fn load_audio(reference: &str, policy: &MediaPolicy) -> Result<DecodedAudio> {
+    let bytes = MediaSource::parse_with(reference, policy)?.fetch(policy)?;
+    decode_audio(&bytes, None)
+}
+
+/// Whether `bytes` start with the magic of a container phive decodes audio from (WAV, FLAC,
+/// Ogg, MP3 with an ID3 tag), so raw base64 audio is told from a path by its content. A bare
+/// MP3 frame sync is not taken: paths starting `//` decode to it. Use a `data:` URL for those.
+fn looks_like_audio(bytes: &[u8]) -> bool {
+    let wav = bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE";
+    wav || [&b"fLaC"[..], b"OggS", b"ID3"].iter().any(|magic| bytes.starts_with(magic))
 }
 
 /// Decodes an image after checking its header-declared size against the pixel budget, so a
@@ -383,6 +399,26 @@ mod tests {
         out.into_inner()
     }
 
+    /// A 0.1 s 16 kHz mono 16-bit PCM WAV of silence.
+    fn wav_bytes() -> Vec<u8> {
+        let data = vec![0u8; 3200];
+        let mut out = Vec::new();
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        out.extend_from_slice(&1u16.to_le_bytes()); // mono
+        out.extend_from_slice(&16000u32.to_le_bytes());
+        out.extend_from_slice(&32000u32.to_le_bytes()); // bytes per second
+        out.extend_from_slice(&2u16.to_le_bytes()); // block align
+        out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+
     #[test]
     fn parses_each_kind_of_reference() {
         let png = png_bytes(3, 2);
@@ -460,6 +496,15 @@ mod tests {
         assert!(load_image(inside.to_str().unwrap(), &policy).is_ok());
         let b64 = base64::engine::general_purpose::STANDARD.encode(png_bytes(3, 3));
         assert!(load_image(&b64, &policy).is_ok());
+        // Audio follows the same rules: no existence oracle, raw base64 recognised by content.
+        let secret_wav = elsewhere.path().join("secret.wav");
+        std::fs::write(&secret_wav, wav_bytes()).unwrap();
+        let missing_wav = elsewhere.path().join("missing.wav");
+        let a = load_audio(secret_wav.to_str().unwrap(), &policy).unwrap_err().to_string();
+        let b = load_audio(missing_wav.to_str().unwrap(), &policy).unwrap_err().to_string();
+        assert_eq!(a.replace("secret", "X"), b.replace("missing", "X"));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(wav_bytes());
+        assert_eq!(load_audio(&b64, &policy).unwrap().sample_rate, 16000);
         // URLs to private addresses are refused before connecting.
         let err = load_image("http://127.0.0.1:9/x.png", &policy).unwrap_err().to_string();
         assert!(err.contains("--allow-private-urls"), "{err}");
