@@ -2,6 +2,7 @@
 //! model → generation. Front ends (CLI, server, SDKs) talk to this and hold no model logic.
 
 use std::ops::ControlFlow;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -84,6 +85,27 @@ pub struct PreparedPrompt {
     /// The rendered prompt text (chat template applied, tags in place).
     pub text: String,
     media: PreparedMedia,
+    /// The encoded media features and where they go, computed by the first choice's prefill and
+    /// reused by the others of an `n > 1` request (the encoders are deterministic).
+    encoded_media: OnceLock<Vec<(usize, Tensor)>>,
+}
+
+impl PreparedPrompt {
+    fn new(tokens: PromptTokens, text: String, media: PreparedMedia) -> Self {
+        Self { tokens, text, media, encoded_media: OnceLock::new() }
+    }
+
+    /// The encoded media, running `encode` only the first time.
+    fn encoded_media(
+        &self,
+        encode: impl FnOnce() -> Result<Vec<(usize, Tensor)>>,
+    ) -> Result<Vec<(usize, Tensor)>> {
+        if let Some(media) = self.encoded_media.get() {
+            return Ok(media.clone());
+        }
+        let media = encode()?;
+        Ok(self.encoded_media.get_or_init(|| media).clone())
+    }
 }
 
 impl Pipeline {
@@ -210,7 +232,7 @@ impl Pipeline {
                     images.iter().map(|img| phi3v_hd::preprocess(img, config)).collect::<Result<Vec<_>>>()?;
                 let counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
                 let tokens = expand_phi3v(&self.tokenizer.tokenizer, &text, &counts, 0)?;
-                Ok(PreparedPrompt { tokens, text, media: PreparedMedia::Phi3V(images) })
+                Ok(PreparedPrompt::new(tokens, text, PreparedMedia::Phi3V(images)))
             }
             Family::Phi4MM { model, images: config } => {
                 let kinds: &[MediaKind] = if self.accepts_audio() {
@@ -242,7 +264,7 @@ impl Pipeline {
                 )?;
                 let (adapter, projection) = route(!images.is_empty(), !features.is_empty());
                 let media = PreparedMedia::Phi4MM { images, audios: features, adapter, projection };
-                Ok(PreparedPrompt { tokens, text, media })
+                Ok(PreparedPrompt::new(tokens, text, media))
             }
         }
     }
@@ -266,11 +288,7 @@ impl Pipeline {
                 PreparedMedia::Phi4MM { images: Vec::new(), audios: Vec::new(), adapter, projection }
             }
         };
-        Ok(PreparedPrompt {
-            tokens: PromptTokens { ids, media: Vec::new() },
-            text: prompt.to_string(),
-            media,
-        })
+        Ok(PreparedPrompt::new(PromptTokens { ids, media: Vec::new() }, prompt.to_string(), media))
     }
 
     /// Answers a chat request, streaming pieces of text to `on_delta` (return `Break` to cancel).
@@ -300,7 +318,7 @@ impl Pipeline {
     ) -> Result<Completion> {
         let mut sequence: Box<dyn SequenceModel + '_> = match (&self.family, &prepared.media) {
             (Family::Phi3V { model, .. }, PreparedMedia::Phi3V(images)) => {
-                Box::new(Phi3VSequence { model, cache: model.new_cache(), images })
+                Box::new(Phi3VSequence { model, cache: model.new_cache(), images, prepared })
             }
             (Family::Phi4MM { model, .. }, PreparedMedia::Phi4MM { images, audios, adapter, projection }) => {
                 Box::new(Phi4MMSequence {
@@ -310,6 +328,7 @@ impl Pipeline {
                     audios,
                     adapter: *adapter,
                     projection: *projection,
+                    prepared,
                 })
             }
             _ => return Err(Error::InvalidRequest("the prompt was prepared by a different model".into())),
@@ -341,18 +360,21 @@ struct Phi3VSequence<'a> {
     model: &'a Phi3V,
     cache: KvCache,
     images: &'a [phi3v_hd::Phi3VImage],
+    prepared: &'a PreparedPrompt,
 }
 
 impl SequenceModel for Phi3VSequence<'_> {
     fn prefill(&mut self, prompt: &PromptTokens) -> Result<Vec<f32>> {
-        let media = prompt
-            .media
-            .iter()
-            .map(|span| {
-                let image = &self.images[span.index];
-                Ok((span.start, self.model.encode_image(&image.pixel_values, image.grid())?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let media = self.prepared.encoded_media(|| {
+            prompt
+                .media
+                .iter()
+                .map(|span| {
+                    let image = &self.images[span.index];
+                    Ok((span.start, self.model.encode_image(&image.pixel_values, image.grid())?))
+                })
+                .collect()
+        })?;
         let embeds = self.model.embed(&prompt.ids, &media)?;
         let hidden = self.model.forward(&embeds, &mut self.cache)?;
         last_row_logits(&hidden, |h, rows| self.model.logits(h, rows))
@@ -373,21 +395,26 @@ struct Phi4MMSequence<'a> {
     audios: &'a [Tensor],
     adapter: Adapter,
     projection: AudioProjectionMode,
+    prepared: &'a PreparedPrompt,
 }
 
 impl SequenceModel for Phi4MMSequence<'_> {
     fn prefill(&mut self, prompt: &PromptTokens) -> Result<Vec<f32>> {
-        let media = prompt
-            .media
-            .iter()
-            .map(|span| {
-                let features = match span.kind {
-                    MediaKind::Image => self.model.encode_image(&self.images[span.index])?,
-                    MediaKind::Audio => self.model.encode_audio(&self.audios[span.index], self.projection)?,
-                };
-                Ok((span.start, features))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let media = self.prepared.encoded_media(|| {
+            prompt
+                .media
+                .iter()
+                .map(|span| {
+                    let features = match span.kind {
+                        MediaKind::Image => self.model.encode_image(&self.images[span.index])?,
+                        MediaKind::Audio => {
+                            self.model.encode_audio(&self.audios[span.index], self.projection)?
+                        }
+                    };
+                    Ok((span.start, features))
+                })
+                .collect()
+        })?;
         let embeds = self.model.embed(&prompt.ids, &media)?;
         let hidden = self.model.forward(&embeds, &mut self.cache, self.adapter)?;
         last_row_logits(&hidden, |h, rows| self.model.logits(h, rows))

@@ -45,6 +45,10 @@ fn every_golden_case_reproduces_ids_and_greedy_tokens() {
             case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(completion.tokens, golden, "{name}: greedy tokens");
         assert_eq!(completion.text, case["greedy_text"].as_str().unwrap(), "{name}: greedy text");
+        // A second choice from the same prepared prompt reuses its encoded images.
+        let again =
+            pipeline.generate(&prepared, &params, Instant::now(), |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(again.tokens, golden, "{name}: second choice");
     }
 }
 
