@@ -1,0 +1,289 @@
+//! `POST /v1/chat/completions`: the request, its limits, and its translation into a
+//! conversation with media references plus generation parameters.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::content::{audio_reference, Content, ContentPart};
+use super::delivery::Delivery;
+use super::sampling::sampling_fields;
+use super::validate::{check_empty, p};
+use crate::api::ApiError;
+use crate::engine::GenerationParams;
+use crate::prompt::{ChatMessage, MessagePart};
+
+/// Largest `top_logprobs` (chat) as in OpenAI.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The content; `null` is allowed for assistant messages only.
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// Participant name (accepted, not used: Phi's template has no names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+sampling_fields! {
+    /// `POST /v1/chat/completions`.
+    pub struct ChatCompletionRequest {
+        /// The served model id, the model path/id, or `default` (also when absent).
+        #[serde(default)]
+        pub model: Option<String>,
+        /// The conversation (at least one message).
+        pub messages: Vec<Message>,
+        /// Most tokens to generate (deprecated OpenAI name).
+        #[serde(default)]
+        pub max_tokens: Option<u64>,
+        /// Most tokens to generate (current OpenAI name; wins over `max_tokens`).
+        #[serde(default)]
+        pub max_completion_tokens: Option<u64>,
+        /// Return log-probabilities of the chosen tokens.
+        #[serde(default)]
+        pub logprobs: Option<bool>,
+        /// Alternatives per position, 0..=20 (requires `logprobs: true`).
+        #[serde(default)]
+        pub top_logprobs: Option<u32>,
+        /// Not supported: refused when non-empty.
+        #[serde(default)]
+        pub tools: Option<Value>,
+        /// Only `{"type": "text"}` is supported.
+        #[serde(default)]
+        pub response_format: Option<Value>,
+    }
+}
+
+/// Limits a front end imposes on requests.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Most images per request.
+    pub max_images: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits { max_images: 8 }
+    }
+}
+
+/// A chat request translated to phive's terms; images are still references, because fetching
+/// them is the front end's job (it decides the policy and where blocking work runs).
+#[derive(Debug, Clone)]
+pub struct ChatInput {
+    /// The conversation with image parts in place.
+    pub messages: Vec<ChatMessage>,
+    /// One reference per image part, in order.
+    pub images: Vec<String>,
+    /// One reference per audio part, in order (`input_audio` becomes a `data:` URL).
+    pub audios: Vec<String>,
+    /// Sampling, length, stop and logprob settings.
+    pub params: GenerationParams,
+    /// Choices, streaming, usage chunk.
+    pub delivery: Delivery,
+}
+
+impl ChatCompletionRequest {
+    /// Validates every field and translates the request.
+    pub fn into_chat(self, limits: &RequestLimits) -> Result<ChatInput, ApiError> {
+        check_empty("tools", &self.tools, "tool calling")?;
+        match &self.response_format {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("text") => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    p("response_format"),
+                    "only response_format {\"type\": \"text\"} is supported by phive",
+                )
+                .with_code("unsupported_parameter"))
+            }
+        }
+        let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (_, Some(k)) if k > MAX_TOP_LOGPROBS => {
+                return Err(ApiError::invalid(
+                    p("top_logprobs"),
+                    format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(ApiError::invalid(p("top_logprobs"), "top_logprobs requires logprobs to be true"))
+            }
+            (true, k) => Some(k.unwrap_or(0) as usize),
+            (false, None) => None,
+        };
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) => Some(("max_completion_tokens", m)),
+            (None, Some(m)) => Some(("max_tokens", m)),
+            (None, None) => None,
+        };
+        let (params, delivery) = self.sampling_fields().into_params(max_tokens, logprobs)?;
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(p("messages"), "messages must contain at least one message"));
+        }
+        let mut images = Vec::new();
+        let mut audios = Vec::new();
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, message) in self.messages.into_iter().enumerate() {
+            let role = message.role.as_str();
+            if !["system", "user", "assistant"].contains(&role) {
+                return Err(ApiError::invalid(
+                    Some(format!("messages[{i}].role")),
+                    format!(
+                        "unsupported role {role:?}; phive accepts \"system\", \"user\" and \"assistant\""
+                    ),
+                ));
+            }
+            let parts = match message.content {
+                None if role == "assistant" => vec![MessagePart::Text(String::new())],
+                None => {
+                    return Err(ApiError::invalid(
+                        Some(format!("messages[{i}].content")),
+                        format!("a {role} message needs content"),
+                    ))
+                }
+                Some(Content::Text(text)) => vec![MessagePart::Text(text)],
+                Some(Content::Parts(parts)) => {
+                    if parts.is_empty() {
+                        return Err(ApiError::invalid(
+                            Some(format!("messages[{i}].content")),
+                            "content must not be an empty list",
+                        ));
+                    }
+                    let mut out = Vec::with_capacity(parts.len());
+                    for (j, part) in parts.into_iter().enumerate() {
+                        let param = || Some(format!("messages[{i}].content[{j}]"));
+                        match part {
+                            ContentPart::Text { text } => out.push(MessagePart::Text(text)),
+                            ContentPart::ImageUrl { image_url } => {
+                                if role != "user" {
+                                    return Err(ApiError::invalid(
+                                        param(),
+                                        "only user messages may contain images",
+                                    ));
+                                }
+                                if image_url.url.trim().is_empty() {
+                                    return Err(ApiError::invalid(
+                                        param(),
+                                        "image_url.url must not be empty",
+                                    ));
+                                }
+                                images.push(image_url.url);
+                                out.push(MessagePart::Image);
+                            }
+                            audio @ (ContentPart::InputAudio { .. } | ContentPart::AudioUrl { .. }) => {
+                                if role != "user" {
+                                    return Err(ApiError::invalid(
+                                        param(),
+                                        "only user messages may contain audio",
+                                    ));
+                                }
+                                audios.push(audio_reference(&audio, &format!("messages[{i}].content[{j}]"))?);
+                                out.push(MessagePart::Audio);
+                            }
+                        }
+                    }
+                    out
+                }
+            };
+            messages.push(ChatMessage { role: message.role, parts });
+        }
+        if images.len() > limits.max_images {
+            return Err(ApiError::invalid(
+                p("messages"),
+                format!(
+                    "the request has {} images but this server accepts at most {} per request (--max-images)",
+                    images.len(),
+                    limits.max_images
+                ),
+            ));
+        }
+        Ok(ChatInput { messages, images, audios, params, delivery })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> Result<ChatInput, ApiError> {
+        let req: ChatCompletionRequest =
+            serde_json::from_value(body).map_err(|e| ApiError::invalid(None, e.to_string()))?;
+        req.into_chat(&RequestLimits::default())
+    }
+
+    #[test]
+    fn translates_parts_and_params() {
+        let input = chat(serde_json::json!({
+            "model": "x",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+                    {"type": "text", "text": "what?"}
+                ]}
+            ],
+            "temperature": 0.5, "top_k": -1, "stop": "END", "n": 2, "seed": 7, "logprobs": true,
+            "top_logprobs": 3, "max_completion_tokens": 9, "stream": true,
+            "stream_options": {"include_usage": true}, "something_new": 1
+        }))
+        .unwrap();
+        assert_eq!(input.images, vec!["data:image/png;base64,AAAA".to_string()]);
+        assert!(input.audios.is_empty());
+        assert_eq!(input.messages[1].parts, vec![MessagePart::Image, MessagePart::Text("what?".into())]);
+        assert_eq!(input.params.max_tokens, Some(9));
+        assert_eq!(input.params.logprobs, Some(3));
+        assert_eq!(input.params.stop, vec!["END".to_string()]);
+        assert_eq!(input.params.sampling.top_k, None);
+        assert_eq!(input.delivery, Delivery { n: 2, stream: true, include_usage: true, logprobs: true });
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_param() {
+        let base = |extra: Value| {
+            let mut body = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            chat(body).unwrap_err()
+        };
+        assert_eq!(base(serde_json::json!({"temperature": 3})).param.as_deref(), Some("temperature"));
+        assert_eq!(base(serde_json::json!({"n": 0})).param.as_deref(), Some("n"));
+        assert_eq!(base(serde_json::json!({"top_logprobs": 2})).param.as_deref(), Some("top_logprobs"));
+        assert_eq!(base(serde_json::json!({"max_tokens": 0})).param.as_deref(), Some("max_tokens"));
+        let audio = base(serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "AAAA"}}]}]}));
+        assert_eq!(audio.param.as_deref(), Some("messages[0].content[0].input_audio.format"), "{audio:?}");
+        let audio = base(serde_json::json!({"messages": [{"role": "assistant", "content": [
+            {"type": "audio_url", "audio_url": {"url": "a.wav"}}]}]}));
+        assert!(audio.message.contains("only user messages may contain audio"), "{audio:?}");
+        let err = serde_json::from_value::<ChatCompletionRequest>(serde_json::json!({
+            "messages": [{"role": "user", "content": [{"type": "video_url"}]}]}))
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown content part type"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod audio_tests {
+    use super::*;
+
+    #[test]
+    fn audio_parts_become_references_in_order() {
+        let request: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "messages": [{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                {"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}},
+                {"type": "text", "text": "transcribe"}]}]
+        }))
+        .unwrap();
+        let input = request.into_chat(&RequestLimits::default()).unwrap();
+        assert_eq!(input.audios, vec!["data:audio/wav;base64,UklGRg==", "https://example.com/a.mp3"]);
+        assert_eq!(
+            input.messages[0].parts,
+            vec![MessagePart::Audio, MessagePart::Audio, MessagePart::Text("transcribe".into())]
+        );
+    }
+}

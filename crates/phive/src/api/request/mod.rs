@@ -1,0 +1,28 @@
+//! OpenAI request bodies (`/v1/chat/completions`, `/v1/completions`) and their translation into
+//! phive's messages and generation parameters.
+//!
+//! Deserialization only checks types (so a wrong type names its field); ranges and combinations
+//! are checked in [`ChatCompletionRequest::into_chat`] / [`CompletionRequest::into_text`], which
+//! name the offending field in every error. Unknown fields are ignored, as OpenAI does; known
+//! OpenAI features phive cannot honour (tools, JSON mode, logit bias, audio input) are refused
+//! rather than silently ignored.
+//!
+//! - [`content`]: a message's `content` (string or typed parts) and audio part references.
+//! - [`sampling`]: the sampling/length fields both endpoints share, and their validation.
+//! - [`delivery`]: how the answer is delivered (choices, streaming, usage chunk).
+//! - [`chat`]: the chat completions request and its translation.
+//! - [`completion`]: the legacy text completions request and its translation.
+//! - [`validate`]: small checks that name the offending field.
+
+mod chat;
+mod completion;
+mod content;
+mod delivery;
+mod sampling;
+mod validate;
+
+pub use chat::{ChatCompletionRequest, ChatInput, Message, RequestLimits, MAX_TOP_LOGPROBS};
+pub use completion::{CompletionRequest, TextInput, DEFAULT_COMPLETION_MAX_TOKENS, MAX_LEGACY_LOGPROBS};
+pub use content::{Content, ContentPart, ImageUrl};
+pub use delivery::{Delivery, StreamOptions};
+pub use sampling::{SamplingFields, StopSpec, MAX_N, MAX_STOP, MAX_STOP_LEN};
