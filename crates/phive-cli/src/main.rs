@@ -1,5 +1,6 @@
 //! The `phive` command.
 
+mod engine_args;
 mod quantize;
 mod run;
 mod serve;

@@ -1,15 +1,16 @@
 //! `phive run`: one prompt, streamed to stdout, with a timing summary on stderr.
 
 use std::io::Write;
-use std::ops::ControlFlow;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use phive::engine::{GenerationParams, SamplingParams};
+use phive::engine::{Engine, Event, GenerationParams, SamplingParams};
 use phive::media::{load_audio, load_image, MediaPolicy};
-use phive::pipeline::{ChatRequest, LoadOptions, Pipeline};
+use phive::pipeline::{LoadOptions, Pipeline};
 use phive::prompt::{ChatMessage, MessagePart};
+
+use crate::engine_args::EngineArgs;
 
 /// Options of `phive run`.
 #[derive(Args, Debug)]
@@ -71,6 +72,8 @@ pub struct RunArgs {
     /// Stop generating at this string (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 /// Loads the model, runs the prompt, streams the answer.
@@ -116,34 +119,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     parts.push(MessagePart::Text(args.prompt.clone()));
     messages.push(ChatMessage { role: "user".into(), parts });
 
-    let request = ChatRequest {
-        messages,
-        images,
-        audios,
-        params: GenerationParams {
-            sampling: SamplingParams {
-                temperature: args.temperature,
-                top_p: args.top_p,
-                top_k: args.top_k,
-                min_p: args.min_p,
-                frequency_penalty: args.frequency_penalty,
-                presence_penalty: args.presence_penalty,
-                repetition_penalty: args.repetition_penalty,
-                seed: args.seed,
-            },
-            max_tokens: args.max_tokens,
-            stop: args.stop.clone(),
-            logprobs: None,
+    let params = GenerationParams {
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            min_p: args.min_p,
+            frequency_penalty: args.frequency_penalty,
+            presence_penalty: args.presence_penalty,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
         },
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+        logprobs: None,
     };
     let request_start = Instant::now();
+    let prepared = pipeline.prepare_media(&messages, &images, &audios)?;
+    let engine = Engine::new(pipeline, args.engine.config()?);
+    let mut handle = engine.submit(prepared, params, 1)?;
     let mut stdout = std::io::stdout().lock();
-    let completion = pipeline.chat(&request, |delta| {
-        if stdout.write_all(delta.text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
-            return ControlFlow::Break(());
+    let mut completion = None;
+    while let Some(event) = handle.next_blocking() {
+        match event {
+            Event::Delta { delta, .. } => {
+                if stdout.write_all(delta.text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+                    break; // stdout closed: dropping the handle cancels the request
+                }
+            }
+            Event::Done { completion: done, .. } => completion = Some(done),
+            Event::Error(e) => return Err(e.into()),
         }
-        ControlFlow::Continue(())
-    })?;
+    }
+    let completion = completion.context("generation was interrupted")?;
     let _ = writeln!(stdout);
     let u = &completion.usage;
     eprintln!(

@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use phive::api::RequestLimits;
-use phive::engine::{Engine, EngineConfig};
+use phive::engine::Engine;
+
+use crate::engine_args::EngineArgs;
 use phive::media::MediaPolicy;
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive_server::{Server, ServerConfig};
@@ -99,12 +101,8 @@ struct ServerOptions {
     /// With --isq, quantize the vision (and audio) encoders' projections too.
     #[arg(long, global = true, requires = "isq")]
     isq_encoders: bool,
-    /// Requests generating at the same time (one worker thread each).
-    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
-    max_concurrent: u32,
-    /// Requests waiting for a worker (including one being handed over); beyond it requests get 503.
-    #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
-    max_queue: u32,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Most images per request.
     #[arg(long, global = true, default_value_t = 8)]
     max_images: usize,
@@ -160,6 +158,7 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ModelCommand::Vision(model) = args.model;
     let opts = args.server;
+    let engine_config = opts.engine.config()?;
     match opts.dtype {
         Dtype::Auto | Dtype::F32 => {}
         other => bail!(
@@ -204,10 +203,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("{}", pipeline.load_report());
     }
 
-    let engine = Arc::new(Engine::new(
-        pipeline,
-        EngineConfig { max_concurrent: opts.max_concurrent as usize, max_queue: opts.max_queue as usize },
-    ));
+    let engine = Arc::new(Engine::new(pipeline, engine_config.clone()));
+    eprintln!("{}", crate::engine_args::summary(&engine));
     let media = MediaPolicy {
         max_bytes: opts.max_image_bytes,
         max_pixels: opts.max_image_pixels,
@@ -235,8 +232,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
         let address: SocketAddr = listener.local_addr()?;
         eprintln!(
-            "listening on http://{address} | model id {served:?} | max concurrent {} | max queue {}",
-            opts.max_concurrent, opts.max_queue
+            "listening on http://{address} | model id {served:?} | max sequences {} | max queue {}",
+            engine_config.max_num_seqs, engine_config.max_queue
         );
         server.serve(listener, shutdown_signal(), shutdown_timeout).await.context("serving")
     });

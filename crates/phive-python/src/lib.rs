@@ -240,7 +240,7 @@ impl NativeEngine {
     /// match the checkpoint's detected architecture when given. `isq` quantizes the language
     /// model's linear layers while loading (and the encoders' too with `isq_encoders`).
     #[new]
-    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_images=None))]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, max_images=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -251,9 +251,12 @@ impl NativeEngine {
         isq_encoders: bool,
         max_seqs: Option<usize>,
         max_queue: Option<usize>,
+        max_batched_tokens: Option<usize>,
+        kv_cache_mem: Option<f64>,
         max_images: Option<usize>,
     ) -> PyResult<Self> {
-        Self::load(py, model, revision, arch, isq, isq_encoders, max_seqs, max_queue, max_images)
+        engine_config(max_seqs, max_queue, max_batched_tokens, kv_cache_mem)
+            .and_then(|config| Self::load(py, model, revision, arch, isq, isq_encoders, config, max_images))
             .map_err(|f| f.into_py(py))
     }
 
@@ -365,19 +368,10 @@ impl NativeEngine {
         arch: Option<String>,
         isq: Option<String>,
         isq_encoders: bool,
-        max_seqs: Option<usize>,
-        max_queue: Option<usize>,
+        config: EngineConfig,
         max_images: Option<usize>,
     ) -> Fallible<Self> {
         let isq = isq.as_deref().map(parse_isq).transpose()?;
-        if max_seqs == Some(0) {
-            return Err(Failure::invalid("max_seqs", "max_seqs must be at least 1"));
-        }
-        let defaults = EngineConfig::default();
-        let config = EngineConfig {
-            max_concurrent: max_seqs.unwrap_or(defaults.max_concurrent),
-            max_queue: max_queue.unwrap_or(defaults.max_queue),
-        };
         let pipeline = py.detach(|| -> Fallible<Pipeline> {
             if let Some(arch) = &arch {
                 // Cheap: reads config, tokenizer and weight headers, not the tensors.
@@ -410,11 +404,40 @@ impl NativeEngine {
             model_id,
             architecture,
             isq,
-            max_seqs: config.max_concurrent,
+            max_seqs: config.max_num_seqs,
             limits,
             policy: MediaPolicy::trusted(),
         })
     }
+}
+
+/// The engine configuration of the `Runner`'s keyword arguments (unset ones keep defaults).
+fn engine_config(
+    max_seqs: Option<usize>,
+    max_queue: Option<usize>,
+    max_batched_tokens: Option<usize>,
+    kv_cache_mem: Option<f64>,
+) -> Fallible<EngineConfig> {
+    for (name, value) in
+        [("max_seqs", max_seqs), ("max_queue", max_queue), ("max_batched_tokens", max_batched_tokens)]
+    {
+        if value == Some(0) {
+            return Err(Failure::invalid(name, format!("{name} must be at least 1")));
+        }
+    }
+    if let Some(gib) = kv_cache_mem.filter(|g| !(g.is_finite() && *g > 0.0)) {
+        return Err(Failure::invalid(
+            "kv_cache_mem",
+            format!("kv_cache_mem must be a positive number of GiB, got {gib}"),
+        ));
+    }
+    let defaults = EngineConfig::default();
+    Ok(EngineConfig {
+        max_num_seqs: max_seqs.unwrap_or(defaults.max_num_seqs),
+        max_queue: max_queue.unwrap_or(defaults.max_queue),
+        max_batched_tokens: max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
+        kv_cache_bytes: kv_cache_mem.map(|gib| (gib * (1u64 << 30) as f64) as u64),
+    })
 }
 
 impl NativeEngine {

@@ -226,7 +226,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics().render(state.engine().stats());
+    let text = state.metrics().render(&state.engine().stats());
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use phive::engine::EngineStats;
+use phive::engine::{EngineStats, Histogram};
 
 /// Latency buckets in seconds: requests on a CPU range from milliseconds to minutes.
 const LATENCY_BUCKETS: &[f64] =
@@ -25,38 +25,23 @@ pub fn route_label(path: &str) -> &'static str {
     ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other")
 }
 
-#[derive(Debug, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// Writes `h` in the exposition format (cumulative buckets, `+Inf`, sum, count).
+fn render_histogram(h: &Histogram, out: &mut String, name: &str, labels: &str) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (bucket, count) in h.bounds.iter().zip(&h.counts) {
+        cumulative += count;
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bucket}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count());
+    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{braces} {}", h.count());
 }
 
-impl Histogram {
-    fn new() -> Self {
-        Histogram { counts: vec![0; LATENCY_BUCKETS.len()], sum: 0.0, count: 0 }
-    }
-
-    fn observe(&mut self, seconds: f64) {
-        for (bucket, count) in LATENCY_BUCKETS.iter().zip(&mut self.counts) {
-            if seconds <= *bucket {
-                *count += 1;
-            }
-        }
-        self.sum += seconds;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bucket, count) in LATENCY_BUCKETS.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bucket}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
+/// Writes a `# HELP`/`# TYPE` header.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// Counters and histograms of one server.
@@ -75,7 +60,7 @@ impl Default for Metrics {
         Metrics {
             requests: Mutex::default(),
             latency: Mutex::default(),
-            ttft: Mutex::new(Histogram::new()),
+            ttft: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
@@ -94,7 +79,9 @@ impl Metrics {
     /// Records how long a request took (for streams: until the stream ended).
     pub fn observe_latency(&self, route: &'static str, elapsed: Duration) {
         if let Ok(mut map) = self.latency.lock() {
-            map.entry(route).or_insert_with(Histogram::new).observe(elapsed.as_secs_f64());
+            map.entry(route)
+                .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+                .observe(elapsed.as_secs_f64());
         }
     }
 
@@ -121,7 +108,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the engine's live queue state.
-    pub fn render(&self, engine: EngineStats) -> String {
+    pub fn render(&self, engine: &EngineStats) -> String {
         let mut out = String::new();
         out.push_str("# HELP phive_http_requests_total HTTP requests by route, method and status.\n");
         out.push_str("# TYPE phive_http_requests_total counter\n");
@@ -139,15 +126,18 @@ impl Metrics {
         out.push_str("# TYPE phive_http_request_duration_seconds histogram\n");
         if let Ok(map) = self.latency.lock() {
             for (route, h) in map.iter() {
-                h.render(&mut out, "phive_http_request_duration_seconds", &format!("route=\"{route}\""));
+                render_histogram(
+                    h,
+                    &mut out,
+                    "phive_http_request_duration_seconds",
+                    &format!("route=\"{route}\""),
+                );
             }
         }
-        out.push_str(
-            "# HELP phive_time_to_first_token_seconds From request arrival to the first generated token.\n",
-        );
-        out.push_str("# TYPE phive_time_to_first_token_seconds histogram\n");
+        let ttft = "phive_time_to_first_token_seconds";
+        header(&mut out, ttft, "histogram", "From request arrival to the first generated token.");
         if let Ok(h) = self.ttft.lock() {
-            h.render(&mut out, "phive_time_to_first_token_seconds", "");
+            render_histogram(&h, &mut out, ttft, "");
         }
         let counters = [
             (
@@ -163,29 +153,65 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP phive_requests_cancelled_total Requests the engine stopped because their client went away.\n\
-             # TYPE phive_requests_cancelled_total counter\nphive_requests_cancelled_total {}",
-            engine.cancelled
-        );
-        let _ = writeln!(
-            out,
-            "# HELP phive_queue_depth Requests waiting for a worker.\n# TYPE phive_queue_depth gauge\nphive_queue_depth {}",
-            engine.queued
-        );
-        let _ = writeln!(
-            out,
-            "# HELP phive_active_sequences Requests being generated.\n# TYPE phive_active_sequences gauge\nphive_active_sequences {}",
-            engine.active
-        );
+        render_engine(engine, &mut out);
         out
+    }
+}
+
+/// The engine's queues, KV memory and per-step histograms.
+fn render_engine(e: &EngineStats, out: &mut String) {
+    let values: [(&str, &str, &str, f64); 10] = [
+        (
+            "phive_requests_cancelled_total",
+            "counter",
+            "Requests the engine stopped because their client went away.",
+            e.cancelled as f64,
+        ),
+        ("phive_queue_depth", "gauge", "Requests submitted and not yet started.", e.queued as f64),
+        ("phive_active_sequences", "gauge", "Requests being generated.", e.active as f64),
+        (
+            "phive_running_sequences",
+            "gauge",
+            "Sequences (choices) in the running batch.",
+            e.running_seqs as f64,
+        ),
+        (
+            "phive_waiting_sequences",
+            "gauge",
+            "Sequences waiting to run (new or preempted).",
+            e.waiting_seqs as f64,
+        ),
+        ("phive_kv_blocks_used", "gauge", "KV cache blocks held by sequences.", e.kv_blocks_used as f64),
+        ("phive_kv_blocks_free", "gauge", "KV cache blocks free.", e.kv_blocks_free as f64),
+        ("phive_kv_block_size", "gauge", "Token positions per KV cache block.", e.kv_block_size as f64),
+        (
+            "phive_preemptions_total",
+            "counter",
+            "Sequences preempted (KV freed, recomputed later) because the KV cache was full.",
+            e.preemptions as f64,
+        ),
+        ("phive_engine_steps_total", "counter", "Engine steps (batched forward passes).", e.steps as f64),
+    ];
+    for (name, kind, help, value) in values {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let histograms = [
+        ("phive_batch_size", "Sequences per engine step.", &e.batch_size),
+        ("phive_step_prefill_tokens", "Prompt tokens (prefill chunks) per engine step.", &e.prefill_tokens),
+        (
+            "phive_step_decode_tokens",
+            "Generated tokens fed per engine step (decoding sequences).",
+            &e.decode_tokens,
+        ),
+        ("phive_step_duration_seconds", "Time per engine step.", &e.step_seconds),
+    ];
+    for (name, help, h) in histograms {
+        header(out, name, "histogram", help);
+        render_histogram(h, out, name, "");
     }
 }
 
@@ -201,7 +227,10 @@ mod tests {
         m.observe_latency("/health", Duration::from_millis(3));
         m.observe_ttft(Duration::from_millis(40));
         m.add_prompt_tokens(5);
-        let text = m.render(EngineStats { queued: 1, active: 2, cancelled: 3 });
+        let mut engine =
+            EngineStats { queued: 1, active: 2, cancelled: 3, kv_blocks_used: 7, ..Default::default() };
+        engine.record_step(3, 0, 3, Duration::from_millis(20));
+        let text = m.render(&engine);
         assert!(
             text.contains("phive_http_requests_total{route=\"/health\",method=\"GET\",status=\"200\"} 2"),
             "{text}"
@@ -211,6 +240,12 @@ mod tests {
         assert!(text.contains("phive_prompt_tokens_total 5"));
         assert!(text.contains("phive_queue_depth 1") && text.contains("phive_active_sequences 2"));
         assert!(text.contains("phive_requests_cancelled_total 3"));
+        assert!(text.contains("phive_kv_blocks_used 7") && text.contains("phive_engine_steps_total 1"));
+        assert!(
+            text.contains("phive_batch_size_bucket{le=\"2\"} 0")
+                && text.contains("phive_batch_size_bucket{le=\"4\"} 1")
+        );
+        assert!(text.contains("phive_step_duration_seconds_count 1"));
         assert_eq!(route_label("/etc/passwd"), "other");
     }
 }

@@ -28,7 +28,7 @@ fn open_stream(server: &TestServer) -> BufReader<reqwest::blocking::Response> {
 
 #[test]
 fn disconnecting_a_stream_cancels_generation() {
-    let server = start(|_, engine| engine.max_concurrent = 1);
+    let server = start(|_, engine| engine.max_num_seqs = 1);
     let before = metric(&server.metrics(), "phive_requests_cancelled_total");
     let mut reader = open_stream(&server);
     // Read a few content chunks so generation is under way, then hang up.
@@ -52,7 +52,7 @@ fn disconnecting_a_stream_cancels_generation() {
 #[test]
 fn a_full_queue_answers_503() {
     let server = start(|_, engine| {
-        engine.max_concurrent = 1;
+        engine.max_num_seqs = 1;
         engine.max_queue = 1;
     });
     let running = open_stream(&server);

@@ -112,9 +112,23 @@ impl VisionModelBuilder {
         self
     }
 
-    /// How many requests generate at once (default 1).
-    pub fn with_max_num_seqs(mut self, max_concurrent: usize) -> Self {
-        self.engine.max_concurrent = max_concurrent.max(1);
+    /// How many sequences (choices of requests) the engine batches at once (default 32).
+    pub fn with_max_num_seqs(mut self, max_num_seqs: usize) -> Self {
+        self.engine.max_num_seqs = max_num_seqs.max(1);
+        self
+    }
+
+    /// Tokens fed to the model per engine step (default 512): prefill chunks plus one token per
+    /// decoding sequence.
+    pub fn with_max_batched_tokens(mut self, tokens: usize) -> Self {
+        self.engine.max_batched_tokens = tokens.max(1);
+        self
+    }
+
+    /// Bytes of KV cache memory (default: 40% of the memory available at start, at most what
+    /// the running limit can use).
+    pub fn with_kv_cache_bytes(mut self, bytes: u64) -> Self {
+        self.engine.kv_cache_bytes = Some(bytes);
         self
     }
 

@@ -17,15 +17,15 @@ fn streamed_pieces_are_whole_characters_and_add_up() {
     let text = "Hello wörld 🦀🎉 これは テスト 𝔘𝔫𝔦 — done.";
     let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
     assert!(ids.len() > text.chars().count() / 2);
-    let mut detok = IncrementalDetokenizer::new(&tok);
+    let mut detok = IncrementalDetokenizer::new();
     let mut pieces = Vec::new();
     for &id in &ids {
-        if let Some(piece) = detok.push(id).unwrap() {
+        if let Some(piece) = detok.push(&tok, id).unwrap() {
             assert!(!piece.contains('\u{FFFD}'), "broken character in {piece:?}");
             pieces.push(piece);
         }
     }
-    if let Some(rest) = detok.flush().unwrap() {
+    if let Some(rest) = detok.flush(&tok).unwrap() {
         pieces.push(rest);
     }
     assert_eq!(pieces.concat(), tok.decode(&ids, true).unwrap());
@@ -37,7 +37,7 @@ fn streamed_pieces_are_whole_characters_and_add_up() {
 fn leading_spaces_survive_token_boundaries() {
     let tok = tokenizer();
     let ids = tok.encode("one two  three", false).unwrap().get_ids().to_vec();
-    let mut detok = IncrementalDetokenizer::new(&tok);
-    let streamed: String = ids.iter().filter_map(|&id| detok.push(id).unwrap()).collect();
+    let mut detok = IncrementalDetokenizer::new();
+    let streamed: String = ids.iter().filter_map(|&id| detok.push(&tok, id).unwrap()).collect();
     assert_eq!(streamed, tok.decode(&ids, true).unwrap());
 }

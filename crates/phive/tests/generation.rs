@@ -1,11 +1,11 @@
-//! The decode loop with a scripted model: stop tokens, stop strings, length, cancellation,
-//! logprobs and prompt-length validation, independent of any network.
+//! One choice's output state with scripted logits: stop tokens, stop strings, length,
+//! cancellation, logprobs and length validation, independent of any network.
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
-use phive::engine::{generate, Delta, FinishReason, GenerationParams, SequenceModel};
+use phive::engine::{check_lengths, Delta, FinishReason, Generation, GenerationParams};
 use phive::prompt::PromptTokens;
 
 fn tokenizer() -> tokenizers::Tokenizer {
@@ -13,36 +13,17 @@ fn tokenizer() -> tokenizers::Tokenizer {
     tokenizers::Tokenizer::from_file(path).unwrap()
 }
 
-/// Emits a fixed token script: the logits put all mass on the next scripted token.
-struct Scripted {
-    script: Vec<u32>,
-    next: usize,
-    vocab: usize,
-}
-
-impl Scripted {
-    fn new(script: Vec<u32>) -> Self {
-        Scripted { script, next: 0, vocab: 32064 }
-    }
-    fn logits(&mut self) -> Vec<f32> {
-        let mut l = vec![0.0; self.vocab];
-        l[self.script[self.next.min(self.script.len() - 1)] as usize] = 20.0;
-        self.next += 1;
-        l
-    }
-}
-
-impl SequenceModel for Scripted {
-    fn prefill(&mut self, _prompt: &PromptTokens) -> phive::Result<Vec<f32>> {
-        Ok(self.logits())
-    }
-    fn step(&mut self, _token: u32) -> phive::Result<Vec<f32>> {
-        Ok(self.logits())
-    }
+/// Logits that put all mass on `token`.
+fn logits_for(token: u32) -> Vec<f32> {
+    let mut l = vec![0.0; 32064];
+    l[token as usize] = 20.0;
+    l
 }
 
 const END: u32 = 32007;
 
+/// Feeds `script` to a [`Generation`] as the engine would, streaming deltas to `on_delta`
+/// (`Break` plays a caller that went away).
 fn run(
     script: Vec<u32>,
     params: GenerationParams,
@@ -50,8 +31,28 @@ fn run(
 ) -> phive::Result<phive::engine::Completion> {
     let tok = tokenizer();
     let prompt = PromptTokens { ids: vec![1, 450, 4799], media: vec![] };
-    let mut model = Scripted::new(script);
-    generate(&mut model, &tok, &prompt, &params, &[END, 32000], 4096, Instant::now(), |d| on_delta(&d))
+    check_lengths(prompt.ids.len(), &params, 4096)?;
+    let mut generation = Generation::new(&prompt, &params, 4096, Instant::now());
+    generation.mark_scheduled();
+    let mut step = 0;
+    let reason = loop {
+        let token = script[step.min(script.len() - 1)];
+        step += 1;
+        let advance = generation.advance(&logits_for(token), &tok, &[END, 32000])?;
+        if let Some(delta) = &advance.delta {
+            if on_delta(delta).is_break() {
+                break FinishReason::Cancelled;
+            }
+        }
+        if let Some(reason) = advance.finished {
+            break reason;
+        }
+    };
+    let (tail, completion) = generation.finish(reason, &tok)?;
+    if let Some(delta) = tail {
+        let _ = on_delta(&delta);
+    }
+    Ok(completion)
 }
 
 fn ids(text: &str) -> Vec<u32> {
@@ -140,15 +141,13 @@ fn logprobs_cover_each_generated_token() {
 
 #[test]
 fn prompt_over_context_is_rejected_and_bad_params_too() {
-    let tok = tokenizer();
-    let prompt = PromptTokens { ids: vec![1; 10], media: vec![] };
-    let mut model = Scripted::new(vec![5]);
-    let err =
-        generate(&mut model, &tok, &prompt, &GenerationParams::default(), &[], 10, Instant::now(), |_| {
-            ControlFlow::Continue(())
-        })
-        .unwrap_err();
+    let err = check_lengths(10, &GenerationParams::default(), 10).unwrap_err();
     assert!(err.to_string().contains("context length"), "{err}");
     let params = GenerationParams { max_tokens: Some(0), ..Default::default() };
     assert!(run(vec![5], params, |_| ControlFlow::Continue(())).is_err());
+    // Prompt plus max_tokens beyond the context: OpenAI's 400, naming both numbers.
+    let params = GenerationParams { max_tokens: Some(10_000_000), ..Default::default() };
+    let err = check_lengths(100, &params, 4096).unwrap_err().to_string();
+    assert!(err.contains("maximum context length is 4096") && err.contains("10000100"), "{err}");
+    assert!(check_lengths(100, &GenerationParams { max_tokens: Some(3996), ..params }, 4096).is_ok());
 }

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use phive::checkpoint::Checkpoint;
-use phive::engine::{Completion, GenerationParams};
+use phive::engine::{Completion, Engine, EngineConfig, GenerationParams};
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive::quant::{self, IsqType, LoadContext, LoadReport};
@@ -20,8 +18,8 @@ fn options(dir: &Path, isq: Option<IsqType>) -> LoadOptions {
     LoadOptions { model: dir.to_string_lossy().into_owned(), isq, ..Default::default() }
 }
 
-fn load(dir: &Path, isq: Option<IsqType>) -> Pipeline {
-    Pipeline::load(&options(dir, isq)).unwrap()
+fn load(dir: &Path, isq: Option<IsqType>) -> Engine {
+    Engine::new(Pipeline::load(&options(dir, isq)).unwrap(), EngineConfig::default())
 }
 
 /// The model itself (for raw logits), loaded the way the pipeline does.
@@ -41,15 +39,13 @@ fn prefill_logits(model: &Phi3V, ids: &[u32]) -> Vec<f32> {
     model.logits(&hidden, &rows).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-fn golden_greedy(case: &serde_json::Value) -> Vec<u32> {
-    case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
-}
+use common::greedy_tokens as golden_greedy;
 
-fn greedy(pipeline: &Pipeline, case: &serde_json::Value, logprobs: Option<usize>) -> Completion {
+fn greedy(engine: &Engine, case: &serde_json::Value, logprobs: Option<usize>) -> Completion {
     let (messages, images) = common::openai_messages(&case["openai_messages"]);
-    let prepared = pipeline.prepare(&messages, &images).unwrap();
+    let prepared = engine.pipeline().prepare(&messages, &images).unwrap();
     let params = GenerationParams { max_tokens: Some(16), logprobs, ..Default::default() };
-    pipeline.generate(&prepared, &params, Instant::now(), |_| ControlFlow::Continue(())).unwrap()
+    common::complete(engine, prepared, &params)
 }
 
 fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
@@ -148,24 +144,23 @@ const TRAINED_MARGIN: f64 = 4.0;
 #[test]
 fn q8_0_greedy_tokens_equal_f32s_on_both_fixtures() {
     // Phi-3.5-vision: 5 cases, including two images and a 4086-token prompt crossing 4096.
-    let pipeline = load(&common::phi3v_tiny(), Some(IsqType::Q8_0));
-    assert_eq!(pipeline.load_report().isq, Some(IsqType::Q8_0));
+    let engine = load(&common::phi3v_tiny(), Some(IsqType::Q8_0));
+    assert_eq!(engine.pipeline().load_report().isq, Some(IsqType::Q8_0));
     let goldens = common::golden_json("phi3v/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
         assert_trained_margin(case);
-        let got = greedy(&pipeline, case, None).tokens;
+        let got = greedy(&engine, case, None).tokens;
         assert_eq!(got, golden_greedy(case), "Q8_0 {}", case["name"]);
     }
     // Phi-4-multimodal: text, images, audio, image + audio, each through its LoRA adapter on
     // the quantized base.
-    let pipeline = load(&common::phi4mm_tiny(), Some(IsqType::Q8_0));
+    let engine = load(&common::phi4mm_tiny(), Some(IsqType::Q8_0));
     let goldens = common::golden_json("phi4mm/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
         assert_trained_margin(case);
-        let prepared = common::phi4mm_prepare(&pipeline, case);
+        let prepared = common::phi4mm_prepare(engine.pipeline(), case);
         let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
-        let got =
-            pipeline.generate(&prepared, &params, Instant::now(), |_| ControlFlow::Continue(())).unwrap();
+        let got = common::complete(&engine, prepared, &params);
         assert_eq!(got.tokens, golden_greedy(case), "Q8_0 {}", case["name"]);
     }
 }
@@ -180,15 +175,15 @@ fn assert_trained_margin(case: &serde_json::Value) {
 fn bf16_storage_matches_the_f32_goldens() {
     // The fixture's weights are bf16, so BF16 storage is lossless; only the summation order of
     // the half-precision kernel differs from f32 gemm.
-    let pipeline = load(&common::phi3v_tiny(), Some(IsqType::BF16));
-    assert_eq!(pipeline.load_report().by_type, vec![("BF16".to_string(), 9)]);
+    let engine = load(&common::phi3v_tiny(), Some(IsqType::BF16));
+    assert_eq!(engine.pipeline().load_report().by_type, vec![("BF16".to_string(), 9)]);
     let goldens = common::golden_json("phi3v/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         if name == "long_text" {
             continue; // covered for f32 elsewhere; slow here.
         }
-        assert_eq!(greedy(&pipeline, case, None).tokens, golden_greedy(case), "{name}");
+        assert_eq!(greedy(&engine, case, None).tokens, golden_greedy(case), "{name}");
     }
 }
 
@@ -265,8 +260,8 @@ fn phi4mm_quantizes_lora_base_layers_and_keeps_adapters_f32() {
     // Phi-4-multimodal's projections are PEFT LoRA layers: `*.base_layer` is quantized, the
     // vision/speech adapters stay f32, and so do the SigLIP and conformer encoders.
     let dir = common::phi4mm_tiny();
-    let pipeline = load(&dir, Some(IsqType::Q8_0));
-    let report = pipeline.load_report();
+    let engine = load(&dir, Some(IsqType::Q8_0));
+    let report = engine.pipeline().load_report();
     // 2 layers x (qkv, o, gate_up, down), plus lm_head: it is tied to the embeddings in this
     // checkpoint, and the output projection is quantized (at Q8_0, promotion keeps Q8_0) while
     // the embedding lookup stays f32.

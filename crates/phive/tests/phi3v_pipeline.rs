@@ -1,10 +1,9 @@
-//! End to end through the public pipeline (as `phive run` and the server use it): our tags,
-//! template, preprocessing and tokenization must reproduce the reference's input ids, and
-//! greedy decoding its 16 tokens, for every golden case.
+//! End to end through the public pipeline and the engine (as `phive run` and the server use
+//! them): our tags, template, preprocessing and tokenization must reproduce the reference's
+//! input ids, and greedy decoding its 16 tokens, for every golden case.
 
 mod common;
 
-use std::ops::ControlFlow;
 use std::time::Instant;
 
 use phive::engine::{Engine, EngineConfig, Event, GenerationParams};
@@ -21,7 +20,8 @@ fn load() -> Pipeline {
 
 #[test]
 fn every_golden_case_reproduces_ids_and_greedy_tokens() {
-    let pipeline = load();
+    let engine = Engine::new(load(), EngineConfig::default());
+    let pipeline = engine.pipeline();
     let goldens = common::golden_json("phi3v/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -38,17 +38,13 @@ fn every_golden_case_reproduces_ids_and_greedy_tokens() {
             .collect();
         assert_eq!(counts, golden_counts, "{name}: image token counts");
 
+        // Two choices: the second forks from the prompt the first prefilled (shared KV blocks).
         let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
-        let completion =
-            pipeline.generate(&prepared, &params, Instant::now(), |_| ControlFlow::Continue(())).unwrap();
-        let golden: Vec<u32> =
-            case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        assert_eq!(completion.tokens, golden, "{name}: greedy tokens");
-        assert_eq!(completion.text, case["greedy_text"].as_str().unwrap(), "{name}: greedy text");
-        // A second choice from the same prepared prompt reuses its encoded images.
-        let again =
-            pipeline.generate(&prepared, &params, Instant::now(), |_| ControlFlow::Continue(())).unwrap();
-        assert_eq!(again.tokens, golden, "{name}: second choice");
+        let choices = engine.submit(prepared, params, 2).unwrap().collect_blocking().unwrap();
+        let golden = common::greedy_tokens(case);
+        assert_eq!(choices[0].tokens, golden, "{name}: greedy tokens");
+        assert_eq!(choices[0].text, case["greedy_text"].as_str().unwrap(), "{name}: greedy text");
+        assert_eq!(choices[1].tokens, golden, "{name}: second choice");
     }
 }
 
@@ -61,11 +57,11 @@ fn engine_serves_queued_requests_and_reports_queue_full() {
     let prepared = || pipeline.prepare(&messages, &images).unwrap();
     let first = prepared();
     let second = prepared();
-    let engine = Engine::new(load(), EngineConfig { max_concurrent: 1, max_queue: 2 });
+    let engine = Engine::new(load(), EngineConfig { max_queue: 2, ..Default::default() });
     let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
     let a = engine.submit(first, params.clone(), 1).unwrap();
     let b = engine.submit(second, params.clone(), 2).unwrap();
-    // The worker may already have taken `a`; fill the queue until it refuses.
+    // The engine may already have started `a`; fill the queue until it refuses.
     let mut extra = Vec::new();
     let refused = loop {
         match engine.submit(prepared(), params.clone(), 1) {
@@ -75,8 +71,7 @@ fn engine_serves_queued_requests_and_reports_queue_full() {
         assert!(extra.len() <= 2, "the queue never filled up");
     };
     assert!(matches!(refused, phive::Error::QueueFull(_)), "{refused}");
-    let golden: Vec<u32> =
-        case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let golden = common::greedy_tokens(case);
     let done_a = a.collect_blocking().unwrap();
     assert_eq!(done_a.len(), 1);
     assert_eq!(done_a[0].tokens, golden);

@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::ops::ControlFlow;
-use std::time::Instant;
-
 use phive::audio::decode_audio;
 use phive::checkpoint::Architecture;
-use phive::engine::GenerationParams;
+use phive::engine::{EngineConfig, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive::prompt::{ChatMessage, MessagePart};
 
@@ -21,21 +18,19 @@ fn load() -> Pipeline {
 
 #[test]
 fn every_golden_case_reproduces_ids_and_greedy_tokens() {
-    let pipeline = load();
+    let engine = common::engine(&common::phi4mm_tiny(), EngineConfig::default());
+    let pipeline = engine.pipeline();
     assert_eq!(pipeline.architecture(), Architecture::Phi4MM);
     assert!(pipeline.accepts_audio());
     let goldens = common::golden_json("phi4mm/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let prepared = common::phi4mm_prepare(&pipeline, case);
+        let prepared = common::phi4mm_prepare(pipeline, case);
         assert_eq!(prepared.text, case["prompt"].as_str().unwrap(), "{name}: prompt");
         assert_eq!(prepared.tokens.ids, common::golden_ids(&case["input_ids"], 0), "{name}: input ids");
         let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
-        let completion =
-            pipeline.generate(&prepared, &params, Instant::now(), |_| ControlFlow::Continue(())).unwrap();
-        let golden: Vec<u32> =
-            case["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        assert_eq!(completion.tokens, golden, "{name}: greedy tokens");
+        let completion = common::complete(&engine, prepared, &params);
+        assert_eq!(completion.tokens, common::greedy_tokens(case), "{name}: greedy tokens");
     }
 }
 

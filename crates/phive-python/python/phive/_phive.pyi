@@ -17,6 +17,8 @@ class NativeEngine:
         isq_encoders: bool = False,
         max_seqs: Optional[int] = None,
         max_queue: Optional[int] = None,
+        max_batched_tokens: Optional[int] = None,
+        kv_cache_mem: Optional[float] = None,
         max_images: Optional[int] = None,
     ) -> None: ...
     @property

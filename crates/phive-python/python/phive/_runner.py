@@ -308,9 +308,12 @@ class ChatCompletionStream(Iterator[ChatCompletionChunkResponse]):
 class Runner:
     """A loaded model (mistral.rs's ``Runner``).
 
-    Loading happens in the constructor. ``max_seqs`` is how many requests generate at the same
-    time (each on its own engine thread; default 1, which suits a CPU); ``max_queue`` (phive)
-    bounds waiting requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
+    Loading happens in the constructor. ``max_seqs`` is how many sequences (choices of requests)
+    the engine batches into each step (default 32; concurrent calls from several threads batch
+    together); ``max_batched_tokens`` (phive) is the tokens fed per step (default 512: one per
+    decoding sequence plus prefill chunks); ``kv_cache_mem`` (phive) is the KV cache in GiB
+    (default: 40% of the memory available at start); ``max_queue`` (phive) bounds waiting
+    requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
     requests that set none. ``in_situ_quant`` ("Q4K", "Q6K", "Q8_0", "BF16"... or a bit width
     such as "4") quantizes the language model's linear layers while loading; ``isq_encoders``
     (phive) quantizes the vision/audio encoders' projections too.
@@ -348,6 +351,8 @@ class Runner:
         max_queue: Optional[int] = None,
         max_images: Optional[int] = None,
         isq_encoders: bool = False,
+        max_batched_tokens: Optional[int] = None,
+        kv_cache_mem: Optional[float] = None,
     ) -> None:
         if not isinstance(which, Which.VisionPlain):
             raise InvalidRequestError(
@@ -379,6 +384,8 @@ class Runner:
             isq_encoders=isq_encoders,
             max_seqs=max_seqs,
             max_queue=max_queue,
+            max_batched_tokens=max_batched_tokens,
+            kv_cache_mem=kv_cache_mem,
             max_images=max_images,
         )
 

@@ -64,7 +64,7 @@ pub fn test_config() -> (ServerConfig, EngineConfig) {
     config.media.max_pixels = 2_000_000;
     config.media.local_dirs = Some(vec![fixtures().join("images")]);
     config.media.fetch_timeout = Duration::from_secs(5);
-    (config, EngineConfig { max_concurrent: 2, max_queue: 64 })
+    (config, EngineConfig { max_num_seqs: 8, max_queue: 64, ..Default::default() })
 }
 
 /// Starts a server with the tiny checkpoint on 127.0.0.1:0, after `configure` adjusts the defaults.
@@ -151,12 +151,12 @@ impl TestServer {
         &self,
         what: &str,
         timeout: Duration,
-        check: impl Fn(phive::engine::EngineStats) -> bool,
+        check: impl Fn(&phive::engine::EngineStats) -> bool,
     ) {
         let start = Instant::now();
         loop {
             let stats = self.state.engine().stats();
-            if check(stats) {
+            if check(&stats) {
                 return;
             }
             assert!(start.elapsed() < timeout, "timed out waiting for {what}: {stats:?}");

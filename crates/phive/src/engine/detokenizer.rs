@@ -4,8 +4,8 @@
 use crate::{Error, Result};
 
 /// Turns a growing list of token ids into text deltas.
-pub struct IncrementalDetokenizer<'t> {
-    tokenizer: &'t tokenizers::Tokenizer,
+#[derive(Debug, Default)]
+pub struct IncrementalDetokenizer {
     ids: Vec<u32>,
     /// Start of the window decoded for context (SentencePiece needs the previous token to
     /// know whether a leading space belongs to the new text).
@@ -14,21 +14,17 @@ pub struct IncrementalDetokenizer<'t> {
     read_offset: usize,
 }
 
-impl<'t> IncrementalDetokenizer<'t> {
+impl IncrementalDetokenizer {
     /// A detokenizer with no tokens yet.
-    pub fn new(tokenizer: &'t tokenizers::Tokenizer) -> Self {
-        IncrementalDetokenizer { tokenizer, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
-    }
-
-    fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Adds a token; returns the new text it completes, if any.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+    pub fn push(&mut self, tokenizer: &tokenizers::Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let prefix = self.decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let full = self.decode(&self.ids[self.prefix_offset..])?;
+        let prefix = decode(tokenizer, &self.ids[self.prefix_offset..self.read_offset])?;
+        let full = decode(tokenizer, &self.ids[self.prefix_offset..])?;
         if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.starts_with(&prefix) {
             let delta = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
@@ -39,13 +35,17 @@ impl<'t> IncrementalDetokenizer<'t> {
     }
 
     /// Text of tokens not yet emitted (at the end of generation, even if incomplete).
-    pub fn flush(&mut self) -> Result<Option<String>> {
+    pub fn flush(&mut self, tokenizer: &tokenizers::Tokenizer) -> Result<Option<String>> {
         if self.read_offset == self.ids.len() {
             return Ok(None);
         }
-        let prefix = self.decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let full = self.decode(&self.ids[self.prefix_offset..])?;
+        let prefix = decode(tokenizer, &self.ids[self.prefix_offset..self.read_offset])?;
+        let full = decode(tokenizer, &self.ids[self.prefix_offset..])?;
         self.read_offset = self.ids.len();
         Ok(full.strip_prefix(&prefix).filter(|d| !d.is_empty()).map(str::to_string))
     }
+}
+
+fn decode(tokenizer: &tokenizers::Tokenizer, ids: &[u32]) -> Result<String> {
+    tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
 }

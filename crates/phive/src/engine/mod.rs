@@ -1,15 +1,29 @@
-//! Generation: sampling, stopping, incremental detokenization, and the decode loop.
+//! The serving engine: one loop owns every running sequence and steps them together
+//! (continuous batching, chunked prefill, paged KV memory); per choice it samples, stops and
+//! detokenizes.
+//!
+//! `service` is the loop and its public handle, `scheduler` decides each step, `blocks` owns the
+//! KV block ids, `runner` runs a step on the model, `sequence` and `generation` hold one
+//! choice's state, `stats` what the loop reports.
 
+mod blocks;
 pub mod detokenizer;
-pub mod generate;
+pub mod generation;
 pub mod logprobs;
+mod runner;
 pub mod sampler;
+mod scheduler;
+mod sequence;
 pub mod service;
+pub mod stats;
 pub mod stop;
 
 pub use detokenizer::IncrementalDetokenizer;
-pub use generate::{generate, Completion, Delta, FinishReason, GenerationParams, SequenceModel, Usage};
+pub use generation::{
+    check_lengths, Advance, Completion, Delta, FinishReason, Generation, GenerationParams, Usage,
+};
 pub use logprobs::{TokenLogprob, TopLogprob};
 pub use sampler::{Sampler, SamplingParams};
-pub use service::{Engine, EngineConfig, EngineStats, Event, RequestHandle};
+pub use service::{Engine, EngineConfig, Event, RequestHandle};
+pub use stats::{EngineStats, Histogram};
 pub use stop::{StopMatch, StopStrings};

@@ -1,36 +1,48 @@
-//! The engine service: a bounded queue of prepared requests served by worker threads, with
-//! streamed events and cancellation. Every front end (server, SDKs) submits through this, so
-//! they share one admission policy and one place that counts queued and active work.
+//! The engine: one loop thread owns every sequence and steps them together. Front ends submit
+//! prepared requests and get a handle that streams events; the loop admits, schedules, runs
+//! one batched forward pass per step, samples each row, streams each delta, and retires
+//! finished or cancelled sequences at once.
 
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::{Completion, Delta, GenerationParams};
+use super::generation::check_lengths;
+use super::runner::run_step;
+use super::scheduler::{Scheduler, SchedulerLimits};
+use super::sequence::{Request, Sequence};
+use super::stats::EngineStats;
+use super::{Completion, Delta, FinishReason, GenerationParams};
+use crate::nn::kv_cache::{KvGeometry, KvPool};
 use crate::pipeline::{Pipeline, PreparedPrompt};
 use crate::{Error, Result};
 
-/// Limits of the engine service.
+/// Limits of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Requests generating at the same time (each on its own worker thread).
-    pub max_concurrent: usize,
-    /// Requests waiting for a worker; beyond this `submit` fails with `Error::QueueFull`.
+    /// Sequences running at once (each choice of a request is one).
+    pub max_num_seqs: usize,
+    /// Tokens fed to the model per step: decode tokens plus prefill chunks. Smaller keeps
+    /// streams smooth while long prompts prefill; larger prefills faster.
+    pub max_batched_tokens: usize,
+    /// Requests waiting to start; beyond this `submit` fails with `Error::QueueFull`.
     pub max_queue: usize,
+    /// Bytes of KV memory; `None`: 40% of the memory available at start, at most what
+    /// `max_num_seqs` full-context sequences need.
+    pub kv_cache_bytes: Option<u64>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_concurrent: 1, max_queue: 64 }
+        EngineConfig { max_num_seqs: 32, max_batched_tokens: 512, max_queue: 64, kv_cache_bytes: None }
     }
 }
 
-/// What a submitted request reports, in order: deltas per choice, then one `Done` per choice
-/// (or an `Error`, after which nothing follows).
+/// What a submitted request reports, in order per choice: deltas, then one `Done` (or an
+/// `Error`, after which nothing follows). Choices interleave.
 #[derive(Debug)]
 pub enum Event {
     /// New output of choice `choice`.
@@ -39,41 +51,6 @@ pub enum Event {
     Done { choice: usize, completion: Completion },
     /// Generation failed.
     Error(Error),
-}
-
-/// Queue depth and activity, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EngineStats {
-    /// Requests waiting for a worker.
-    pub queued: usize,
-    /// Requests being generated.
-    pub active: usize,
-    /// Requests cancelled since start (client gone or handle dropped).
-    pub cancelled: usize,
-}
-
-struct Job {
-    prepared: PreparedPrompt,
-    params: GenerationParams,
-    choices: usize,
-    started: Instant,
-    events: UnboundedSender<Event>,
-    cancel: Arc<AtomicBool>,
-}
-
-struct Shared {
-    pipeline: Arc<Pipeline>,
-    queued: AtomicUsize,
-    active: AtomicUsize,
-    cancelled: AtomicUsize,
-}
-
-/// A pipeline served by worker threads.
-pub struct Engine {
-    shared: Arc<Shared>,
-    config: EngineConfig,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A submitted request: receive its events, drop it (or call `cancel`) to stop generation.
@@ -93,7 +70,7 @@ impl RequestHandle {
         self.events.blocking_recv()
     }
 
-    /// Asks the engine to stop this request at the next token.
+    /// Asks the engine to stop this request; its KV blocks are freed within one step.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
     }
@@ -119,37 +96,52 @@ impl Drop for RequestHandle {
     }
 }
 
+struct Shared {
+    pipeline: Arc<Pipeline>,
+    /// Requests submitted and not yet started.
+    queued: AtomicUsize,
+    stats: Mutex<EngineStats>,
+    /// Longest sequence that fits: the context, or the KV pool if smaller.
+    max_seq_len: usize,
+}
+
+/// A pipeline served by the batching loop.
+pub struct Engine {
+    shared: Arc<Shared>,
+    config: EngineConfig,
+    inbox: Mutex<Option<mpsc::Sender<Arc<Request>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
 impl Engine {
-    /// Starts `config.max_concurrent` worker threads serving `pipeline`.
+    /// Sizes the KV pool and starts the engine loop serving `pipeline`.
     pub fn new(pipeline: Pipeline, config: EngineConfig) -> Self {
+        let geometry = pipeline.model().kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE);
+        let context = pipeline.context_length();
+        let num_blocks = pool_blocks(&config, geometry, context);
+        let max_seq_len = context.min(num_blocks * geometry.block_size);
+        let mut stats = EngineStats { kv_block_size: geometry.block_size, ..Default::default() };
+        stats.kv_blocks_free = num_blocks;
         let shared = Arc::new(Shared {
             pipeline: Arc::new(pipeline),
             queued: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            cancelled: AtomicUsize::new(0),
+            stats: Mutex::new(stats),
+            max_seq_len,
         });
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let workers = (0..config.max_concurrent.max(1))
-            .map(|i| {
-                let receiver = Arc::clone(&receiver);
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("phive-worker-{i}"))
-                    .spawn(move || loop {
-                        let job = match receiver.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => shared.run(job),
-                            Err(_) => return,
-                        }
-                    })
-                    .expect("spawning a worker thread")
+        let (sender, receiver) = mpsc::channel();
+        let limits = SchedulerLimits {
+            max_num_seqs: config.max_num_seqs.max(1),
+            max_batched_tokens: config.max_batched_tokens.max(1),
+            block_size: geometry.block_size,
+        };
+        let loop_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("phive-engine".into())
+            .spawn(move || {
+                EngineLoop::new(loop_shared, limits, geometry, num_blocks).run(receiver);
             })
-            .collect();
-        Engine { shared, config, jobs: Mutex::new(Some(sender)), workers: Mutex::new(workers) }
+            .expect("spawning the engine thread");
+        Engine { shared, config, inbox: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) }
     }
 
     /// The served pipeline (for preparing prompts and model metadata).
@@ -157,17 +149,21 @@ impl Engine {
         &self.shared.pipeline
     }
 
-    /// Current queue depth and activity.
-    pub fn stats(&self) -> EngineStats {
-        EngineStats {
-            queued: self.shared.queued.load(Ordering::Relaxed),
-            active: self.shared.active.load(Ordering::Relaxed),
-            cancelled: self.shared.cancelled.load(Ordering::Relaxed),
-        }
+    /// Positions the KV pool holds (over all sequences).
+    pub fn kv_capacity_tokens(&self) -> usize {
+        let stats = self.stats();
+        (stats.kv_blocks_free + stats.kv_blocks_used) * stats.kv_block_size
     }
 
-    /// Queues a prepared request for `choices` completions. Parameters are validated here, so a
-    /// bad request fails before anything is streamed.
+    /// The engine's state and counters.
+    pub fn stats(&self) -> EngineStats {
+        let mut stats = self.shared.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        stats.queued = self.shared.queued.load(Ordering::Relaxed);
+        stats
+    }
+
+    /// Queues a prepared request for `choices` completions. Parameters and lengths are
+    /// validated here, so a bad request fails before anything is streamed.
     pub fn submit(
         &self,
         prepared: PreparedPrompt,
@@ -175,20 +171,37 @@ impl Engine {
         choices: usize,
     ) -> Result<RequestHandle> {
         params.sampling.validate()?;
-        self.shared.pipeline.check_fits(&prepared, &params)?;
         if choices == 0 {
             return Err(Error::InvalidRequest("n must be at least 1".into()));
         }
+        let prompt_len = prepared.tokens.ids.len();
+        check_lengths(prompt_len, &params, self.pipeline().context_length())?;
+        let needed = prompt_len + params.max_tokens.unwrap_or(1);
+        if needed > self.shared.max_seq_len {
+            return Err(Error::InvalidRequest(format!(
+                "the KV cache holds {} tokens per sequence (--kv-cache-mem) but this request needs {needed} \
+                 ({prompt_len} in the prompt, images included, plus max_tokens)",
+                self.shared.max_seq_len
+            )));
+        }
         let (events, receiver) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job =
-            Job { prepared, params, choices, started: Instant::now(), events, cancel: Arc::clone(&cancel) };
+        let adapter = self.pipeline().model().adapter(prepared.media());
+        let request = Arc::new(Request {
+            prepared,
+            params,
+            choices,
+            adapter,
+            started: Instant::now(),
+            events,
+            cancel: Arc::clone(&cancel),
+        });
         let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.config.max_queue {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::QueueFull(format!("{queued} requests are already waiting (--max-queue)")));
         }
-        let sent = self.jobs.lock().ok().and_then(|jobs| jobs.as_ref().map(|tx| tx.send(job).is_ok()));
+        let sent = self.inbox.lock().ok().and_then(|inbox| inbox.as_ref().map(|tx| tx.send(request).is_ok()));
         if sent != Some(true) {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::QueueFull("the engine is shutting down".into()));
@@ -198,13 +211,11 @@ impl Engine {
 
     /// Stops accepting requests and waits for queued and running ones to finish.
     pub fn shutdown(&self) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
+        if let Ok(mut inbox) = self.inbox.lock() {
+            inbox.take();
         }
-        if let Ok(mut workers) = self.workers.lock() {
-            for worker in workers.drain(..) {
-                let _ = worker.join();
-            }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
         }
     }
 }
@@ -215,43 +226,193 @@ impl Drop for Engine {
     }
 }
 
-impl Shared {
-    fn run(&self, job: Job) {
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
-            self.cancelled.fetch_add(1, Ordering::Relaxed);
-            return;
+/// Blocks in the KV pool: the configured bytes, or the default share of available memory.
+fn pool_blocks(config: &EngineConfig, geometry: KvGeometry, context: usize) -> usize {
+    let per_block = geometry.bytes_per_block() as u64;
+    let full = (geometry.blocks_for(context) * config.max_num_seqs.max(1)) as u64;
+    let bytes = config.kv_cache_bytes.unwrap_or_else(|| {
+        let available = crate::quant::available_memory_bytes().unwrap_or(4 << 30);
+        (available / 5 * 2).min(full * per_block)
+    });
+    ((bytes / per_block.max(1)) as usize).max(1)
+}
+
+/// The loop thread's state.
+struct EngineLoop {
+    shared: Arc<Shared>,
+    scheduler: Scheduler,
+    pool: KvPool,
+    next_id: u64,
+}
+
+impl EngineLoop {
+    fn new(shared: Arc<Shared>, limits: SchedulerLimits, geometry: KvGeometry, num_blocks: usize) -> Self {
+        Self {
+            shared,
+            scheduler: Scheduler::new(limits, num_blocks),
+            pool: KvPool::new(geometry, num_blocks),
+            next_id: 0,
         }
-        self.active.fetch_add(1, Ordering::SeqCst);
-        for choice in 0..job.choices {
-            let mut params = job.params.clone();
-            if let Some(seed) = params.sampling.seed {
-                params.sampling.seed = Some(seed.wrapping_add(choice as u64));
-            }
-            let events = &job.events;
-            let cancel = &job.cancel;
-            let result = self.pipeline.generate(&job.prepared, &params, job.started, |delta| {
-                if cancel.load(Ordering::Relaxed) || events.send(Event::Delta { choice, delta }).is_err() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
+    }
+
+    fn run(mut self, inbox: mpsc::Receiver<Arc<Request>>) {
+        let mut open = true;
+        loop {
+            if self.scheduler.is_idle() {
+                if !open {
+                    return;
                 }
-            });
-            match result {
-                Ok(completion) => {
-                    let cancelled = completion.finish_reason == super::FinishReason::Cancelled;
-                    let _ = job.events.send(Event::Done { choice, completion });
-                    if cancelled {
-                        self.cancelled.fetch_add(1, Ordering::Relaxed);
+                match inbox.recv() {
+                    Ok(request) => self.add(request),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match inbox.try_recv() {
+                    Ok(request) => self.add(request),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
                         break;
                     }
                 }
-                Err(e) => {
-                    let _ = job.events.send(Event::Error(e));
-                    break;
+            }
+            self.drop_cancelled();
+            self.step();
+            self.publish();
+        }
+    }
+
+    fn add(&mut self, request: Arc<Request>) {
+        self.next_id += 1;
+        let sequence = Sequence::new(self.next_id, request, self.shared.max_seq_len);
+        self.scheduler.add(sequence);
+    }
+
+    /// Retires the sequences whose caller went away, freeing their blocks.
+    fn drop_cancelled(&mut self) {
+        let removed = self.scheduler.remove_where(|s| s.request.is_cancelled());
+        let mut stats = self.shared.stats.lock().expect("stats lock");
+        for sequence in removed {
+            if !sequence.started {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+            if sequence.choice == 0 {
+                stats.cancelled += 1;
+            }
+        }
+        drop(stats);
+        self.publish();
+    }
+
+    fn step(&mut self) {
+        let started = Instant::now();
+        let plan = self.scheduler.schedule();
+        for sequence in self.scheduler.running.iter_mut().filter(|s| !s.started) {
+            sequence.started = true;
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        if plan.rows.is_empty() {
+            return;
+        }
+        let pipeline = Arc::clone(&self.shared.pipeline);
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        let mut forks = Vec::new();
+        match run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan) {
+            Err(e) => {
+                for row in &plan.rows {
+                    let request = &self.scheduler.running[row.index].request;
+                    request.send(Event::Error(Error::Tensor(candle_core::Error::Msg(format!(
+                        "the forward pass failed: {e}"
+                    )))));
+                    request.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok(output) => {
+                for (row, e) in output.failed {
+                    let request = &self.scheduler.running[row.index].request;
+                    request.send(Event::Error(e));
+                    request.cancel.store(true, Ordering::Relaxed);
+                }
+                for (row, logits) in &output.logits {
+                    let sequence = &mut self.scheduler.running[row.index];
+                    for choice in 1..=std::mem::take(&mut sequence.forks_pending) {
+                        let mut fork = sequence.fork(sequence.id, choice, self.shared.max_seq_len);
+                        match advance(&mut fork, logits, &pipeline) {
+                            Some(reason) => complete(fork, reason, &pipeline),
+                            None => forks.push(fork),
+                        }
+                    }
+                    if let Some(reason) = advance(sequence, logits, &pipeline) {
+                        finished.push((row.index, reason));
+                    }
                 }
             }
         }
-        self.active.fetch_sub(1, Ordering::SeqCst);
+        finished.sort_by_key(|&(index, _)| std::cmp::Reverse(index));
+        for (index, reason) in finished {
+            let sequence = self.scheduler.finish(index);
+            complete(sequence, reason, &pipeline);
+        }
+        for fork in forks {
+            self.scheduler.add_running(fork);
+        }
+        let decode = plan.rows.iter().filter(|r| r.len == 1).count();
+        let prefill: usize = plan.rows.iter().filter(|r| r.len > 1).map(|r| r.len).sum();
+        let mut stats = self.shared.stats.lock().expect("stats lock");
+        stats.record_step(plan.rows.len(), prefill, decode, started.elapsed());
+    }
+
+    /// Publishes the queues and KV usage for [`Engine::stats`].
+    fn publish(&self) {
+        let (free, capacity) = self.scheduler.block_usage();
+        let mut requests: Vec<*const Request> =
+            self.scheduler.running.iter().map(|s| Arc::as_ptr(&s.request)).collect();
+        requests.sort();
+        requests.dedup();
+        let mut stats = self.shared.stats.lock().expect("stats lock");
+        stats.waiting_seqs = self.scheduler.waiting.len();
+        stats.running_seqs = self.scheduler.running.len();
+        stats.active = requests.len();
+        stats.preemptions = self.scheduler.preemptions;
+        stats.kv_blocks_free = free;
+        stats.kv_blocks_used = capacity - free;
+    }
+}
+
+/// Samples `sequence`'s next token from `logits` and streams what it adds; returns why it
+/// finished, if it did.
+fn advance(sequence: &mut Sequence, logits: &[f32], pipeline: &Pipeline) -> Option<FinishReason> {
+    let tokenizer = pipeline.tokenizer();
+    match sequence.generation.advance(logits, tokenizer, pipeline.stop_token_ids()) {
+        Ok(step) => {
+            sequence.tokens.push(step.token);
+            if let Some(delta) = step.delta {
+                sequence.request.send(Event::Delta { choice: sequence.choice, delta });
+            }
+            step.finished
+        }
+        Err(e) => {
+            sequence.request.send(Event::Error(e));
+            sequence.request.cancel.store(true, Ordering::Relaxed);
+            Some(FinishReason::Cancelled)
+        }
+    }
+}
+
+/// Sends a finished sequence's last delta and its completion.
+fn complete(sequence: Sequence, reason: FinishReason, pipeline: &Pipeline) {
+    let Sequence { request, choice, generation, .. } = sequence;
+    if request.cancel.load(Ordering::Relaxed) {
+        return;
+    }
+    match generation.finish(reason, pipeline.tokenizer()) {
+        Ok((tail, completion)) => {
+            if let Some(delta) = tail {
+                request.send(Event::Delta { choice, delta });
+            }
+            request.send(Event::Done { choice, completion });
+        }
+        Err(e) => request.send(Event::Error(e)),
     }
 }

@@ -1,123 +1,291 @@
-//! Per-sequence key/value cache for the decoder layers.
+//! Paged key/value memory for the decoder layers.
 //!
-//! Each layer keeps K and V buffers `[1, kv_heads, capacity, head_dim]` that grow in steps of
-//! [`KvCache::GROW_STEP`] positions; new entries are written in place, so a decode step copies
-//! only its own keys instead of re-concatenating the whole history.
+//! Keys and values live in fixed-size blocks of [`KvGeometry::block_size`] positions taken from
+//! one [`KvPool`]. A sequence reaches its positions through a block table (block ids in position
+//! order), so sequences of any length share one pool without fragmentation, a batched step can
+//! attend every sequence through its own table, and blocks can be shared between sequences
+//! (`n > 1` choices, and later prefix reuse). Which blocks are free or shared is the engine's
+//! business; this module only stores numbers.
+//!
+//! Layout of each layer's K and V: `[block][kv_head][slot][head_dim]`, so one head's keys inside
+//! a block are contiguous: the decode kernel streams them, and gathering a sequence for a
+//! prefill chunk copies `block_size · head_dim` runs.
+//!
+//! [`KvCache`] is one sequence over a private, growing pool: the single-sequence API that the
+//! model tests and benchmarks use; it runs the same batched code path as the engine.
 
 use candle_core::{Device, Tensor};
 
 use crate::Result;
 
-#[derive(Debug, Clone, Default)]
-struct LayerKv {
-    k: Option<Tensor>,
-    v: Option<Tensor>,
+/// Shape of the KV memory of one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Key/value heads per layer.
+    pub kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Positions per block.
+    pub block_size: usize,
+}
+
+impl KvGeometry {
+    /// Block size the engine uses: small enough that a sequence wastes little of its last block,
+    /// large enough that block tables stay short.
+    pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+    /// Floats of one block in one layer's K (or V) store.
+    fn block_elems(&self) -> usize {
+        self.kv_heads * self.block_size * self.head_dim
+    }
+
+    /// Bytes one block takes over all layers, keys and values (f32).
+    pub fn bytes_per_block(&self) -> usize {
+        2 * self.num_layers * self.block_elems() * std::mem::size_of::<f32>()
+    }
+
+    /// Blocks needed to hold `positions` positions.
+    pub fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.block_size)
+    }
+}
+
+/// The KV memory of every sequence: `num_blocks` blocks per layer.
+///
+/// The stores are zero-initialised allocations, so the operating system backs only the pages
+/// that sequences have written: a large pool costs resident memory only as it fills.
+#[derive(Debug)]
+pub struct KvPool {
+    geometry: KvGeometry,
+    num_blocks: usize,
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl KvPool {
+    /// A pool of `num_blocks` blocks.
+    pub fn new(geometry: KvGeometry, num_blocks: usize) -> Self {
+        let elems = num_blocks * geometry.block_elems();
+        let store = || (0..geometry.num_layers).map(|_| vec![0f32; elems]).collect();
+        Self { geometry, num_blocks, keys: store(), values: store() }
+    }
+
+    /// The shape of the memory.
+    pub fn geometry(&self) -> KvGeometry {
+        self.geometry
+    }
+
+    /// Number of blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Offset of `(block, head, slot)` in a layer store.
+    fn offset(&self, block: u32, head: usize, slot: usize) -> usize {
+        let g = &self.geometry;
+        ((block as usize * g.kv_heads + head) * g.block_size + slot) * g.head_dim
+    }
+
+    /// Writes keys and values `[n, kv_heads, head_dim]` (row-major slices) of positions
+    /// `position..position + n` of the sequence with block table `blocks` into layer `layer`.
+    pub fn write(
+        &mut self,
+        layer: usize,
+        blocks: &[u32],
+        position: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<()> {
+        let g = self.geometry;
+        let row = g.kv_heads * g.head_dim;
+        let n = k.len() / row.max(1);
+        if k.len() != n * row || v.len() != k.len() || g.blocks_for(position + n) > blocks.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "kv write of {} keys at position {position} does not fit {} blocks",
+                k.len() / row.max(1),
+                blocks.len()
+            ))
+            .into());
+        }
+        for i in 0..n {
+            let p = position + i;
+            let block = blocks[p / g.block_size];
+            if block as usize >= self.num_blocks {
+                return Err(candle_core::Error::Msg(format!("kv block {block} is outside the pool")).into());
+            }
+            for h in 0..g.kv_heads {
+                let dst = self.offset(block, h, p % g.block_size);
+                let src = i * row + h * g.head_dim;
+                self.keys[layer][dst..dst + g.head_dim].copy_from_slice(&k[src..src + g.head_dim]);
+                self.values[layer][dst..dst + g.head_dim].copy_from_slice(&v[src..src + g.head_dim]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys and values `[1, kv_heads, len, head_dim]` of the first `len` positions of a sequence,
+    /// copied out of its blocks (for attention over a prefill chunk).
+    pub fn gather(
+        &self,
+        layer: usize,
+        blocks: &[u32],
+        len: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let g = self.geometry;
+        let mut k = Vec::with_capacity(g.kv_heads * len * g.head_dim);
+        let mut v = Vec::with_capacity(k.capacity());
+        for h in 0..g.kv_heads {
+            let mut p = 0;
+            while p < len {
+                let n = (len - p).min(g.block_size);
+                let start = self.offset(blocks[p / g.block_size], h, 0);
+                k.extend_from_slice(&self.keys[layer][start..start + n * g.head_dim]);
+                v.extend_from_slice(&self.values[layer][start..start + n * g.head_dim]);
+                p += n;
+            }
+        }
+        let shape = (1, g.kv_heads, len, g.head_dim);
+        Ok((Tensor::from_vec(k, shape, device)?, Tensor::from_vec(v, shape, device)?))
+    }
+
+    /// Key and value stores of one layer, `[block][kv_head][slot][head_dim]`.
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        (&self.keys[layer], &self.values[layer])
+    }
+
+    /// Copies block `src` into block `dst` in every layer (copy-on-write of a shared block).
+    pub fn copy_block(&mut self, src: u32, dst: u32) {
+        let n = self.geometry.block_elems();
+        let (s, d) = (src as usize * n, dst as usize * n);
+        for store in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            store.copy_within(s..s + n, d);
+        }
+    }
+
+    /// Grows the pool to at least `num_blocks` blocks, keeping the contents.
+    fn grow(&mut self, num_blocks: usize) {
+        if num_blocks <= self.num_blocks {
+            return;
+        }
+        let elems = num_blocks * self.geometry.block_elems();
+        for store in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            store.resize(elems, 0.0);
+        }
+        self.num_blocks = num_blocks;
+    }
+}
+
+/// The KV cache of one sequence on a private pool whose blocks are `0, 1, 2, …` in order.
+///
+/// Not `Clone`: a copy would duplicate the whole pool; fork sequences in the engine instead.
+#[derive(Debug)]
+pub struct KvCache {
+    pool: KvPool,
+    blocks: Vec<u32>,
     len: usize,
 }
 
-/// The KV cache of one sequence: one K/V pair per decoder layer.
-///
-/// Not `Clone`: the buffers are written in place, so a shallow copy would alias them.
-#[derive(Debug)]
-pub struct KvCache {
-    layers: Vec<LayerKv>,
-}
-
 impl KvCache {
-    /// Capacity granularity, in positions.
-    pub const GROW_STEP: usize = 512;
-
-    /// An empty cache for `num_layers` layers.
-    pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![LayerKv::default(); num_layers] }
+    /// An empty cache.
+    pub fn new(geometry: KvGeometry) -> Self {
+        Self { pool: KvPool::new(geometry, 0), blocks: Vec::new(), len: 0 }
     }
 
     /// Number of layers.
     pub fn num_layers(&self) -> usize {
-        self.layers.len()
+        self.pool.geometry.num_layers
     }
 
     /// Number of cached positions (the position of the next token).
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.len)
+        self.len
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Forgets everything after the first `len` positions (e.g. to reuse a shared prefix).
-    pub fn truncate(&mut self, len: usize) {
-        for l in &mut self.layers {
-            l.len = l.len.min(len);
-        }
-    }
-
-    /// Drops all entries and frees the buffers.
-    pub fn clear(&mut self) {
-        for l in &mut self.layers {
-            *l = LayerKv::default();
-        }
-    }
-
-    /// Bytes held by the buffers (capacity, not length).
+    /// Bytes held by the pool (capacity, not length).
     pub fn allocated_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.k, &l.v])
-            .flatten()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
+        self.pool.num_blocks * self.pool.geometry.bytes_per_block()
     }
 
-    /// Appends `k`, `v` `[1, kv_heads, seq, head_dim]` to layer `layer` and returns views of all
-    /// cached keys and values `[1, kv_heads, len, head_dim]` (including the new ones).
-    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let n_layers = self.layers.len();
-        let entry = self.layers.get_mut(layer).ok_or_else(|| {
-            candle_core::Error::Msg(format!("kv cache has {n_layers} layers, asked for layer {layer}"))
-        })?;
-        let (b, h, s, d) = k.dims4()?;
-        if v.dims4()? != (b, h, s, d) || b != 1 {
-            return Err(candle_core::Error::Msg(format!(
-                "kv cache expects k and v of equal shape [1, heads, seq, dim], got {:?} and {:?}",
-                k.shape(),
-                v.shape()
-            ))
-            .into());
+    /// Makes room for `n` more positions and returns the block table and the pool to write
+    /// them through; call [`KvCache::advance`] once they are written.
+    pub(crate) fn reserve(&mut self, n: usize) -> (&[u32], &mut KvPool) {
+        let needed = self.pool.geometry.blocks_for(self.len + n);
+        if needed > self.pool.num_blocks {
+            // Grow geometrically so a long decode does not copy the pool every block.
+            self.pool.grow(needed.max(2 * self.pool.num_blocks));
         }
-        let needed = entry.len + s;
-        let cap = entry.k.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
-        if needed > cap || entry.k.as_ref().is_some_and(|t| t.dims4().ok() != Some((1, h, cap, d))) {
-            let new_cap = needed.div_ceil(Self::GROW_STEP) * Self::GROW_STEP;
-            entry.k = Some(grow(entry.k.take(), entry.len, (1, h, new_cap, d), k.dtype(), k.device())?);
-            entry.v = Some(grow(entry.v.take(), entry.len, (1, h, new_cap, d), v.dtype(), v.device())?);
+        while self.blocks.len() < needed {
+            self.blocks.push(self.blocks.len() as u32);
         }
-        let (kb, vb) = match (&entry.k, &entry.v) {
-            (Some(kb), Some(vb)) => (kb, vb),
-            _ => unreachable!("buffers allocated above"),
-        };
-        kb.slice_set(&k.contiguous()?, 2, entry.len)?;
-        vb.slice_set(&v.contiguous()?, 2, entry.len)?;
-        entry.len = needed;
-        Ok((kb.narrow(2, 0, needed)?, vb.narrow(2, 0, needed)?))
+        (&self.blocks, &mut self.pool)
+    }
+
+    /// Records that `n` more positions are cached.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
     }
 }
 
-/// A new zeroed buffer of `shape` holding the first `len` positions of `old`.
-fn grow(
-    old: Option<Tensor>,
-    len: usize,
-    shape: (usize, usize, usize, usize),
-    dtype: candle_core::DType,
-    device: &Device,
-) -> Result<Tensor> {
-    let buf = Tensor::zeros(shape, dtype, device)?;
-    if let Some(old) = old {
-        if len > 0 {
-            buf.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry() -> KvGeometry {
+        KvGeometry { num_layers: 2, kv_heads: 2, head_dim: 3, block_size: 4 }
     }
-    Ok(buf)
+
+    #[test]
+    fn gather_reads_back_what_write_stored_across_scattered_blocks() {
+        let g = geometry();
+        let mut pool = KvPool::new(g, 6);
+        let blocks = [4u32, 1, 3];
+        let n = 10;
+        let k: Vec<f32> = (0..n * 6).map(|i| i as f32).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        // Written in two pieces, as a prefill chunk and a decode step would.
+        pool.write(1, &blocks, 0, &k[..7 * 6], &v[..7 * 6]).unwrap();
+        pool.write(1, &blocks, 7, &k[7 * 6..], &v[7 * 6..]).unwrap();
+        let (gk, gv) = pool.gather(1, &blocks, n, &Device::Cpu).unwrap();
+        let want = Tensor::from_vec(k, (n, 2, 3), &Device::Cpu).unwrap().transpose(0, 1).unwrap();
+        let got = gk.squeeze(0).unwrap();
+        assert_eq!(got.to_vec3::<f32>().unwrap(), want.to_vec3::<f32>().unwrap());
+        assert_eq!(gv.sum_all().unwrap().to_scalar::<f32>().unwrap(), -(0..60).sum::<i32>() as f32);
+        // Layer 0 was not touched.
+        assert!(pool.layer(0).0.iter().all(|&x| x == 0.0));
+        // Copy-on-write copies every layer's block.
+        pool.copy_block(4, 0);
+        let (ck, _) = pool.gather(1, &[0], 4, &Device::Cpu).unwrap();
+        let (ok, _) = pool.gather(1, &[4], 4, &Device::Cpu).unwrap();
+        assert_eq!(
+            ck.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            ok.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn writes_beyond_the_block_table_are_errors() {
+        let mut pool = KvPool::new(geometry(), 2);
+        let row = vec![0f32; 6];
+        assert!(pool.write(0, &[0], 4, &row, &row).is_err());
+        assert!(pool.write(0, &[7], 0, &row, &row).is_err());
+    }
+
+    #[test]
+    fn cache_grows_with_its_sequence() {
+        let mut c = KvCache::new(geometry());
+        assert!(c.is_empty());
+        let (blocks, _) = c.reserve(9);
+        assert_eq!(blocks, &[0, 1, 2]);
+        c.advance(9);
+        assert_eq!(c.len(), 9);
+        assert_eq!(c.allocated_bytes(), 3 * geometry().bytes_per_block());
+    }
 }

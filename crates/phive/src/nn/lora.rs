@@ -93,6 +93,17 @@ impl LoraAdapter {
     }
 }
 
+/// Consecutive rows of a packed batch that run under one adapter (`None`: base weights only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdapterSegment<'a> {
+    /// First row.
+    pub start: usize,
+    /// Number of rows.
+    pub len: usize,
+    /// The adapter of these rows.
+    pub adapter: Option<&'a str>,
+}
+
 /// A [`Linear`] plus named, unmerged LoRA adapters.
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
@@ -146,10 +157,43 @@ impl LoraLinear {
     /// (a module outside an adapter's regex is unchanged by it, as in PEFT).
     pub fn forward(&self, x: &Tensor, adapter: Option<&str>) -> Result<Tensor> {
         let y = self.base.forward(x)?;
-        match adapter.and_then(|name| self.adapters.iter().find(|(n, _)| n == name)) {
-            Some((_, ad)) => Ok((y + ad.forward(x)?)?),
+        match adapter.and_then(|name| self.adapter(name)) {
+            Some(ad) => Ok((y + ad.forward(x)?)?),
             None => Ok(y),
         }
+    }
+
+    /// `base(x)` for all rows of `x` `[rows, in]` in one matmul (one read of the base weights
+    /// for the whole batch), plus each segment's adapter on that segment's rows.
+    pub fn forward_segments(&self, x: &Tensor, segments: &[AdapterSegment]) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        let active: Vec<(&AdapterSegment, &LoraAdapter)> = segments
+            .iter()
+            .filter_map(|s| Some((s, self.adapter(s.adapter?)?)))
+            .filter(|(s, _)| s.len > 0)
+            .collect();
+        if active.is_empty() {
+            return Ok(y);
+        }
+        let rows = y.dim(0)?;
+        let mut pieces = Vec::with_capacity(2 * active.len() + 1);
+        let mut at = 0;
+        for (segment, adapter) in active {
+            if segment.start > at {
+                pieces.push(y.narrow(0, at, segment.start - at)?);
+            }
+            let part = x.narrow(0, segment.start, segment.len)?;
+            pieces.push((y.narrow(0, segment.start, segment.len)? + adapter.forward(&part)?)?);
+            at = segment.start + segment.len;
+        }
+        if at < rows {
+            pieces.push(y.narrow(0, at, rows - at)?);
+        }
+        Ok(Tensor::cat(&pieces, 0)?)
+    }
+
+    fn adapter(&self, name: &str) -> Option<&LoraAdapter> {
+        self.adapters.iter().find(|(n, _)| n == name).map(|(_, a)| a)
     }
 }
 
@@ -176,6 +220,18 @@ mod tests {
         assert_eq!(max_abs_diff(&l.forward(&x, None).unwrap(), &base), 0.0);
         // An adapter this module does not carry leaves it unchanged.
         assert_eq!(max_abs_diff(&l.forward(&x, Some("speech")).unwrap(), &base), 0.0);
+        // Segments of a packed batch: each row equals the call with its own adapter.
+        let x2 = x.reshape((6, 6)).unwrap();
+        let segs = [
+            AdapterSegment { start: 0, len: 2, adapter: Some("vision") },
+            AdapterSegment { start: 2, len: 1, adapter: None },
+            AdapterSegment { start: 3, len: 3, adapter: Some("vision") },
+        ];
+        let packed = l.forward_segments(&x2, &segs).unwrap();
+        for s in segs {
+            let want = l.forward(&x2.narrow(0, s.start, s.len).unwrap(), s.adapter).unwrap();
+            assert!(max_abs_diff(&packed.narrow(0, s.start, s.len).unwrap(), &want) < 1e-6);
+        }
         assert!(LoraSpec::new("vision", "(", 1.0, 1).is_err());
         assert_eq!(spec.scale(), 4.0);
     }

@@ -8,6 +8,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod lora;
 pub mod norm;
+pub mod paged_attention;
 pub mod phi3_decoder;
 pub mod rotary;
 

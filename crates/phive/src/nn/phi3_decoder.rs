@@ -16,10 +16,11 @@ use candle_nn::VarBuilder;
 
 use super::activation::Activation;
 use super::attention::{attention, AttnMask};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvGeometry, KvPool};
 use super::linear::Linear;
-use super::lora::{LoraLinear, LoraSpec};
+use super::lora::{AdapterSegment, LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
+use super::paged_attention::{decode_attention, DecodeQuery};
 use super::rotary::{RopeTables, RotaryConfig, RotaryEmbedding};
 use crate::{Error, Result};
 
@@ -71,6 +72,36 @@ impl Phi3DecoderConfig {
         }
         Ok(())
     }
+}
+
+/// One sequence's part of a batched forward pass ([`Phi3Decoder::forward_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRow<'a> {
+    /// New tokens of this sequence in the batch (1 for a decode step, more for a prefill chunk).
+    pub len: usize,
+    /// Position of the first new token: how many positions the KV cache already holds.
+    pub position: usize,
+    /// Length of the sequence's prompt, which Hugging Face prefilled in one call; it decides
+    /// LongRoPE's factors (see [`RotaryEmbedding::batch_tables`]).
+    pub prompt_len: usize,
+    /// The sequence's KV blocks, covering positions `0..position + len`.
+    pub blocks: &'a [u32],
+    /// The LoRA adapter of this sequence (`None`: base weights).
+    pub adapter: Option<&'a str>,
+}
+
+/// The rows of a packed batch grouped into runs that share an adapter.
+fn adapter_segments<'a>(rows: &[BatchRow<'a>]) -> Vec<AdapterSegment<'a>> {
+    let mut segments: Vec<AdapterSegment> = Vec::new();
+    let mut at = 0;
+    for row in rows {
+        match segments.last_mut() {
+            Some(last) if last.adapter == row.adapter => last.len += row.len,
+            _ => segments.push(AdapterSegment { start: at, len: row.len, adapter: row.adapter }),
+        }
+        at += row.len;
+    }
+    segments
 }
 
 #[derive(Debug, Clone)]
@@ -188,9 +219,9 @@ impl Phi3Decoder {
         self.embed_tokens.device()
     }
 
-    /// An empty KV cache sized for this decoder.
+    /// An empty single-sequence KV cache for this decoder.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len())
+        KvCache::new(self.kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE))
     }
 
     /// Input embeddings `[1, seq, hidden]`: the token embeddings, with each `(start, features)`
@@ -266,14 +297,83 @@ impl Phi3Decoder {
     /// [`Phi3Decoder::forward`] with the LoRA adapter `adapter` active on every projection that
     /// carries it (`None`: base weights only). The KV cache holds keys computed under whatever
     /// adapter each call used, so a sequence should keep one adapter throughout (as the
-    /// reference does). An unknown adapter name is an error.
+    /// reference does). One call is one Hugging Face forward call (LongRoPE's switch looks at
+    /// its last position). An unknown adapter name is an error.
     pub fn forward_with_adapter(
         &self,
         embeds: &Tensor,
         cache: &mut KvCache,
         adapter: Option<&str>,
     ) -> Result<Tensor> {
-        if let Some(name) = adapter {
+        let (b, s, _) = embeds.dims3()?;
+        if b != 1 {
+            return Err(candle_core::Error::Msg(format!(
+                "decoder expects embeddings [1, seq, hidden], got {:?}",
+                embeds.shape()
+            ))
+            .into());
+        }
+        let position = cache.len();
+        let (blocks, pool) = cache.reserve(s);
+        let row = BatchRow { len: s, position, prompt_len: position + s, blocks, adapter };
+        let hidden = self.forward_batch(&embeds.squeeze(0)?, &[row], pool)?;
+        cache.advance(s);
+        Ok(hidden.unsqueeze(0)?)
+    }
+
+    /// The shape of this decoder's KV memory with blocks of `block_size` positions.
+    pub fn kv_geometry(&self, block_size: usize) -> KvGeometry {
+        KvGeometry {
+            num_layers: self.layers.len(),
+            kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim(),
+            block_size,
+        }
+    }
+
+    /// One forward pass over a batch of sequences packed along the token axis: `embeds`
+    /// `[Σ rows.len, hidden]` holds each row's new tokens in row order. Every weight is read
+    /// once for the whole batch; attention runs per row over its own KV blocks in `kv` (decode
+    /// rows together in the paged kernel, prefill chunks over their gathered keys), after the
+    /// row's new keys and values are written there. Returns the final-normed hidden states
+    /// `[Σ rows.len, hidden]`.
+    pub fn forward_batch(&self, embeds: &Tensor, rows: &[BatchRow], kv: &mut KvPool) -> Result<Tensor> {
+        self.check_batch(embeds, rows, kv)?;
+        let segments = adapter_segments(rows);
+        let spans: Vec<(usize, usize, usize)> =
+            rows.iter().map(|r| (r.position, r.len, r.prompt_len)).collect();
+        let tables = self.rotary.batch_tables(&spans, embeds.device())?;
+        let mut x = embeds.contiguous()?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let normed = layer.input_layernorm.forward(&x)?;
+            let a = self.attn(layer, &normed, &tables, rows, &segments, kv, i)?;
+            x = (x + a)?;
+            let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?, &segments)?;
+            x = (x + m)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    fn check_batch(&self, embeds: &Tensor, rows: &[BatchRow], kv: &KvPool) -> Result<()> {
+        let (t, h) = embeds.dims2()?;
+        let total: usize = rows.iter().map(|r| r.len).sum();
+        if h != self.cfg.hidden_size || t == 0 || t != total || rows.iter().any(|r| r.len == 0) {
+            return Err(candle_core::Error::Msg(format!(
+                "decoder expects embeddings [tokens>0, {}] for rows of {total} tokens, got {:?}",
+                self.cfg.hidden_size,
+                embeds.shape()
+            ))
+            .into());
+        }
+        let want = self.kv_geometry(kv.geometry().block_size);
+        if kv.geometry() != want {
+            return Err(candle_core::Error::Msg(format!(
+                "kv pool {:?} does not fit the decoder ({want:?})",
+                kv.geometry()
+            ))
+            .into());
+        }
+        for name in rows.iter().filter_map(|r| r.adapter) {
             if !self.adapters.iter().any(|a| a == name) {
                 return Err(crate::Error::InvalidRequest(format!(
                     "LoRA adapter {name:?} is not loaded (available: {:?})",
@@ -281,35 +381,7 @@ impl Phi3Decoder {
                 )));
             }
         }
-        let (b, s, h) = embeds.dims3()?;
-        if b != 1 || h != self.cfg.hidden_size || s == 0 {
-            return Err(candle_core::Error::Msg(format!(
-                "decoder expects embeddings [1, seq>0, {}], got {:?}",
-                self.cfg.hidden_size,
-                embeds.shape()
-            ))
-            .into());
-        }
-        if cache.num_layers() != self.layers.len() {
-            return Err(candle_core::Error::Msg(format!(
-                "kv cache has {} layers, the decoder {}",
-                cache.num_layers(),
-                self.layers.len()
-            ))
-            .into());
-        }
-        let offset = cache.len();
-        let tables = self.rotary.tables(offset, s, embeds.device())?;
-        let mask = AttnMask::Causal { offset, sliding_window: self.cfg.sliding_window };
-        let mut x = embeds.contiguous()?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let a =
-                self.attn(layer, &layer.input_layernorm.forward(&x)?, &tables, mask, cache, i, adapter)?;
-            x = (x + a)?;
-            let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?, adapter)?;
-            x = (x + m)?;
-        }
-        self.norm.forward(&x)
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)] // one layer's inputs; a struct would only rename them
@@ -318,46 +390,94 @@ impl Phi3Decoder {
         layer: &DecoderLayer,
         x: &Tensor,
         tables: &RopeTables,
-        mask: AttnMask,
-        cache: &mut KvCache,
+        rows: &[BatchRow],
+        segments: &[AdapterSegment],
+        kv: &mut KvPool,
         index: usize,
-        adapter: Option<&str>,
     ) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
+        let t = x.dim(0)?;
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim());
-        let qkv = layer.qkv_proj.forward(x, adapter)?;
+        let qkv = layer.qkv_proj.forward_segments(x, segments)?;
         let heads = |start: usize, n: usize| -> Result<Tensor> {
-            Ok(qkv.narrow(2, start * hd, n * hd)?.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()?)
+            Ok(qkv.narrow(1, start * hd, n * hd)?.reshape((1, t, n, hd))?)
         };
-        let q = tables.apply(&heads(0, nh)?)?;
-        let k = tables.apply(&heads(nh, nkv)?)?;
-        let v = heads(nh + nkv, nkv)?;
-        let (k, v) = cache.append(index, &k, &v)?;
-        let o = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), mask)?;
-        let o = o.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-        layer.o_proj.forward(&o, adapter)
-    }
-
-    fn mlp(&self, layer: &DecoderLayer, x: &Tensor, adapter: Option<&str>) -> Result<Tensor> {
-        let gu = layer.gate_up_proj.forward(x, adapter)?;
-        let n = self.cfg.intermediate_size;
-        let gate = gu.narrow(2, 0, n)?;
-        let up = gu.narrow(2, n, n)?;
-        let y = (up * self.cfg.hidden_act.forward(&gate)?)?;
-        layer.down_proj.forward(&y, adapter)
-    }
-
-    /// Logits `[rows.len(), vocab]` for the given sequence rows of `hidden` `[1, seq, hidden]`.
-    pub fn logits(&self, hidden: &Tensor, rows: &[usize]) -> Result<Tensor> {
-        let (b, s, h) = hidden.dims3()?;
-        if b != 1 || h != self.cfg.hidden_size {
-            return Err(candle_core::Error::Msg(format!(
-                "logits expect [1, seq, {}], got {:?}",
-                self.cfg.hidden_size,
-                hidden.shape()
-            ))
-            .into());
+        let q = tables.apply_packed(&heads(0, nh)?)?;
+        let k = tables.apply_packed(&heads(nh, nkv)?)?.flatten_all()?.to_vec1::<f32>()?;
+        let v = heads(nh + nkv, nkv)?.flatten_all()?.to_vec1::<f32>()?;
+        let kv_row = nkv * hd;
+        let mut at = 0;
+        for row in rows {
+            let range = at * kv_row..(at + row.len) * kv_row;
+            kv.write(index, row.blocks, row.position, &k[range.clone()], &v[range])?;
+            at += row.len;
         }
+        let out = self.attend(&q, rows, kv, index)?;
+        layer.o_proj.forward_segments(&Tensor::from_vec(out, (t, nh * hd), x.device())?, segments)
+    }
+
+    /// Attention output `[tokens, heads · head_dim]` (row-major) for the packed queries `q`
+    /// `[1, tokens, heads, head_dim]` of `rows`, whose keys are already in `kv`.
+    fn attend(&self, q: &Tensor, rows: &[BatchRow], kv: &KvPool, layer: usize) -> Result<Vec<f32>> {
+        let (nh, hd) = (self.cfg.num_attention_heads, self.cfg.head_dim());
+        let scale = 1.0 / (hd as f64).sqrt();
+        let width = nh * hd;
+        let q_all = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; q_all.len()];
+        // Decode rows (one query each) go through the paged kernel together.
+        let mut decode_q = Vec::new();
+        let mut decode = Vec::new();
+        let mut decode_at = Vec::new();
+        let mut at = 0;
+        for row in rows {
+            if row.len == 1 {
+                decode_q.extend_from_slice(&q_all[at * width..(at + 1) * width]);
+                decode.push(DecodeQuery { blocks: row.blocks, len: row.position + 1 });
+                decode_at.push(at);
+            } else {
+                let (k, v) = kv.gather(layer, row.blocks, row.position + row.len, q.device())?;
+                let qr = q.narrow(1, at, row.len)?.transpose(1, 2)?;
+                let mask = AttnMask::Causal { offset: row.position, sliding_window: self.cfg.sliding_window };
+                let o =
+                    attention(&qr, &k, &v, scale, mask)?.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?;
+                out[at * width..(at + row.len) * width].copy_from_slice(&o);
+            }
+            at += row.len;
+        }
+        if !decode.is_empty() {
+            let o =
+                decode_attention(&decode_q, &decode, kv, layer, nh, scale as f32, self.cfg.sliding_window)?;
+            for (i, &at) in decode_at.iter().enumerate() {
+                out[at * width..(at + 1) * width].copy_from_slice(&o[i * width..(i + 1) * width]);
+            }
+        }
+        Ok(out)
+    }
+
+    fn mlp(&self, layer: &DecoderLayer, x: &Tensor, segments: &[AdapterSegment]) -> Result<Tensor> {
+        let gu = layer.gate_up_proj.forward_segments(x, segments)?;
+        let n = self.cfg.intermediate_size;
+        let gate = gu.narrow(1, 0, n)?;
+        let up = gu.narrow(1, n, n)?;
+        let y = (up * self.cfg.hidden_act.forward(&gate)?)?;
+        layer.down_proj.forward_segments(&y, segments)
+    }
+
+    /// Logits `[rows.len(), vocab]` for the given rows of `hidden` (`[1, seq, hidden]` from
+    /// [`Phi3Decoder::forward`], or the packed `[tokens, hidden]` of a batch).
+    pub fn logits(&self, hidden: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        let packed = match hidden.dims() {
+            [1, _, h] if *h == self.cfg.hidden_size => hidden.squeeze(0)?,
+            [_, h] if *h == self.cfg.hidden_size => hidden.clone(),
+            _ => {
+                return Err(candle_core::Error::Msg(format!(
+                    "logits expect [1, seq, {0}] or [tokens, {0}], got {1:?}",
+                    self.cfg.hidden_size,
+                    hidden.shape()
+                ))
+                .into())
+            }
+        };
+        let s = packed.dim(0)?;
         if let Some(&r) = rows.iter().find(|&&r| r >= s) {
             return Err(
                 candle_core::Error::Msg(format!("logits row {r} out of range for {s} positions")).into()
@@ -365,7 +485,7 @@ impl Phi3Decoder {
         }
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx = Tensor::from_vec(idx, rows.len(), hidden.device())?;
-        let sel = hidden.squeeze(0)?.index_select(&idx, 0)?;
+        let sel = packed.index_select(&idx, 0)?;
         self.lm_head.forward(&sel)
     }
 }
@@ -438,6 +558,48 @@ mod tests {
         let last = d.forward(&embeds.narrow(1, 16, 1).unwrap(), &mut c).unwrap();
         let full = d.forward(&embeds, &mut d.new_cache()).unwrap().narrow(1, 16, 1).unwrap();
         assert!(max_abs_diff(&last, &full) > 1e-4);
+    }
+
+    /// A batch mixing a decode step, a fresh prefill under an adapter and a later prefill chunk
+    /// gives every row what its sequence gives alone.
+    #[test]
+    fn batched_rows_equal_each_sequence_alone() {
+        let specs = [LoraSpec::new("vision", r"layers.*(qkv_proj|down_proj)", 16.0, 4).unwrap()];
+        let d = Phi3Decoder::new_with_adapters(&cfg(2), &random_vb(0.2), &specs).unwrap();
+        let ids = |n: usize, m: usize| -> Vec<u32> { (0..n).map(|i| (i * m % 50) as u32).collect() };
+        let (a, b, c) = (ids(8, 3), ids(5, 7), ids(9, 11));
+        let embed = |ids: &[u32]| d.embed_tokens(ids).unwrap();
+        // Alone: two calls each, as the batches below split them.
+        let alone = |ids: &[u32], split: usize, adapter: Option<&str>| {
+            let e = embed(ids).unsqueeze(0).unwrap();
+            let mut cache = d.new_cache();
+            d.forward_with_adapter(&e.narrow(1, 0, split).unwrap(), &mut cache, adapter).unwrap();
+            let rest = e.narrow(1, split, ids.len() - split).unwrap();
+            d.forward_with_adapter(&rest, &mut cache, adapter).unwrap().squeeze(0).unwrap()
+        };
+        let mut pool = KvPool::new(d.kv_geometry(4), 16);
+        let (ta, tb, tc) = ([0u32, 1], [2u32, 3], [5u32, 9, 10]);
+        let row = |len, position, prompt_len, blocks, adapter| BatchRow {
+            len,
+            position,
+            prompt_len,
+            blocks,
+            adapter,
+        };
+        let first = Tensor::cat(&[embed(&a[..7]), embed(&c[..6])], 0).unwrap();
+        d.forward_batch(&first, &[row(7, 0, 7, &ta, None), row(6, 0, 6, &tc, None)], &mut pool).unwrap();
+        let second = Tensor::cat(&[embed(&a[7..]), embed(&b), embed(&c[6..])], 0).unwrap();
+        let rows = [row(1, 7, 8, &ta, None), row(5, 0, 5, &tb, Some("vision")), row(3, 6, 9, &tc, None)];
+        let got = d.forward_batch(&second, &rows, &mut pool).unwrap();
+        let e = embed(&b).unsqueeze(0).unwrap();
+        let b_full =
+            d.forward_with_adapter(&e, &mut d.new_cache(), Some("vision")).unwrap().squeeze(0).unwrap();
+        assert!(max_abs_diff(&got.narrow(0, 0, 1).unwrap(), &alone(&a, 7, None)) < 1e-5);
+        assert!(max_abs_diff(&got.narrow(0, 1, 5).unwrap(), &b_full) < 1e-5);
+        assert!(max_abs_diff(&got.narrow(0, 6, 3).unwrap(), &alone(&c, 6, None)) < 1e-5);
+        // The vision rows really ran under the adapter.
+        let plain = d.forward(&e, &mut d.new_cache()).unwrap().squeeze(0).unwrap();
+        assert!(max_abs_diff(&got.narrow(0, 1, 5).unwrap(), &plain) > 1e-3);
     }
 
     #[test]

@@ -178,17 +178,40 @@ impl RotaryEmbedding {
         self.long_inv_freq.is_some() && start + len > self.original_max
     }
 
-    /// cos/sin tables `[len, rot_dim/2]` for positions `start..start+len`.
+    /// cos/sin tables `[len, rot_dim/2]` for positions `start..start+len` of one call.
     pub fn tables(&self, start: usize, len: usize, device: &Device) -> Result<RopeTables> {
         let long = self.uses_long(start, len);
-        let inv = match (&self.long_inv_freq, long) {
-            (Some(l), true) => l,
-            _ => &self.short_inv_freq,
-        };
-        let half = inv.len();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
-        for p in start..start + len {
+        self.build((start..start + len).map(|p| (p, long)), long, device)
+    }
+
+    /// cos/sin tables for the rows of a batch, concatenated in row order. A row is
+    /// `(position, len, prompt_len)`: its positions `position..position + len`, each rotated as
+    /// Hugging Face's generation rotated it: prompt positions as part of one prefill call of
+    /// `prompt_len` positions, later positions as single decode steps. So position `p` takes the
+    /// long factors when `max(prompt_len, p + 1) > original_max_position_embeddings`, however
+    /// the engine chunks or recomputes the sequence.
+    pub fn batch_tables(&self, rows: &[(usize, usize, usize)], device: &Device) -> Result<RopeTables> {
+        let positions = rows.iter().flat_map(|&(position, len, prompt_len)| {
+            (position..position + len).map(move |p| (p, self.uses_long(0, prompt_len.max(p + 1))))
+        });
+        let any_long = rows.iter().any(|&(p, len, prompt)| self.uses_long(0, prompt.max(p + len)));
+        self.build(positions, any_long, device)
+    }
+
+    fn build(
+        &self,
+        positions: impl Iterator<Item = (usize, bool)>,
+        long: bool,
+        device: &Device,
+    ) -> Result<RopeTables> {
+        let half = self.short_inv_freq.len();
+        let mut cos = Vec::new();
+        let mut sin = Vec::new();
+        for (p, long) in positions {
+            let inv = match (&self.long_inv_freq, long) {
+                (Some(l), true) => l,
+                _ => &self.short_inv_freq,
+            };
             let p = p as f32;
             for &f in inv {
                 let a = p * f;
@@ -196,6 +219,7 @@ impl RotaryEmbedding {
                 sin.push(a.sin() * self.attention_factor);
             }
         }
+        let len = cos.len() / half.max(1);
         Ok(RopeTables {
             cos: Tensor::from_vec(cos, (len, half), device)?,
             sin: Tensor::from_vec(sin, (len, half), device)?,
@@ -207,7 +231,7 @@ impl RotaryEmbedding {
 }
 
 impl RopeTables {
-    /// Whether these tables were built from the long factors.
+    /// Whether these tables were built from the long factors (for a batch: any row's).
     pub fn is_long(&self) -> bool {
         self.long
     }
@@ -222,6 +246,19 @@ impl RopeTables {
         let rot = x.narrow(D::Minus1, 0, self.rot_dim)?.contiguous()?;
         let pass = x.narrow(D::Minus1, self.rot_dim, self.head_dim - self.rot_dim)?;
         let rot = candle_nn::rotary_emb::rope(&rot, &self.cos, &self.sin)?;
+        Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
+    }
+
+    /// Rotates `x` `[1, tokens, heads, head_dim]` whose tokens are the table's rows (the packed
+    /// layout of a batch); only the first `rot_dim` dimensions of each head are rotated.
+    pub fn apply_packed(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        if self.rot_dim == self.head_dim {
+            return Ok(candle_nn::rotary_emb::rope_thd(&x, &self.cos, &self.sin)?);
+        }
+        let rot = x.narrow(D::Minus1, 0, self.rot_dim)?.contiguous()?;
+        let pass = x.narrow(D::Minus1, self.rot_dim, self.head_dim - self.rot_dim)?;
+        let rot = candle_nn::rotary_emb::rope_thd(&rot, &self.cos, &self.sin)?;
         Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
     }
 }
@@ -265,6 +302,25 @@ mod tests {
         let small =
             RotaryEmbedding::new(&RotaryConfig { max_position_embeddings: 4096, ..long_cfg(1.0) }).unwrap();
         assert_eq!(small.attention_factor(), 1.0);
+    }
+
+    #[test]
+    fn batch_tables_rotate_each_position_as_hf_generation_did() {
+        let r = RotaryEmbedding::new(&long_cfg(1.0)).unwrap();
+        let cpu = &Device::Cpu;
+        // A chunk of a 4000-token prompt (short, as its single prefill call), two decode steps
+        // around position 4096 (L = 4096 short, then 4097 long), and a chunk of a 5000-token
+        // prompt (long throughout, as its prefill call was).
+        let t = r.batch_tables(&[(3990, 10, 4000), (4095, 2, 4000), (10, 3, 5000)], cpu).unwrap();
+        let want = [
+            r.tables(0, 4000, cpu).unwrap().cos.narrow(0, 3990, 10).unwrap(),
+            r.tables(4095, 1, cpu).unwrap().cos,
+            r.tables(4096, 1, cpu).unwrap().cos,
+            r.tables(0, 5000, cpu).unwrap().cos.narrow(0, 10, 3).unwrap(),
+        ];
+        let want = Tensor::cat(&want, 0).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(t.cos.to_vec2::<f32>().unwrap(), want);
+        assert!(t.is_long());
     }
 
     #[test]

@@ -138,18 +138,27 @@ pub fn memory_stats() -> MemoryStats {
     let Ok(text) = std::fs::read_to_string("/proc/self/status") else {
         return MemoryStats::default();
     };
-    let field = |key: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
+    let field = |key: &str| kb_field(&text, key).unwrap_or(0);
     MemoryStats {
         peak_rss: field("VmHWM:"),
         rss: field("VmRSS:"),
         rss_anon: field("RssAnon:"),
         rss_file: field("RssFile:"),
     }
+}
+
+/// `MemAvailable` from `/proc/meminfo`: memory the system can give without swapping, in bytes
+/// (`None` where unknown).
+pub fn available_memory_bytes() -> Option<u64> {
+    kb_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable:")
+}
+
+/// The value of a `Key:   123 kB` line, in bytes.
+fn kb_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
 }
 
 /// Resets the kernel's peak-RSS counter (`VmHWM`) to the current RSS (`echo 5 >

@@ -1,0 +1,55 @@
+//! Engine options shared by `phive serve` and `phive run`.
+
+use clap::Args;
+use phive::engine::{Engine, EngineConfig};
+
+/// How the batching engine is sized.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Sequences the engine batches at once (each choice of a request is one); more wait.
+    #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_num_seqs: u32,
+    /// Tokens fed to the model per step: one per decoding sequence plus prefill chunks. Lower
+    /// keeps streams smooth while long prompts prefill; higher prefills faster.
+    #[arg(long, global = true, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batched_tokens: u32,
+    /// Requests waiting to start; beyond this, requests are refused (HTTP 503).
+    #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queue: u32,
+    /// KV cache memory in GiB (e.g. 4 or 0.5). Default: 40% of the memory available after
+    /// loading, at most what --max-num-seqs full-context sequences can use.
+    #[arg(long, global = true, value_name = "GIB")]
+    kv_cache_mem: Option<f64>,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe.
+    pub fn config(&self) -> anyhow::Result<EngineConfig> {
+        let kv_cache_bytes = match self.kv_cache_mem {
+            Some(gib) if !(gib.is_finite() && gib > 0.0) => {
+                anyhow::bail!("--kv-cache-mem must be a positive number of GiB, got {gib}")
+            }
+            Some(gib) => Some((gib * (1u64 << 30) as f64) as u64),
+            None => None,
+        };
+        Ok(EngineConfig {
+            max_num_seqs: self.max_num_seqs as usize,
+            max_batched_tokens: self.max_batched_tokens as usize,
+            max_queue: self.max_queue as usize,
+            kv_cache_bytes,
+        })
+    }
+}
+
+/// One line describing the engine's KV memory, for the load summary.
+pub fn summary(engine: &Engine) -> String {
+    let stats = engine.stats();
+    let blocks = stats.kv_blocks_free + stats.kv_blocks_used;
+    let bytes = engine.pipeline().model().kv_geometry(stats.kv_block_size).bytes_per_block() * blocks;
+    format!(
+        "kv cache: {:.2} GiB, {} tokens in {blocks} blocks of {}",
+        bytes as f64 / (1u64 << 30) as f64,
+        engine.kv_capacity_tokens(),
+        stats.kv_block_size
+    )
+}

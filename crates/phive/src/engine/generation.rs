@@ -1,0 +1,286 @@
+//! One choice's output, token by token: sample → stop checks → detokenize → what to stream,
+//! with timings for the usage report. The engine feeds it the logits of each step; it knows
+//! nothing about batching or KV memory.
+
+use std::time::{Duration, Instant};
+
+use super::logprobs::{token_logprob, TokenLogprob};
+use super::{IncrementalDetokenizer, Sampler, SamplingParams, StopStrings};
+use crate::prompt::{MediaKind, PromptTokens};
+use crate::{Error, Result};
+
+/// Per-request generation settings.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationParams {
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// Most tokens to generate; `None` means up to the context length.
+    pub max_tokens: Option<usize>,
+    /// Strings that end generation (not included in the output).
+    pub stop: Vec<String>,
+    /// Report log-probabilities of the chosen tokens with this many top alternatives
+    /// (`None`: no log-probabilities).
+    pub logprobs: Option<usize>,
+}
+
+/// A piece of streamed output.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// New text.
+    pub text: String,
+    /// Log-probabilities of the tokens that produced this text (when requested).
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// Why generation ended, with OpenAI's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+    /// The caller stopped listening.
+    Cancelled,
+}
+
+/// What one generation produced.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The generated text (stop strings removed).
+    pub text: String,
+    /// Generated token ids (including a final stop token if one ended generation).
+    pub tokens: Vec<u32>,
+    /// Log-probabilities per generated token (stop tokens excluded), when requested.
+    pub logprobs: Vec<TokenLogprob>,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Token counts and timings.
+    pub usage: Usage,
+}
+
+/// Token counts and timings of one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// Prompt length in positions, media placeholders included.
+    pub prompt_tokens: usize,
+    /// How many of the prompt positions are image features.
+    pub image_tokens: usize,
+    /// How many of the prompt positions are audio features.
+    pub audio_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Time spent before generation started (media encoding and preprocessing).
+    pub preprocess_time: Duration,
+    /// Prefill time (prompt through the model, first logits).
+    pub prompt_time: Duration,
+    /// Decode time after the first token.
+    pub completion_time: Duration,
+    /// From the request's start to the first token.
+    pub time_to_first_token: Duration,
+}
+
+impl Usage {
+    /// Prompt tokens per second of prefill.
+    pub fn prompt_tokens_per_sec(&self) -> f64 {
+        rate(self.prompt_tokens, self.prompt_time)
+    }
+
+    /// Generated tokens per second of decode (the first token is counted in prefill).
+    pub fn completion_tokens_per_sec(&self) -> f64 {
+        rate(self.completion_tokens.saturating_sub(1), self.completion_time)
+    }
+}
+
+fn rate(tokens: usize, time: Duration) -> f64 {
+    if time.is_zero() {
+        0.0
+    } else {
+        tokens as f64 / time.as_secs_f64()
+    }
+}
+
+/// Generated tokens decoded before a logprob token to find its text (enough for SentencePiece
+/// spaces and multi-byte characters, short enough to stay cheap on long completions).
+const LOGPROB_CONTEXT: usize = 4;
+
+/// Rejects `max_tokens: 0`, prompts that leave no room for a generated token, and requests whose
+/// prompt plus `max_tokens` exceed the context (OpenAI's and vLLM's 400).
+pub fn check_lengths(prompt_len: usize, params: &GenerationParams, context_length: usize) -> Result<()> {
+    if params.max_tokens == Some(0) {
+        return Err(Error::InvalidRequest("max_tokens must be at least 1".into()));
+    }
+    if prompt_len >= context_length {
+        return Err(Error::InvalidRequest(format!(
+            "the prompt is {prompt_len} tokens (images included) but the model's context length is {context_length}"
+        )));
+    }
+    if let Some(max) = params.max_tokens.filter(|&m| prompt_len.saturating_add(m) > context_length) {
+        return Err(Error::InvalidRequest(format!(
+            "this model's maximum context length is {context_length} tokens; you requested {} tokens \
+             ({prompt_len} in the prompt, images included, plus max_tokens {max})",
+            prompt_len.saturating_add(max)
+        )));
+    }
+    Ok(())
+}
+
+/// What one step of a [`Generation`] produced.
+#[derive(Debug)]
+pub struct Advance {
+    /// The sampled token (to feed to the model next, unless generation finished).
+    pub token: u32,
+    /// Text (and logprobs) to stream now.
+    pub delta: Option<Delta>,
+    /// Set when this token ended generation; call [`Generation::finish`].
+    pub finished: Option<FinishReason>,
+}
+
+/// The output state of one choice: sampler, stop strings, detokenizer, text so far.
+pub struct Generation {
+    params: GenerationParams,
+    sampler: Sampler,
+    stops: StopStrings,
+    detok: IncrementalDetokenizer,
+    /// Text ids of the prompt and the completion (what the repetition penalty looks at).
+    context: Vec<u32>,
+    tokens: Vec<u32>,
+    text: String,
+    emitted: usize,
+    logprobs: Vec<TokenLogprob>,
+    pending_logprobs: Vec<TokenLogprob>,
+    budget: usize,
+    usage: Usage,
+    started: Instant,
+    scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+impl Generation {
+    /// The state before the first token of a request that arrived at `started`. Check the
+    /// lengths with [`check_lengths`] and the sampling parameters first.
+    pub fn new(
+        prompt: &PromptTokens,
+        params: &GenerationParams,
+        context_length: usize,
+        started: Instant,
+    ) -> Self {
+        let prompt_len = prompt.ids.len();
+        let count = |kind| prompt.media.iter().filter(|s| s.kind == kind).map(|s| s.len).sum();
+        Generation {
+            params: params.clone(),
+            sampler: Sampler::new(params.sampling.clone()),
+            stops: StopStrings::new(params.stop.iter().cloned()),
+            detok: IncrementalDetokenizer::new(),
+            context: prompt.text_ids(),
+            tokens: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            logprobs: Vec::new(),
+            pending_logprobs: Vec::new(),
+            budget: params.max_tokens.unwrap_or(usize::MAX).min(context_length.saturating_sub(prompt_len)),
+            usage: Usage {
+                prompt_tokens: prompt_len,
+                image_tokens: count(MediaKind::Image),
+                audio_tokens: count(MediaKind::Audio),
+                ..Default::default()
+            },
+            started,
+            scheduled: None,
+            first_token: None,
+        }
+    }
+
+    /// Records that the engine started computing this choice (the end of its wait and
+    /// preprocessing time).
+    pub fn mark_scheduled(&mut self) {
+        if self.scheduled.is_none() {
+            self.scheduled = Some(Instant::now());
+            self.usage.preprocess_time = self.started.elapsed();
+        }
+    }
+
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Samples the next token from `logits` and works out what to stream.
+    pub fn advance(
+        &mut self,
+        logits: &[f32],
+        tokenizer: &tokenizers::Tokenizer,
+        stop_token_ids: &[u32],
+    ) -> Result<Advance> {
+        let token = self.sampler.sample(logits, &self.context);
+        if self.first_token.is_none() {
+            let now = Instant::now();
+            self.first_token = Some(now);
+            self.usage.time_to_first_token = self.started.elapsed();
+            self.usage.prompt_time = now - self.scheduled.unwrap_or(now);
+        }
+        self.tokens.push(token);
+        let done = |delta| Ok(Advance { token, delta, finished: Some(FinishReason::Stop) });
+        if stop_token_ids.contains(&token) {
+            return done(None);
+        }
+        if let Some(top) = self.params.logprobs {
+            let previous = &self.tokens[..self.tokens.len() - 1];
+            let context = &previous[previous.len().saturating_sub(LOGPROB_CONTEXT)..];
+            let lp = token_logprob(logits, token, top, tokenizer, context);
+            self.logprobs.push(lp.clone());
+            self.pending_logprobs.push(lp);
+        }
+        self.sampler.observe(token);
+        self.context.push(token);
+        let searched = self.text.len();
+        if let Some(delta) = self.detok.push(tokenizer, token)? {
+            self.text.push_str(&delta);
+        }
+        if let Some(hit) = self.stops.find(&self.text, searched) {
+            self.text.truncate(hit.at);
+            return done(None);
+        }
+        let safe = self.stops.safe_len(&self.text);
+        let delta = (safe > self.emitted).then(|| {
+            let delta = Delta {
+                text: self.text[self.emitted..safe].to_string(),
+                logprobs: std::mem::take(&mut self.pending_logprobs),
+            };
+            self.emitted = safe;
+            delta
+        });
+        let finished = (self.tokens.len() >= self.budget).then_some(FinishReason::Length);
+        Ok(Advance { token, delta, finished })
+    }
+
+    /// Ends generation for `reason`: the last piece to stream (held-back text that turned out
+    /// not to be a stop string, or the detokenizer's flush) and the completion.
+    pub fn finish(
+        mut self,
+        reason: FinishReason,
+        tokenizer: &tokenizers::Tokenizer,
+    ) -> Result<(Option<Delta>, Completion)> {
+        if reason == FinishReason::Length {
+            if let Some(rest) = self.detok.flush(tokenizer)? {
+                self.text.push_str(&rest);
+            }
+        }
+        let tail = (reason != FinishReason::Cancelled
+            && (self.text.len() > self.emitted || !self.pending_logprobs.is_empty()))
+        .then(|| Delta {
+            text: self.text.get(self.emitted..).unwrap_or_default().to_string(),
+            logprobs: std::mem::take(&mut self.pending_logprobs),
+        });
+        self.usage.completion_tokens = self.tokens.len();
+        self.usage.completion_time = self.first_token.map(|t| t.elapsed()).unwrap_or_default();
+        let completion = Completion {
+            text: self.text,
+            tokens: self.tokens,
+            logprobs: self.logprobs,
+            finish_reason: reason,
+            usage: self.usage,
+        };
+        Ok((tail, completion))
+    }
+}

@@ -1,0 +1,97 @@
+//! Runs one planned step on the model: builds the packed batch (token and media embeddings,
+//! per-row positions, block tables and adapters), runs one forward pass for all rows, and
+//! returns the logits of every row that reached the end of its tokens.
+
+use candle_core::Tensor;
+
+use super::scheduler::{ScheduledRow, StepPlan};
+use super::sequence::Sequence;
+use crate::models::LoadedModel;
+use crate::nn::kv_cache::KvPool;
+use crate::nn::phi3_decoder::BatchRow;
+use crate::{Error, Result};
+
+/// What a step produced for its rows.
+pub struct StepOutput {
+    /// `(row, logits)` for the rows whose sequence has fed all its tokens: the next token is
+    /// sampled from these.
+    pub logits: Vec<(ScheduledRow, Vec<f32>)>,
+    /// Rows that could not be built (their request's media failed to encode), with the error;
+    /// the other rows ran without them.
+    pub failed: Vec<(ScheduledRow, Error)>,
+}
+
+/// Runs `plan` over `running`; advances each run row's `computed`.
+pub fn run_step(
+    model: &LoadedModel,
+    pool: &mut KvPool,
+    running: &mut [Sequence],
+    plan: &StepPlan,
+) -> Result<StepOutput> {
+    for &(src, dst) in &plan.copies {
+        pool.copy_block(src, dst);
+    }
+    let mut embeds = Vec::with_capacity(plan.rows.len());
+    let mut rows = Vec::with_capacity(plan.rows.len());
+    let mut failed = Vec::new();
+    for &row in &plan.rows {
+        match embed_row(model, &running[row.index], row.len) {
+            Ok(e) => {
+                embeds.push(e);
+                rows.push(row);
+            }
+            Err(e) => failed.push((row, e)),
+        }
+    }
+    if rows.is_empty() {
+        return Ok(StepOutput { logits: Vec::new(), failed });
+    }
+    let batch: Vec<BatchRow> = rows
+        .iter()
+        .map(|r| {
+            let seq = &running[r.index];
+            BatchRow {
+                len: r.len,
+                position: seq.computed,
+                prompt_len: seq.prompt_len(),
+                blocks: &seq.blocks,
+                adapter: seq.request.adapter,
+            }
+        })
+        .collect();
+    let hidden = model.forward_batch(&Tensor::cat(&embeds, 0)?, &batch, pool)?;
+    let mut last_rows = Vec::new();
+    let mut sampled = Vec::new();
+    let mut at = 0;
+    for row in &rows {
+        at += row.len;
+        let seq = &mut running[row.index];
+        seq.computed += row.len;
+        if seq.remaining() == 0 {
+            last_rows.push(at - 1);
+            sampled.push(*row);
+        }
+    }
+    let mut logits = Vec::with_capacity(sampled.len());
+    if !last_rows.is_empty() {
+        let all = model.logits(&hidden, &last_rows)?.to_vec2::<f32>()?;
+        logits.extend(sampled.into_iter().zip(all));
+    }
+    Ok(StepOutput { logits, failed })
+}
+
+/// Embeddings `[len, hidden]` of the next `len` tokens of `seq`, with the features of the media
+/// spans they cover (encoding a media item the first time a chunk reaches it).
+fn embed_row(model: &LoadedModel, seq: &Sequence, len: usize) -> Result<Tensor> {
+    let (start, end) = (seq.computed, seq.computed + len);
+    let prepared = &seq.request.prepared;
+    let mut media = Vec::new();
+    for (i, span) in prepared.tokens.media.iter().enumerate() {
+        let (lo, hi) = (span.start.max(start), (span.start + span.len).min(end));
+        if lo < hi {
+            let features = prepared.span_features(model, i)?;
+            media.push((lo - start, features.narrow(0, lo - span.start, hi - lo)?));
+        }
+    }
+    model.embed(&seq.tokens[start..end], &media)
+}

@@ -1,0 +1,197 @@
+//! [`LoadedModel`]: the one place where the model family is matched. Everything above it (the
+//! pipeline's prompt preparation, the engine, the front ends) talks to a model through these
+//! methods: turn a conversation into token ids and preprocessed media, encode one media item,
+//! embed a chunk of tokens, run one batched forward pass, and project hidden states to logits.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use image::DynamicImage;
+
+use super::phi3v::{Phi3V, Phi3VConfig};
+use super::phi4mm::{route, Adapter, Phi4MM, Phi4MMConfig, AUDIO_TOKEN_ID, IMAGE_TOKEN_ID};
+use crate::audio::{log_mel_features, AudioProjectionMode, DecodedAudio};
+use crate::checkpoint::Architecture;
+use crate::nn::kv_cache::{KvGeometry, KvPool};
+use crate::nn::phi3_decoder::{BatchRow, Phi3Decoder};
+use crate::prompt::{
+    expand_phi3v, expand_phi4mm, place_media_tags, ChatMessage, ChatTemplate, MediaKind, MediaSpan,
+    Placeholder, PromptTokens,
+};
+use crate::vision::{phi3v_hd, phi4mm_hd};
+use crate::{Error, Result};
+
+/// A loaded network of a supported family, with its preprocessing settings.
+pub enum LoadedModel {
+    /// Phi-3.5-vision.
+    Phi3V { model: Box<Phi3V>, images: phi3v_hd::Phi3VImageProcessorConfig },
+    /// Phi-4-multimodal.
+    Phi4MM { model: Box<Phi4MM>, images: phi4mm_hd::Phi4MMImageProcessorConfig },
+}
+
+/// A request's media after preprocessing, in the form its model family consumes.
+pub enum PreparedMedia {
+    /// Phi-3.5-vision: HD-transformed images.
+    Phi3V(Vec<phi3v_hd::Phi3VImage>),
+    /// Phi-4-multimodal: dynamic-HD images, log-mel features `[T, 80]` per clip, and the
+    /// adapter and audio projection the request's media choose.
+    Phi4MM {
+        images: Vec<phi4mm_hd::Phi4MMImage>,
+        audios: Vec<Tensor>,
+        adapter: Adapter,
+        projection: AudioProjectionMode,
+    },
+}
+
+impl LoadedModel {
+    /// Builds the network of `architecture` from its config and weights.
+    pub fn load(
+        architecture: Architecture,
+        config: serde_json::Value,
+        config_path: &std::path::Path,
+        preprocessor_path: &std::path::Path,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(match architecture {
+            Architecture::Phi3V => {
+                let model_config: Phi3VConfig = serde_json::from_value(config)
+                    .map_err(|e| Error::checkpoint(config_path, format!("invalid model config: {e}")))?;
+                let images = phi3v_hd::Phi3VImageProcessorConfig::from_file(preprocessor_path)?;
+                LoadedModel::Phi3V { model: Box::new(Phi3V::new(&model_config, vb)?), images }
+            }
+            Architecture::Phi4MM => {
+                let model_config = Phi4MMConfig::from_json(&config)?;
+                let images = phi4mm_hd::Phi4MMImageProcessorConfig::from_file(preprocessor_path)?;
+                LoadedModel::Phi4MM { model: Box::new(Phi4MM::new(&model_config, vb)?), images }
+            }
+        })
+    }
+
+    fn decoder(&self) -> &Phi3Decoder {
+        match self {
+            LoadedModel::Phi3V { model, .. } => model.decoder(),
+            LoadedModel::Phi4MM { model, .. } => model.decoder(),
+        }
+    }
+
+    /// Longest sequence (prompt plus completion) the model accepts.
+    pub fn context_length(&self) -> usize {
+        self.decoder().config().rope.max_position_embeddings
+    }
+
+    /// Whether requests may carry audio (Phi-4-multimodal with an audio encoder).
+    pub fn accepts_audio(&self) -> bool {
+        matches!(self, LoadedModel::Phi4MM { model, .. } if model.audio().is_some())
+    }
+
+    /// The shape of the KV memory with blocks of `block_size` positions.
+    pub fn kv_geometry(&self, block_size: usize) -> KvGeometry {
+        self.decoder().kv_geometry(block_size)
+    }
+
+    /// Places media tags, renders the chat template, preprocesses the media and tokenizes.
+    /// The caller has checked that the messages reference exactly `images` and `audios`.
+    pub fn prepare(
+        &self,
+        messages: &[ChatMessage],
+        images: &[DynamicImage],
+        audios: &[DecodedAudio],
+        template: &ChatTemplate,
+        tokenizer: &tokenizers::Tokenizer,
+    ) -> Result<(PromptTokens, String, PreparedMedia)> {
+        match self {
+            LoadedModel::Phi3V { images: config, .. } => {
+                let rendered = place_media_tags(messages, &[MediaKind::Image], "\n")?;
+                let text = template.render(&rendered, true)?;
+                let images =
+                    images.iter().map(|img| phi3v_hd::preprocess(img, config)).collect::<Result<Vec<_>>>()?;
+                let counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
+                let tokens = expand_phi3v(tokenizer, &text, &counts, 0)?;
+                Ok((tokens, text, PreparedMedia::Phi3V(images)))
+            }
+            LoadedModel::Phi4MM { model, images: config } => {
+                let kinds: &[MediaKind] = if self.accepts_audio() {
+                    &[MediaKind::Image, MediaKind::Audio]
+                } else {
+                    &[MediaKind::Image]
+                };
+                let rendered = place_media_tags(messages, kinds, "")?;
+                let text = template.render(&rendered, true)?;
+                let images = images
+                    .iter()
+                    .map(|img| phi4mm_hd::preprocess(img, config))
+                    .collect::<Result<Vec<_>>>()?;
+                let features = audios.iter().map(log_mel_features).collect::<Result<Vec<_>>>()?;
+                let image_counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
+                let audio_counts = match model.audio() {
+                    Some(audio) => {
+                        features.iter().map(|f| Ok(audio.num_tokens(f.dim(0)?))).collect::<Result<_>>()?
+                    }
+                    None => Vec::new(),
+                };
+                let tokens = expand_phi4mm(
+                    tokenizer,
+                    &text,
+                    &[
+                        Placeholder { kind: MediaKind::Image, token: IMAGE_TOKEN_ID, counts: &image_counts },
+                        Placeholder { kind: MediaKind::Audio, token: AUDIO_TOKEN_ID, counts: &audio_counts },
+                    ],
+                )?;
+                let (adapter, projection) = route(!images.is_empty(), !features.is_empty());
+                let media = PreparedMedia::Phi4MM { images, audios: features, adapter, projection };
+                Ok((tokens, text, media))
+            }
+        }
+    }
+
+    /// The media of a prompt that has none (plain text completion).
+    pub fn no_media(&self) -> PreparedMedia {
+        match self {
+            LoadedModel::Phi3V { .. } => PreparedMedia::Phi3V(Vec::new()),
+            LoadedModel::Phi4MM { .. } => {
+                let (adapter, projection) = route(false, false);
+                PreparedMedia::Phi4MM { images: Vec::new(), audios: Vec::new(), adapter, projection }
+            }
+        }
+    }
+
+    /// The LoRA adapter every forward pass of a request with `media` runs under.
+    pub fn adapter(&self, media: &PreparedMedia) -> Option<&'static str> {
+        match media {
+            PreparedMedia::Phi3V(_) => None,
+            PreparedMedia::Phi4MM { adapter, .. } => adapter.name(),
+        }
+    }
+
+    /// Projected features `[span.len, hidden]` of the media item behind `span`.
+    pub fn encode(&self, media: &PreparedMedia, span: &MediaSpan) -> Result<Tensor> {
+        match (self, media) {
+            (LoadedModel::Phi3V { model, .. }, PreparedMedia::Phi3V(images)) => {
+                let image = &images[span.index];
+                model.encode_image(&image.pixel_values, image.grid())
+            }
+            (LoadedModel::Phi4MM { model, .. }, PreparedMedia::Phi4MM { images, audios, projection, .. }) => {
+                match span.kind {
+                    MediaKind::Image => model.encode_image(&images[span.index]),
+                    MediaKind::Audio => model.encode_audio(&audios[span.index], *projection),
+                }
+            }
+            _ => Err(Error::InvalidRequest("the prompt was prepared by a different model".into())),
+        }
+    }
+
+    /// Input embeddings `[ids.len(), hidden]`, with each `(start, features)` written over its
+    /// positions (relative to `ids`).
+    pub fn embed(&self, ids: &[u32], media: &[(usize, Tensor)]) -> Result<Tensor> {
+        Ok(self.decoder().embed_with_media(ids, media)?.squeeze(0)?)
+    }
+
+    /// One batched forward pass (see [`Phi3Decoder::forward_batch`]).
+    pub fn forward_batch(&self, embeds: &Tensor, rows: &[BatchRow], kv: &mut KvPool) -> Result<Tensor> {
+        self.decoder().forward_batch(embeds, rows, kv)
+    }
+
+    /// Logits `[rows.len(), vocab]` of the given rows of packed hidden states.
+    pub fn logits(&self, hidden: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        self.decoder().logits(hidden, rows)
+    }
+}

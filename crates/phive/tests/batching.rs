@@ -1,0 +1,270 @@
+//! Continuous batching does not change answers: requests of different lengths and kinds served
+//! together (chunked prefill mixed with decode rows, three LoRA adapters in one batch for
+//! Phi-4, preemption under a small KV pool, random arrivals and cancellations) give exactly what
+//! each gives alone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use phive::engine::{Completion, Engine, EngineConfig, Event, GenerationParams, SamplingParams};
+use phive::pipeline::PreparedPrompt;
+use rand::{Rng, SeedableRng};
+
+/// One test request: how to prepare it and its settings.
+#[derive(Clone)]
+struct Case {
+    name: String,
+    params: GenerationParams,
+    choices: usize,
+    case: serde_json::Value,
+    phi4: bool,
+}
+
+impl Case {
+    fn prepare(&self, engine: &Engine) -> PreparedPrompt {
+        if self.phi4 {
+            return common::phi4mm_prepare(engine.pipeline(), &self.case);
+        }
+        let (messages, images) = common::openai_messages(&self.case["openai_messages"]);
+        engine.pipeline().prepare(&messages, &images).unwrap()
+    }
+}
+
+/// Every golden case of a fixture, then again with other lengths and sampling settings, so
+/// rows differ in prompt length, media, adapter, sampling and completion length.
+fn cases(phi4: bool, skip_long: bool) -> Vec<Case> {
+    let goldens = common::golden_json(if phi4 { "phi4mm/generation.json" } else { "phi3v/generation.json" });
+    let golden: Vec<serde_json::Value> = goldens["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !(skip_long && c["name"] == "long_text"))
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    for (i, case) in golden.iter().chain(golden.iter().take(3)).enumerate() {
+        let sampled = i >= golden.len();
+        let sampling = if sampled {
+            SamplingParams {
+                temperature: Some(0.8),
+                top_p: Some(0.9),
+                seed: Some(7 + i as u64),
+                ..Default::default()
+            }
+        } else {
+            SamplingParams::default()
+        };
+        out.push(Case {
+            name: format!("{}#{i}", case["name"].as_str().unwrap()),
+            params: GenerationParams {
+                sampling,
+                max_tokens: Some(if sampled { 6 + 3 * i } else { 16 }),
+                logprobs: Some(2),
+                ..Default::default()
+            },
+            choices: if sampled { 2 } else { 1 },
+            case: case.clone(),
+            phi4,
+        });
+    }
+    out
+}
+
+fn fixture(phi4: bool) -> std::path::PathBuf {
+    if phi4 {
+        common::phi4mm_tiny()
+    } else {
+        common::phi3v_tiny()
+    }
+}
+
+/// Each case served alone, one after another.
+fn solo_answers(cases: &[Case]) -> Vec<Vec<Completion>> {
+    let engine = common::engine(&fixture(cases[0].phi4), EngineConfig::default());
+    cases
+        .iter()
+        .map(|c| {
+            engine
+                .submit(c.prepare(&engine), c.params.clone(), c.choices)
+                .unwrap()
+                .collect_blocking()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Tokens identical, logprobs within 1e-4.
+fn assert_same(name: &str, got: &[Completion], want: &[Completion]) {
+    assert_eq!(got.len(), want.len(), "{name}: choices");
+    for (choice, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.tokens, w.tokens, "{name} choice {choice}: tokens");
+        assert_eq!(g.text, w.text, "{name} choice {choice}: text");
+        assert_eq!(g.finish_reason, w.finish_reason, "{name} choice {choice}");
+        assert_eq!(g.logprobs.len(), w.logprobs.len(), "{name} choice {choice}: logprobs");
+        for (a, b) in g.logprobs.iter().zip(&w.logprobs) {
+            let diff = (a.chosen.logprob - b.chosen.logprob).abs();
+            assert!(diff < 1e-4, "{name} choice {choice}: logprob differs by {diff}");
+            for (x, y) in a.top_logprobs.iter().zip(&b.top_logprobs) {
+                assert_eq!(x.token_id, y.token_id, "{name}: top logprob tokens");
+                assert!((x.logprob - y.logprob).abs() < 1e-4, "{name}: top logprob");
+            }
+        }
+    }
+}
+
+/// Submits every case at once and collects them all.
+fn batched_answers(engine: &Engine, cases: &[Case]) -> Vec<Vec<Completion>> {
+    let handles: Vec<_> = cases
+        .iter()
+        .map(|c| engine.submit(c.prepare(engine), c.params.clone(), c.choices).unwrap())
+        .collect();
+    handles.into_iter().map(|h| h.collect_blocking().unwrap()).collect()
+}
+
+fn batching_equals_solo(phi4: bool) {
+    let cases = cases(phi4, false);
+    assert_eq!(cases.len(), 8);
+    let solo = solo_answers(&cases);
+    // A small step budget: long prompts prefill in chunks beside other rows' decode steps.
+    let config = EngineConfig { max_batched_tokens: 48, ..Default::default() };
+    let engine = common::engine(&fixture(phi4), config);
+    for (case, (got, want)) in cases.iter().zip(batched_answers(&engine, &cases).iter().zip(&solo)) {
+        assert_same(&case.name, got, want);
+    }
+    let stats = engine.stats();
+    let multi_row_steps: u64 = stats.batch_size.counts[3..].iter().sum(); // buckets above 4 rows
+    assert!(multi_row_steps > 0, "no step batched more than 4 sequences: {:?}", stats.batch_size);
+    assert!(stats.prefill_tokens.count() > 0 && stats.decode_tokens.sum > 0.0);
+    wait_until_idle(&engine);
+}
+
+/// Waits (briefly) until the engine has retired everything and holds no KV block: the last
+/// event can reach a caller just before the loop publishes its state.
+fn wait_until_idle(engine: &Engine) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = engine.stats();
+        if (stats.kv_blocks_used, stats.running_seqs, stats.waiting_seqs) == (0, 0, 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "blocks leaked or sequences left: {stats:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn phi3v_batched_answers_equal_solo_answers() {
+    batching_equals_solo(false);
+}
+
+#[test]
+fn phi4mm_batched_answers_with_three_adapters_equal_solo_answers() {
+    let kinds: Vec<String> = cases(true, false).iter().map(|c| c.name.clone()).collect();
+    // text (no adapter), images (vision), audio only (speech) are all in the batch.
+    for kind in ["text", "one_image", "one_audio"] {
+        assert!(kinds.iter().any(|k| k.starts_with(kind)), "{kind} missing from {kinds:?}");
+    }
+    batching_equals_solo(true);
+}
+
+/// KV bytes that hold `tokens` positions of `engine`'s model.
+fn kv_bytes(engine: &Engine, tokens: usize) -> u64 {
+    let geometry = engine.pipeline().model().kv_geometry(16);
+    (geometry.blocks_for(tokens) * geometry.bytes_per_block()) as u64
+}
+
+#[test]
+fn preemption_under_a_small_pool_keeps_every_answer() {
+    let cases = cases(false, true);
+    let solo = solo_answers(&cases);
+    let probe = common::engine(&common::phi3v_tiny(), EngineConfig::default());
+    let longest = cases.iter().map(|c| c.prepare(&probe).tokens.ids.len() + 16).max().unwrap();
+    // Room for the longest sequence and a little more: the batch cannot all fit.
+    let config = EngineConfig { kv_cache_bytes: Some(kv_bytes(&probe, longest + 64)), ..Default::default() };
+    drop(probe);
+    let engine = common::engine(&common::phi3v_tiny(), config);
+    for (case, (got, want)) in cases.iter().zip(batched_answers(&engine, &cases).iter().zip(&solo)) {
+        assert_same(&case.name, got, want);
+    }
+    let stats = engine.stats();
+    assert!(stats.preemptions > 0, "the pool was never full: {stats:?}");
+    wait_until_idle(&engine);
+}
+
+#[test]
+fn requests_that_cannot_fit_are_refused_up_front() {
+    let engine = common::engine(&common::phi3v_tiny(), EngineConfig::default());
+    let case = &cases(false, true)[0];
+    let context = engine.pipeline().context_length();
+    let params = GenerationParams { max_tokens: Some(context), ..Default::default() };
+    let err = engine.submit(case.prepare(&engine), params, 1).err().unwrap();
+    assert!(matches!(err, phive::Error::InvalidRequest(_)), "{err}");
+    assert!(err.to_string().contains(&format!("maximum context length is {context}")), "{err}");
+    // A pool smaller than prompt + max_tokens names the flag.
+    let small = EngineConfig { kv_cache_bytes: Some(kv_bytes(&engine, 64)), ..Default::default() };
+    let small = common::engine(&common::phi3v_tiny(), small);
+    let params = GenerationParams { max_tokens: Some(200), ..Default::default() };
+    let err = small.submit(case.prepare(&small), params, 1).err().unwrap().to_string();
+    assert!(err.contains("--kv-cache-mem"), "{err}");
+}
+
+#[test]
+fn cancelling_frees_blocks_within_a_step() {
+    let engine = common::engine(&common::phi3v_tiny(), EngineConfig::default());
+    let case = &cases(false, true)[1];
+    let params = GenerationParams { max_tokens: Some(2000), ..Default::default() };
+    let mut handle = engine.submit(case.prepare(&engine), params, 2).unwrap();
+    assert!(matches!(handle.next_blocking(), Some(Event::Delta { .. })));
+    assert!(engine.stats().kv_blocks_used > 0);
+    handle.cancel();
+    wait_until_idle(&engine);
+    assert_eq!(engine.stats().cancelled, 1);
+}
+
+/// Random arrivals, lengths, `n`, cancellations and a pool that sometimes runs out: every
+/// request that is not cancelled answers what it answers alone, and no block leaks.
+#[test]
+fn random_arrivals_match_solo_answers() {
+    let pool = cases(false, true);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261204);
+    let mut picked = Vec::new();
+    for i in 0..12 {
+        let mut case = pool[rng.random_range(0..pool.len())].clone();
+        case.name = format!("{}@{i}", case.name);
+        case.params.max_tokens = Some(rng.random_range(1..24));
+        case.choices = rng.random_range(1..=3);
+        if rng.random_bool(0.5) {
+            case.params.sampling =
+                SamplingParams { temperature: Some(1.0), seed: Some(i), ..Default::default() };
+        }
+        picked.push((case, rng.random_range(0..40u64), rng.random_bool(0.2)));
+    }
+    let cases: Vec<Case> = picked.iter().map(|(c, _, _)| c.clone()).collect();
+    let solo = solo_answers(&cases);
+    let probe = common::engine(&common::phi3v_tiny(), EngineConfig::default());
+    let longest = cases.iter().map(|c| c.prepare(&probe).tokens.ids.len() + 24).max().unwrap();
+    let config = EngineConfig {
+        kv_cache_bytes: Some(kv_bytes(&probe, 3 * longest)),
+        max_batched_tokens: 96,
+        ..Default::default()
+    };
+    drop(probe);
+    let engine = common::engine(&common::phi3v_tiny(), config);
+    std::thread::scope(|scope| {
+        for ((case, delay, cancel), want) in picked.iter().zip(&solo) {
+            let engine = &engine;
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(*delay));
+                let mut handle =
+                    engine.submit(case.prepare(engine), case.params.clone(), case.choices).unwrap();
+                if *cancel {
+                    let _ = handle.next_blocking();
+                    return; // dropping the handle cancels
+                }
+                assert_same(&case.name, &handle.collect_blocking().unwrap(), want);
+            });
+        }
+    });
+    wait_until_idle(&engine);
+}
