@@ -8,6 +8,7 @@
 
 mod blocks;
 pub mod detokenizer;
+mod encoder;
 pub mod generation;
 pub mod logprobs;
 mod runner;

@@ -3,13 +3,14 @@
 //! one batched forward pass per step, samples each row, streams each delta, and retires
 //! finished or cancelled sequences at once.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use super::encoder::{Encoder, Message};
 use super::generation::check_lengths;
 use super::runner::run_step;
 use super::scheduler::{Scheduler, SchedulerLimits};
@@ -103,13 +104,15 @@ struct Shared {
     stats: Mutex<EngineStats>,
     /// Longest sequence that fits: the context, or the KV pool if smaller.
     max_seq_len: usize,
+    /// Arrival numbers of requests.
+    next_id: AtomicU64,
 }
 
 /// A pipeline served by the batching loop.
 pub struct Engine {
     shared: Arc<Shared>,
     config: EngineConfig,
-    inbox: Mutex<Option<mpsc::Sender<Arc<Request>>>>,
+    inbox: Mutex<Option<mpsc::Sender<Message>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -127,6 +130,7 @@ impl Engine {
             queued: AtomicUsize::new(0),
             stats: Mutex::new(stats),
             max_seq_len,
+            next_id: AtomicU64::new(0),
         });
         let (sender, receiver) = mpsc::channel();
         let limits = SchedulerLimits {
@@ -134,11 +138,12 @@ impl Engine {
             max_batched_tokens: config.max_batched_tokens.max(1),
             block_size: geometry.block_size,
         };
+        let encoder = Encoder::start(Arc::clone(&shared.pipeline), sender.clone());
         let loop_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("phive-engine".into())
             .spawn(move || {
-                EngineLoop::new(loop_shared, limits, geometry, num_blocks).run(receiver);
+                EngineLoop::new(loop_shared, limits, geometry, num_blocks, encoder).run(receiver);
             })
             .expect("spawning the engine thread");
         Engine { shared, config, inbox: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) }
@@ -201,7 +206,13 @@ impl Engine {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::QueueFull(format!("{queued} requests are already waiting (--max-queue)")));
         }
-        let sent = self.inbox.lock().ok().and_then(|inbox| inbox.as_ref().map(|tx| tx.send(request).is_ok()));
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let sequence = Sequence::new(id, request, self.shared.max_seq_len);
+        let sent = self
+            .inbox
+            .lock()
+            .ok()
+            .and_then(|inbox| inbox.as_ref().map(|tx| tx.send(Message::Submit(sequence)).is_ok()));
         if sent != Some(true) {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::QueueFull("the engine is shutting down".into()));
@@ -211,8 +222,8 @@ impl Engine {
 
     /// Stops accepting requests and waits for queued and running ones to finish.
     pub fn shutdown(&self) {
-        if let Ok(mut inbox) = self.inbox.lock() {
-            inbox.take();
+        if let Some(inbox) = self.inbox.lock().ok().and_then(|mut inbox| inbox.take()) {
+            let _ = inbox.send(Message::Shutdown);
         }
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
@@ -242,40 +253,44 @@ struct EngineLoop {
     shared: Arc<Shared>,
     scheduler: Scheduler,
     pool: KvPool,
-    next_id: u64,
+    encoder: Encoder,
+    /// Sequences at the encoder.
+    encoding: usize,
+    /// Whether requests may still arrive.
+    open: bool,
 }
 
 impl EngineLoop {
-    fn new(shared: Arc<Shared>, limits: SchedulerLimits, geometry: KvGeometry, num_blocks: usize) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        limits: SchedulerLimits,
+        geometry: KvGeometry,
+        num_blocks: usize,
+        encoder: Encoder,
+    ) -> Self {
         Self {
             shared,
             scheduler: Scheduler::new(limits, num_blocks),
             pool: KvPool::new(geometry, num_blocks),
-            next_id: 0,
+            encoder,
+            encoding: 0,
+            open: true,
         }
     }
 
-    fn run(mut self, inbox: mpsc::Receiver<Arc<Request>>) {
-        let mut open = true;
+    fn run(mut self, inbox: mpsc::Receiver<Message>) {
         loop {
             if self.scheduler.is_idle() {
-                if !open {
+                if !self.open && self.encoding == 0 {
                     return;
                 }
                 match inbox.recv() {
-                    Ok(request) => self.add(request),
+                    Ok(message) => self.receive(message),
                     Err(_) => return,
                 }
             }
-            loop {
-                match inbox.try_recv() {
-                    Ok(request) => self.add(request),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
+            while let Ok(message) = inbox.try_recv() {
+                self.receive(message);
             }
             self.drop_cancelled();
             self.step();
@@ -283,10 +298,21 @@ impl EngineLoop {
         }
     }
 
-    fn add(&mut self, request: Arc<Request>) {
-        self.next_id += 1;
-        let sequence = Sequence::new(self.next_id, request, self.shared.max_seq_len);
-        self.scheduler.add(sequence);
+    fn receive(&mut self, message: Message) {
+        match message {
+            Message::Submit(sequence) if sequence.request.prepared.tokens.media.is_empty() => {
+                self.scheduler.add(sequence)
+            }
+            Message::Submit(sequence) => {
+                self.encoding += 1;
+                self.encoder.submit(sequence);
+            }
+            Message::Encoded(sequence) => {
+                self.encoding -= 1;
+                self.scheduler.add(sequence);
+            }
+            Message::Shutdown => self.open = false,
+        }
     }
 
     /// Retires the sequences whose caller went away, freeing their blocks.

@@ -1,0 +1,216 @@
+//! Continuous-batching benchmark: aggregate decode tokens/s, time to first token and
+//! inter-token latency at several numbers of concurrent streams, and the time to first token of
+//! a short text request sent while a large image prompt prefills, against the same request
+//! alone. Requests go straight to the engine (no HTTP), as every front end submits them.
+//!
+//! ```sh
+//! cargo run --release -p phive --example batch_bench -- --model /tmp/phi35-real --isq q4k
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use image::{DynamicImage, Rgb, RgbImage};
+use phive::engine::{Engine, EngineConfig, Event, GenerationParams};
+use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
+use phive::prompt::{ChatMessage, MessagePart};
+use phive::IsqType;
+
+struct Args {
+    model: PathBuf,
+    isq: Option<IsqType>,
+    streams: Vec<usize>,
+    decode: usize,
+    max_batched_tokens: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        model: PathBuf::new(),
+        isq: None,
+        streams: vec![1, 2, 4, 8, 16],
+        decode: 64,
+        max_batched_tokens: 512,
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = value()?.into(),
+            "--isq" => a.isq = Some(value()?.parse()?),
+            "--streams" => a.streams = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--decode-tokens" => a.decode = value()?.parse()?,
+            "--max-batched-tokens" => a.max_batched_tokens = value()?.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if a.model.as_os_str().is_empty() {
+        bail!("--model DIR is required");
+    }
+    Ok(a)
+}
+
+/// When one request's events arrived.
+struct Trace {
+    submitted: Instant,
+    deltas: Vec<Instant>,
+    done: Instant,
+    tokens: usize,
+}
+
+impl Trace {
+    fn ttft(&self) -> Duration {
+        self.deltas.first().map_or(Duration::ZERO, |t| *t - self.submitted)
+    }
+}
+
+/// Submits `prompts` together and follows each on its own thread.
+fn run_together(
+    engine: &Arc<Engine>,
+    prompts: Vec<PreparedPrompt>,
+    params: &GenerationParams,
+) -> Result<Vec<Trace>> {
+    let handles = prompts
+        .into_iter()
+        .map(|p| Ok((Instant::now(), engine.submit(p, params.clone(), 1)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let threads: Vec<_> = handles
+        .into_iter()
+        .map(|(submitted, handle)| std::thread::spawn(move || follow(submitted, handle)))
+        .collect();
+    threads.into_iter().map(|t| t.join().expect("follower thread")).collect()
+}
+
+fn follow(submitted: Instant, mut handle: phive::engine::RequestHandle) -> Result<Trace> {
+    let mut deltas = Vec::new();
+    let mut tokens = 0;
+    while let Some(event) = handle.next_blocking() {
+        match event {
+            Event::Delta { .. } => deltas.push(Instant::now()),
+            Event::Done { completion, .. } => tokens = completion.tokens.len(),
+            Event::Error(e) => return Err(e.into()),
+        }
+    }
+    Ok(Trace { submitted, deltas, done: Instant::now(), tokens })
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+fn text_prompt(pipeline: &Pipeline, i: usize) -> Result<PreparedPrompt> {
+    let text = format!("Story {i}: write a long tale about a lighthouse keeper and the sea.");
+    Ok(pipeline.prepare(&[ChatMessage::text("user", &text)], &[])?)
+}
+
+/// A 1024x768 picture with structure (gradients and bars), so preprocessing does real work.
+fn picture() -> DynamicImage {
+    DynamicImage::ImageRgb8(RgbImage::from_fn(1024, 768, |x, y| {
+        Rgb([(x / 4) as u8, (y / 3) as u8, if (x / 64 + y / 64) % 2 == 0 { 200 } else { 40 }])
+    }))
+}
+
+fn cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find_map(|l| l.strip_prefix("model name")).unwrap_or(": unknown");
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags")).unwrap_or_default();
+    let simd: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    format!(
+        "{} [{}], {} threads",
+        model.trim_start_matches([' ', '\t', ':']),
+        simd.join(" "),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    println!("cpu: {}", cpu());
+    let pipeline = Pipeline::load(&LoadOptions {
+        model: args.model.to_string_lossy().into(),
+        isq: args.isq,
+        ..Default::default()
+    })?;
+    println!(
+        "model: {} (isq {:?}), loaded in {:.1}s",
+        pipeline.source(),
+        args.isq,
+        pipeline.load_time().as_secs_f64()
+    );
+    let config = EngineConfig { max_batched_tokens: args.max_batched_tokens, ..Default::default() };
+    let engine = Arc::new(Engine::new(pipeline, config));
+    let pipeline = engine.pipeline();
+    let params = GenerationParams { max_tokens: Some(args.decode), ..Default::default() };
+
+    // Warm-up: the first use of each quantized weight repacks it.
+    let warm = GenerationParams { max_tokens: Some(4), ..Default::default() };
+    run_together(&engine, vec![text_prompt(pipeline, 0)?, text_prompt(pipeline, 1)?], &warm)?;
+
+    println!("\n| streams | aggregate decode tok/s | vs 1 stream | TTFT p50 / p99 s | inter-token p50 / p99 ms | tokens |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut single = None;
+    for &n in &args.streams {
+        let prompts = (0..n).map(|i| text_prompt(pipeline, 100 + i)).collect::<Result<Vec<_>>>()?;
+        let traces = run_together(&engine, prompts, &params)?;
+        let first = traces.iter().filter_map(|t| t.deltas.first()).min().copied().context("no tokens")?;
+        let end = traces.iter().map(|t| t.done).max().context("no traces")?;
+        let decoded: usize = traces.iter().map(|t| t.tokens.saturating_sub(1)).sum();
+        let aggregate = decoded as f64 / (end - first).as_secs_f64();
+        let base = *single.get_or_insert(aggregate);
+        let mut ttft: Vec<f64> = traces.iter().map(|t| t.ttft().as_secs_f64()).collect();
+        let mut itl: Vec<f64> = traces
+            .iter()
+            .flat_map(|t| t.deltas.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3))
+            .collect();
+        let tokens: usize = traces.iter().map(|t| t.tokens).sum();
+        println!(
+            "| {n} | {aggregate:.1} | {:.2}x | {:.2} / {:.2} | {:.0} / {:.0} | {tokens} |",
+            aggregate / base,
+            percentile(&mut ttft, 0.5),
+            percentile(&mut ttft, 0.99),
+            percentile(&mut itl, 0.5),
+            percentile(&mut itl, 0.99),
+        );
+    }
+
+    // A short text request alone, then while a 1024x768 image prompt prefills.
+    let short = GenerationParams { max_tokens: Some(8), ..Default::default() };
+    let mut alone: Vec<f64> = (0..3)
+        .map(|i| {
+            Ok(run_together(&engine, vec![text_prompt(pipeline, 900 + i)?], &short)?[0].ttft().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    let alone = percentile(&mut alone, 0.5);
+    let messages = [ChatMessage {
+        role: "user".into(),
+        parts: vec![MessagePart::Image, MessagePart::Text("Describe this picture in detail.".into())],
+    }];
+    let image_prompt = pipeline.prepare(&messages, &[picture()])?;
+    let image_tokens = image_prompt.tokens.ids.len();
+    let image_start = Instant::now();
+    let image = engine.submit(image_prompt, short.clone(), 1)?;
+    let image_thread = std::thread::spawn(move || follow(image_start, image));
+    // Wait until the image is encoded and its prefill is under way.
+    let before = engine.stats().prefill_tokens.sum;
+    while engine.stats().prefill_tokens.sum <= before {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let during = run_together(&engine, vec![text_prompt(pipeline, 999)?], &short)?[0].ttft().as_secs_f64();
+    let image_trace = image_thread.join().expect("image thread")?;
+    println!(
+        "\nshort text request TTFT: alone {alone:.3}s, during a {image_tokens}-token image prefill {during:.3}s ({:.2}x); \
+         image request TTFT {:.2}s (encoding included)",
+        during / alone,
+        image_trace.ttft().as_secs_f64()
+    );
+    Ok(())
+}

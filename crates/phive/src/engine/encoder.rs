@@ -1,0 +1,82 @@
+//! Image and audio encoding beside the engine loop.
+//!
+//! A full-width CLIP or SigLIP tower takes seconds per picture on a CPU; run inside a step, it
+//! would freeze every other sequence's streaming for that long. So a request with media goes
+//! to this thread first: it encodes every media item once (the features stay in the request's
+//! prepared prompt, shared by all its choices and by recomputation after a preemption), then
+//! hands the sequence back to the loop, which schedules its prefill like any other.
+
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use super::sequence::Sequence;
+use super::service::Event;
+use crate::pipeline::Pipeline;
+
+/// What reaches the engine loop.
+pub enum Message {
+    /// A new request's first sequence.
+    Submit(Sequence),
+    /// A sequence whose media are encoded (or whose request failed while encoding).
+    Encoded(Sequence),
+    /// Stop accepting requests; finish what is running, then exit.
+    Shutdown,
+}
+
+/// The encoding thread.
+pub struct Encoder {
+    jobs: Option<mpsc::Sender<Sequence>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Encoder {
+    /// Starts the thread; encoded sequences come back through `done`.
+    pub fn start(pipeline: Arc<Pipeline>, done: mpsc::Sender<Message>) -> Self {
+        let (jobs, receiver) = mpsc::channel::<Sequence>();
+        let thread = std::thread::Builder::new()
+            .name("phive-encoder".into())
+            .spawn(move || {
+                for sequence in receiver {
+                    encode(&pipeline, &sequence);
+                    if done.send(Message::Encoded(sequence)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the encoder thread");
+        Self { jobs: Some(jobs), thread: Some(thread) }
+    }
+
+    /// Queues `sequence` for encoding.
+    pub fn submit(&self, sequence: Sequence) {
+        if let Some(jobs) = &self.jobs {
+            // The thread only stops when this sender is dropped, so the send cannot fail.
+            let _ = jobs.send(sequence);
+        }
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Encodes every media span of the sequence's prompt; a failure fails the request.
+fn encode(pipeline: &Pipeline, sequence: &Sequence) {
+    let request = &sequence.request;
+    for index in 0..request.prepared.tokens.media.len() {
+        if request.is_cancelled() {
+            return;
+        }
+        if let Err(e) = request.prepared.span_features(pipeline.model(), index) {
+            request.send(Event::Error(e));
+            request.cancel.store(true, Ordering::Relaxed);
+            return;
+        }
+    }
+}
