@@ -24,6 +24,8 @@ struct Args {
     streams: Vec<usize>,
     decode: usize,
     max_batched_tokens: usize,
+    /// Also measure a short request's TTFT during an image prefill.
+    interference: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -33,7 +35,8 @@ fn parse_args() -> Result<Args> {
         isq: None,
         streams: vec![1, 2, 4, 8, 16],
         decode: 64,
-        max_batched_tokens: 512,
+        max_batched_tokens: EngineConfig::default().max_batched_tokens,
+        interference: true,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Args> {
             "--streams" => a.streams = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--decode-tokens" => a.decode = value()?.parse()?,
             "--max-batched-tokens" => a.max_batched_tokens = value()?.parse()?,
+            "--no-interference" => a.interference = false,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -182,6 +186,9 @@ fn main() -> Result<()> {
         );
     }
 
+    if !args.interference {
+        return Ok(());
+    }
     // A short text request alone, then while a 1024x768 image prompt prefills.
     let short = GenerationParams { max_tokens: Some(8), ..Default::default() };
     let mut alone: Vec<f64> = (0..3)
