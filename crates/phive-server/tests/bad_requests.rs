@@ -380,6 +380,15 @@ fn cases() -> Vec<Case> {
         Some("repetition_penalty"),
     );
     add("max_tokens zero", "POST", CHAT, chat_with(json!({"max_tokens": 0})), 400, Some("max_tokens"));
+    // Prompt + max_tokens beyond the context: refused before anything is generated.
+    add(
+        "max_tokens beyond the context",
+        "POST",
+        CHAT,
+        chat_with(json!({"max_tokens": 10_000_000})),
+        400,
+        None,
+    );
     add("negative max_tokens", "POST", CHAT, chat_with(json!({"max_tokens": -1})), 400, Some("max_tokens"));
     add("string max_tokens", "POST", CHAT, chat_with(json!({"max_tokens": "ten"})), 400, Some("max_tokens"));
     add(
@@ -507,6 +516,14 @@ fn cases() -> Vec<Case> {
         Some("logprobs"),
     );
     add("suffix", "POST", COMPL, completion_with(json!({"suffix": "end"})), 400, Some("suffix"));
+    add(
+        "completion max_tokens beyond the context",
+        "POST",
+        COMPL,
+        completion_with(json!({"max_tokens": 1_000_000_000_000u64})),
+        400,
+        None,
+    );
     add("best_of", "POST", COMPL, completion_with(json!({"best_of": 3})), 400, Some("best_of"));
     add(
         "completion max_tokens zero",
