@@ -186,6 +186,16 @@ fn main() -> Result<()> {
         );
     }
 
+    // Prefill speed: a ~1000-token text prompt alone (chunked by the step budget).
+    let long_text = "The lighthouse keeper counted the waves and wrote them down. ".repeat(80);
+    let long = pipeline.prepare(&[ChatMessage::text("user", &long_text)], &[])?;
+    let long_tokens = long.tokens.ids.len();
+    let one = GenerationParams { max_tokens: Some(1), ..Default::default() };
+    let ttft = run_together(&engine, vec![long], &one)?[0].ttft().as_secs_f64();
+    println!(
+        "\nprefill: {long_tokens} text tokens alone in {ttft:.2}s ({:.0} tok/s)",
+        long_tokens as f64 / ttft
+    );
     if !args.interference {
         return Ok(());
     }
