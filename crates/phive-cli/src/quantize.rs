@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use phive::export::quantize_checkpoint;
 use phive::pipeline::LoadOptions;
-use phive::quant::gguf::quantize_checkpoint;
 use phive::quant::IsqType;
 
 /// Options of `phive quantize`.

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use phive::checkpoint::Checkpoint;
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
+use phive::nn::linear::LoadVb;
 use phive::quant::{memory_stats, IsqType, LoadContext, TensorRole};
 
 const PROMPTS: &[&str] = &[
@@ -103,7 +104,7 @@ fn main() -> Result<()> {
     let index = ck.weights.tensor_index().unwrap_or_default();
     let largest_f32 = index.values().map(|e| e.shape.iter().product::<usize>() * 4).max().unwrap_or(0) as u64;
     let (vb, ctx) = LoadContext::open(&ck.weights, args.isq, false)?;
-    let model = ctx.scope(|| Phi3V::new(&cfg, vb))?;
+    let model = Phi3V::new(&cfg, LoadVb::new(vb, &ctx))?;
     let report = ctx.finish();
     let load_s = started.elapsed().as_secs_f64();
     let after_load = memory_stats();

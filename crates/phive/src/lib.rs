@@ -11,6 +11,8 @@ pub mod audio;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;
+/// Saving a quantized checkpoint as GGUF (`phive quantize`); above `pipeline`, which it loads with.
+pub mod export;
 pub mod media;
 pub mod models;
 pub mod nn;

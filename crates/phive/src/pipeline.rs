@@ -11,7 +11,9 @@ use image::DynamicImage;
 use crate::audio::DecodedAudio;
 use crate::checkpoint::{Architecture, Checkpoint, TokenizerBundle};
 use crate::models::{LoadedModel, PreparedMedia};
+use crate::nn::linear::{LinearWeight, LoadVb};
 use crate::prompt::{ChatMessage, ChatTemplate, MediaKind, PromptTokens};
+use crate::quant::LoadContext;
 use crate::{Error, Result};
 
 /// How to load a model.
@@ -77,6 +79,16 @@ impl PreparedPrompt {
 impl Pipeline {
     /// Resolves, reads and loads the model.
     pub fn load(options: &LoadOptions) -> Result<Self> {
+        Ok(Self::load_with(options, false)?.0)
+    }
+
+    /// [`Pipeline::load`], also returning every linear weight the load quantized or converted,
+    /// by tensor name: what [`crate::export`] saves.
+    pub(crate) fn load_recording(options: &LoadOptions) -> Result<(Self, Vec<(String, LinearWeight)>)> {
+        Self::load_with(options, true)
+    }
+
+    fn load_with(options: &LoadOptions, record: bool) -> Result<(Self, Vec<(String, LinearWeight)>)> {
         let started = Instant::now();
         let checkpoint = Checkpoint::open(&options.model, options.revision.as_deref())?;
         let Checkpoint { source, config_path, config, architecture, weights, tokenizer, preprocessor_config } =
@@ -92,13 +104,14 @@ impl Pipeline {
             tokenizer.bos_token.as_deref(),
             tokenizer.eos_token.as_deref(),
         )?;
-        let (vb, isq) = crate::quant::LoadContext::open(&weights, options.isq, options.isq_encoders)?;
-        let model =
-            isq.scope(|| LoadedModel::load(architecture, config, &config_path, &preprocessor_path, vb))?;
-        let load_report = isq.finish();
+        let (vb, ctx) = LoadContext::open(&weights, options.isq, options.isq_encoders)?;
+        let ctx = if record { ctx.recording() } else { ctx };
+        let vb = LoadVb::new(vb, &ctx);
+        let model = LoadedModel::load(architecture, config, &config_path, &preprocessor_path, vb)?;
+        let load_report = ctx.finish();
         let weight_bytes =
             weights.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
-        Ok(Pipeline {
+        let pipeline = Pipeline {
             source,
             architecture,
             tokenizer,
@@ -107,7 +120,8 @@ impl Pipeline {
             load_time: started.elapsed(),
             weight_bytes,
             load_report,
-        })
+        };
+        Ok((pipeline, ctx.into_recorded()))
     }
 
     /// Where the model came from (`org/name@revision` or a folder).

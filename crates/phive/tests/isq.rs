@@ -10,7 +10,9 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use phive::checkpoint::Checkpoint;
 use phive::engine::{Completion, Engine, EngineConfig, GenerationParams};
+use phive::export::quantize_checkpoint;
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
+use phive::nn::linear::LoadVb;
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive::quant::{self, IsqType, LoadContext, LoadReport};
 
@@ -27,7 +29,7 @@ fn load_model(dir: &Path, isq: Option<IsqType>) -> (Phi3V, LoadReport) {
     let ck = Checkpoint::open(&dir.to_string_lossy(), None).unwrap();
     let cfg = Phi3VConfig::from_json(&ck.config).unwrap();
     let (vb, ctx) = LoadContext::open(&ck.weights, isq, false).unwrap();
-    let model = ctx.scope(|| Phi3V::new(&cfg, vb)).unwrap();
+    let model = Phi3V::new(&cfg, LoadVb::new(vb, &ctx)).unwrap();
     (model, ctx.finish())
 }
 
@@ -191,7 +193,7 @@ fn bf16_storage_matches_the_f32_goldens() {
 fn quantize_then_reload_is_bit_identical_to_in_situ() {
     let out = tempfile::tempdir().unwrap();
     let tiny = common::phi3v_tiny();
-    let report = quant::gguf::quantize_checkpoint(&options(&tiny, Some(IsqType::Q4K)), out.path()).unwrap();
+    let report = quantize_checkpoint(&options(&tiny, Some(IsqType::Q4K)), out.path()).unwrap();
     assert_eq!(report.quantized, 9);
     for f in [
         "config.json",
@@ -234,9 +236,8 @@ fn quantize_then_reload_is_bit_identical_to_in_situ() {
     assert!(e.contains("Q4K") && e.contains("Q8_0"), "{e}");
     // Quantizing a GGUF again is refused.
     let again = tempfile::tempdir().unwrap();
-    let e = quant::gguf::quantize_checkpoint(&options(out.path(), Some(IsqType::Q4K)), again.path())
-        .unwrap_err()
-        .to_string();
+    let e =
+        quantize_checkpoint(&options(out.path(), Some(IsqType::Q4K)), again.path()).unwrap_err().to_string();
     assert!(e.contains("already"), "{e}");
 }
 
@@ -246,7 +247,7 @@ fn bf16_quantize_then_reload_is_bit_identical() {
     // the GGUF's metadata tells the reload to store them as BF16 linears again.
     let out = tempfile::tempdir().unwrap();
     let tiny = common::phi3v_tiny();
-    quant::gguf::quantize_checkpoint(&options(&tiny, Some(IsqType::BF16)), out.path()).unwrap();
+    quantize_checkpoint(&options(&tiny, Some(IsqType::BF16)), out.path()).unwrap();
     let ids: Vec<u32> = vec![1, 32010, 15043, 29892, 920, 526, 366, 29973, 32007, 32001];
     let (a, ra) = load_model(&tiny, Some(IsqType::BF16));
     let (b, rb) = load_model(out.path(), None);

@@ -16,6 +16,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
+use phive::nn::linear::LoadVb;
 use phive::vision::phi3v_hd::{preprocess, Phi3VImageProcessorConfig};
 
 use common::{fixtures, read_json, shard_files};
@@ -34,7 +35,7 @@ fn load_model(files: &[PathBuf]) -> phive::Result<Phi3V> {
     let config = Phi3VConfig::from_json(&read_json(&dir.join("config.json"))).unwrap();
     // SAFETY: the fixture files are not modified while mapped.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, &Device::Cpu)? };
-    Phi3V::new(&config, vb)
+    Phi3V::new(&config, LoadVb::plain(vb))
 }
 
 struct Fixture {

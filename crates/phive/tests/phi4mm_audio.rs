@@ -15,6 +15,7 @@ use phive::audio::{
     decode_audio, log_mel_features, num_audio_tokens, resample, AudioProjectionMode, DecodedAudio,
     Phi4AudioConfig, Phi4AudioEmbedding,
 };
+use phive::nn::linear::LoadVb;
 
 use common::{fixtures, phi4mm_goldens, read_json};
 
@@ -227,7 +228,9 @@ fn tiny() -> &'static Tiny {
             .collect();
         files.sort();
         files.dedup();
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
+        let vb = LoadVb::plain(
+            unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap(),
+        );
         let emb = Phi4AudioEmbedding::load(&vb.pp("model.embed_tokens_extend.audio_embed"), &cfg).unwrap();
         Tiny { emb }
     })

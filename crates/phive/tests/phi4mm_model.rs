@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use phive::audio::AudioProjectionMode;
 use phive::models::phi4mm::{route, Adapter, Phi4MM, Phi4MMConfig, AUDIO_TOKEN_ID, IMAGE_TOKEN_ID};
+use phive::nn::linear::LoadVb;
 use phive::vision::phi4mm_hd::{preprocess, Phi4MMImageProcessorConfig};
 
 use common::{fixtures, phi4mm_goldens, read_json, shard_files};
@@ -42,7 +43,7 @@ fn fixture() -> &'static Fixture {
         // SAFETY: the fixture files are not modified while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&shard_files(&dir), DType::F32, &Device::Cpu) }
             .unwrap();
-        let model = Phi4MM::new(&config, vb).expect("load phi4mm-tiny");
+        let model = Phi4MM::new(&config, LoadVb::plain(vb)).expect("load phi4mm-tiny");
         let tensors =
             candle_core::safetensors::load(phi4mm_goldens().join("generation.safetensors"), &Device::Cpu)
                 .expect("generation.safetensors");

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::config::{GluActivation, Phi4AudioConfig};
 use crate::nn::activation::Activation;
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, LoadVb};
 use crate::nn::norm::LayerNorm;
 use crate::{Error, Result};
 
@@ -126,7 +126,7 @@ struct NemoSubsampling {
 }
 
 impl NemoSubsampling {
-    fn load(vb: &VarBuilder, cfg: &Phi4AudioConfig) -> Result<Self> {
+    fn load(vb: &LoadVb, cfg: &Phi4AudioConfig) -> Result<Self> {
         let c = cfg.nemo_conv_channels;
         let conv = vb.pp("conv");
         let conv0_weight = vec_f32(&conv.pp("0").get((c, 1, 3, 3), "weight")?)?;
@@ -231,7 +231,7 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(vb: &VarBuilder, cfg: &Phi4AudioConfig) -> Result<Self> {
+    fn load(vb: &LoadVb, cfg: &Phi4AudioConfig) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             norm: LayerNorm::load(&vb.pp("layer_norm"), d, LN_EPS)?,
@@ -262,7 +262,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: &VarBuilder, cfg: &Phi4AudioConfig) -> Result<Self> {
+    fn load(vb: &LoadVb, cfg: &Phi4AudioConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
             q: Linear::load(&vb.pp("linear_q"), d, d, true)?,
@@ -384,7 +384,7 @@ struct ConformerBlock {
 }
 
 impl ConformerBlock {
-    fn load(vb: &VarBuilder, cfg: &Phi4AudioConfig) -> Result<Self> {
+    fn load(vb: &LoadVb, cfg: &Phi4AudioConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
             ff_in: FeedForward::load(&vb.pp("feed_forward_in"), cfg)?,
@@ -417,7 +417,7 @@ pub struct ConformerEncoder {
 
 impl ConformerEncoder {
     /// Loads the encoder from `vb` rooted at `…audio_embed.encoder` (weights converted to f32).
-    pub fn load(vb: &VarBuilder, cfg: &Phi4AudioConfig) -> Result<Self> {
+    pub fn load(vb: &LoadVb, cfg: &Phi4AudioConfig) -> Result<Self> {
         cfg.validate()?;
         let norm = vb.pp("encoder_embedding");
         let blocks = (0..cfg.num_blocks)

@@ -2,11 +2,10 @@
 //! (`model.embed_tokens_extend.audio_embed` in the Hub checkpoint).
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use super::config::Phi4AudioConfig;
 use super::conformer::ConformerEncoder;
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, LoadVb};
 use crate::Result;
 
 /// Which projection maps audio features into the language model. The Hub model picks `Vision`
@@ -27,7 +26,7 @@ struct Projection {
 }
 
 impl Projection {
-    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    fn load(vb: &LoadVb, in_dim: usize, out_dim: usize) -> Result<Self> {
         Ok(Self {
             up: Linear::load(&vb.pp("0"), in_dim, out_dim, true)?,
             down: Linear::load(&vb.pp("2"), out_dim, out_dim, true)?,
@@ -51,7 +50,7 @@ impl Phi4AudioEmbedding {
     /// Loads from `vb` rooted at `model.embed_tokens_extend.audio_embed` (Hub remote-code names:
     /// `encoder.*`, `audio_projection.{speech,vision}.{0,2}.*`). Use an f32 `VarBuilder`: the
     /// encoder runs in f32 (bf16 checkpoints are upcast on load).
-    pub fn load(vb: &VarBuilder, cfg: &Phi4AudioConfig) -> Result<Self> {
+    pub fn load(vb: &LoadVb, cfg: &Phi4AudioConfig) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.hidden_size * cfg.downsample_rate;
         let proj = vb.pp("audio_projection");

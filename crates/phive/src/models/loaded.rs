@@ -4,7 +4,6 @@
 //! embed a chunk of tokens, run one batched forward pass, and project hidden states to logits.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 use image::DynamicImage;
 
 use super::phi3v::{Phi3V, Phi3VConfig};
@@ -12,6 +11,7 @@ use super::phi4mm::{route, Adapter, Phi4MM, Phi4MMConfig, AUDIO_TOKEN_ID, IMAGE_
 use crate::audio::{log_mel_features, AudioProjectionMode, DecodedAudio};
 use crate::checkpoint::Architecture;
 use crate::nn::kv_cache::{KvGeometry, KvPool};
+use crate::nn::linear::LoadVb;
 use crate::nn::phi3_decoder::{BatchRow, Phi3Decoder};
 use crate::prompt::{
     expand_phi3v, expand_phi4mm, place_media_tags, ChatMessage, ChatTemplate, MediaKind, MediaSpan,
@@ -49,7 +49,7 @@ impl LoadedModel {
         config: serde_json::Value,
         config_path: &std::path::Path,
         preprocessor_path: &std::path::Path,
-        vb: VarBuilder,
+        vb: LoadVb,
     ) -> Result<Self> {
         Ok(match architecture {
             Architecture::Phi3V => {

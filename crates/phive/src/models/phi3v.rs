@@ -8,13 +8,12 @@
 //! The projected rows overwrite the embeddings at the image placeholder positions.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::models::text_config::{config_error, Phi3TextConfig};
 use crate::nn::activation::Activation;
 use crate::nn::kv_cache::KvCache;
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, LoadVb};
 use crate::nn::phi3_decoder::Phi3Decoder;
 use crate::vision::clip::{ClipVisionConfig, ClipVisionTower};
 use crate::{Error, Result};
@@ -172,7 +171,7 @@ pub struct Phi3V {
 impl Phi3V {
     /// Validates `config` and loads all weights from `vb` rooted at the checkpoint root
     /// (`model.embed_tokens.weight`, `model.vision_embed_tokens.*`, `lm_head.weight`, ...).
-    pub fn new(config: &Phi3VConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &Phi3VConfig, vb: LoadVb) -> Result<Self> {
         config.validate()?;
         let decoder = Phi3Decoder::new(&config.text.decoder_config()?, &vb)?;
         let vv = vb.pp("model.vision_embed_tokens");

@@ -16,14 +16,13 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::audio::{AudioProjectionMode, Phi4AudioConfig, Phi4AudioEmbedding};
 use crate::models::text_config::{config_error, Phi3TextConfig};
 use crate::nn::activation::Activation;
 use crate::nn::kv_cache::KvCache;
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, LoadVb};
 use crate::nn::lora::LoraSpec;
 use crate::nn::phi3_decoder::Phi3Decoder;
 use crate::vision::phi4mm_hd::{Phi4MMImage, CROP_SIZE};
@@ -309,7 +308,7 @@ impl Phi4MM {
     /// `lora_{A,B}.{vision,speech}`, `model.embed_tokens_extend.image_embed.*`,
     /// `model.embed_tokens_extend.audio_embed.*`). The image (audio) encoder is built only when
     /// the config describes one. Use an f32 `VarBuilder`.
-    pub fn new(config: &Phi4MMConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &Phi4MMConfig, vb: LoadVb) -> Result<Self> {
         config.validate()?;
         let decoder =
             Phi3Decoder::new_with_adapters(&config.text.decoder_config()?, &vb, &config.lora_specs()?)?;
@@ -326,11 +325,7 @@ impl Phi4MM {
         Ok(Self { cfg: config.clone(), decoder, image, audio })
     }
 
-    fn load_image(
-        config: &Phi4MMConfig,
-        e: &ImageEmbdLayerConfig,
-        vi: &VarBuilder,
-    ) -> Result<ImageEmbedding> {
+    fn load_image(config: &Phi4MMConfig, e: &ImageEmbdLayerConfig, vi: &LoadVb) -> Result<ImageEmbedding> {
         let vcfg = config.vision_config();
         let tower = SiglipVisionTower::new(&vcfg, &vi.pp("img_processor"), config.img_processor().layer_idx)?;
         let c = vcfg.hidden_size;

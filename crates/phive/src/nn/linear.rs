@@ -4,11 +4,14 @@
 //! (ISQ) and per-request LoRA adapters (Phi-4-multimodal) live in this one place without
 //! touching the model code.
 //!
-//! ISQ: [`Linear::load`] asks the [`LoadContext`] installed for the current load (if any)
-//! whether this layer, by its full tensor name, is to be quantized; the weight is then read,
-//! quantized and stored as [`LinearWeight::Quantized`] (or [`LinearWeight::Half`]) before the
-//! next tensor is read. The public API (`load`, `from_weights`, `forward`) is unchanged.
+//! ISQ: model constructors read their weights from a [`LoadVb`], a `VarBuilder` that carries
+//! the load's [`LoadContext`] down to [`Linear::load`]. The context decides from the layer's
+//! full tensor name whether it is quantized; the weight is then read, quantized and stored as
+//! [`LinearWeight::Quantized`] (or [`LinearWeight::Half`]) before the next tensor is read. The
+//! context is passed explicitly, not installed per thread, so a load's settings are visible in
+//! every signature that depends on them.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
@@ -50,6 +53,41 @@ impl LinearWeight {
     }
 }
 
+/// The weights a model constructor reads: a `VarBuilder` plus the load's [`LoadContext`], which
+/// [`Linear::load`] consults. It derefs to the `VarBuilder`, so norms, embeddings and
+/// convolutions read from it as usual; only [`LoadVb::pp`] is its own, to keep the context.
+#[derive(Clone)]
+pub struct LoadVb<'a> {
+    vb: VarBuilder<'a>,
+    ctx: Option<&'a LoadContext>,
+}
+
+impl<'a> LoadVb<'a> {
+    /// `vb` read under `ctx` (ISQ, pre-quantized GGUF tensors, the load report).
+    pub fn new(vb: VarBuilder<'a>, ctx: &'a LoadContext) -> Self {
+        Self { vb, ctx: Some(ctx) }
+    }
+
+    /// `vb` without a context: every linear is read dense, in the `VarBuilder`'s dtype (tests
+    /// and tools building a model from plain weights).
+    pub fn plain(vb: VarBuilder<'a>) -> Self {
+        Self { vb, ctx: None }
+    }
+
+    /// The weights under the sub-module `name`, with the same context.
+    pub fn pp<S: ToString>(&self, name: S) -> Self {
+        Self { vb: self.vb.pp(name), ctx: self.ctx }
+    }
+}
+
+impl<'a> Deref for LoadVb<'a> {
+    type Target = VarBuilder<'a>;
+
+    fn deref(&self) -> &VarBuilder<'a> {
+        &self.vb
+    }
+}
+
 /// `y = x Wᵀ + b` over the last dimension of `x`, any number of leading dimensions.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -71,8 +109,8 @@ impl Linear {
     ///
     /// Under a [`LoadContext`] (an ISQ load), the weight may instead come back quantized or as
     /// half precision, as the context decides from `vb.prefix()`; the bias stays f32.
-    pub fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        if let Some(ctx) = LoadContext::current() {
+    pub fn load(vb: &LoadVb, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        if let Some(ctx) = vb.ctx {
             if let Some(weight) = ctx.linear_weight(vb, &vb.prefix(), in_dim, out_dim)? {
                 let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
                 return Self::from_parts(weight, bias, in_dim, out_dim);
@@ -84,11 +122,11 @@ impl Linear {
     }
 
     /// Like [`Linear::from_weights`] for a weight that is not loaded through `Linear::load` but
-    /// plays the role of the layer `name` (e.g. `lm_head` tied to the embeddings): under an ISQ
-    /// load it is quantized as `name.weight` would be (and taken pre-quantized from a GGUF).
-    pub fn from_weights_named(name: &str, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        if let Some(ctx) = LoadContext::current() {
-            if let Some(w) = ctx.convert_linear(name, &weight)? {
+    /// plays the role of the layer at `vb` (e.g. `lm_head` tied to the embeddings): under an ISQ
+    /// load it is quantized as that layer's weight would be (and taken pre-quantized from a GGUF).
+    pub fn from_weights_at(vb: &LoadVb, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if let Some(ctx) = vb.ctx {
+            if let Some(w) = ctx.convert_linear(&vb.prefix(), &weight)? {
                 let (out_dim, in_dim) = weight.dims2()?;
                 return Self::from_parts(w, bias, in_dim, out_dim);
             }

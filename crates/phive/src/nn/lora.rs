@@ -13,9 +13,8 @@
 //! full name matches its `layer` regex (unanchored search, as the Hub code and PEFT use it).
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
-use super::linear::Linear;
+use super::linear::{Linear, LoadVb};
 use crate::{Error, Result};
 
 /// One adapter as described in a config (`vision_lora` / `speech_lora` of Phi-4-multimodal).
@@ -122,7 +121,7 @@ impl LoraLinear {
     /// for every spec whose regex matches the module name, its `lora_A` / `lora_B` pair. A
     /// matching adapter with missing tensors is an error naming the tensor.
     pub fn load(
-        vb: &VarBuilder,
+        vb: &LoadVb,
         in_dim: usize,
         out_dim: usize,
         peft_layout: bool,

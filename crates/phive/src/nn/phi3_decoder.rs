@@ -12,12 +12,11 @@
 //! requests with the adapter each needs.
 
 use candle_core::{Device, Tensor};
-use candle_nn::VarBuilder;
 
 use super::activation::Activation;
 use super::attention::{attention, AttnMask};
 use super::kv_cache::{KvCache, KvGeometry, KvPool};
-use super::linear::Linear;
+use super::linear::{Linear, LoadVb};
 use super::lora::{AdapterSegment, LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
 use super::paged_attention::{decode_attention, DecodeQuery};
@@ -130,7 +129,7 @@ pub struct Phi3Decoder {
 impl Phi3Decoder {
     /// Loads `model.embed_tokens`, `model.layers.{i}.*`, `model.norm` and `lm_head` from `vb`
     /// (rooted at the checkpoint root), without adapters.
-    pub fn new(cfg: &Phi3DecoderConfig, vb: &VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Phi3DecoderConfig, vb: &LoadVb) -> Result<Self> {
         Self::new_with_adapters(cfg, vb, &[])
     }
 
@@ -138,16 +137,12 @@ impl Phi3Decoder {
     /// regex matches. The projection layout is detected from layer 0: PEFT
     /// (`qkv_proj.base_layer.weight`, no `qkv_proj.weight`) or plain. An adapter that matches no
     /// projection is a config error.
-    pub fn new_with_adapters(
-        cfg: &Phi3DecoderConfig,
-        vb: &VarBuilder,
-        adapters: &[LoraSpec],
-    ) -> Result<Self> {
+    pub fn new_with_adapters(cfg: &Phi3DecoderConfig, vb: &LoadVb, adapters: &[LoraSpec]) -> Result<Self> {
         cfg.validate()?;
         let probe = "model.layers.0.self_attn.qkv_proj";
         let peft = vb.contains_tensor(&format!("{probe}.base_layer.weight"))
             && !vb.contains_tensor(&format!("{probe}.weight"));
-        let lora = |v: &VarBuilder, i: usize, o: usize| LoraLinear::load(v, i, o, peft, adapters);
+        let lora = |v: &LoadVb, i: usize, o: usize| LoraLinear::load(v, i, o, peft, adapters);
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
         let qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
@@ -173,7 +168,7 @@ impl Phi3Decoder {
         }
         let norm = RmsNorm::load(&vm.pp("norm"), h, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_weights_named("lm_head", embed_tokens.clone(), None)?
+            Linear::from_weights_at(&vb.pp("lm_head"), embed_tokens.clone(), None)?
         } else {
             Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?
         };

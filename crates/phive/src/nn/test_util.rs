@@ -1,10 +1,12 @@
 //! Deterministic random weights for unit tests: a `VarBuilder` backend that returns, for any
-//! requested name and shape, normal values seeded from the name.
+//! requested name and shape, normal values seeded from the name, read without quantization.
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
+
+use super::linear::LoadVb;
 
 pub(crate) struct RandomBackend {
     pub std: f32,
@@ -59,13 +61,13 @@ impl SimpleBackend for RandomBackend {
     }
 }
 
-pub(crate) fn random_vb(std: f32) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(RandomBackend { std, missing: vec![] }), DType::F32, Device::Cpu)
+pub(crate) fn random_vb(std: f32) -> LoadVb<'static> {
+    random_vb_missing(std, &[])
 }
 
-pub(crate) fn random_vb_missing(std: f32, missing: &[&str]) -> VarBuilder<'static> {
+pub(crate) fn random_vb_missing(std: f32, missing: &[&str]) -> LoadVb<'static> {
     let missing = missing.iter().map(|s| s.to_string()).collect();
-    VarBuilder::from_backend(Box::new(RandomBackend { std, missing }), DType::F32, Device::Cpu)
+    LoadVb::plain(VarBuilder::from_backend(Box::new(RandomBackend { std, missing }), DType::F32, Device::Cpu))
 }
 
 pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -1,14 +1,15 @@
-//! The scoped load context that [`Linear::load`](crate::nn::linear::Linear::load) consults.
+//! The load context that [`Linear::load`](crate::nn::linear::Linear::load) consults.
 //!
 //! Model constructors (`Phi3V::new`, the decoder, the towers) only call `Linear::load(vb, ...)`;
-//! they know nothing about quantization. The pipeline installs a [`LoadContext`] on the loading
-//! thread for the duration of the constructor ([`LoadContext::scope`]); `Linear::load` looks it
-//! up with the layer's full tensor name (`vb.prefix()`), and the context decides from the name
-//! (its [`TensorRole`]) and the input width whether to quantize, to which type, and takes
+//! they know nothing about quantization. [`LoadContext::open`] returns the weights and the
+//! context, which travel together into the constructor as a [`LoadVb`]; `Linear::load` asks the
+//! context with the layer's full tensor name (`vb.prefix()`), and the context decides from the
+//! name (its [`TensorRole`]) and the input width whether to quantize, to which type, and takes
 //! pre-quantized tensors from a GGUF checkpoint. The full-precision weight is read in its stored
 //! dtype, quantized, and dropped before the next tensor is read.
+//!
+//! [`LoadVb`]: crate::nn::linear::LoadVb
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,6 @@ use super::{memory_stats, quantize, reset_peak_rss, IsqType, MemoryStats};
 use crate::checkpoint::weights::{WeightFiles, WeightFormat};
 use crate::nn::linear::LinearWeight;
 use crate::{Error, Result};
-
-thread_local! {
-    static CURRENT: RefCell<Option<Arc<LoadContext>>> = const { RefCell::new(None) };
-    static RECORDER: RefCell<Option<Arc<Recorder>>> = const { RefCell::new(None) };
-}
 
 /// What a tensor is, judged from its checkpoint name; decides whether ISQ touches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,24 +66,7 @@ impl TensorRole {
     }
 }
 
-/// Collects the weights a load quantized, for `phive quantize` to save.
-#[derive(Default)]
-pub(crate) struct Recorder {
-    pub(crate) weights: Mutex<Vec<(String, LinearWeight)>>,
-}
-
-/// Runs `f` (which loads a model through [`crate::pipeline::Pipeline::load`] on this thread) and
-/// returns, with its result, every linear weight the load quantized or converted, by tensor name.
-pub(crate) fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<(String, LinearWeight)>) {
-    let recorder = Arc::new(Recorder::default());
-    let previous = RECORDER.with(|r| r.replace(Some(recorder.clone())));
-    let result = f();
-    RECORDER.with(|r| *r.borrow_mut() = previous);
-    let weights = std::mem::take(&mut *recorder.weights.lock().unwrap_or_else(|e| e.into_inner()));
-    (result, weights)
-}
-
-/// The context installed while a model is being constructed. See the module docs.
+/// The settings and bookkeeping of one model load. See the module docs.
 pub struct LoadContext {
     isq: Option<IsqType>,
     encoders: bool,
@@ -95,7 +74,6 @@ pub struct LoadContext {
     /// f32 copy when they are about to be quantized anyway.
     stored: HashMap<String, DType>,
     gguf: Option<Arc<GgufStore>>,
-    recorder: Option<Arc<Recorder>>,
     started: Instant,
     state: Mutex<State>,
 }
@@ -107,6 +85,23 @@ struct State {
     source_bytes: u64,
     fallbacks: usize,
     by_type: BTreeMap<&'static str, usize>,
+    /// Every linear weight converted so far, by tensor name, when the load is for the GGUF
+    /// export ([`LoadContext::recording`]).
+    recorded: Option<Vec<(String, LinearWeight)>>,
+}
+
+impl State {
+    fn new(progress: ProgressBar) -> Self {
+        State {
+            progress,
+            tensors: 0,
+            bytes: 0,
+            source_bytes: 0,
+            fallbacks: 0,
+            by_type: BTreeMap::new(),
+            recorded: None,
+        }
+    }
 }
 
 /// What a load did, for the load summary (`phive run` prints it).
@@ -167,7 +162,7 @@ impl std::fmt::Display for LoadReport {
 impl LoadContext {
     /// Opens `weights` for loading with `isq` (`encoders`: also quantize the vision/audio
     /// projections) and returns the `VarBuilder` the model constructor reads from, plus the
-    /// context to install around it with [`LoadContext::scope`].
+    /// context to pass along with it (as a [`LoadVb`](crate::nn::linear::LoadVb)).
     ///
     /// * GGUF checkpoints (written by `phive quantize`) carry their ISQ type; `isq` must be
     ///   unset or equal to it, since requantizing quantized weights would compound the error.
@@ -179,10 +174,9 @@ impl LoadContext {
         weights: &WeightFiles,
         isq: Option<IsqType>,
         encoders: bool,
-    ) -> Result<(VarBuilder<'static>, Arc<Self>)> {
+    ) -> Result<(VarBuilder<'static>, Self)> {
         reset_peak_rss();
         let started = Instant::now();
-        let recorder = RECORDER.with(|r| r.borrow().clone());
         let (vb, isq, encoders, stored, gguf) = match weights.format {
             WeightFormat::Gguf => {
                 let path =
@@ -247,69 +241,27 @@ impl LoadContext {
         } else {
             ProgressBar::hidden()
         };
-        let ctx = LoadContext {
-            isq,
-            encoders,
-            stored,
-            gguf,
-            recorder,
-            started,
-            state: Mutex::new(State {
-                progress,
-                tensors: 0,
-                bytes: 0,
-                source_bytes: 0,
-                fallbacks: 0,
-                by_type: BTreeMap::new(),
-            }),
-        };
-        Ok((vb, Arc::new(ctx)))
+        let ctx =
+            LoadContext { isq, encoders, stored, gguf, started, state: Mutex::new(State::new(progress)) };
+        Ok((vb, ctx))
     }
 
     /// A context for tests and tools: quantize with `isq`, no source metadata (weights are
     /// read as f32 from whatever `VarBuilder` the caller uses).
-    pub fn new(isq: Option<IsqType>, encoders: bool) -> Arc<Self> {
-        Arc::new(LoadContext {
+    pub fn new(isq: Option<IsqType>, encoders: bool) -> Self {
+        LoadContext {
             isq,
             encoders,
             stored: HashMap::new(),
             gguf: None,
-            recorder: RECORDER.with(|r| r.borrow().clone()),
             started: Instant::now(),
-            state: Mutex::new(State {
-                progress: ProgressBar::hidden(),
-                tensors: 0,
-                bytes: 0,
-                source_bytes: 0,
-                fallbacks: 0,
-                by_type: BTreeMap::new(),
-            }),
-        })
+            state: Mutex::new(State::new(ProgressBar::hidden())),
+        }
     }
 
     /// The ISQ type in effect.
     pub fn isq(&self) -> Option<IsqType> {
         self.isq
-    }
-
-    /// Runs `f` (a model constructor) with this context installed on the current thread, and
-    /// restores the previous one afterwards, even if `f` unwinds. Constructors must load their
-    /// linears on this thread (the context is thread-local so concurrent loads never mix).
-    pub fn scope<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> R {
-        struct Restore(Option<Arc<LoadContext>>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                let previous = self.0.take();
-                CURRENT.with(|c| *c.borrow_mut() = previous);
-            }
-        }
-        let _restore = Restore(CURRENT.with(|c| c.replace(Some(self.clone()))));
-        f()
-    }
-
-    /// The context installed on this thread, if any.
-    pub(crate) fn current() -> Option<Arc<LoadContext>> {
-        CURRENT.with(|c| c.borrow().clone())
     }
 
     /// Finishes the progress bar and summarises the load.
@@ -328,6 +280,18 @@ impl LoadContext {
             elapsed: self.started.elapsed(),
             memory: memory_stats(),
         }
+    }
+
+    /// Also keeps every linear weight the load quantizes or converts, so that the GGUF export
+    /// can write exactly what an in-situ load produces ([`LoadContext::into_recorded`]).
+    pub(crate) fn recording(mut self) -> Self {
+        self.state.get_mut().unwrap_or_else(|e| e.into_inner()).recorded = Some(Vec::new());
+        self
+    }
+
+    /// The weights kept since [`LoadContext::recording`], by tensor name (empty otherwise).
+    pub(crate) fn into_recorded(self) -> Vec<(String, LinearWeight)> {
+        self.state.into_inner().unwrap_or_else(|e| e.into_inner()).recorded.unwrap_or_default()
     }
 
     /// The storage type for the linear layer `prefix` with `in_dim` input features: `None` keeps
@@ -423,16 +387,14 @@ impl LoadContext {
             ),
             LinearWeight::Quantized(q) => (IsqType::from_ggml(q.dtype()), q.storage_size_in_bytes()),
         };
-        {
-            let mut s = self.lock();
-            s.tensors += 1;
-            s.bytes += bytes as u64;
-            s.source_bytes += 4 * elems as u64;
-            *s.by_type.entry(ty.map_or("F32", |t| t.name())).or_default() += 1;
-            s.progress.inc(1);
-        }
-        if let Some(rec) = &self.recorder {
-            rec.weights.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), weight.clone()));
+        let mut s = self.lock();
+        s.tensors += 1;
+        s.bytes += bytes as u64;
+        s.source_bytes += 4 * elems as u64;
+        *s.by_type.entry(ty.map_or("F32", |t| t.name())).or_default() += 1;
+        s.progress.inc(1);
+        if let Some(recorded) = &mut s.recorded {
+            recorded.push((name.to_string(), weight.clone()));
         }
     }
 }

@@ -5,11 +5,13 @@
 //! * [`IsqType`] names the targets (`--isq Q4K`); GGML's conventions pick a higher type for
 //!   `lm_head` ([`IsqType::promoted`]) and a fallback for widths that do not fit the block
 //!   ([`IsqType::fit`]).
-//! * [`LoadContext`] is set for the duration of a model constructor; [`crate::nn::linear::Linear::load`]
-//!   asks it, with the tensor's full name, whether and how to quantize. Model code is unchanged.
+//! * [`LoadContext`] travels with the weights into the model constructors
+//!   ([`crate::nn::linear::LoadVb`]); [`crate::nn::linear::Linear::load`] asks it, with the
+//!   tensor's full name, whether and how to quantize. Model code knows nothing of quantization.
 //! * [`quantize`] splits a weight's rows over the rayon pool (candle's `QTensor::quantize` is
 //!   single-threaded) and concatenates the blocks.
-//! * [`gguf`] saves a quantized model (`phive quantize`) and reads it back without re-quantizing.
+//! * [`gguf`] reads back a quantized model saved by [`crate::export`] (`phive quantize`)
+//!   without re-quantizing.
 
 pub mod context;
 pub mod gguf;

@@ -9,10 +9,9 @@
 //! does). Only the layers up to the selected one are loaded and run.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use crate::nn::activation::Activation;
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, LoadVb};
 use crate::nn::norm::LayerNorm;
 use crate::vision::vit::{
     hidden_state_index, load_encoder_layers, unfold_patches, EncoderLayer, TowerDefaults, VitConfig,
@@ -49,7 +48,7 @@ impl ClipVisionTower {
     /// Loads the tower from `vb` rooted at `vision_model` (names `embeddings.*`,
     /// `pre_layrnorm.*`, `encoder.layers.{j}.*`). `layer_idx` is the HF `hidden_states` index
     /// the caller will read; later layers and `post_layernorm` are not loaded.
-    pub fn new(cfg: &ClipVisionConfig, vb: &VarBuilder, layer_idx: isize) -> Result<Self> {
+    pub fn new(cfg: &ClipVisionConfig, vb: &LoadVb, layer_idx: isize) -> Result<Self> {
         cfg.validate()?;
         let act =
             Activation::from_name(&cfg.hidden_act).map_err(|m| crate::Error::checkpoint("config.json", m))?;

@@ -16,10 +16,9 @@
 //!   are never loaded.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use crate::nn::activation::Activation;
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, LoadVb};
 use crate::vision::vit::{
     hidden_state_index, load_encoder_layers, unfold_patches, EncoderLayer, TowerDefaults, VitConfig,
 };
@@ -86,7 +85,7 @@ impl SiglipVisionTower {
     /// `encoder.layers.{j}.*`; in the Phi-4-multimodal checkpoint that is
     /// `model.embed_tokens_extend.image_embed.img_processor`). `layer_idx` is the HF
     /// `hidden_states` index the features are read from.
-    pub fn new(cfg: &SiglipVisionConfig, vb: &VarBuilder, layer_idx: isize) -> Result<Self> {
+    pub fn new(cfg: &SiglipVisionConfig, vb: &LoadVb, layer_idx: isize) -> Result<Self> {
         cfg.validate()?;
         let act = Activation::from_name(&cfg.hidden_act).map_err(|m| Error::checkpoint("config.json", m))?;
         let run = hidden_state_index(layer_idx, cfg.num_hidden_layers)?;

@@ -5,12 +5,11 @@
 use std::marker::PhantomData;
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::nn::activation::Activation;
 use crate::nn::attention::{attention, AttnMask};
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, LoadVb};
 use crate::nn::norm::LayerNorm;
 use crate::{Error, Result};
 
@@ -145,7 +144,7 @@ pub(crate) struct EncoderLayer {
 
 /// Layers `encoder.layers.{0..count}` under `vb`, of width `hidden` and MLP width `intermediate`.
 pub(crate) fn load_encoder_layers(
-    vb: &VarBuilder,
+    vb: &LoadVb,
     count: usize,
     hidden: usize,
     intermediate: usize,
