@@ -11,7 +11,7 @@ pub struct EngineArgs {
     max_num_seqs: u32,
     /// Tokens fed to the model per step: one per decoding sequence plus prefill chunks. Lower
     /// keeps streams smooth while long prompts prefill; higher prefills faster.
-    #[arg(long, global = true, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     max_batched_tokens: u32,
     /// Requests waiting to start; beyond this, requests are refused (HTTP 503).
     #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]

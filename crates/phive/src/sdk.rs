@@ -118,7 +118,7 @@ impl VisionModelBuilder {
         self
     }
 
-    /// Tokens fed to the model per engine step (default 256): prefill chunks plus one token per
+    /// Tokens fed to the model per engine step (default 32): prefill chunks plus one token per
     /// decoding sequence.
     pub fn with_max_batched_tokens(mut self, tokens: usize) -> Self {
         self.engine.max_batched_tokens = tokens.max(1);

@@ -310,7 +310,7 @@ class Runner:
 
     Loading happens in the constructor. ``max_seqs`` is how many sequences (choices of requests)
     the engine batches into each step (default 32; concurrent calls from several threads batch
-    together); ``max_batched_tokens`` (phive) is the tokens fed per step (default 256: one per
+    together); ``max_batched_tokens`` (phive) is the tokens fed per step (default 32: one per
     decoding sequence plus prefill chunks); ``kv_cache_mem`` (phive) is the KV cache in GiB
     (default: 40% of the memory available at start); ``max_queue`` (phive) bounds waiting
     requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by

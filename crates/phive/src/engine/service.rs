@@ -38,7 +38,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_num_seqs: 32, max_batched_tokens: 256, max_queue: 64, kv_cache_bytes: None }
+        EngineConfig { max_num_seqs: 32, max_batched_tokens: 32, max_queue: 64, kv_cache_bytes: None }
     }
 }
 
