@@ -236,22 +236,9 @@ impl RopeTables {
         self.long
     }
 
-    /// Rotates `x` `[batch, heads, seq, head_dim]` (seq = the table length); only the first
-    /// `rot_dim` dimensions of each head are rotated, the rest pass through.
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.contiguous()?;
-        if self.rot_dim == self.head_dim {
-            return Ok(candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?);
-        }
-        let rot = x.narrow(D::Minus1, 0, self.rot_dim)?.contiguous()?;
-        let pass = x.narrow(D::Minus1, self.rot_dim, self.head_dim - self.rot_dim)?;
-        let rot = candle_nn::rotary_emb::rope(&rot, &self.cos, &self.sin)?;
-        Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
-    }
-
     /// Rotates `x` `[1, tokens, heads, head_dim]` whose tokens are the table's rows (the packed
     /// layout of a batch); only the first `rot_dim` dimensions of each head are rotated.
-    pub fn apply_packed(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         if self.rot_dim == self.head_dim {
             return Ok(candle_nn::rotary_emb::rope_thd(&x, &self.cos, &self.sin)?);
@@ -361,14 +348,14 @@ mod tests {
             let r = RotaryEmbedding::new(&long_cfg(partial)).unwrap();
             let (h, s, d) = (3, 4, 16);
             let data: Vec<f32> = (0..h * s * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let x = Tensor::from_vec(data.clone(), (1, h, s, d), &Device::Cpu).unwrap();
+            let x = Tensor::from_vec(data.clone(), (1, s, h, d), &Device::Cpu).unwrap();
             let t = r.tables(10, s, &Device::Cpu).unwrap();
             let y = t.apply(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let cos = t.cos.to_vec2::<f32>().unwrap();
             let sin = t.sin.to_vec2::<f32>().unwrap();
             for hh in 0..h {
                 for i in 0..s {
-                    let o = (hh * s + i) * d;
+                    let o = (i * h + hh) * d;
                     let want = reference_apply(&data[o..o + d], &cos[i], &sin[i], r.rot_dim());
                     for (a, b) in y[o..o + d].iter().zip(&want) {
                         assert!((a - b).abs() < 1e-5, "partial {partial}: {a} vs {b}");

@@ -396,8 +396,8 @@ impl Phi3Decoder {
         let heads = |start: usize, n: usize| -> Result<Tensor> {
             Ok(qkv.narrow(1, start * hd, n * hd)?.reshape((1, t, n, hd))?)
         };
-        let q = tables.apply_packed(&heads(0, nh)?)?;
-        let k = tables.apply_packed(&heads(nh, nkv)?)?.flatten_all()?.to_vec1::<f32>()?;
+        let q = tables.apply(&heads(0, nh)?)?;
+        let k = tables.apply(&heads(nh, nkv)?)?.flatten_all()?.to_vec1::<f32>()?;
         let v = heads(nh + nkv, nkv)?.flatten_all()?.to_vec1::<f32>()?;
         let kv_row = nkv * hd;
         let mut at = 0;
