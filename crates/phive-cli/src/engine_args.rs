@@ -9,8 +9,9 @@ pub struct EngineArgs {
     /// Sequences the engine batches at once (each choice of a request is one); more wait.
     #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     max_num_seqs: u32,
-    /// Tokens fed to the model per step: one per decoding sequence plus prefill chunks. Lower
-    /// keeps streams smooth while long prompts prefill; higher prefills faster.
+    /// Tokens fed to the model per step: one per decoding sequence plus prefill chunks. A step
+    /// cannot be interrupted, so this bounds the stall every stream (and every new request)
+    /// sees while a long prompt prefills; on a CPU, larger chunks prefill only slightly faster.
     #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     max_batched_tokens: u32,
     /// Requests waiting to start; beyond this, requests are refused (HTTP 503).
