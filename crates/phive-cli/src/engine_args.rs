@@ -21,6 +21,10 @@ pub struct EngineArgs {
     /// loading, at most what --max-num-seqs full-context sequences can use.
     #[arg(long, global = true, value_name = "GIB")]
     kv_cache_mem: Option<f64>,
+    /// Encoded images and audio kept across requests, in GiB, so a new question about the same
+    /// picture skips the vision tower; 0 turns the cache off.
+    #[arg(long, global = true, value_name = "GIB", default_value_t = 0.5)]
+    media_cache_mem: f64,
 }
 
 impl EngineArgs {
@@ -33,7 +37,11 @@ impl EngineArgs {
             Some(gib) => Some((gib * (1u64 << 30) as f64) as u64),
             None => None,
         };
+        if !(self.media_cache_mem.is_finite() && self.media_cache_mem >= 0.0) {
+            anyhow::bail!("--media-cache-mem must be a number of GiB >= 0, got {}", self.media_cache_mem);
+        }
         Ok(EngineConfig {
+            media_cache_bytes: (self.media_cache_mem * (1u64 << 30) as f64) as u64,
             max_num_seqs: self.max_num_seqs as usize,
             max_batched_tokens: self.max_batched_tokens as usize,
             max_queue: self.max_queue as usize,

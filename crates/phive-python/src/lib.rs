@@ -240,7 +240,7 @@ impl NativeEngine {
     /// match the checkpoint's detected architecture when given. `isq` quantizes the language
     /// model's linear layers while loading (and the encoders' too with `isq_encoders`).
     #[new]
-    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, max_images=None))]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, max_images=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -253,9 +253,10 @@ impl NativeEngine {
         max_queue: Option<usize>,
         max_batched_tokens: Option<usize>,
         kv_cache_mem: Option<f64>,
+        media_cache_mem: Option<f64>,
         max_images: Option<usize>,
     ) -> PyResult<Self> {
-        engine_config(max_seqs, max_queue, max_batched_tokens, kv_cache_mem)
+        engine_config(max_seqs, max_queue, max_batched_tokens, kv_cache_mem, media_cache_mem)
             .and_then(|config| Self::load(py, model, revision, arch, isq, isq_encoders, config, max_images))
             .map_err(|f| f.into_py(py))
     }
@@ -417,6 +418,7 @@ fn engine_config(
     max_queue: Option<usize>,
     max_batched_tokens: Option<usize>,
     kv_cache_mem: Option<f64>,
+    media_cache_mem: Option<f64>,
 ) -> Fallible<EngineConfig> {
     for (name, value) in
         [("max_seqs", max_seqs), ("max_queue", max_queue), ("max_batched_tokens", max_batched_tokens)]
@@ -431,12 +433,20 @@ fn engine_config(
             format!("kv_cache_mem must be a positive number of GiB, got {gib}"),
         ));
     }
+    if let Some(gib) = media_cache_mem.filter(|g| !(g.is_finite() && *g >= 0.0)) {
+        return Err(Failure::invalid(
+            "media_cache_mem",
+            format!("media_cache_mem must be a number of GiB >= 0 (0 turns the cache off), got {gib}"),
+        ));
+    }
     let defaults = EngineConfig::default();
     Ok(EngineConfig {
         max_num_seqs: max_seqs.unwrap_or(defaults.max_num_seqs),
         max_queue: max_queue.unwrap_or(defaults.max_queue),
         max_batched_tokens: max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
         kv_cache_bytes: kv_cache_mem.map(|gib| (gib * (1u64 << 30) as f64) as u64),
+        media_cache_bytes: media_cache_mem
+            .map_or(defaults.media_cache_bytes, |gib| (gib * (1u64 << 30) as f64) as u64),
     })
 }
 

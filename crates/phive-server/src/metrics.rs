@@ -163,7 +163,7 @@ impl Metrics {
 
 /// The engine's queues, KV memory and per-step histograms.
 fn render_engine(e: &EngineStats, out: &mut String) {
-    let values: [(&str, &str, &str, f64); 10] = [
+    let values: [(&str, &str, &str, f64); 14] = [
         (
             "phive_requests_cancelled_total",
             "counter",
@@ -194,6 +194,30 @@ fn render_engine(e: &EngineStats, out: &mut String) {
             e.preemptions as f64,
         ),
         ("phive_engine_steps_total", "counter", "Engine steps (batched forward passes).", e.steps as f64),
+        (
+            "phive_media_cache_hits_total",
+            "counter",
+            "Images and audio clips whose encoding came from the media cache.",
+            e.media_cache_hits as f64,
+        ),
+        (
+            "phive_media_cache_misses_total",
+            "counter",
+            "Images and audio clips that had to be encoded.",
+            e.media_cache_misses as f64,
+        ),
+        (
+            "phive_media_cache_bytes",
+            "gauge",
+            "Bytes of encoded media held by the cache.",
+            e.media_cache_bytes as f64,
+        ),
+        (
+            "phive_media_cache_items",
+            "gauge",
+            "Encoded media items held by the cache.",
+            e.media_cache_items as f64,
+        ),
     ];
     for (name, kind, help, value) in values {
         header(out, name, kind, help);
@@ -246,6 +270,9 @@ mod tests {
                 && text.contains("phive_batch_size_bucket{le=\"4\"} 1")
         );
         assert!(text.contains("phive_step_duration_seconds_count 1"));
+        assert!(
+            text.contains("phive_media_cache_hits_total 0") && text.contains("phive_media_cache_bytes 0")
+        );
         assert_eq!(route_label("/etc/passwd"), "other");
     }
 }

@@ -125,6 +125,13 @@ impl VisionModelBuilder {
         self
     }
 
+    /// Bytes of encoded images and audio kept across requests (default 512 MiB; 0 turns the
+    /// cache off): a new question about the same picture skips the vision tower.
+    pub fn with_media_cache_bytes(mut self, bytes: u64) -> Self {
+        self.engine.media_cache_bytes = bytes;
+        self
+    }
+
     /// Bytes of KV cache memory (default: 40% of the memory available at start, at most what
     /// the running limit can use).
     pub fn with_kv_cache_bytes(mut self, bytes: u64) -> Self {

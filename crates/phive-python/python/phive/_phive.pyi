@@ -19,6 +19,7 @@ class NativeEngine:
         max_queue: Optional[int] = None,
         max_batched_tokens: Optional[int] = None,
         kv_cache_mem: Optional[float] = None,
+        media_cache_mem: Optional[float] = None,
         max_images: Optional[int] = None,
     ) -> None: ...
     @property

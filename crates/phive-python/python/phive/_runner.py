@@ -312,8 +312,9 @@ class Runner:
     the engine batches into each step (default 32; concurrent calls from several threads batch
     together); ``max_batched_tokens`` (phive) is the tokens fed per step (default 32: one per
     decoding sequence plus prefill chunks); ``kv_cache_mem`` (phive) is the KV cache in GiB
-    (default: 40% of the memory available at start); ``max_queue`` (phive) bounds waiting
-    requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
+    (default: 40% of the memory available at start); ``media_cache_mem`` (phive) is the GiB of
+    encoded images and audio kept across requests (default 0.5; 0 turns it off);
+    ``max_queue`` (phive) bounds waiting requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
     requests that set none. ``in_situ_quant`` ("Q4K", "Q6K", "Q8_0", "BF16"... or a bit width
     such as "4") quantizes the language model's linear layers while loading; ``isq_encoders``
     (phive) quantizes the vision/audio encoders' projections too.
@@ -353,6 +354,7 @@ class Runner:
         isq_encoders: bool = False,
         max_batched_tokens: Optional[int] = None,
         kv_cache_mem: Optional[float] = None,
+        media_cache_mem: Optional[float] = None,
     ) -> None:
         if not isinstance(which, Which.VisionPlain):
             raise InvalidRequestError(
@@ -386,6 +388,7 @@ class Runner:
             max_queue=max_queue,
             max_batched_tokens=max_batched_tokens,
             kv_cache_mem=kv_cache_mem,
+            media_cache_mem=media_cache_mem,
             max_images=max_images,
         )
 

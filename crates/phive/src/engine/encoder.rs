@@ -7,12 +7,14 @@
 //! hands the sequence back to the loop, which schedules its prefill like any other.
 
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::media_cache::MediaCache;
 use super::sequence::Sequence;
 use super::service::Event;
 use crate::pipeline::Pipeline;
+use crate::Result;
 
 /// What reaches the engine loop.
 pub enum Message {
@@ -31,14 +33,19 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Starts the thread; encoded sequences come back through `done`.
-    pub fn start(pipeline: Arc<Pipeline>, done: mpsc::Sender<Message>) -> Self {
+    /// Starts the thread; encoded sequences come back through `done`. Features are looked up in
+    /// and added to `cache`.
+    pub fn start(
+        pipeline: Arc<Pipeline>,
+        cache: Arc<Mutex<MediaCache>>,
+        done: mpsc::Sender<Message>,
+    ) -> Self {
         let (jobs, receiver) = mpsc::channel::<Sequence>();
         let thread = std::thread::Builder::new()
             .name("phive-encoder".into())
             .spawn(move || {
                 for sequence in receiver {
-                    encode(&pipeline, &sequence);
+                    encode(&pipeline, &cache, &sequence);
                     if done.send(Message::Encoded(sequence)).is_err() {
                         return;
                     }
@@ -66,17 +73,45 @@ impl Drop for Encoder {
     }
 }
 
-/// Encodes every media span of the sequence's prompt; a failure fails the request.
-fn encode(pipeline: &Pipeline, sequence: &Sequence) {
+/// Encodes every media span of the sequence's prompt (or takes it from the cache); a failure
+/// fails the request.
+fn encode(pipeline: &Pipeline, cache: &Mutex<MediaCache>, sequence: &Sequence) {
     let request = &sequence.request;
     for index in 0..request.prepared.tokens.media.len() {
         if request.is_cancelled() {
             return;
         }
-        if let Err(e) = request.prepared.span_features(pipeline.model(), index) {
+        if let Err(e) = encode_span(pipeline, cache, sequence, index) {
             request.send(Event::Error(e));
             request.cancel.store(true, Ordering::Relaxed);
             return;
         }
     }
+}
+
+fn encode_span(
+    pipeline: &Pipeline,
+    cache: &Mutex<MediaCache>,
+    sequence: &Sequence,
+    index: usize,
+) -> Result<()> {
+    let prepared = &sequence.request.prepared;
+    if prepared.has_span_features(index) {
+        return Ok(());
+    }
+    let model = pipeline.model();
+    let key = model.media_key(prepared.media(), &prepared.tokens.media[index])?;
+    let cached = cache.lock().map_err(|_| poisoned())?.get(&key);
+    match cached {
+        Some(features) => prepared.set_span_features(index, features),
+        None => {
+            let features = prepared.span_features(model, index)?;
+            cache.lock().map_err(|_| poisoned())?.insert(key, features);
+        }
+    }
+    Ok(())
+}
+
+fn poisoned() -> crate::Error {
+    crate::Error::Tensor(candle_core::Error::Msg("the media cache lock was poisoned".into()))
 }

@@ -11,6 +11,7 @@ pub mod detokenizer;
 mod encoder;
 pub mod generation;
 pub mod logprobs;
+mod media_cache;
 mod runner;
 pub mod sampler;
 mod scheduler;
@@ -25,6 +26,6 @@ pub use generation::{
 };
 pub use logprobs::{TokenLogprob, TopLogprob};
 pub use sampler::{Sampler, SamplingParams};
-pub use service::{Engine, EngineConfig, Event, RequestHandle};
+pub use service::{Engine, EngineConfig, Event, RequestHandle, DEFAULT_MEDIA_CACHE_BYTES};
 pub use stats::{EngineStats, Histogram};
 pub use stop::{StopMatch, StopStrings};

@@ -72,6 +72,14 @@ pub struct EngineStats {
     pub decode_tokens: Histogram,
     /// Seconds per step.
     pub step_seconds: Histogram,
+    /// Media items taken from the encoder cache since start.
+    pub media_cache_hits: u64,
+    /// Media items encoded (not in the cache) since start.
+    pub media_cache_misses: u64,
+    /// Bytes of encoded media held by the cache.
+    pub media_cache_bytes: u64,
+    /// Media items held by the cache.
+    pub media_cache_items: usize,
 }
 
 impl Default for EngineStats {
@@ -91,6 +99,10 @@ impl Default for EngineStats {
             prefill_tokens: Histogram::new(TOKEN_BOUNDS),
             decode_tokens: Histogram::new(TOKEN_BOUNDS),
             step_seconds: Histogram::new(TIME_BOUNDS),
+            media_cache_hits: 0,
+            media_cache_misses: 0,
+            media_cache_bytes: 0,
+            media_cache_items: 0,
         }
     }
 }

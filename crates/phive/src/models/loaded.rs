@@ -179,6 +179,40 @@ impl LoadedModel {
         }
     }
 
+    /// A content key for the media item behind `span`: SHA-256 over what its encoder consumes
+    /// (the preprocessed crops and patch mask, or the log-mel features, with their shapes) and
+    /// the setting that changes its output (Phi-4's audio projection). The same picture from any
+    /// source gets one key; a changed pixel gets another.
+    pub fn media_key(&self, media: &PreparedMedia, span: &MediaSpan) -> Result<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        let mut feed = |label: &str, t: &Tensor| -> Result<()> {
+            hash.update(label.as_bytes());
+            for d in t.dims() {
+                hash.update((*d as u64).to_le_bytes());
+            }
+            let values = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+            hash.update(bytemuck::cast_slice::<f32, u8>(&values));
+            Ok(())
+        };
+        match (media, span.kind) {
+            (PreparedMedia::Phi3V(images), _) => feed("phi3v image", &images[span.index].pixel_values)?,
+            (PreparedMedia::Phi4MM { images, .. }, MediaKind::Image) => {
+                let image = &images[span.index];
+                feed("phi4mm image", &image.pixel_values)?;
+                feed("patch mask", &image.patch_mask)?;
+            }
+            (PreparedMedia::Phi4MM { audios, projection, .. }, MediaKind::Audio) => {
+                let label = match projection {
+                    AudioProjectionMode::Speech => "phi4mm audio, speech projection",
+                    AudioProjectionMode::Vision => "phi4mm audio, vision projection",
+                };
+                feed(label, &audios[span.index])?;
+            }
+        }
+        Ok(hash.finalize().into())
+    }
+
     /// Input embeddings `[ids.len(), hidden]`, with each `(start, features)` written over its
     /// positions (relative to `ids`).
     pub fn embed(&self, ids: &[u32], media: &[(usize, Tensor)]) -> Result<Tensor> {
