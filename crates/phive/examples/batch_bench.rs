@@ -233,5 +233,18 @@ fn main() -> Result<()> {
         during / alone,
         image_trace.ttft().as_secs_f64()
     );
+    // A second question about the same picture: the encoder cache skips the vision tower.
+    let messages = [ChatMessage {
+        role: "user".into(),
+        parts: vec![MessagePart::Image, MessagePart::Text("What colours does it use?".into())],
+    }];
+    let again = pipeline.prepare(&messages, &[picture()])?;
+    let second = run_together(&engine, vec![again], &short)?[0].ttft().as_secs_f64();
+    let first = image_trace.ttft().as_secs_f64();
+    println!(
+        "second question about the same picture: TTFT {second:.2}s ({:.1}% of the first, {first:.2}s); media cache hits {}",
+        100.0 * second / first,
+        engine.stats().media_cache_hits
+    );
     Ok(())
 }
