@@ -89,7 +89,7 @@ pub struct TopLogprobEntry {
     pub token: String,
     /// Natural-log probability.
     pub logprob: f32,
-    /// UTF-8 bytes of the token text.
+    /// The token's bytes (raw bytes for part of a multi-byte character).
     pub bytes: Vec<u8>,
 }
 
@@ -100,7 +100,7 @@ pub struct LogprobEntry {
     pub token: String,
     /// Natural-log probability.
     pub logprob: f32,
-    /// UTF-8 bytes of the token text.
+    /// The token's bytes (raw bytes for part of a multi-byte character).
     pub bytes: Vec<u8>,
     /// The most likely tokens at this position.
     pub top_logprobs: Vec<TopLogprobEntry>,
@@ -123,14 +123,14 @@ impl ChoiceLogprobs {
             .map(|lp| LogprobEntry {
                 token: lp.chosen.token.clone(),
                 logprob: lp.chosen.logprob,
-                bytes: lp.chosen.token.as_bytes().to_vec(),
+                bytes: lp.chosen.bytes.clone(),
                 top_logprobs: lp
                     .top_logprobs
                     .iter()
                     .map(|t| TopLogprobEntry {
                         token: t.token.clone(),
                         logprob: t.logprob,
-                        bytes: t.token.as_bytes().to_vec(),
+                        bytes: t.bytes.clone(),
                     })
                     .collect(),
             })

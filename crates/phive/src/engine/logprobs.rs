@@ -9,6 +9,10 @@ pub struct TopLogprob {
     pub token_id: u32,
     /// The token's text.
     pub token: String,
+    /// The token's bytes: its text's UTF-8 bytes, or, for a token that is only part of a
+    /// multi-byte character (whose text shows U+FFFD), its raw bytes, so a client that joins
+    /// consecutive tokens' bytes gets the completion's text (OpenAI's `bytes`).
+    pub bytes: Vec<u8>,
     /// Natural-log probability.
     pub logprob: f32,
 }
@@ -33,6 +37,31 @@ fn token_text(tokenizer: &tokenizers::Tokenizer, context: &[u32], id: u32) -> St
     with.strip_prefix(before.as_str()).map(str::to_string).unwrap_or_else(|| decode(&[id]))
 }
 
+/// The raw bytes of vocabulary entry `id`: a SentencePiece byte-fallback piece (`<0xEF>`) is
+/// its byte and `▁` a space; a byte-level BPE piece (GPT-2's byte-to-character table, used by
+/// Phi-4's o200k vocabulary) maps back character by character.
+fn raw_bytes(tokenizer: &tokenizers::Tokenizer, id: u32) -> Option<Vec<u8>> {
+    let piece = tokenizer.id_to_token(id)?;
+    if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>')) {
+        return u8::from_str_radix(hex, 16).ok().map(|b| vec![b]);
+    }
+    if matches!(tokenizer.get_decoder(), Some(tokenizers::DecoderWrapper::ByteLevel(_))) {
+        return piece.chars().map(byte_level_byte).collect();
+    }
+    Some(piece.replace('\u{2581}', " ").into_bytes())
+}
+
+/// The byte behind a character of GPT-2's byte-level alphabet: printable Latin-1 bytes stand
+/// for themselves, the other 68 bytes for U+0100.. in byte order.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let code = c as u32;
+    if code < 256 {
+        return printable(code).then_some(code as u8);
+    }
+    (0u32..256).filter(|&b| !printable(b)).nth((code - 256) as usize).map(|b| b as u8)
+}
+
 /// Computes the log-probability of `chosen` and the `top` most likely tokens from raw logits;
 /// `context` holds the last few generated tokens before this step (for token texts).
 pub fn token_logprob(
@@ -44,10 +73,13 @@ pub fn token_logprob(
 ) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
-    let entry = |id: u32| TopLogprob {
-        token_id: id,
-        token: token_text(tokenizer, context, id),
-        logprob: logits[id as usize] - log_sum,
+    let entry = |id: u32| {
+        let token = token_text(tokenizer, context, id);
+        let bytes = match token.contains('\u{FFFD}') {
+            true => raw_bytes(tokenizer, id).unwrap_or_else(|| token.as_bytes().to_vec()),
+            false => token.as_bytes().to_vec(),
+        };
+        TopLogprob { token_id: id, token, bytes, logprob: logits[id as usize] - log_sum }
     };
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     let top = top.min(ids.len());
@@ -59,5 +91,60 @@ pub fn token_logprob(
     TokenLogprob {
         chosen: entry(chosen),
         top_logprobs: if top > 0 { ids.into_iter().map(entry).collect() } else { Vec::new() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer(fixture: &str) -> tokenizers::Tokenizer {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(fixture);
+        tokenizers::Tokenizer::from_file(path.join("tokenizer.json")).unwrap()
+    }
+
+    /// Every printable byte maps to itself and the rest to U+0100.. in order (GPT-2's table).
+    #[test]
+    fn byte_level_alphabet_round_trips_every_byte() {
+        let mut seen = [false; 256];
+        for c in (33u32..=126).chain(161..=172).chain(174..=255).chain(256..256 + 68) {
+            let b = byte_level_byte(char::from_u32(c).unwrap()).unwrap();
+            assert!(!seen[b as usize], "byte {b} twice");
+            seen[b as usize] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(byte_level_byte('\u{0100}'), Some(0));
+        assert_eq!(byte_level_byte('\u{0120}'), Some(b' '));
+    }
+
+    /// A token that is half of a character reports its raw bytes, not U+FFFD's.
+    #[test]
+    fn partial_characters_report_their_raw_bytes() {
+        for (fixture, partial) in [("phi4mm-tiny", None), ("phi3v-tiny", Some("<0xEF>"))] {
+            let tok = tokenizer(fixture);
+            // Phi-4: find a byte-level piece that is not valid UTF-8 on its own.
+            let id = match partial {
+                Some(piece) => tok.token_to_id(piece).unwrap(),
+                None => (0..tok.get_vocab_size(false) as u32)
+                    .find(|&id| {
+                        raw_bytes(&tok, id).is_some_and(|b| b.len() > 1 && std::str::from_utf8(&b).is_err())
+                    })
+                    .unwrap(),
+            };
+            let mut logits = vec![0.0; tok.get_vocab_size(true)];
+            logits[id as usize] = 5.0;
+            let lp = token_logprob(&logits, id, 1, &tok, &[]);
+            assert!(lp.chosen.token.contains('\u{FFFD}'), "{fixture}: {:?}", lp.chosen.token);
+            let raw = raw_bytes(&tok, id).unwrap();
+            assert_eq!(lp.chosen.bytes, raw, "{fixture}");
+            assert_ne!(lp.chosen.bytes, "\u{FFFD}".as_bytes());
+            assert_eq!(lp.top_logprobs[0].bytes, raw);
+        }
+        // Whole characters keep their text's bytes (so bytes join to the text).
+        let tok = tokenizer("phi3v-tiny");
+        let id = tok.token_to_id("\u{2581}the").unwrap();
+        let lp = token_logprob(&vec![0.0; 32064], id, 0, &tok, &[1]);
+        assert_eq!(lp.chosen.bytes, lp.chosen.token.as_bytes());
     }
 }
