@@ -194,7 +194,10 @@ def test_runner_properties(runner):
     assert runner.model_id == str(MODEL)
     assert runner.max_sequence_length() == 131072
     assert runner.in_situ_quant is None
-    assert set(runner.stats()) == {"queued", "active", "cancelled"}
+    assert set(runner.stats()) == {
+        "queued", "active", "cancelled", "running_seqs", "waiting_seqs", "preemptions", "steps",
+        "max_batch_size", "kv_blocks_used", "kv_blocks_free", "media_cache_hits", "media_cache_misses",
+    }
     assert repr(runner).startswith("Runner(model_id=") and "Phi3V" in repr(runner)
 
 
@@ -225,6 +228,13 @@ def test_concurrent_requests_from_threads():
     for t in threads:
         t.join(timeout=120)
     assert len(results) == 4 and len(set(results.values())) == 1
+    # Calls from several threads share the engine's steps, and every KV block comes back (the
+    # engine publishes its state just after the step that sent the last answer).
+    assert r.stats()["max_batch_size"] >= 2, r.stats()
+    deadline = time.monotonic() + 10
+    while r.stats()["kv_blocks_used"] or r.stats()["running_seqs"]:
+        assert time.monotonic() < deadline, r.stats()
+        time.sleep(0.01)
 
 
 def test_gil_is_released_while_generating(runner):

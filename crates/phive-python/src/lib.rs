@@ -291,13 +291,27 @@ impl NativeEngine {
         self.engine.pipeline().context_length()
     }
 
-    /// Queue depth and activity: `{"queued", "active", "cancelled"}`.
+    /// The engine's queues, KV memory, counters and media cache (see `Runner.stats`).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = self.engine.stats();
+        let s = self.engine.stats();
         let dict = PyDict::new(py);
-        dict.set_item("queued", stats.queued)?;
-        dict.set_item("active", stats.active)?;
-        dict.set_item("cancelled", stats.cancelled)?;
+        let counts: [(&str, u64); 12] = [
+            ("queued", s.queued as u64),
+            ("active", s.active as u64),
+            ("cancelled", s.cancelled as u64),
+            ("running_seqs", s.running_seqs as u64),
+            ("waiting_seqs", s.waiting_seqs as u64),
+            ("preemptions", s.preemptions),
+            ("steps", s.steps),
+            ("max_batch_size", max_observed(&s.batch_size)),
+            ("kv_blocks_used", s.kv_blocks_used as u64),
+            ("kv_blocks_free", s.kv_blocks_free as u64),
+            ("media_cache_hits", s.media_cache_hits),
+            ("media_cache_misses", s.media_cache_misses),
+        ];
+        for (key, value) in counts {
+            dict.set_item(key, value)?;
+        }
         Ok(dict)
     }
 
@@ -410,6 +424,12 @@ impl NativeEngine {
             policy: MediaPolicy::trusted(),
         })
     }
+}
+
+/// The upper bound of the highest non-empty bucket of `h` (0 when nothing was observed).
+fn max_observed(h: &phive::engine::Histogram) -> u64 {
+    let top = h.counts.iter().rposition(|&c| c > 0);
+    top.map_or(0, |i| h.bounds.get(i).copied().unwrap_or(f64::INFINITY).min(u64::MAX as f64) as u64)
 }
 
 /// The engine configuration of the `Runner`'s keyword arguments (unset ones keep defaults).

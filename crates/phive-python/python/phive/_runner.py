@@ -418,8 +418,11 @@ class Runner:
         return self._native.context_length
 
     def stats(self) -> Dict[str, int]:
-        """Engine activity: ``{"queued", "active", "cancelled"}`` (cancelled counts requests
-        stopped early since the runner started)."""
+        """Engine state and counters since the runner started: ``queued`` and ``active``
+        requests, ``cancelled`` requests, ``running_seqs`` and ``waiting_seqs``, ``preemptions``,
+        ``steps`` (batched forward passes), ``max_batch_size`` (upper bound of the largest step's
+        sequence count), ``kv_blocks_used`` / ``kv_blocks_free``, ``media_cache_hits`` /
+        ``media_cache_misses``."""
         return dict(self._native.stats())
 
     def send_chat_completion_request(
