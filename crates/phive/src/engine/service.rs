@@ -349,8 +349,6 @@ impl EngineLoop {
                 stats.cancelled += 1;
             }
         }
-        drop(stats);
-        self.publish();
     }
 
     fn step(&mut self) {
