@@ -92,3 +92,25 @@ async fn wrong_architecture_and_bad_requests_are_typed_errors() {
     let err = model.send_chat_request(request).await.err().unwrap();
     assert!(err.to_string().contains("top_p"), "{err}");
 }
+
+#[tokio::test]
+async fn concurrent_requests_batch_together_and_answer_as_alone() {
+    let model = VisionModelBuilder::new(model()).build().await.unwrap();
+    let prompts = ["Describe a sunset over the ocean in two sentences.", "Hi", "Name three colours.", "Why?"];
+    let request =
+        |text: &str| RequestBuilder::new().add_message(TextMessageRole::User, text).set_sampler_max_len(24);
+    let (a, b, c, d) = tokio::join!(
+        model.send_chat_request(request(prompts[0])),
+        model.send_chat_request(request(prompts[1])),
+        model.send_chat_request(request(prompts[2])),
+        model.send_chat_request(request(prompts[3])),
+    );
+    let together: Vec<_> =
+        [a, b, c, d].into_iter().map(|r| r.unwrap().choices[0].message.content.clone()).collect();
+    let batched_steps: u64 = model.engine().stats().batch_size.counts[1..].iter().sum();
+    assert!(batched_steps > 0, "no step ran more than one sequence");
+    for (prompt, answer) in prompts.iter().zip(&together) {
+        let alone = model.send_chat_request(request(prompt)).await.unwrap();
+        assert_eq!(&alone.choices[0].message.content, answer, "{prompt}");
+    }
+}
