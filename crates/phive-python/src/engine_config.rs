@@ -1,0 +1,50 @@
+//! The engine settings of `Runner`'s keyword arguments, validated as `InvalidRequestError`s,
+//! and the engine statistics it reports.
+
+use phive::engine::{EngineConfig, Histogram};
+
+use crate::{Failure, Fallible};
+
+/// The upper bound of the highest non-empty bucket of `h` (0 when nothing was observed).
+pub(crate) fn max_observed(h: &Histogram) -> u64 {
+    let top = h.counts.iter().rposition(|&c| c > 0);
+    top.map_or(0, |i| h.bounds.get(i).copied().unwrap_or(f64::INFINITY).min(u64::MAX as f64) as u64)
+}
+
+/// The engine configuration of the `Runner`'s keyword arguments (unset ones keep defaults).
+pub(crate) fn engine_config(
+    max_seqs: Option<usize>,
+    max_queue: Option<usize>,
+    max_batched_tokens: Option<usize>,
+    kv_cache_mem: Option<f64>,
+    media_cache_mem: Option<f64>,
+) -> Fallible<EngineConfig> {
+    for (name, value) in
+        [("max_seqs", max_seqs), ("max_queue", max_queue), ("max_batched_tokens", max_batched_tokens)]
+    {
+        if value == Some(0) {
+            return Err(Failure::invalid(name, format!("{name} must be at least 1")));
+        }
+    }
+    if let Some(gib) = kv_cache_mem.filter(|g| !(g.is_finite() && *g > 0.0)) {
+        return Err(Failure::invalid(
+            "kv_cache_mem",
+            format!("kv_cache_mem must be a positive number of GiB, got {gib}"),
+        ));
+    }
+    if let Some(gib) = media_cache_mem.filter(|g| !(g.is_finite() && *g >= 0.0)) {
+        return Err(Failure::invalid(
+            "media_cache_mem",
+            format!("media_cache_mem must be a number of GiB >= 0 (0 turns the cache off), got {gib}"),
+        ));
+    }
+    let defaults = EngineConfig::default();
+    Ok(EngineConfig {
+        max_num_seqs: max_seqs.unwrap_or(defaults.max_num_seqs),
+        max_queue: max_queue.unwrap_or(defaults.max_queue),
+        max_batched_tokens: max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
+        kv_cache_bytes: kv_cache_mem.map(|gib| (gib * (1u64 << 30) as f64) as u64),
+        media_cache_bytes: media_cache_mem
+            .map_or(defaults.media_cache_bytes, |gib| (gib * (1u64 << 30) as f64) as u64),
+    })
+}
