@@ -5,8 +5,11 @@
 //! admitted); give every decoding sequence its one token, taking a new block when it crosses a
 //! block boundary (or a private copy of a block it shares) and preempting the newest running
 //! sequence when the pool is full; then share what is left of the token budget between the
-//! sequences still prefilling, shortest first, in chunks, so a long prompt never freezes the
-//! others' streaming and a short prompt that arrives behind it starts at once.
+//! sequences still prefilling, shortest first: a prompt that fits runs whole, a longer one in
+//! chunks of half the budget, so a long prompt never freezes the others' streaming and a short
+//! prompt that arrives behind it starts at once (a step that completes a prompt leaves the
+//! longer ones for the next step, so the newcomer's first token waits only for the rest of the
+//! step under way and its own prefill).
 
 use std::collections::VecDeque;
 
@@ -136,11 +139,19 @@ impl Scheduler {
         let mut prefilling: Vec<usize> =
             (0..self.running.len()).filter(|&i| self.running[i].remaining() > 1).collect();
         prefilling.sort_by_key(|&i| (self.running[i].remaining(), key(&self.running[i])));
+        // A prompt that fits the budget runs whole; a longer one advances in chunks of at most
+        // half the budget, so the step that a newcomer has to wait out stays short.
+        let chunk = (self.limits.max_batched_tokens / 2).max(1);
+        let mut completes = false;
         for index in prefilling {
-            if budget == 0 {
+            let remaining = self.running[index].remaining();
+            // A step that finishes some prompt (its first token) carries no chunk of a longer
+            // one: that step's length is then the short prompt's own, not the long prompt's.
+            if budget == 0 || (completes && remaining > budget) {
                 break;
             }
-            let len = self.running[index].remaining().min(budget);
+            let len = if remaining <= budget { remaining } else { budget.min(chunk) };
+            completes |= len == remaining;
             plan.rows.push(ScheduledRow { index, len });
             budget -= len;
         }
