@@ -66,22 +66,18 @@ impl PreparedPrompt {
         &self.media
     }
 
-    /// Whether media span `index` has its features already.
-    pub fn has_span_features(&self, index: usize) -> bool {
-        self.encoded[index].get().is_some()
-    }
-
-    /// Supplies media span `index`'s features (from a cache) instead of encoding them.
-    pub fn set_span_features(&self, index: usize, features: Tensor) {
-        let _ = self.encoded[index].set(features);
-    }
-
     /// Features `[len, hidden]` of media span `index`, encoding it with `model` the first time.
     pub fn span_features(&self, model: &LoadedModel, index: usize) -> Result<Tensor> {
+        self.span_features_or(index, || model.encode(&self.media, &self.tokens.media[index]))
+    }
+
+    /// Features of media span `index`, obtained from `compute` (e.g. a cache, then the
+    /// encoder) the first time.
+    pub fn span_features_or(&self, index: usize, compute: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
         if let Some(features) = self.encoded[index].get() {
             return Ok(features.clone());
         }
-        let features = model.encode(&self.media, &self.tokens.media[index])?;
+        let features = compute()?;
         Ok(self.encoded[index].get_or_init(|| features).clone())
     }
 }

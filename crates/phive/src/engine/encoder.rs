@@ -96,19 +96,16 @@ fn encode_span(
     index: usize,
 ) -> Result<()> {
     let prepared = &sequence.request.prepared;
-    if prepared.has_span_features(index) {
-        return Ok(());
-    }
-    let model = pipeline.model();
-    let key = model.media_key(prepared.media(), &prepared.tokens.media[index])?;
-    let cached = cache.lock().map_err(|_| poisoned())?.get(&key);
-    match cached {
-        Some(features) => prepared.set_span_features(index, features),
-        None => {
-            let features = prepared.span_features(model, index)?;
-            cache.lock().map_err(|_| poisoned())?.insert(key, features);
+    let (model, span) = (pipeline.model(), &prepared.tokens.media[index]);
+    prepared.span_features_or(index, || {
+        let key = model.media_key(prepared.media(), span)?;
+        if let Some(features) = cache.lock().map_err(|_| poisoned())?.get(&key) {
+            return Ok(features);
         }
-    }
+        let features = model.encode(prepared.media(), span)?;
+        cache.lock().map_err(|_| poisoned())?.insert(key, features.clone());
+        Ok(features)
+    })?;
     Ok(())
 }
 

@@ -200,6 +200,11 @@ impl Generation {
         }
     }
 
+    /// Whether the engine has started computing this choice.
+    pub fn is_scheduled(&self) -> bool {
+        self.scheduled.is_some()
+    }
+
     /// Tokens generated so far.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens

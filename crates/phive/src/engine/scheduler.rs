@@ -43,6 +43,8 @@ pub struct StepPlan {
     pub rows: Vec<ScheduledRow>,
     /// `(source, destination)` blocks to copy before the forward pass (copy-on-write).
     pub copies: Vec<(u32, u32)>,
+    /// Sequences this step started for the first time (they no longer count as queued).
+    pub started: usize,
 }
 
 /// Waiting and running sequences and the KV blocks they hold.
@@ -83,8 +85,7 @@ impl Scheduler {
     /// Adds forks of a running sequence, sharing its blocks.
     pub fn add_running(&mut self, sequence: Sequence) {
         self.blocks.share(&sequence.blocks);
-        let at = self.running.partition_point(|s| key(s) < key(&sequence));
-        self.running.insert(at, sequence);
+        self.insert_running(sequence);
     }
 
     /// Removes `running[index]` and frees its blocks.
@@ -118,8 +119,7 @@ impl Scheduler {
 
     /// Plans the next step.
     pub fn schedule(&mut self) -> StepPlan {
-        self.admit();
-        let mut plan = StepPlan::default();
+        let mut plan = StepPlan { started: self.admit(), ..Default::default() };
         let mut budget = self.limits.max_batched_tokens;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
@@ -159,8 +159,10 @@ impl Scheduler {
     }
 
     /// Admits waiting sequences in arrival order while the limits and free blocks allow,
-    /// keeping back the blocks this step's decodes may need.
-    fn admit(&mut self) {
+    /// keeping back the blocks this step's decodes may need; returns how many of them start for
+    /// the first time (the others were preempted).
+    fn admit(&mut self) -> usize {
+        let mut started = 0;
         let bs = self.limits.block_size;
         let decode_needs = self.running.iter().filter(|s| s.remaining() == 1 && s.computed % bs == 0).count();
         while let Some(next) = self.waiting.front() {
@@ -171,10 +173,17 @@ impl Scheduler {
             }
             let mut sequence = self.waiting.pop_front().expect("front exists");
             sequence.blocks = (0..need).map(|_| self.blocks.allocate().expect("checked free")).collect();
+            started += usize::from(!sequence.generation.is_scheduled());
             sequence.generation.mark_scheduled();
-            let at = self.running.partition_point(|s| key(s) < key(&sequence));
-            self.running.insert(at, sequence);
+            self.insert_running(sequence);
         }
+        started
+    }
+
+    /// Puts `sequence` among the running ones in arrival order.
+    fn insert_running(&mut self, sequence: Sequence) {
+        let at = self.running.partition_point(|s| key(s) < key(&sequence));
+        self.running.insert(at, sequence);
     }
 
     /// Makes `running[i]`'s next position writable: a new block at a block boundary, a private

@@ -69,8 +69,6 @@ pub struct Sequence {
     pub generation: Generation,
     /// Choices still to fork from this one once its prompt is prefilled (`n > 1`).
     pub forks_pending: usize,
-    /// Whether the engine has started this sequence (it no longer counts as queued).
-    pub started: bool,
 }
 
 impl Sequence {
@@ -85,7 +83,6 @@ impl Sequence {
             blocks: Vec::new(),
             generation,
             forks_pending: request.choices - 1,
-            started: false,
             choice: 0,
             request,
         }
@@ -109,7 +106,6 @@ impl Sequence {
             blocks: self.blocks.clone(),
             generation,
             forks_pending: 0,
-            started: true,
             choice,
             request,
         }

@@ -342,7 +342,7 @@ impl EngineLoop {
         let removed = self.scheduler.remove_where(|s| s.request.is_cancelled());
         let mut stats = self.shared.stats.lock().expect("stats lock");
         for sequence in removed {
-            if !sequence.started {
+            if !sequence.generation.is_scheduled() {
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             }
             if sequence.choice == 0 {
@@ -354,10 +354,7 @@ impl EngineLoop {
     fn step(&mut self) {
         let started = Instant::now();
         let plan = self.scheduler.schedule();
-        for sequence in self.scheduler.running.iter_mut().filter(|s| !s.started) {
-            sequence.started = true;
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.shared.queued.fetch_sub(plan.started, Ordering::SeqCst);
         if plan.rows.is_empty() {
             return;
         }

@@ -194,11 +194,6 @@ impl KvCache {
         Self { pool: KvPool::new(geometry, 0), blocks: Vec::new(), len: 0 }
     }
 
-    /// Number of layers.
-    pub fn num_layers(&self) -> usize {
-        self.pool.geometry.num_layers
-    }
-
     /// Number of cached positions (the position of the next token).
     pub fn len(&self) -> usize {
         self.len

@@ -66,7 +66,10 @@ pub fn decode_attention(
         };
         let query = &q[i * d..(i + 1) * d];
         scores.clear();
-        scores.extend((first..=pos).map(|p| dot(query, &keys[block_at(p)..block_at(p) + d]) * scale));
+        scores.extend((first..=pos).map(|p| {
+            let at = block_at(p);
+            dot(query, &keys[at..at + d]) * scale
+        }));
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0f32;
         for s in scores.iter_mut() {
@@ -74,7 +77,8 @@ pub fn decode_attention(
             sum += *s;
         }
         for (p, &w) in (first..=pos).zip(scores.iter()) {
-            axpy(o, w / sum, &values[block_at(p)..block_at(p) + d]);
+            let at = block_at(p);
+            axpy(o, w / sum, &values[at..at + d]);
         }
     });
     Ok(out)

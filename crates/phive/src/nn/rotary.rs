@@ -181,7 +181,7 @@ impl RotaryEmbedding {
     /// cos/sin tables `[len, rot_dim/2]` for positions `start..start+len` of one call.
     pub fn tables(&self, start: usize, len: usize, device: &Device) -> Result<RopeTables> {
         let long = self.uses_long(start, len);
-        self.build((start..start + len).map(|p| (p, long)), long, device)
+        self.build((start..start + len).map(|p| (p, long)), device)
     }
 
     /// cos/sin tables for the rows of a batch, concatenated in row order. A row is
@@ -194,20 +194,17 @@ impl RotaryEmbedding {
         let positions = rows.iter().flat_map(|&(position, len, prompt_len)| {
             (position..position + len).map(move |p| (p, self.uses_long(0, prompt_len.max(p + 1))))
         });
-        let any_long = rows.iter().any(|&(p, len, prompt)| self.uses_long(0, prompt.max(p + len)));
-        self.build(positions, any_long, device)
+        self.build(positions, device)
     }
 
-    fn build(
-        &self,
-        positions: impl Iterator<Item = (usize, bool)>,
-        long: bool,
-        device: &Device,
-    ) -> Result<RopeTables> {
+    /// Tables for `(position, long factors?)` pairs; they count as long if any position is.
+    fn build(&self, positions: impl Iterator<Item = (usize, bool)>, device: &Device) -> Result<RopeTables> {
         let half = self.short_inv_freq.len();
         let mut cos = Vec::new();
         let mut sin = Vec::new();
+        let mut any_long = false;
         for (p, long) in positions {
+            any_long |= long;
             let inv = match (&self.long_inv_freq, long) {
                 (Some(l), true) => l,
                 _ => &self.short_inv_freq,
@@ -225,7 +222,7 @@ impl RotaryEmbedding {
             sin: Tensor::from_vec(sin, (len, half), device)?,
             rot_dim: self.rot_dim,
             head_dim: self.head_dim,
-            long,
+            long: any_long,
         })
     }
 }
