@@ -179,3 +179,20 @@ def test_phi4_audio_input_matches_golden(phi4_server, name):
     )
     assert res.choices[0].message.content == case["greedy_text"]
     assert res.usage.prompt_tokens == case["num_tokens"]
+
+
+def test_next_turn_reports_cached_prompt_tokens(client):
+    """The next turn of a chat resends the conversation; its shared prefix comes from the cache,
+    in OpenAI's usage.prompt_tokens_details.cached_tokens, streamed or not."""
+    turn = with_image(f"data:image/png;base64,{image_b64('shapes_640x480.png')}", "Describe it.")
+    first = client.chat.completions.create(model=SERVED_NAME, messages=turn, max_tokens=6)
+    turn += [{"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "What colour is the largest shape?"}]
+    second = client.chat.completions.create(model=SERVED_NAME, messages=turn, max_tokens=6)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < second.usage.prompt_tokens
+    assert cached >= first.usage.prompt_tokens - 16, "the whole first turn is reused"
+    stream = client.chat.completions.create(model=SERVED_NAME, messages=turn, max_tokens=6, stream=True,
+                                            stream_options={"include_usage": True})
+    usage = list(stream)[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens >= cached

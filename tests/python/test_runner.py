@@ -197,6 +197,7 @@ def test_runner_properties(runner):
     assert set(runner.stats()) == {
         "queued", "active", "cancelled", "running_seqs", "waiting_seqs", "preemptions", "steps",
         "max_batch_size", "kv_blocks_used", "kv_blocks_free", "media_cache_hits", "media_cache_misses",
+        "prefix_cache_blocks", "prefix_cache_queried_tokens", "prefix_cache_hit_tokens", "kv_block_size",
     }
     assert repr(runner).startswith("Runner(model_id=") and "Phi3V" in repr(runner)
 
@@ -273,3 +274,33 @@ def test_type_stubs_ship_with_the_package():
 
 def test_version():
     assert phive.__version__ and os.path.basename(phive.__file__) == "__init__.py"
+
+
+def _next_turn_usage(runner, system: str):
+    """Asks twice with the same long system prompt; returns both answers' usage and texts."""
+    out = []
+    for question in ("What is a lighthouse?", "And who keeps it?"):
+        request = ChatCompletionRequest(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=6,
+        )
+        r = runner.send_chat_completion_request(request)
+        out.append((r.usage, r.choices[0].message.content))
+    return out
+
+
+def test_prefix_cache_reports_cached_tokens_and_can_be_turned_off():
+    system = "You are a patient guide who explains the sea to children. " * 8
+    which = Which.VisionPlain(model_id=str(MODEL))
+    cached = Runner(which=which)
+    (first, a1), (second, a2) = _next_turn_usage(cached, system)
+    assert first.prompt_tokens_details.cached_tokens == 0
+    hit = second.prompt_tokens_details.cached_tokens
+    assert 0 < hit < second.prompt_tokens and hit % cached.stats()["kv_block_size"] == 0
+    assert cached.stats()["prefix_cache_hit_tokens"] == hit
+    assert second.to_dict()["prompt_tokens_details"] == {"cached_tokens": hit}
+    for off in (Runner(which=which, no_prefix_cache=True), Runner(which=which, prefix_cache_n=0)):
+        (u1, b1), (u2, b2) = _next_turn_usage(off, system)
+        assert u1.prompt_tokens_details.cached_tokens == u2.prompt_tokens_details.cached_tokens == 0
+        assert (b1, b2) == (a1, a2), "the cache never changes an answer"
+        assert off.stats()["prefix_cache_blocks"] == 0

@@ -25,6 +25,11 @@ pub struct EngineArgs {
     /// picture skips the vision tower; 0 turns the cache off.
     #[arg(long, global = true, value_name = "GIB", default_value_t = 0.5)]
     media_cache_mem: f64,
+    /// Do not keep the KV of finished prompts for reuse. By default, a request whose prompt
+    /// starts like an earlier one (a chat's next turn, a shared system prompt) computes only
+    /// what follows the part seen before; the answers are the same either way.
+    #[arg(long, global = true)]
+    no_prefix_cache: bool,
 }
 
 impl EngineArgs {
@@ -46,6 +51,7 @@ impl EngineArgs {
             max_batched_tokens: self.max_batched_tokens as usize,
             max_queue: self.max_queue as usize,
             kv_cache_bytes,
+            prefix_cache: !self.no_prefix_cache,
         })
     }
 }
@@ -54,11 +60,12 @@ impl EngineArgs {
 pub fn summary(engine: &Engine) -> String {
     let stats = engine.stats();
     let blocks = stats.kv_blocks_free + stats.kv_blocks_used;
-    let bytes = engine.pipeline().model().kv_geometry(stats.kv_block_size).bytes_per_block() * blocks;
+    let bytes = stats.kv_block_bytes * blocks;
     format!(
-        "kv cache: {:.2} GiB, {} tokens in {blocks} blocks of {}",
+        "kv cache: {:.2} GiB, {} tokens in {blocks} blocks of {}, prefix cache {}",
         bytes as f64 / (1u64 << 30) as f64,
         engine.kv_capacity_tokens(),
-        stats.kv_block_size
+        stats.kv_block_size,
+        if engine.config().prefix_cache { "on" } else { "off" }
     )
 }

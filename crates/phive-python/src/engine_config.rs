@@ -1,12 +1,34 @@
 //! The engine settings of `Runner`'s keyword arguments, validated as `InvalidRequestError`s,
 //! and the engine statistics it reports.
 
-use phive::engine::{EngineConfig, Histogram};
+use phive::engine::{EngineConfig, EngineStats, Histogram};
 
 use crate::{Failure, Fallible};
 
+/// `Runner.stats()`: the engine's gauges and counters by name.
+pub(crate) fn stats_counts(s: &EngineStats) -> [(&'static str, u64); 16] {
+    [
+        ("queued", s.queued as u64),
+        ("active", s.active as u64),
+        ("cancelled", s.cancelled as u64),
+        ("running_seqs", s.running_seqs as u64),
+        ("waiting_seqs", s.waiting_seqs as u64),
+        ("preemptions", s.preemptions),
+        ("steps", s.steps),
+        ("max_batch_size", max_observed(&s.batch_size)),
+        ("kv_blocks_used", s.kv_blocks_used as u64),
+        ("kv_blocks_free", s.kv_blocks_free as u64),
+        ("media_cache_hits", s.media_cache_hits),
+        ("media_cache_misses", s.media_cache_misses),
+        ("prefix_cache_blocks", s.prefix_cache_blocks as u64),
+        ("prefix_cache_queried_tokens", s.prefix_cache_queried_tokens),
+        ("prefix_cache_hit_tokens", s.prefix_cache_hit_tokens),
+        ("kv_block_size", s.kv_block_size as u64),
+    ]
+}
+
 /// The upper bound of the highest non-empty bucket of `h` (0 when nothing was observed).
-pub(crate) fn max_observed(h: &Histogram) -> u64 {
+fn max_observed(h: &Histogram) -> u64 {
     let top = h.counts.iter().rposition(|&c| c > 0);
     top.map_or(0, |i| h.bounds.get(i).copied().unwrap_or(f64::INFINITY).min(u64::MAX as f64) as u64)
 }
@@ -18,6 +40,7 @@ pub(crate) fn engine_config(
     max_batched_tokens: Option<usize>,
     kv_cache_mem: Option<f64>,
     media_cache_mem: Option<f64>,
+    prefix_cache: bool,
 ) -> Fallible<EngineConfig> {
     for (name, value) in
         [("max_seqs", max_seqs), ("max_queue", max_queue), ("max_batched_tokens", max_batched_tokens)]
@@ -46,5 +69,6 @@ pub(crate) fn engine_config(
         kv_cache_bytes: kv_cache_mem.map(|gib| (gib * (1u64 << 30) as f64) as u64),
         media_cache_bytes: media_cache_mem
             .map_or(defaults.media_cache_bytes, |gib| (gib * (1u64 << 30) as f64) as u64),
+        prefix_cache,
     })
 }

@@ -29,7 +29,7 @@ use pyo3::types::PyDict;
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
-use engine_config::{engine_config, max_observed};
+use engine_config::{engine_config, stats_counts};
 
 /// How long a waiting thread keeps the GIL released before it checks for signals (Ctrl-C).
 const POLL: Duration = Duration::from_millis(50);
@@ -244,7 +244,7 @@ impl NativeEngine {
     /// match the checkpoint's detected architecture when given. `isq` quantizes the language
     /// model's linear layers while loading (and the encoders' too with `isq_encoders`).
     #[new]
-    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, max_images=None))]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, max_images=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -258,9 +258,10 @@ impl NativeEngine {
         max_batched_tokens: Option<usize>,
         kv_cache_mem: Option<f64>,
         media_cache_mem: Option<f64>,
+        prefix_cache: bool,
         max_images: Option<usize>,
     ) -> PyResult<Self> {
-        engine_config(max_seqs, max_queue, max_batched_tokens, kv_cache_mem, media_cache_mem)
+        engine_config(max_seqs, max_queue, max_batched_tokens, kv_cache_mem, media_cache_mem, prefix_cache)
             .and_then(|config| Self::load(py, model, revision, arch, isq, isq_encoders, config, max_images))
             .map_err(|f| f.into_py(py))
     }
@@ -297,23 +298,8 @@ impl NativeEngine {
 
     /// The engine's queues, KV memory, counters and media cache (see `Runner.stats`).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.engine.stats();
         let dict = PyDict::new(py);
-        let counts: [(&str, u64); 12] = [
-            ("queued", s.queued as u64),
-            ("active", s.active as u64),
-            ("cancelled", s.cancelled as u64),
-            ("running_seqs", s.running_seqs as u64),
-            ("waiting_seqs", s.waiting_seqs as u64),
-            ("preemptions", s.preemptions),
-            ("steps", s.steps),
-            ("max_batch_size", max_observed(&s.batch_size)),
-            ("kv_blocks_used", s.kv_blocks_used as u64),
-            ("kv_blocks_free", s.kv_blocks_free as u64),
-            ("media_cache_hits", s.media_cache_hits),
-            ("media_cache_misses", s.media_cache_misses),
-        ];
-        for (key, value) in counts {
+        for (key, value) in stats_counts(&self.engine.stats()) {
             dict.set_item(key, value)?;
         }
         Ok(dict)

@@ -163,7 +163,7 @@ impl Metrics {
 
 /// The engine's queues, KV memory and per-step histograms.
 fn render_engine(e: &EngineStats, out: &mut String) {
-    let values: [(&str, &str, &str, f64); 14] = [
+    let values: [(&str, &str, &str, f64); 18] = [
         (
             "phive_requests_cancelled_total",
             "counter",
@@ -217,6 +217,30 @@ fn render_engine(e: &EngineStats, out: &mut String) {
             "gauge",
             "Encoded media items held by the cache.",
             e.media_cache_items as f64,
+        ),
+        (
+            "phive_prefix_cache_queried_tokens_total",
+            "counter",
+            "Prompt tokens of started requests, looked up in the prefix cache.",
+            e.prefix_cache_queried_tokens as f64,
+        ),
+        (
+            "phive_prefix_cache_hit_tokens_total",
+            "counter",
+            "Prompt tokens whose KV came from the prefix cache instead of being computed.",
+            e.prefix_cache_hit_tokens as f64,
+        ),
+        (
+            "phive_prefix_cache_blocks",
+            "gauge",
+            "KV blocks registered in the prefix cache (in use or kept; kept ones count as free).",
+            e.prefix_cache_blocks as f64,
+        ),
+        (
+            "phive_prefix_cache_bytes",
+            "gauge",
+            "Bytes of KV memory holding registered prefix-cache blocks.",
+            (e.prefix_cache_blocks * e.kv_block_bytes) as f64,
         ),
     ];
     for (name, kind, help, value) in values {

@@ -129,6 +129,7 @@ pub(crate) struct Accounting {
     /// From arrival to submission (media fetching, preprocessing).
     pub before_submit: Duration,
     prompt_tokens: Option<usize>,
+    cached_tokens: usize,
     completion_tokens: usize,
     pub finished: bool,
 }
@@ -141,6 +142,7 @@ impl Accounting {
             before_submit: started.elapsed(),
             started,
             prompt_tokens: None,
+            cached_tokens: 0,
             completion_tokens: 0,
             finished: false,
         }
@@ -151,6 +153,7 @@ impl Accounting {
         let metrics = self.state.metrics();
         if self.prompt_tokens.is_none() {
             self.prompt_tokens = Some(completion.usage.prompt_tokens);
+            self.cached_tokens = completion.usage.cached_tokens;
             metrics.add_prompt_tokens(completion.usage.prompt_tokens);
             if completion.usage.completion_tokens > 0 {
                 metrics.observe_ttft(self.before_submit + completion.usage.time_to_first_token);
@@ -163,6 +166,7 @@ impl Accounting {
     /// The request's usage so far.
     pub fn usage(&self) -> Usage {
         Usage::new(self.prompt_tokens.unwrap_or(0), self.completion_tokens)
+            .with_cached_tokens(self.cached_tokens)
     }
 }
 

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use image::{DynamicImage, Rgb, RgbImage};
-use phive::engine::{Engine, EngineConfig, Event, GenerationParams};
+use phive::engine::{Engine, EngineConfig, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
 use phive::prompt::{ChatMessage, MessagePart};
 use phive::IsqType;
+
+mod bench_common;
+use bench_common::{cpu, follow, percentile, picture, run_together};
 
 struct Args {
     model: PathBuf,
@@ -56,84 +58,9 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// When one request's events arrived.
-struct Trace {
-    submitted: Instant,
-    deltas: Vec<Instant>,
-    done: Instant,
-    tokens: usize,
-}
-
-impl Trace {
-    fn ttft(&self) -> Duration {
-        self.deltas.first().map_or(Duration::ZERO, |t| *t - self.submitted)
-    }
-}
-
-/// Submits `prompts` together and follows each on its own thread.
-fn run_together(
-    engine: &Arc<Engine>,
-    prompts: Vec<PreparedPrompt>,
-    params: &GenerationParams,
-) -> Result<Vec<Trace>> {
-    let handles = prompts
-        .into_iter()
-        .map(|p| Ok((Instant::now(), engine.submit(p, params.clone(), 1)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let threads: Vec<_> = handles
-        .into_iter()
-        .map(|(submitted, handle)| std::thread::spawn(move || follow(submitted, handle)))
-        .collect();
-    threads.into_iter().map(|t| t.join().expect("follower thread")).collect()
-}
-
-fn follow(submitted: Instant, mut handle: phive::engine::RequestHandle) -> Result<Trace> {
-    let mut deltas = Vec::new();
-    let mut tokens = 0;
-    while let Some(event) = handle.next_blocking() {
-        match event {
-            Event::Delta { .. } => deltas.push(Instant::now()),
-            Event::Done { completion, .. } => tokens = completion.tokens.len(),
-            Event::Error(e) => return Err(e.into()),
-        }
-    }
-    Ok(Trace { submitted, deltas, done: Instant::now(), tokens })
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * p).round() as usize]
-}
-
 fn text_prompt(pipeline: &Pipeline, i: usize) -> Result<PreparedPrompt> {
     let text = format!("Story {i}: write a long tale about a lighthouse keeper and the sea.");
     Ok(pipeline.prepare(&[ChatMessage::text("user", &text)], &[])?)
-}
-
-/// A 1024x768 picture with structure (gradients and bars), so preprocessing does real work.
-fn picture() -> DynamicImage {
-    DynamicImage::ImageRgb8(RgbImage::from_fn(1024, 768, |x, y| {
-        Rgb([(x / 4) as u8, (y / 3) as u8, if (x / 64 + y / 64) % 2 == 0 { 200 } else { 40 }])
-    }))
-}
-
-fn cpu() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|l| l.strip_prefix("model name")).unwrap_or(": unknown");
-    let flags = info.lines().find_map(|l| l.strip_prefix("flags")).unwrap_or_default();
-    let simd: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
-        .into_iter()
-        .filter(|f| flags.split_whitespace().any(|x| x == *f))
-        .collect();
-    format!(
-        "{} [{}], {} threads",
-        model.trim_start_matches([' ', '\t', ':']),
-        simd.join(" "),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    )
 }
 
 fn main() -> Result<()> {
@@ -179,7 +106,7 @@ fn main() -> Result<()> {
             .iter()
             .flat_map(|t| t.deltas.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3))
             .collect();
-        let tokens: usize = traces.iter().map(|t| t.tokens).sum();
+        let tokens: usize = traces.iter().map(|t| t.tokens()).sum();
         println!(
             "| {n} | {aggregate:.1} | {:.2}x | {:.2} / {:.2} | {:.0} / {:.0} | {tokens} |",
             aggregate / base,
@@ -232,19 +159,6 @@ fn main() -> Result<()> {
          image request TTFT {:.2}s (encoding included)",
         during / alone,
         image_trace.ttft().as_secs_f64()
-    );
-    // A second question about the same picture: the encoder cache skips the vision tower.
-    let messages = [ChatMessage {
-        role: "user".into(),
-        parts: vec![MessagePart::Image, MessagePart::Text("What colours does it use?".into())],
-    }];
-    let again = pipeline.prepare(&messages, &[picture()])?;
-    let second = run_together(&engine, vec![again], &short)?[0].ttft().as_secs_f64();
-    let first = image_trace.ttft().as_secs_f64();
-    println!(
-        "second question about the same picture: TTFT {second:.2}s ({:.1}% of the first, {first:.2}s); media cache hits {}",
-        100.0 * second / first,
-        engine.stats().media_cache_hits
     );
     Ok(())
 }

@@ -139,6 +139,15 @@ impl VisionModelBuilder {
         self
     }
 
+    /// mistral.rs's switch for the prefix cache: `None` or `Some(0)` turns it off, any count
+    /// keeps it on (phive's cache is bounded by the KV memory, not by a number of prefixes).
+    /// On by default: a prompt that starts like an earlier one (the next turn of a chat, a
+    /// shared system prompt) computes only the rest, with the same answer.
+    pub fn with_prefix_cache_n(mut self, n: Option<usize>) -> Self {
+        self.engine.prefix_cache = n.is_some_and(|n| n > 0);
+        self
+    }
+
     /// Loads the model on a background thread.
     pub async fn build(self) -> Result<Model> {
         if !matches!(self.dtype, ModelDType::Auto | ModelDType::F32) {

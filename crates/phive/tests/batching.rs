@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use phive::engine::{Completion, Engine, EngineConfig, Event, GenerationParams, SamplingParams};
 use phive::pipeline::PreparedPrompt;
@@ -137,21 +137,7 @@ fn batching_equals_solo(phi4: bool) {
     let multi_row_steps: u64 = stats.batch_size.counts[1..].iter().sum(); // buckets above 1 row
     assert!(multi_row_steps > 0, "no step batched more than one sequence: {:?}", stats.batch_size);
     assert!(stats.prefill_tokens.count() > 0 && stats.decode_tokens.sum > 0.0);
-    wait_until_idle(&engine);
-}
-
-/// Waits (briefly) until the engine has retired everything and holds no KV block: the last
-/// event can reach a caller just before the loop publishes its state.
-fn wait_until_idle(engine: &Engine) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = engine.stats();
-        if (stats.kv_blocks_used, stats.running_seqs, stats.waiting_seqs) == (0, 0, 0) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "blocks leaked or sequences left: {stats:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_until_idle(&engine);
 }
 
 #[test]
@@ -184,19 +170,25 @@ fn preemption_under_a_small_pool_keeps_every_answer() {
         cases(false, true).into_iter().filter(|c| c.prepare(&probe).tokens.media.is_empty()).collect();
     let cases: Vec<Case> = text.iter().cycle().take(8).cloned().collect();
     let prompt_blocks: usize = cases.iter().map(|c| c.prepare(&probe).tokens.ids.len().div_ceil(16)).sum();
-    let config = EngineConfig {
-        kv_cache_bytes: Some(kv_bytes(&probe, (prompt_blocks + 1) * 16)),
-        ..Default::default()
-    };
+    let kv_cache_bytes = Some(kv_bytes(&probe, (prompt_blocks + 1) * 16));
     drop(probe);
     let solo = solo_answers(&cases);
-    let engine = common::engine(&common::phi3v_tiny(), config);
-    for (case, (got, want)) in cases.iter().zip(batched_answers(&engine, &cases).iter().zip(&solo)) {
-        assert_same(&case.name, got, want);
+    // Without the prefix cache every prompt holds its own blocks, so the pool must fill up;
+    // with it, the repeated prompts share blocks and preempted sequences find theirs again.
+    for prefix_cache in [false, true] {
+        let config = EngineConfig { kv_cache_bytes, prefix_cache, ..Default::default() };
+        let engine = common::engine(&common::phi3v_tiny(), config);
+        for (case, (got, want)) in cases.iter().zip(batched_answers(&engine, &cases).iter().zip(&solo)) {
+            assert_same(&case.name, got, want);
+        }
+        common::wait_until_idle(&engine);
+        let stats = engine.stats();
+        if prefix_cache {
+            assert!(stats.prefix_cache_hit_tokens > 0, "{stats:?}");
+        } else {
+            assert!(stats.preemptions > 0, "the pool was never full: {stats:?}");
+        }
     }
-    let stats = engine.stats();
-    assert!(stats.preemptions > 0, "the pool was never full: {stats:?}");
-    wait_until_idle(&engine);
 }
 
 #[test]
@@ -225,7 +217,7 @@ fn cancelling_frees_blocks_within_a_step() {
     assert!(matches!(handle.next_blocking(), Some(Event::Delta { .. })));
     assert!(engine.stats().kv_blocks_used > 0);
     handle.cancel();
-    wait_until_idle(&engine);
+    common::wait_until_idle(&engine);
     assert_eq!(engine.stats().cancelled, 1);
 }
 
@@ -273,5 +265,5 @@ fn random_arrivals_match_solo_answers() {
             });
         }
     });
-    wait_until_idle(&engine);
+    common::wait_until_idle(&engine);
 }

@@ -33,7 +33,7 @@ fn run(
     let prompt = PromptTokens { ids: vec![1, 450, 4799], media: vec![] };
     check_lengths(prompt.ids.len(), &params, 4096)?;
     let mut generation = Generation::new(&prompt, &params, 4096, Instant::now());
-    generation.mark_scheduled();
+    generation.mark_scheduled(0);
     let mut step = 0;
     let reason = loop {
         let token = script[step.min(script.len() - 1)];

@@ -20,6 +20,7 @@ class NativeEngine:
         max_batched_tokens: Optional[int] = None,
         kv_cache_mem: Optional[float] = None,
         media_cache_mem: Optional[float] = None,
+        prefix_cache: bool = True,
         max_images: Optional[int] = None,
     ) -> None: ...
     @property

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 __all__ = [
+    "PromptTokensDetails",
     "Usage",
     "Timings",
     "TopLogprob",
@@ -38,9 +39,17 @@ class _Record:
 
 
 @dataclass
+class PromptTokensDetails(_Record):
+    """OpenAI's breakdown of the prompt tokens."""
+
+    cached_tokens: int = 0
+
+
+@dataclass
 class Usage(_Record):
-    """Token counts and speeds (mistral.rs's nine fields). Times are in seconds; with several
-    choices, times and rates cover all of them."""
+    """Token counts and speeds (mistral.rs's nine fields), and OpenAI's
+    ``prompt_tokens_details.cached_tokens`` (prompt tokens taken from the prefix cache). Times
+    are in seconds; with several choices, times and rates cover all of them."""
 
     prompt_tokens: int
     completion_tokens: int
@@ -51,6 +60,13 @@ class Usage(_Record):
     total_time_sec: float = 0.0
     total_prompt_time_sec: float = 0.0
     total_completion_time_sec: float = 0.0
+    prompt_tokens_details: PromptTokensDetails = field(default_factory=PromptTokensDetails)
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "Usage":
+        usage: Usage = super()._from(d)
+        usage.prompt_tokens_details = PromptTokensDetails._from(d.get("prompt_tokens_details") or {})
+        return usage
 
 
 @dataclass

@@ -4,8 +4,10 @@ mistral.rs's Python API so its examples run with only the import line changed.
 Options mistral.rs has and phive cannot honour are accepted only at their neutral value
 (``None``, ``False``...): any other value raises :class:`~phive.InvalidRequestError` with
 ``code="unsupported_parameter"`` instead of being silently ignored. Options that only tune
-mistral.rs's GPU memory or batching (paged attention, prefix cache, device layers) are accepted
-and have no effect, since they do not change what is generated.
+mistral.rs's GPU memory or batching (paged attention, device layers) are accepted and have no
+effect, since they do not change what is generated; ``prefix_cache_n=0`` turns the prefix cache
+off, as in mistral.rs (another count keeps it on: phive's cache is bounded by KV memory, not by
+a number of prefixes).
 """
 
 from __future__ import annotations
@@ -314,6 +316,9 @@ class Runner:
     decoding sequence plus prefill chunks); ``kv_cache_mem`` (phive) is the KV cache in GiB
     (default: 40% of the memory available at start); ``media_cache_mem`` (phive) is the GiB of
     encoded images and audio kept across requests (default 0.5; 0 turns it off);
+    ``no_prefix_cache`` (phive; or mistral.rs's ``prefix_cache_n=0``) stops reusing the KV of
+    prompt prefixes seen before (exact either way; ``usage.prompt_tokens_details.cached_tokens``
+    says how many prompt tokens were reused);
     ``max_queue`` (phive) bounds waiting requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
     requests that set none. ``in_situ_quant`` ("Q4K", "Q6K", "Q8_0", "BF16"... or a bit width
     such as "4") quantizes the language model's linear layers while loading; ``isq_encoders``
@@ -355,6 +360,7 @@ class Runner:
         max_batched_tokens: Optional[int] = None,
         kv_cache_mem: Optional[float] = None,
         media_cache_mem: Optional[float] = None,
+        no_prefix_cache: bool = False,
     ) -> None:
         if not isinstance(which, Which.VisionPlain):
             raise InvalidRequestError(
@@ -389,6 +395,7 @@ class Runner:
             max_batched_tokens=max_batched_tokens,
             kv_cache_mem=kv_cache_mem,
             media_cache_mem=media_cache_mem,
+            prefix_cache=not no_prefix_cache and prefix_cache_n != 0,
             max_images=max_images,
         )
 

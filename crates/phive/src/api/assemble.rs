@@ -95,6 +95,7 @@ impl Usage {
     /// mistral.rs's rates and times; `total` is the request's wall time.
     pub fn from_completions(completions: &[Completion], total: Duration) -> Self {
         let prompt_tokens = completions.first().map(|c| c.usage.prompt_tokens).unwrap_or(0);
+        let cached_tokens = completions.first().map(|c| c.usage.cached_tokens).unwrap_or(0);
         let completion_tokens: usize = completions.iter().map(|c| c.usage.completion_tokens).sum();
         let prompt_time: f64 = completions.iter().map(|c| c.usage.prompt_time.as_secs_f64()).sum();
         let completion_time: f64 = completions.iter().map(|c| c.usage.completion_time.as_secs_f64()).sum();
@@ -110,7 +111,7 @@ impl Usage {
             total_time_sec: total_time,
             total_prompt_time_sec: prompt_time,
             total_completion_time_sec: completion_time,
-            ..Usage::new(prompt_tokens, completion_tokens)
+            ..Usage::new(prompt_tokens, completion_tokens).with_cached_tokens(cached_tokens)
         }
     }
 }

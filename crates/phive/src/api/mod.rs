@@ -21,5 +21,5 @@ pub use request::{
 pub use response::{
     finish_reason, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, ChunkDelta, CompletionChoice, CompletionResponse, LegacyLogprobs, LogprobEntry, ModelCard,
-    ModelList, Timings, TopLogprobEntry, Usage,
+    ModelList, PromptTokensDetails, Timings, TopLogprobEntry, Usage,
 };

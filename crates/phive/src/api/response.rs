@@ -34,6 +34,16 @@ pub struct Usage {
     /// Time spent decoding.
     #[serde(default)]
     pub total_completion_time_sec: f64,
+    /// OpenAI's breakdown of the prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// OpenAI's `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose keys and values came from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -46,6 +56,11 @@ impl Usage {
             total_tokens: prompt + completion,
             ..Default::default()
         }
+    }
+
+    /// The same counts, with `cached` of the prompt tokens taken from the prefix cache.
+    pub fn with_cached_tokens(self, cached: usize) -> Self {
+        Usage { prompt_tokens_details: PromptTokensDetails { cached_tokens: cached }, ..self }
     }
 }
 

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use super::media_cache::MediaCache;
 use super::sequence::Sequence;
 use super::service::Event;
+use crate::models::MediaKey;
 use crate::pipeline::Pipeline;
 use crate::Result;
 
@@ -44,8 +45,8 @@ impl Encoder {
         let thread = std::thread::Builder::new()
             .name("phive-encoder".into())
             .spawn(move || {
-                for sequence in receiver {
-                    encode(&pipeline, &cache, &sequence);
+                for mut sequence in receiver {
+                    encode(&pipeline, &cache, &mut sequence);
                     if done.send(Message::Encoded(sequence)).is_err() {
                         return;
                     }
@@ -73,32 +74,38 @@ impl Drop for Encoder {
     }
 }
 
-/// Encodes every media span of the sequence's prompt (or takes it from the cache); a failure
-/// fails the request.
-fn encode(pipeline: &Pipeline, cache: &Mutex<MediaCache>, sequence: &Sequence) {
+/// Encodes every media span of the sequence's prompt (or takes it from the cache) and records
+/// the items' content keys (for the prefix cache); a failure fails the request.
+fn encode(pipeline: &Pipeline, cache: &Mutex<MediaCache>, sequence: &mut Sequence) {
     let request = &sequence.request;
+    let mut keys = Vec::with_capacity(request.prepared.tokens.media.len());
     for index in 0..request.prepared.tokens.media.len() {
         if request.is_cancelled() {
             return;
         }
-        if let Err(e) = encode_span(pipeline, cache, sequence, index) {
-            request.send(Event::Error(e));
-            request.cancel.store(true, Ordering::Relaxed);
-            return;
+        match encode_span(pipeline, cache, sequence, index) {
+            Ok(key) => keys.push(key),
+            Err(e) => {
+                request.send(Event::Error(e));
+                request.cancel.store(true, Ordering::Relaxed);
+                return;
+            }
         }
     }
+    sequence.media_keys = keys;
 }
 
+/// Makes sure media span `index` has its features; returns the item's content key.
 fn encode_span(
     pipeline: &Pipeline,
     cache: &Mutex<MediaCache>,
     sequence: &Sequence,
     index: usize,
-) -> Result<()> {
+) -> Result<MediaKey> {
     let prepared = &sequence.request.prepared;
     let (model, span) = (pipeline.model(), &prepared.tokens.media[index]);
+    let key = model.media_key(prepared.media(), span)?;
     prepared.span_features_or(index, || {
-        let key = model.media_key(prepared.media(), span)?;
         if let Some(features) = cache.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(features);
         }
@@ -106,7 +113,7 @@ fn encode_span(
         cache.lock().map_err(|_| poisoned())?.insert(key, features.clone());
         Ok(features)
     })?;
-    Ok(())
+    Ok(key)
 }
 
 fn poisoned() -> crate::Error {

@@ -68,6 +68,8 @@ pub struct Usage {
     pub image_tokens: usize,
     /// How many of the prompt positions are audio features.
     pub audio_tokens: usize,
+    /// How many of the prompt positions came from the prefix cache (not computed).
+    pub cached_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
     /// Time spent before generation started (media encoding and preprocessing).
@@ -192,12 +194,19 @@ impl Generation {
     }
 
     /// Records that the engine started computing this choice (the end of its wait and
-    /// preprocessing time).
-    pub fn mark_scheduled(&mut self) {
+    /// preprocessing time), with the first `cached_tokens` prompt positions taken from the
+    /// prefix cache.
+    pub fn mark_scheduled(&mut self, cached_tokens: usize) {
         if self.scheduled.is_none() {
             self.scheduled = Some(Instant::now());
             self.usage.preprocess_time = self.started.elapsed();
+            self.usage.cached_tokens = cached_tokens;
         }
+    }
+
+    /// Prompt positions taken from the prefix cache when this choice started.
+    pub fn cached_tokens(&self) -> usize {
+        self.usage.cached_tokens
     }
 
     /// Whether the engine has started computing this choice.

@@ -12,8 +12,7 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-/// Content key of one media item.
-pub type MediaKey = [u8; 32];
+use crate::models::MediaKey;
 
 struct Entry {
     features: Tensor,

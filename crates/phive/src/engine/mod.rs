@@ -3,8 +3,9 @@
 //! detokenizes.
 //!
 //! `service` is the loop and its public handle, `scheduler` decides each step, `blocks` owns the
-//! KV block ids, `runner` runs a step on the model, `sequence` and `generation` hold one
-//! choice's state, `stats` what the loop reports.
+//! KV block ids and the prefix cache's index, `prefix` hashes blocks by content, `runner` runs a
+//! step on the model, `sequence` and `generation` hold one choice's state, `encoder` and
+//! `media_cache` encode images and audio beside the loop, `stats` what the loop reports.
 
 mod blocks;
 pub mod detokenizer;
@@ -12,6 +13,7 @@ mod encoder;
 pub mod generation;
 pub mod logprobs;
 mod media_cache;
+mod prefix;
 mod runner;
 pub mod sampler;
 mod scheduler;

@@ -10,10 +10,18 @@
 //! prompt that arrives behind it starts at once (a step that completes a prompt leaves the
 //! longer ones for the next step, so the newcomer's first token waits only for the rest of the
 //! step under way and its own prefill).
+//!
+//! With the prefix cache on, a sequence admitted takes the cached blocks of its longest cached
+//! prefix (always leaving at least its last token to compute, whose logits it needs) and
+//! prefills only the rest; a sequence whose next block is being computed right now by a running
+//! sequence waits for it to land instead of computing it a second time, so concurrent requests
+//! with one system prompt prefill it once. After every step the blocks that filled up are
+//! registered in the cache.
 
 use std::collections::VecDeque;
 
 use super::blocks::BlockAllocator;
+use super::prefix::{BlockHash, PrefixHasher};
 use super::sequence::Sequence;
 
 /// Limits of one step.
@@ -57,27 +65,41 @@ pub struct Scheduler {
     pub running: Vec<Sequence>,
     /// Sequences preempted since start.
     pub preemptions: u64,
+    /// Prompt tokens of started requests, and how many of them came from the prefix cache.
+    pub prefix_queried_tokens: u64,
+    /// See `prefix_queried_tokens`.
+    pub prefix_hit_tokens: u64,
+    /// Hashes blocks for the prefix cache; `None` when it is off.
+    hasher: Option<PrefixHasher>,
 }
 
 impl Scheduler {
-    /// A scheduler over a pool of `num_blocks` blocks.
-    pub fn new(limits: SchedulerLimits, num_blocks: usize) -> Self {
+    /// A scheduler over a pool of `num_blocks` blocks, caching prefixes when given a hasher.
+    pub fn new(limits: SchedulerLimits, num_blocks: usize, hasher: Option<PrefixHasher>) -> Self {
         Self {
             limits,
-            blocks: BlockAllocator::new(num_blocks),
+            blocks: BlockAllocator::new(num_blocks, hasher.is_some()),
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
+            prefix_queried_tokens: 0,
+            prefix_hit_tokens: 0,
+            hasher,
         }
     }
 
-    /// Blocks free and in the pool.
-    pub fn block_usage(&self) -> (usize, usize) {
-        (self.blocks.num_free(), self.blocks.capacity())
+    /// Blocks free (cached ones nobody holds included), in the pool, and in the prefix cache.
+    pub fn block_usage(&self) -> (usize, usize, usize) {
+        (self.blocks.num_free(), self.blocks.capacity(), self.blocks.num_cached())
     }
 
     /// Queues a new sequence.
-    pub fn add(&mut self, sequence: Sequence) {
+    pub fn add(&mut self, mut sequence: Sequence) {
+        if let Some(hasher) = self.hasher {
+            let mut hashes = std::mem::take(&mut sequence.block_hashes);
+            hasher.extend(&mut hashes, &sequence.content(), sequence.tokens.len());
+            sequence.block_hashes = hashes;
+        }
         let at = self.waiting.partition_point(|s| key(s) < key(&sequence));
         self.waiting.insert(at, sequence);
     }
@@ -88,11 +110,29 @@ impl Scheduler {
         self.insert_running(sequence);
     }
 
-    /// Removes `running[index]` and frees its blocks.
+    /// Removes `running[index]` and frees its blocks (cached ones stay in the cache).
     pub fn finish(&mut self, index: usize) -> Sequence {
         let sequence = self.running.remove(index);
         self.blocks.release(&sequence.blocks);
         sequence
+    }
+
+    /// Registers in the prefix cache every block that the last step filled.
+    pub fn register_computed(&mut self) {
+        let Some(hasher) = self.hasher else { return };
+        let bs = self.limits.block_size;
+        for sequence in &mut self.running {
+            let mut hashes = std::mem::take(&mut sequence.block_hashes);
+            hasher.extend(&mut hashes, &sequence.content(), sequence.computed);
+            let full = (sequence.computed / bs).min(hashes.len());
+            for (&block, &hash) in
+                sequence.blocks[sequence.registered..full].iter().zip(&hashes[sequence.registered..])
+            {
+                self.blocks.register(block, hash);
+            }
+            sequence.registered = sequence.registered.max(full);
+            sequence.block_hashes = hashes;
+        }
     }
 
     /// Removes every sequence (waiting or running) for which `cancelled` holds, freeing blocks.
@@ -159,25 +199,48 @@ impl Scheduler {
     }
 
     /// Admits waiting sequences in arrival order while the limits and free blocks allow,
-    /// keeping back the blocks this step's decodes may need; returns how many of them start for
-    /// the first time (the others were preempted).
+    /// keeping back the blocks this step's decodes may need, each with the cached blocks of its
+    /// longest cached prefix (one whose next block a running sequence is computing waits for
+    /// it); returns how many of them start for the first time (the others were preempted).
     fn admit(&mut self) -> usize {
         let mut started = 0;
         let bs = self.limits.block_size;
         let decode_needs = self.running.iter().filter(|s| s.remaining() == 1 && s.computed % bs == 0).count();
-        while let Some(next) = self.waiting.front() {
-            let need = next.tokens.len().div_ceil(bs);
-            if self.running.len() >= self.limits.max_num_seqs || self.blocks.num_free() < need + decode_needs
-            {
+        let mut i = 0;
+        while i < self.waiting.len() && self.running.len() < self.limits.max_num_seqs {
+            let next = &self.waiting[i];
+            // The block holding the last token is always computed: its logits are needed.
+            let usable = &next.block_hashes[..next.block_hashes.len().min((next.tokens.len() - 1) / bs)];
+            let hits = self.blocks.lookup(usable);
+            if usable.get(hits.len()).is_some_and(|&hash| self.is_being_computed(hash)) {
+                i += 1;
+                continue;
+            }
+            let need = next.tokens.len().div_ceil(bs) - hits.len();
+            let taken_from_cache = hits.iter().filter(|&&b| self.blocks.is_kept(b)).count();
+            if self.blocks.num_free() < need + decode_needs + taken_from_cache {
                 break;
             }
-            let mut sequence = self.waiting.pop_front().expect("front exists");
-            sequence.blocks = (0..need).map(|_| self.blocks.allocate().expect("checked free")).collect();
-            started += usize::from(!sequence.generation.is_scheduled());
-            sequence.generation.mark_scheduled();
+            let mut sequence = self.waiting.remove(i).expect("index in range");
+            self.blocks.share(&hits);
+            sequence.computed = hits.len() * bs;
+            sequence.registered = hits.len();
+            sequence.blocks = hits;
+            sequence.blocks.extend((0..need).map(|_| self.blocks.allocate().expect("checked free")));
+            if !sequence.generation.is_scheduled() {
+                started += 1;
+                self.prefix_queried_tokens += sequence.prompt_len() as u64;
+                self.prefix_hit_tokens += sequence.computed as u64;
+            }
+            sequence.generation.mark_scheduled(sequence.computed);
             self.insert_running(sequence);
         }
         started
+    }
+
+    /// Whether a running sequence holds the block of `hash` and has yet to compute it.
+    fn is_being_computed(&self, hash: BlockHash) -> bool {
+        self.running.iter().any(|s| s.block_hashes.get(s.registered..).is_some_and(|h| h.contains(&hash)))
     }
 
     /// Puts `sequence` among the running ones in arrival order.
@@ -224,6 +287,7 @@ impl Scheduler {
         let mut sequence = self.finish(index);
         sequence.blocks.clear();
         sequence.computed = 0;
+        sequence.registered = 0;
         self.preemptions += 1;
         self.add(sequence);
     }

@@ -7,7 +7,9 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::generation::Generation;
+use super::prefix::{BlockHash, Content};
 use super::{Event, GenerationParams};
+use crate::models::MediaKey;
 use crate::pipeline::PreparedPrompt;
 
 /// What every choice of one request shares: the prepared prompt (with its encoded media), the
@@ -69,6 +71,12 @@ pub struct Sequence {
     pub generation: Generation,
     /// Choices still to fork from this one once its prompt is prefilled (`n > 1`).
     pub forks_pending: usize,
+    /// Content key of each media item of the prompt, set by the encoder.
+    pub media_keys: Vec<MediaKey>,
+    /// Prefix-cache hashes of the full blocks of `tokens` hashed so far.
+    pub block_hashes: Vec<BlockHash>,
+    /// Leading blocks registered in the prefix cache (full and computed).
+    pub registered: usize,
 }
 
 impl Sequence {
@@ -83,6 +91,9 @@ impl Sequence {
             blocks: Vec::new(),
             generation,
             forks_pending: request.choices - 1,
+            media_keys: Vec::new(),
+            block_hashes: Vec::new(),
+            registered: 0,
             choice: 0,
             request,
         }
@@ -98,7 +109,7 @@ impl Sequence {
             context_length,
             request.started,
         );
-        generation.mark_scheduled();
+        generation.mark_scheduled(self.generation.cached_tokens());
         Sequence {
             id,
             tokens: self.tokens.clone(),
@@ -106,6 +117,9 @@ impl Sequence {
             blocks: self.blocks.clone(),
             generation,
             forks_pending: 0,
+            media_keys: self.media_keys.clone(),
+            block_hashes: self.block_hashes.clone(),
+            registered: self.registered,
             choice,
             request,
         }
@@ -114,6 +128,17 @@ impl Sequence {
     /// Length of the prompt.
     pub fn prompt_len(&self) -> usize {
         self.request.prepared.tokens.ids.len()
+    }
+
+    /// What its keys and values are computed from, for prefix hashing.
+    pub fn content(&self) -> Content<'_> {
+        Content {
+            tokens: &self.tokens,
+            prompt_len: self.prompt_len(),
+            adapter: self.request.adapter,
+            spans: &self.request.prepared.tokens.media,
+            media_keys: &self.media_keys,
+        }
     }
 
     /// Tokens still to feed before the next logits.

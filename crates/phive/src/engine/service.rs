@@ -13,6 +13,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use super::encoder::{Encoder, Message};
 use super::generation::check_lengths;
 use super::media_cache::MediaCache;
+use super::prefix::PrefixHasher;
 use super::runner::run_step;
 use super::scheduler::{Scheduler, SchedulerLimits};
 use super::sequence::{Request, Sequence};
@@ -37,6 +38,8 @@ pub struct EngineConfig {
     pub kv_cache_bytes: Option<u64>,
     /// Bytes of encoded images and audio kept across requests (0 turns the cache off).
     pub media_cache_bytes: u64,
+    /// Keep full KV blocks after their sequence ends, for requests that start the same way.
+    pub prefix_cache: bool,
 }
 
 /// Default media cache: 512 MiB holds the features of about 50 full-resolution Phi-3.5 images.
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             max_queue: 64,
             kv_cache_bytes: None,
             media_cache_bytes: DEFAULT_MEDIA_CACHE_BYTES,
+            prefix_cache: true,
         }
     }
 }
@@ -137,7 +141,11 @@ impl Engine {
         let context = pipeline.context_length();
         let num_blocks = pool_blocks(&config, geometry, context);
         let max_seq_len = context.min(num_blocks * geometry.block_size);
-        let mut stats = EngineStats { kv_block_size: geometry.block_size, ..Default::default() };
+        let mut stats = EngineStats {
+            kv_block_size: geometry.block_size,
+            kv_block_bytes: geometry.bytes_per_block(),
+            ..Default::default()
+        };
         stats.kv_blocks_free = num_blocks;
         let shared = Arc::new(Shared {
             pipeline: Arc::new(pipeline),
@@ -153,16 +161,26 @@ impl Engine {
             max_batched_tokens: config.max_batched_tokens.max(1),
             block_size: geometry.block_size,
         };
+        let hasher = config.prefix_cache.then(|| PrefixHasher {
+            block_size: geometry.block_size,
+            long_rope_after: shared.pipeline.model().long_rope_after(),
+        });
         let encoder =
             Encoder::start(Arc::clone(&shared.pipeline), Arc::clone(&shared.media_cache), sender.clone());
         let loop_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("phive-engine".into())
             .spawn(move || {
-                EngineLoop::new(loop_shared, limits, geometry, num_blocks, encoder).run(receiver);
+                let scheduler = Scheduler::new(limits, num_blocks, hasher);
+                EngineLoop::new(loop_shared, scheduler, geometry, num_blocks, encoder).run(receiver);
             })
             .expect("spawning the engine thread");
         Engine { shared, config, inbox: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     /// The served pipeline (for preparing prompts and model metadata).
@@ -285,19 +303,12 @@ struct EngineLoop {
 impl EngineLoop {
     fn new(
         shared: Arc<Shared>,
-        limits: SchedulerLimits,
+        scheduler: Scheduler,
         geometry: KvGeometry,
         num_blocks: usize,
         encoder: Encoder,
     ) -> Self {
-        Self {
-            shared,
-            scheduler: Scheduler::new(limits, num_blocks),
-            pool: KvPool::new(geometry, num_blocks),
-            encoder,
-            encoding: 0,
-            open: true,
-        }
+        Self { shared, scheduler, pool: KvPool::new(geometry, num_blocks), encoder, encoding: 0, open: true }
     }
 
     fn run(mut self, inbox: mpsc::Receiver<Message>) {
@@ -361,7 +372,11 @@ impl EngineLoop {
         let pipeline = Arc::clone(&self.shared.pipeline);
         let mut finished: Vec<(usize, FinishReason)> = Vec::new();
         let mut forks = Vec::new();
-        match run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan) {
+        let result = run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan);
+        if result.is_ok() {
+            self.scheduler.register_computed();
+        }
+        match result {
             Err(e) => {
                 for row in &plan.rows {
                     let request = &self.scheduler.running[row.index].request;
@@ -408,7 +423,7 @@ impl EngineLoop {
 
     /// Publishes the queues and KV usage for [`Engine::stats`].
     fn publish(&self) {
-        let (free, capacity) = self.scheduler.block_usage();
+        let (free, capacity, cached) = self.scheduler.block_usage();
         let mut requests: Vec<*const Request> =
             self.scheduler.running.iter().map(|s| Arc::as_ptr(&s.request)).collect();
         requests.sort();
@@ -420,6 +435,9 @@ impl EngineLoop {
         stats.preemptions = self.scheduler.preemptions;
         stats.kv_blocks_free = free;
         stats.kv_blocks_used = capacity - free;
+        stats.prefix_cache_blocks = cached;
+        stats.prefix_cache_queried_tokens = self.scheduler.prefix_queried_tokens;
+        stats.prefix_cache_hit_tokens = self.scheduler.prefix_hit_tokens;
     }
 }
 

@@ -62,6 +62,15 @@ pub struct EngineStats {
     pub kv_blocks_free: usize,
     /// Positions per KV block.
     pub kv_block_size: usize,
+    /// Bytes of one KV block (all layers).
+    pub kv_block_bytes: usize,
+    /// KV blocks registered in the prefix cache (held by sequences or kept for reuse; kept ones
+    /// count as free, since they are evicted when the pool needs room).
+    pub prefix_cache_blocks: usize,
+    /// Prompt tokens of started requests.
+    pub prefix_cache_queried_tokens: u64,
+    /// Prompt tokens taken from the prefix cache instead of being computed.
+    pub prefix_cache_hit_tokens: u64,
     /// Steps run since start.
     pub steps: u64,
     /// Sequences per step.
@@ -94,6 +103,10 @@ impl Default for EngineStats {
             kv_blocks_used: 0,
             kv_blocks_free: 0,
             kv_block_size: 0,
+            kv_block_bytes: 0,
+            prefix_cache_blocks: 0,
+            prefix_cache_queried_tokens: 0,
+            prefix_cache_hit_tokens: 0,
             steps: 0,
             batch_size: Histogram::new(BATCH_BOUNDS),
             prefill_tokens: Histogram::new(TOKEN_BOUNDS),

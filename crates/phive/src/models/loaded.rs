@@ -20,6 +20,9 @@ use crate::prompt::{
 use crate::vision::{phi3v_hd, phi4mm_hd};
 use crate::{Error, Result};
 
+/// Content key of one media item ([`LoadedModel::media_key`]).
+pub type MediaKey = [u8; 32];
+
 /// A loaded network of a supported family, with its preprocessing settings.
 pub enum LoadedModel {
     /// Phi-3.5-vision.
@@ -183,7 +186,7 @@ impl LoadedModel {
     /// (the preprocessed crops and patch mask, or the log-mel features, with their shapes) and
     /// the setting that changes its output (Phi-4's audio projection). The same picture from any
     /// source gets one key; a changed pixel gets another.
-    pub fn media_key(&self, media: &PreparedMedia, span: &MediaSpan) -> Result<[u8; 32]> {
+    pub fn media_key(&self, media: &PreparedMedia, span: &MediaSpan) -> Result<MediaKey> {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
         let mut feed = |label: &str, t: &Tensor| -> Result<()> {
@@ -217,6 +220,12 @@ impl LoadedModel {
     /// positions (relative to `ids`).
     pub fn embed(&self, ids: &[u32], media: &[(usize, Tensor)]) -> Result<Tensor> {
         Ok(self.decoder().embed_with_media(ids, media)?.squeeze(0)?)
+    }
+
+    /// The position count past which LongRoPE's long factors apply, if the model has them (see
+    /// [`crate::nn::rotary::RotaryEmbedding::batch_tables`]).
+    pub fn long_rope_after(&self) -> Option<usize> {
+        self.decoder().rotary().long_factors_after()
     }
 
     /// One batched forward pass (see [`Phi3Decoder::forward_batch`]).

@@ -6,4 +6,4 @@ pub mod phi3v;
 pub mod phi4mm;
 pub mod text_config;
 
-pub use loaded::{LoadedModel, PreparedMedia};
+pub use loaded::{LoadedModel, MediaKey, PreparedMedia};

@@ -175,7 +175,12 @@ impl RotaryEmbedding {
     /// Whether a call covering positions `start..start+len` uses the long factors (HF's rule:
     /// `max(position) + 1 > original_max_position_embeddings`).
     pub fn uses_long(&self, start: usize, len: usize) -> bool {
-        self.long_inv_freq.is_some() && start + len > self.original_max
+        self.long_factors_after().is_some_and(|after| start + len > after)
+    }
+
+    /// `original_max_position_embeddings` when there are long factors (LongRoPE), else `None`.
+    pub fn long_factors_after(&self) -> Option<usize> {
+        self.long_inv_freq.as_ref().map(|_| self.original_max)
     }
 
     /// cos/sin tables `[len, rot_dim/2]` for positions `start..start+len` of one call.

@@ -147,3 +147,17 @@ pub fn with_media_parts(messages: &serde_json::Value) -> Vec<ChatMessage> {
         })
         .collect()
 }
+
+/// Waits until the engine holds no KV block and runs or queues no sequence (its stats are
+/// published after each step, so they lag the last event a moment).
+pub fn wait_until_idle(engine: &Engine) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats = engine.stats();
+        if (stats.kv_blocks_used, stats.running_seqs, stats.waiting_seqs) == (0, 0, 0) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "blocks leaked or sequences left: {stats:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
