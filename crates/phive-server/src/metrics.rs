@@ -275,8 +275,16 @@ mod tests {
         m.observe_latency("/health", Duration::from_millis(3));
         m.observe_ttft(Duration::from_millis(40));
         m.add_prompt_tokens(5);
-        let mut engine =
-            EngineStats { queued: 1, active: 2, cancelled: 3, kv_blocks_used: 7, ..Default::default() };
+        let mut engine = EngineStats {
+            queued: 1,
+            active: 2,
+            cancelled: 3,
+            kv_blocks_used: 7,
+            kv_block_bytes: 1000,
+            prefix_cache_blocks: 4,
+            prefix_cache_hit_tokens: 48,
+            ..Default::default()
+        };
         engine.record_step(3, 0, 3, Duration::from_millis(20));
         let text = m.render(&engine);
         assert!(
@@ -296,6 +304,11 @@ mod tests {
         assert!(text.contains("phive_step_duration_seconds_count 1"));
         assert!(
             text.contains("phive_media_cache_hits_total 0") && text.contains("phive_media_cache_bytes 0")
+        );
+        assert!(
+            text.contains("phive_prefix_cache_hit_tokens_total 48")
+                && text.contains("phive_prefix_cache_bytes 4000")
+                && text.contains("phive_prefix_cache_blocks 4")
         );
         assert_eq!(route_label("/etc/passwd"), "other");
     }
