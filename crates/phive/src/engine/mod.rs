@@ -4,12 +4,13 @@
 //!
 //! `service` is the loop and its public handle, `scheduler` decides each step, `blocks` owns the
 //! KV block ids, `runner` runs a step on the model, `sequence` and `generation` hold one
-//! choice's state, `stats` what the loop reports.
+//! choice's state, `stats` what the loop reports, `health` contains panics and tracks the loop's liveness.
 
 mod blocks;
 pub mod detokenizer;
 mod encoder;
 pub mod generation;
+mod health;
 pub mod logprobs;
 mod media_cache;
 mod runner;
