@@ -2,13 +2,15 @@
 # Fuzzes the HTTP API from its own description: starts `phive serve` on the tiny fixture (with an
 # API key, a small KV cache so that huge max_tokens are refused quickly) and runs schemathesis
 # against /openapi.json with its default checks (no 5xx, status codes, content types, headers
-# and bodies as documented). Bounded: MAX_EXAMPLES per operation (default 40), MAX_TIME seconds
-# (default 120). Creates .venv on first use.
+# and bodies as documented) except positive_data_acceptance: phive's validation has rules that a
+# JSON schema cannot state (top_logprobs needs logprobs, n and max_tokens against the KV cache,
+# ...), so a schema-valid request may rightly get a 400. Bounded: MAX_EXAMPLES per operation
+# (default 40), MAX_TIME seconds (default 90). Creates .venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MAX_EXAMPLES="${MAX_EXAMPLES:-40}"
-MAX_TIME="${MAX_TIME:-120}"
+MAX_TIME="${MAX_TIME:-90}"
 KEY="schemathesis-key"
 
 cargo build --release -p phive-cli
@@ -34,6 +36,7 @@ done
 status=0
 .venv/bin/schemathesis --no-color run "http://127.0.0.1:$port/openapi.json" \
     -H "Authorization: Bearer $KEY" \
+    --exclude-checks positive_data_acceptance \
     --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --request-timeout 60 \
     --seed 17 || status=$?
 if grep -q "panicked" "$log"; then

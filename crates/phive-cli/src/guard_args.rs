@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(config.connections.max_connections, 7);
         assert_eq!(config.body_read_timeout, Duration::from_millis(2500));
         assert!(config_err(&["--header-read-timeout", "0"]).contains("--header-read-timeout"));
-        assert!(config_err(&["--max-media-mem", "-1"]).contains("--max-media-mem"));
+        assert!(config_err(&["--max-media-mem", "0"]).contains("--max-media-mem"));
     }
 
     fn config_err(args: &[&str]) -> String {
