@@ -28,7 +28,8 @@ PHIVE_API_KEY="$KEY" ./target/release/phive serve vision -p "$port" -m tests/fix
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 300); do
-    if curl -sf "http://127.0.0.1:$port/health" >/dev/null; then break; fi
+    if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+        "http://127.0.0.1:$port/health" 2>/dev/null; then break; fi
     if ! kill -0 $server 2>/dev/null; then cat "$log"; exit 1; fi
     sleep 0.2
 done
