@@ -5,12 +5,12 @@
 # and bodies as documented) except positive_data_acceptance: phive's validation has rules that a
 # JSON schema cannot state (top_logprobs needs logprobs, n and max_tokens against the KV cache,
 # ...), so a schema-valid request may rightly get a 400. Bounded: MAX_EXAMPLES per operation
-# (default 40), MAX_TIME seconds (default 90). Creates .venv on first use.
+# (default 40), MAX_TIME seconds (default 60). Creates .venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MAX_EXAMPLES="${MAX_EXAMPLES:-40}"
-MAX_TIME="${MAX_TIME:-90}"
+MAX_TIME="${MAX_TIME:-60}"
 KEY="schemathesis-key"
 
 cargo build --release -p phive-cli
