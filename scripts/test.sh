@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check phive has: formatting, lints, all Rust tests (unit, golden, SDK, server), the
-# HTTP server driven by the official `openai` client, and the Python SDK tests.
+# HTTP server driven by the official `openai` client, schemathesis against the server's OpenAPI
+# description, a 60-second soak, and the Python SDK tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,5 +15,9 @@ echo "== cargo test (release: the model tests run real math on tiny checkpoints)
 cargo test --release --workspace
 echo "== HTTP server with the openai client"
 bash scripts/test-http.sh
+echo "== schemathesis against /openapi.json (bounded)"
+bash scripts/schemathesis.sh
+echo "== soak: 64 clients for 60 s"
+bash scripts/soak.sh
 echo "== Python SDK"
 bash scripts/test-python.sh

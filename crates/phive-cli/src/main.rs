@@ -1,6 +1,7 @@
 //! The `phive` command.
 
 mod engine_args;
+mod guard_args;
 mod quantize;
 mod run;
 mod serve;

@@ -16,6 +16,7 @@ use phive::api::RequestLimits;
 use phive::engine::Engine;
 
 use crate::engine_args::EngineArgs;
+use crate::guard_args::{seconds, GuardArgs};
 use phive::media::MediaPolicy;
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive_server::{Server, ServerConfig};
@@ -103,6 +104,8 @@ struct ServerOptions {
     isq_encoders: bool,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    guard: GuardArgs,
     /// Most images per request.
     #[arg(long, global = true, default_value_t = 8)]
     max_images: usize,
@@ -145,13 +148,6 @@ pub fn rewrite_legacy_args(args: Vec<String>) -> Vec<String> {
     out.extend(args[1..position].iter().cloned());
     out.extend(args[position + 1..].iter().cloned());
     out
-}
-
-fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
-    if !(value.is_finite() && value > 0.0) {
-        bail!("{name} must be a positive number of seconds, got {value}");
-    }
-    Ok(Duration::from_secs_f64(value))
 }
 
 /// Loads the model and serves it until SIGINT/SIGTERM.
@@ -213,13 +209,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fetch_timeout,
         ..MediaPolicy::server()
     };
-    let config = ServerConfig {
-        served_model_name: served.clone(),
+    let mut config = ServerConfig {
         model_aliases: vec![model.model.clone()],
         media,
         limits: RequestLimits { max_images: opts.max_images },
         max_body_bytes: opts.max_body_bytes,
+        ..ServerConfig::new(served.clone())
     };
+    opts.guard.apply(&mut config)?;
+    let auth = if config.api_keys.is_enabled() { "API key required" } else { "no API key" };
     let server = Server::new(Arc::clone(&engine), config);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -232,7 +230,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
         let address: SocketAddr = listener.local_addr()?;
         eprintln!(
-            "listening on http://{address} | model id {served:?} | max sequences {} | max queue {}",
+            "listening on http://{address} | model id {served:?} | {auth} | max sequences {} | max queue {}",
             engine_config.max_num_seqs, engine_config.max_queue
         );
         server.serve(listener, shutdown_signal(), shutdown_timeout).await.context("serving")

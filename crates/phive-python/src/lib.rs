@@ -86,7 +86,11 @@ impl From<ApiError> for Failure {
             }
             ErrorKind::NotFound => "ModelNotFoundError",
             ErrorKind::Overloaded => "EngineBusyError",
-            ErrorKind::MethodNotAllowed | ErrorKind::Internal => "InternalError",
+            ErrorKind::MethodNotAllowed
+            | ErrorKind::Unauthorized
+            | ErrorKind::RequestTimeout
+            | ErrorKind::Internal
+            | ErrorKind::Unavailable => "InternalError",
         };
         Failure { class, error }
     }

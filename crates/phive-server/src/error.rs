@@ -1,8 +1,6 @@
 //! Turning failures into OpenAI error responses, and request bodies into typed requests with
 //! errors that name the offending field.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use phive::api::{ApiError, ErrorKind};
@@ -24,17 +22,60 @@ impl From<phive::Error> for HttpError {
     }
 }
 
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
+impl HttpError {
+    /// The response for request `request_id`, logging our own failures with the id.
+    pub fn respond(self, request_id: &str) -> Response {
+        log_failure(request_id, &self.0);
+        self.response()
+    }
+
+    fn response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(message = %self.0.message, "internal error");
-        }
         let mut response = json_response(status, &self.0.body());
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        if self.0.kind == ErrorKind::Internal {
+            tracing::error!(message = %self.0.message, "internal error");
+        }
+        self.response()
+    }
+}
+
+/// Logs a failure that is ours (a 5xx other than a full queue) with the request's id.
+pub fn log_failure(request_id: &str, error: &ApiError) {
+    match error.kind {
+        ErrorKind::Internal | ErrorKind::Unavailable => {
+            tracing::error!(request_id, message = %error.message, "request failed")
+        }
+        _ => {}
+    }
+}
+
+/// The error of a request whose events stopped before every choice finished: the engine loop
+/// died (503, as for every later request) or, if it still runs, a bug (500). A dying loop drops
+/// its requests while it unwinds, just before it reports itself dead, so this waits briefly
+/// for that report.
+pub async fn ended_early(engine: &phive::engine::Engine) -> ApiError {
+    for _ in 0..100 {
+        if !engine.is_alive() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if engine.is_alive() {
+        ApiError::new(ErrorKind::Internal, "the engine ended the request before every choice finished")
+            .with_code("internal_error")
+    } else {
+        ApiError::from(phive::Error::EngineStopped(
+            "the engine loop stopped while serving this request".into(),
+        ))
     }
 }
 
@@ -49,24 +90,9 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
     }
 }
 
-/// Reads a JSON request body: checks the content type, the size limit (already enforced by
-/// the body-limit layer, reported here) and the JSON itself, naming the field of a type error.
-pub fn parse_json<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    max_body_bytes: usize,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("the request body is larger than this server's limit of {max_body_bytes} bytes (--max-body-bytes)"),
-            )
-            .with_code("request_too_large")
-        } else {
-            ApiError::invalid(None, format!("cannot read the request body: {}", rejection.body_text()))
-        }
-    })?;
+/// Parses a JSON request body: checks the content type and the JSON itself, naming the field
+/// of a type error.
+pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if essence != "application/json" && !essence.ends_with("+json") {
@@ -81,7 +107,7 @@ pub fn parse_json<T: DeserializeOwned>(
         return Err(ApiError::invalid(None, "the request body is empty; send a JSON object")
             .with_code("invalid_json"));
     }
-    let mut de = serde_json::Deserializer::from_slice(&body);
+    let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

@@ -4,19 +4,19 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use phive::api::{
-    finish_reason, ApiError, ChatCompletionRequest, ChatResponseBuilder, CompletionChoice, CompletionRequest,
-    CompletionResponse, ErrorKind, LegacyLogprobs, ModelCard, ModelList, Timings, Usage,
+    finish_reason, ApiError, ChatCompletionRequest, ChatCompletionResponse, ChatResponseBuilder,
+    CompletionChoice, CompletionRequest, CompletionResponse, ErrorKind, ErrorResponse, LegacyLogprobs,
+    ModelCard, ModelList, Timings, Usage,
 };
 use phive::engine::{Completion, Event, RequestHandle};
 use phive::prompt::MediaKind;
 
-use crate::error::{json_response, parse_json, HttpError};
+use crate::body::RequestBody;
+use crate::error::{ended_early, json_response, parse_json, HttpError};
 use crate::stream::{sse_response, Accounting, ChatFormat, CompletionFormat};
 use crate::AppState;
 
@@ -54,6 +54,7 @@ fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
 
 /// Waits for every choice of a non-streamed request.
 async fn collect(
+    state: &AppState,
     mut handle: RequestHandle,
     n: usize,
     accounting: &mut Accounting,
@@ -74,32 +75,39 @@ async fn collect(
     }
     accounting.finished = true;
     if done.len() != n {
-        return Err(HttpError(
-            ApiError::new(ErrorKind::Internal, "the engine ended the request before every choice finished")
-                .with_code("internal_error"),
-        ));
+        return Err(HttpError(ended_early(state.engine()).await));
     }
     done.sort_by_key(|(choice, _)| *choice);
     Ok(done.into_iter().map(|(_, c)| c).collect())
 }
 
 /// `POST /v1/chat/completions`.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion (JSON), or its chunks as server-sent events when `stream` is true",
+            content((ChatCompletionResponse = "application/json"), (String = "text/event-stream"))),
+        (status = "4XX", description = "An invalid request", body = ErrorResponse),
+        (status = "5XX", description = "Busy (503, retry), a stopped engine (503) or a bug (500)", body = ErrorResponse),
+    ))]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RequestBody,
 ) -> Response {
     let started = Instant::now();
-    chat(state, headers, body, started).await.unwrap_or_else(IntoResponse::into_response)
+    let id = new_id("chatcmpl");
+    chat(state, headers, body, started, id.clone()).await.unwrap_or_else(|e| e.respond(&id))
 }
 
 async fn chat(
     state: Arc<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RequestBody,
     started: Instant,
+    id: String,
 ) -> AppResult<Response> {
-    let request: ChatCompletionRequest = parse_json(&headers, body, state.config().max_body_bytes)?;
+    let request: ChatCompletionRequest = parse_json(&headers, &body.0)?;
     check_model(&state, request.model.as_deref())?;
     let input = request.into_chat(&state.config().limits)?;
     let engine = Arc::clone(state.engine());
@@ -120,7 +128,7 @@ async fn chat(
         }
     };
     let builder = ChatResponseBuilder {
-        id: new_id("chatcmpl"),
+        id,
         created: now(),
         model: state.config().served_model_name.clone(),
         logprobs: delivery.logprobs,
@@ -129,28 +137,38 @@ async fn chat(
         let format = ChatFormat(builder);
         return Ok(sse_response(handle, format, delivery.n, delivery.include_usage, accounting));
     }
-    let completions = collect(handle, delivery.n, &mut accounting).await?;
+    let completions = collect(&state, handle, delivery.n, &mut accounting).await?;
     let response = builder.response(&completions, Usage::from_completions(&completions, started.elapsed()));
     Ok(json_response(StatusCode::OK, &response))
 }
 
 /// `POST /v1/completions`: the prompt is used as is (no chat template).
+#[utoipa::path(post, path = "/v1/completions", tag = "openai",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion (JSON), or its chunks as server-sent events when `stream` is true",
+            content((CompletionResponse = "application/json"), (String = "text/event-stream"))),
+        (status = "4XX", description = "An invalid request", body = ErrorResponse),
+        (status = "5XX", description = "Busy (503, retry), a stopped engine (503) or a bug (500)", body = ErrorResponse),
+    ))]
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RequestBody,
 ) -> Response {
     let started = Instant::now();
-    complete(state, headers, body, started).await.unwrap_or_else(IntoResponse::into_response)
+    let id = new_id("cmpl");
+    complete(state, headers, body, started, id.clone()).await.unwrap_or_else(|e| e.respond(&id))
 }
 
 async fn complete(
     state: Arc<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: RequestBody,
     started: Instant,
+    id: String,
 ) -> AppResult<Response> {
-    let request: CompletionRequest = parse_json(&headers, body, state.config().max_body_bytes)?;
+    let request: CompletionRequest = parse_json(&headers, &body.0)?;
     check_model(&state, request.model.as_deref())?;
     let input = request.into_text()?;
     if MediaKind::Image.pattern().is_match(&input.prompt) {
@@ -173,14 +191,13 @@ async fn complete(
             return Err(e.into());
         }
     };
-    let id = new_id("cmpl");
     let model = state.config().served_model_name.clone();
     if delivery.stream {
         let format =
             CompletionFormat { id, created: now(), model, logprobs: delivery.logprobs, offsets: Vec::new() };
         return Ok(sse_response(handle, format, delivery.n, delivery.include_usage, accounting));
     }
-    let completions = collect(handle, delivery.n, &mut accounting).await?;
+    let completions = collect(&state, handle, delivery.n, &mut accounting).await?;
     let timings = completions.first().map(|c| Timings::from_usage(&c.usage));
     let choices = completions
         .into_iter()
@@ -205,6 +222,11 @@ async fn complete(
 }
 
 /// `GET /v1/models`.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses(
+        (status = 200, description = "The served model", body = ModelList),
+        (status = 401, description = "A missing or wrong API key", body = ErrorResponse),
+    ))]
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     let card = ModelCard {
         id: state.config().served_model_name.clone(),
@@ -215,16 +237,43 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::OK, &ModelList { object: "list".into(), data: vec![card] })
 }
 
-/// `GET /health`: the model is loaded and the server answers.
+/// The `/health` body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`, or `unhealthy` once the engine loop has stopped.
+    status: String,
+    /// The served model id.
+    model: String,
+    /// Requests waiting to start.
+    queued: usize,
+    /// Requests generating.
+    active: usize,
+}
+
+/// `GET /health`: 200 while the engine loop runs; 503 once it died (restart the process).
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Serving", body = Health),
+        (status = 503, description = "The engine loop has stopped: restart the server", body = Health),
+    ))]
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let stats = state.engine().stats();
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({"status": "ok", "model": state.config().served_model_name, "queued": stats.queued, "active": stats.active}),
-    )
+    let alive = state.engine().is_alive();
+    let health = Health {
+        status: if alive { "ok" } else { "unhealthy" }.to_string(),
+        model: state.config().served_model_name.clone(),
+        queued: stats.queued,
+        active: stats.active,
+    };
+    json_response(if alive { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &health)
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus exposition text", body = String, content_type = "text/plain"),
+        (status = 401, description = "A missing or wrong API key (unless --public-metrics)", body = ErrorResponse),
+    ))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics().render(&state.engine().stats());
     (

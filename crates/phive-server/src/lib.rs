@@ -1,22 +1,27 @@
 //! phive's OpenAI-compatible HTTP server: `/v1/chat/completions` (with SSE streaming),
-//! `/v1/completions`, `/v1/models`, `/health` and `/metrics`, over a shared
+//! `/v1/completions`, `/v1/models`, `/health`, `/metrics` and `/openapi.json`, over a shared
 //! [`Engine`](phive::engine::Engine).
 //!
 //! The server is a thin translation layer: request validation lives in [`phive::api`], media
 //! fetching in [`phive::media`] (run on blocking threads, never on the async runtime), and
 //! generation in the engine. What lives here is HTTP: status codes, the error body, the SSE
-//! framing, client-disconnect cancellation, metrics and graceful shutdown.
+//! framing, client-disconnect cancellation, metrics, API keys, connection limits and graceful
+//! shutdown.
 
+pub mod auth;
+mod body;
+pub mod connections;
 mod error;
 mod handlers;
 pub mod metrics;
+pub mod openapi;
 mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -26,6 +31,8 @@ use phive::api::RequestLimits;
 use phive::engine::Engine;
 use phive::media::MediaPolicy;
 
+pub use auth::{ApiKeys, RequireApiKey};
+pub use connections::ConnectionLimits;
 pub use error::HttpError;
 pub use metrics::Metrics;
 
@@ -43,11 +50,19 @@ pub struct ServerConfig {
     pub limits: RequestLimits,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
+    /// Time a client has to send a request's body, from the end of its headers.
+    pub body_read_timeout: Duration,
+    /// Open connections and the header deadline.
+    pub connections: ConnectionLimits,
+    /// Keys `/v1/*` requires (none: open).
+    pub api_keys: ApiKeys,
+    /// Whether `/metrics` is open even when API keys are set.
+    pub public_metrics: bool,
 }
 
 impl ServerConfig {
     /// Safe defaults for `served_model_name`: no local files, no private URLs, 8 images,
-    /// 64 MiB bodies.
+    /// 64 MiB bodies read within 60 s, 512 connections, no API keys.
     pub fn new(served_model_name: impl Into<String>) -> Self {
         ServerConfig {
             served_model_name: served_model_name.into(),
@@ -55,6 +70,10 @@ impl ServerConfig {
             media: MediaPolicy::server(),
             limits: RequestLimits::default(),
             max_body_bytes: 64 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(60),
+            connections: ConnectionLimits::default(),
+            api_keys: ApiKeys::default(),
+            public_metrics: false,
         }
     }
 }
@@ -111,17 +130,27 @@ impl Server {
     }
 
     /// The axum router with every route, the JSON fallbacks and the metrics middleware.
+    /// `/v1/*` (and `/metrics` unless `public_metrics`) require an API key when keys are set;
+    /// `/health` (for orchestrators) and `/openapi.json` are always open.
     pub fn router(&self) -> Router {
         let state = Arc::clone(&self.state);
-        Router::new()
+        let config = &self.state.config;
+        let keys = config.api_keys.layer();
+        let api = Router::new()
             .route("/v1/chat/completions", post(handlers::chat_completions))
             .route("/v1/completions", post(handlers::completions))
             .route("/v1/models", get(handlers::models))
+            .route_layer(keys.clone());
+        let mut metrics = Router::new().route("/metrics", get(handlers::metrics));
+        if !config.public_metrics {
+            metrics = metrics.route_layer(keys);
+        }
+        let spec = openapi::json(config.api_keys.is_enabled(), config.public_metrics);
+        api.merge(metrics)
             .route("/health", get(handlers::health))
-            .route("/metrics", get(handlers::metrics))
+            .route("/openapi.json", get(move || std::future::ready(spec.clone())))
             .fallback(handlers::not_found)
             .method_not_allowed_fallback(handlers::method_not_allowed)
-            .layer(DefaultBodyLimit::max(self.state.config.max_body_bytes))
             .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), reject_oversized))
             .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), track))
             .with_state(state)
@@ -136,27 +165,9 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
         shutdown_timeout: Duration,
     ) -> std::io::Result<()> {
-        let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-        let signal = async move {
-            shutdown.await;
-            let _ = stopping_tx.send(true);
-        };
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signal);
-        let deadline = async move {
-            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
-            tracing::info!(
-                "shutting down: waiting up to {:.0}s for in-flight requests",
-                shutdown_timeout.as_secs_f64()
-            );
-            tokio::time::sleep(shutdown_timeout).await;
-        };
-        tokio::select! {
-            result = async move { server.await } => result,
-            _ = deadline => {
-                tracing::warn!("shutdown timeout reached; dropping in-flight requests");
-                Ok(())
-            }
-        }
+        let limits = self.state.config.connections.clone();
+        connections::serve(listener, self.router(), &limits, shutdown, shutdown_timeout).await;
+        Ok(())
     }
 }
 
@@ -170,13 +181,7 @@ async fn reject_oversized(State(state): State<Arc<AppState>>, request: Request, 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        let error = phive::api::ApiError::new(
-            phive::api::ErrorKind::PayloadTooLarge,
-            format!(
-                "the request body is larger than this server's limit of {limit} bytes (--max-body-bytes)"
-            ),
-        )
-        .with_code("request_too_large");
+        let error = body::too_large(limit);
         let mut response = axum::response::IntoResponse::into_response(HttpError(error));
         response.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
         return response;

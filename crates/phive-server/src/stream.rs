@@ -15,10 +15,11 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use phive::api::{
-    finish_reason, ApiError, ChatResponseBuilder, CompletionChoice, CompletionResponse, ErrorKind,
-    LegacyLogprobs, Usage,
+    finish_reason, ApiError, ChatResponseBuilder, CompletionChoice, CompletionResponse, LegacyLogprobs, Usage,
 };
 use phive::engine::{Completion, Delta, Event, RequestHandle};
+
+use crate::error::{ended_early, log_failure};
 
 use crate::AppState;
 
@@ -32,6 +33,8 @@ pub(crate) trait ChunkFormat: Send + 'static {
     fn done(&mut self, choice: usize, completion: &Completion) -> String;
     /// The usage chunk.
     fn usage(&mut self, usage: Usage) -> String;
+    /// The response id (named in logs).
+    fn id(&self) -> &str;
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -56,6 +59,10 @@ impl ChunkFormat for ChatFormat {
 
     fn usage(&mut self, usage: Usage) -> String {
         to_json(&self.0.usage_chunk(usage))
+    }
+
+    fn id(&self) -> &str {
+        &self.0.id
     }
 }
 
@@ -84,6 +91,10 @@ impl CompletionFormat {
 }
 
 impl ChunkFormat for CompletionFormat {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
     fn start(&mut self, n: usize) -> Vec<String> {
         self.offsets = vec![0; n];
         Vec::new()
@@ -202,14 +213,14 @@ impl<F: ChunkFormat> EventStream<F> {
             .observe_latency(self.accounting.route, self.accounting.started.elapsed());
     }
 
-    fn on_event(&mut self, event: Option<Event>) {
+    fn on_event(&mut self, event: Event) {
         match event {
-            Some(Event::Delta { choice, delta }) => {
+            Event::Delta { choice, delta } => {
                 if let Some(chunk) = self.format.delta(choice, &delta) {
                     self.pending.push_back(data(&chunk));
                 }
             }
-            Some(Event::Done { choice, completion }) => {
+            Event::Done { choice, completion } => {
                 self.accounting.on_done(&completion);
                 let chunk = self.format.done(choice, &completion);
                 self.pending.push_back(data(&chunk));
@@ -223,22 +234,15 @@ impl<F: ChunkFormat> EventStream<F> {
                     self.finish();
                 }
             }
-            Some(Event::Error(e)) => {
-                let error = ApiError::from(e);
-                tracing::warn!(message = %error.message, "error during a streamed request");
-                self.pending.push_back(data(&to_json(&error.body())));
-                self.finish();
-            }
-            None => {
-                let error = ApiError::new(
-                    ErrorKind::Internal,
-                    "the engine ended the request before every choice finished",
-                )
-                .with_code("internal_error");
-                self.pending.push_back(data(&to_json(&error.body())));
-                self.finish();
-            }
+            Event::Error(e) => self.fail(ApiError::from(e)),
         }
+    }
+
+    /// Ends the stream with an in-band error, logged with the response id.
+    fn fail(&mut self, error: ApiError) {
+        log_failure(self.format.id(), &error);
+        self.pending.push_back(data(&to_json(&error.body())));
+        self.finish();
     }
 
     async fn next_bytes(&mut self) -> Option<Bytes> {
@@ -247,8 +251,13 @@ impl<F: ChunkFormat> EventStream<F> {
                 return Some(bytes);
             }
             let handle = self.handle.as_mut()?;
-            let event = handle.next().await;
-            self.on_event(event);
+            match handle.next().await {
+                Some(event) => self.on_event(event),
+                None => {
+                    let error = ended_early(self.accounting.state.engine()).await;
+                    self.fail(error);
+                }
+            }
         }
     }
 }

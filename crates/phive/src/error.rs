@@ -32,6 +32,12 @@ pub enum Error {
     /// The engine's queue is full; the request was not accepted (retry later).
     #[error("the server is busy: {0}")]
     QueueFull(String),
+    /// The engine loop has stopped (it panicked); nothing more can be served.
+    #[error("the engine has stopped: {0}")]
+    EngineStopped(String),
+    /// A bug caught while handling one request (a panic); the request fails, the server lives.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Chat template rendering failure.
     #[error("chat template error: {0}")]
     Template(String),

@@ -13,10 +13,14 @@ use crate::Error;
 pub enum ErrorKind {
     /// A malformed or unsatisfiable request (400).
     InvalidRequest,
+    /// A missing or wrong API key (401).
+    Unauthorized,
     /// An unknown route or model (404).
     NotFound,
     /// A known route with the wrong HTTP method (405).
     MethodNotAllowed,
+    /// The client sent its body too slowly (408).
+    RequestTimeout,
     /// The request body exceeds the server's limit (413).
     PayloadTooLarge,
     /// The body is not JSON (415).
@@ -25,6 +29,8 @@ pub enum ErrorKind {
     Overloaded,
     /// Our fault: a bug or an inconsistent checkpoint (500).
     Internal,
+    /// The engine loop has stopped; nothing can be served until a restart (503).
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -32,11 +38,13 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,
+            ErrorKind::Unauthorized => 401,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
-            ErrorKind::Overloaded => 503,
+            ErrorKind::Overloaded | ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -46,12 +54,14 @@ impl ErrorKind {
     pub fn error_type(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest
+            | ErrorKind::Unauthorized
+            | ErrorKind::RequestTimeout
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
             | ErrorKind::PayloadTooLarge
             | ErrorKind::UnsupportedMediaType => "invalid_request_error",
             ErrorKind::Overloaded => "server_overloaded",
-            ErrorKind::Internal => "server_error",
+            ErrorKind::Internal | ErrorKind::Unavailable => "server_error",
         }
     }
 }
@@ -71,14 +81,14 @@ pub struct ApiError {
 }
 
 /// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorResponse {
     /// The error object.
     pub error: ErrorObject,
 }
 
 /// OpenAI's `Error` schema; all four keys are always present (nullable ones as `null`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorObject {
     /// Human-readable explanation.
     pub message: String,
@@ -174,6 +184,9 @@ impl From<Error> for ApiError {
             },
             Error::QueueFull(message) => {
                 ApiError::new(ErrorKind::Overloaded, message).with_code("server_busy")
+            }
+            Error::EngineStopped(message) => {
+                ApiError::new(ErrorKind::Unavailable, message).with_code("engine_unavailable")
             }
             // Templates raise on conversations they cannot render (e.g. role order): the caller's.
             Error::Template(message) => ApiError::invalid(Some("messages".to_string()), message),

@@ -2,13 +2,15 @@
 //! front end runs between validating a request and submitting it to the engine.
 
 use super::{ApiError, ChatInput};
-use crate::media::{load_audio, load_image, MediaPolicy};
+use crate::fault::{inject, Fault};
+use crate::media::{load_audio_held, load_image_held, MediaPolicy};
 use crate::pipeline::{Pipeline, PreparedPrompt};
 use crate::prompt::MessagePart;
 
 impl ChatInput {
     /// Fetches and decodes every image and audio reference (blocking; run it off async
     /// executors) and prepares the prompt. Errors name the failing item ("image 2: ...").
+    /// The decoded media count against `policy.budget` until the prompt is prepared.
     pub fn prepare(&self, pipeline: &Pipeline, policy: &MediaPolicy) -> Result<PreparedPrompt, ApiError> {
         if !self.audios.is_empty() && !pipeline.accepts_audio() {
             // Refuse before fetching anything, naming the first audio part.
@@ -34,14 +36,18 @@ impl ChatInput {
             .images
             .iter()
             .enumerate()
-            .map(|(i, reference)| load_image(reference, policy).map_err(|e| numbered("image", i, e)))
+            .map(|(i, reference)| load_image_held(reference, policy).map_err(|e| numbered("image", i, e)))
             .collect::<Result<Vec<_>, _>>()?;
         let audios = self
             .audios
             .iter()
             .enumerate()
-            .map(|(i, reference)| load_audio(reference, policy).map_err(|e| numbered("audio", i, e)))
+            .map(|(i, reference)| load_audio_held(reference, policy).map_err(|e| numbered("audio", i, e)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(pipeline.prepare_media(&self.messages, &images, &audios)?)
+        let (images, _held): (Vec<_>, Vec<_>) = images.into_iter().unzip();
+        let (audios, _held_audio): (Vec<_>, Vec<_>) = audios.into_iter().unzip();
+        let prepared = pipeline.prepare_media(&self.messages, &images, &audios)?;
+        inject(Fault::Prepare, &prepared.text);
+        Ok(prepared)
     }
 }

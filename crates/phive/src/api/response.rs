@@ -8,7 +8,7 @@ use crate::engine::{FinishReason, TokenLogprob};
 
 /// Token counts, as OpenAI reports them, plus mistral.rs's rates and times (OpenAI clients
 /// ignore the extra fields; code written for mistral.rs reads them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Prompt positions (image and audio placeholders included).
     pub prompt_tokens: usize,
@@ -40,7 +40,7 @@ pub struct Usage {
 }
 
 /// OpenAI's `usage.prompt_tokens_details`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PromptTokensDetails {
     /// Prompt tokens whose keys and values came from the prefix cache instead of being computed.
     pub cached_tokens: usize,
@@ -65,7 +65,7 @@ impl Usage {
 }
 
 /// phive's extra timings, under their own key so OpenAI clients ignore them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     /// Image tokens among the prompt tokens.
     pub image_tokens: usize,
@@ -98,7 +98,7 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
 }
 
 /// An alternative token in chat logprobs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TopLogprobEntry {
     /// Token text.
     pub token: String,
@@ -109,7 +109,7 @@ pub struct TopLogprobEntry {
 }
 
 /// A chosen token in chat logprobs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogprobEntry {
     /// Token text.
     pub token: String,
@@ -122,7 +122,7 @@ pub struct LogprobEntry {
 }
 
 /// A choice's `logprobs` object in chat responses.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChoiceLogprobs {
     /// One entry per generated token.
     pub content: Vec<LogprobEntry>,
@@ -155,7 +155,7 @@ impl ChoiceLogprobs {
 }
 
 /// The assistant message of a chat choice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: String,
@@ -164,7 +164,7 @@ pub struct AssistantMessage {
 }
 
 /// One choice of a chat completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatChoice {
     /// Choice index.
     pub index: usize,
@@ -177,7 +177,7 @@ pub struct ChatChoice {
 }
 
 /// `chat.completion`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionResponse {
     /// `chatcmpl-...`.
     pub id: String,
@@ -197,7 +197,7 @@ pub struct ChatCompletionResponse {
 }
 
 /// The `delta` of a chat chunk.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkDelta {
     /// `assistant` in a choice's first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,7 +208,7 @@ pub struct ChunkDelta {
 }
 
 /// One choice in a chat chunk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkChoice {
     /// Choice index.
     pub index: usize,
@@ -221,7 +221,7 @@ pub struct ChunkChoice {
 }
 
 /// `chat.completion.chunk`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionChunk {
     /// Same id on every chunk of a stream.
     pub id: String,
@@ -238,7 +238,7 @@ pub struct ChatCompletionChunk {
 }
 
 /// Legacy completion logprobs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LegacyLogprobs {
     /// Token texts.
     pub tokens: Vec<String>,
@@ -266,7 +266,7 @@ impl LegacyLogprobs {
 }
 
 /// One choice of a text completion (also the shape of its stream chunks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompletionChoice {
     /// Generated text (new text, in a chunk).
     pub text: String,
@@ -279,7 +279,7 @@ pub struct CompletionChoice {
 }
 
 /// `text_completion` (responses and stream chunks share it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompletionResponse {
     /// `cmpl-...`.
     pub id: String,
@@ -299,7 +299,7 @@ pub struct CompletionResponse {
 }
 
 /// An entry of `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelCard {
     /// The id clients send as `model`.
     pub id: String,
@@ -312,7 +312,7 @@ pub struct ModelCard {
 }
 
 /// `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelList {
     /// `list`.
     pub object: String,

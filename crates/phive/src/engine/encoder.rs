@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::health::contain;
 use super::media_cache::MediaCache;
 use super::sequence::Sequence;
 use super::service::Event;
@@ -46,7 +47,10 @@ impl Encoder {
             .name("phive-encoder".into())
             .spawn(move || {
                 for mut sequence in receiver {
-                    encode(&pipeline, &cache, &mut sequence);
+                    if let Err(e) = contain("encoding media", || encode(&pipeline, &cache, &mut sequence)) {
+                        sequence.request.send(Event::Error(e));
+                        sequence.request.cancel.store(true, Ordering::Relaxed);
+                    }
                     if done.send(Message::Encoded(sequence)).is_err() {
                         return;
                     }

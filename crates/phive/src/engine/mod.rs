@@ -5,12 +5,14 @@
 //! `service` is the loop and its public handle, `scheduler` decides each step, `blocks` owns the
 //! KV block ids and the prefix cache's index, `prefix` hashes blocks by content, `runner` runs a
 //! step on the model, `sequence` and `generation` hold one choice's state, `encoder` and
-//! `media_cache` encode images and audio beside the loop, `stats` what the loop reports.
+//! `media_cache` encode images and audio beside the loop, `stats` what the loop reports,
+//! `health` contains panics and tracks the loop's liveness.
 
 mod blocks;
 pub mod detokenizer;
 mod encoder;
 pub mod generation;
+mod health;
 pub mod logprobs;
 mod media_cache;
 mod prefix;

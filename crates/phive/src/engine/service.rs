@@ -12,6 +12,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::encoder::{Encoder, Message};
 use super::generation::check_lengths;
+use super::health::{contain, AliveGuard};
 use super::media_cache::MediaCache;
 use super::prefix::PrefixHasher;
 use super::runner::run_step;
@@ -19,6 +20,7 @@ use super::scheduler::{Scheduler, SchedulerLimits};
 use super::sequence::{Request, Sequence};
 use super::stats::EngineStats;
 use super::{Completion, Delta, FinishReason, GenerationParams};
+use crate::fault::{inject, Fault};
 use crate::nn::kv_cache::{KvGeometry, KvPool};
 use crate::pipeline::{Pipeline, PreparedPrompt};
 use crate::{Error, Result};
@@ -124,6 +126,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Encoded media by content.
     media_cache: Arc<Mutex<MediaCache>>,
+    /// Whether the loop thread is running (false once it returned or panicked).
+    alive: Arc<AtomicBool>,
 }
 
 /// A pipeline served by the batching loop.
@@ -154,6 +158,7 @@ impl Engine {
             max_seq_len,
             next_id: AtomicU64::new(0),
             media_cache: Arc::new(Mutex::new(MediaCache::new(config.media_cache_bytes))),
+            alive: Arc::new(AtomicBool::new(true)),
         });
         let (sender, receiver) = mpsc::channel();
         let limits = SchedulerLimits {
@@ -188,6 +193,12 @@ impl Engine {
         &self.shared.pipeline
     }
 
+    /// Whether the engine loop is running. False after a shutdown, or after a bug killed the
+    /// loop: nothing can be served then, and the process should be restarted.
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+
     /// Positions the KV pool holds (over all sequences).
     pub fn kv_capacity_tokens(&self) -> usize {
         let stats = self.stats();
@@ -215,6 +226,9 @@ impl Engine {
         params: GenerationParams,
         choices: usize,
     ) -> Result<RequestHandle> {
+        if !self.is_alive() {
+            return Err(stopped());
+        }
         params.sampling.validate()?;
         if choices == 0 {
             return Err(Error::InvalidRequest("n must be at least 1".into()));
@@ -253,9 +267,16 @@ impl Engine {
             .lock()
             .ok()
             .and_then(|inbox| inbox.as_ref().map(|tx| tx.send(Message::Submit(sequence)).is_ok()));
-        if sent != Some(true) {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::QueueFull("the engine is shutting down".into()));
+        match sent {
+            Some(true) => {}
+            Some(false) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                return Err(stopped());
+            }
+            None => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                return Err(Error::QueueFull("the engine is shutting down".into()));
+            }
         }
         Ok(RequestHandle { events: receiver, cancel })
     }
@@ -275,6 +296,12 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+fn stopped() -> Error {
+    Error::EngineStopped(
+        "the engine loop stopped after an internal error; the server must be restarted".into(),
+    )
 }
 
 /// Blocks in the KV pool: the configured bytes, or the default share of available memory.
@@ -312,6 +339,7 @@ impl EngineLoop {
     }
 
     fn run(mut self, inbox: mpsc::Receiver<Message>) {
+        let _alive = AliveGuard(Arc::clone(&self.shared.alive));
         loop {
             if self.scheduler.is_idle() {
                 if !self.open && self.encoding == 0 {
@@ -332,6 +360,9 @@ impl EngineLoop {
     }
 
     fn receive(&mut self, message: Message) {
+        if let Message::Submit(sequence) = &message {
+            inject(Fault::EngineLoop, &sequence.request.prepared.text);
+        }
         match message {
             Message::Submit(sequence) if sequence.request.prepared.tokens.media.is_empty() => {
                 self.scheduler.add(sequence)
@@ -372,7 +403,10 @@ impl EngineLoop {
         let pipeline = Arc::clone(&self.shared.pipeline);
         let mut finished: Vec<(usize, FinishReason)> = Vec::new();
         let mut forks = Vec::new();
-        let result = run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan);
+        let result = contain("running a step", || {
+            run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan)
+        })
+        .and_then(|result| result);
         if result.is_ok() {
             self.scheduler.register_computed();
         }
@@ -380,9 +414,10 @@ impl EngineLoop {
             Err(e) => {
                 for row in &plan.rows {
                     let request = &self.scheduler.running[row.index].request;
-                    request.send(Event::Error(Error::Tensor(candle_core::Error::Msg(format!(
-                        "the forward pass failed: {e}"
-                    )))));
+                    request.send(Event::Error(match &e {
+                        Error::Internal(message) => Error::Internal(message.clone()),
+                        _ => Error::Tensor(candle_core::Error::Msg(format!("the forward pass failed: {e}"))),
+                    }));
                     request.cancel.store(true, Ordering::Relaxed);
                 }
             }
@@ -442,10 +477,14 @@ impl EngineLoop {
 }
 
 /// Samples `sequence`'s next token from `logits` and streams what it adds; returns why it
-/// finished, if it did.
+/// finished, if it did. A failure (or a panic) fails the sequence's request alone.
 fn advance(sequence: &mut Sequence, logits: &[f32], pipeline: &Pipeline) -> Option<FinishReason> {
     let tokenizer = pipeline.tokenizer();
-    match sequence.generation.advance(logits, tokenizer, pipeline.stop_token_ids()) {
+    let advanced = contain("generating a token", || {
+        inject(Fault::Row, &sequence.request.prepared.text);
+        sequence.generation.advance(logits, tokenizer, pipeline.stop_token_ids())
+    });
+    match advanced.and_then(|result| result) {
         Ok(step) => {
             sequence.tokens.push(step.token);
             if let Some(delta) = step.delta {

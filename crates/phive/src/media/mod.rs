@@ -4,8 +4,12 @@
 //! Fetching media is a security boundary for a server, so every source goes through a
 //! [`MediaPolicy`] that says which kinds are allowed and how large things may get.
 
+mod budget;
 mod net;
 mod source;
 
+pub use budget::{MediaBudget, MediaReservation};
 pub use net::{forbidden_reason, resolve_checked};
-pub use source::{decode_image, load_audio, load_image, MediaPolicy, MediaSource};
+pub use source::{
+    decode_image, load_audio, load_audio_held, load_image, load_image_held, MediaPolicy, MediaSource,
+};

@@ -5,6 +5,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use image::DynamicImage;
 
+use super::budget::{MediaBudget, MediaReservation};
 use crate::audio::{decode_audio, DecodedAudio};
 use crate::{Error, Result};
 
@@ -29,6 +30,8 @@ pub struct MediaPolicy {
     pub connect_timeout: Duration,
     /// Most redirects followed per download.
     pub max_redirects: u32,
+    /// Decoded bytes all requests may hold at once (shared by clones of the policy).
+    pub budget: MediaBudget,
 }
 
 impl MediaPolicy {
@@ -43,6 +46,7 @@ impl MediaPolicy {
             fetch_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_redirects: 5,
+            budget: MediaBudget::default(),
         }
     }
 
@@ -59,6 +63,7 @@ impl MediaPolicy {
             fetch_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_redirects: 3,
+            budget: MediaBudget::default(),
         }
     }
 }
@@ -159,15 +164,28 @@ impl MediaSource {
 
 /// Resolves, fetches and decodes an image reference.
 pub fn load_image(reference: &str, policy: &MediaPolicy) -> Result<DynamicImage> {
+    load_image_held(reference, policy).map(|(image, _)| image)
+}
+
+/// [`load_image`], with the image's share of `policy.budget`, to hold while the image is.
+pub fn load_image_held(reference: &str, policy: &MediaPolicy) -> Result<(DynamicImage, MediaReservation)> {
     let bytes = MediaSource::parse_with(reference, policy)?.fetch(policy)?;
-    decode_image(&bytes, policy)
+    decode_image_held(&bytes, policy)
 }
 
 /// Fetches and decodes the audio clip `reference` names (a path, URL, `data:` URL or raw
 /// base64), classified as [`MediaSource::parse_with`] does for images.
 pub fn load_audio(reference: &str, policy: &MediaPolicy) -> Result<DecodedAudio> {
+    load_audio_held(reference, policy).map(|(audio, _)| audio)
+}
+
+/// [`load_audio`], with the clip's share of `policy.budget`. The decoded length is known only
+/// after decoding (bounded by the audio limits), so the clip is counted once decoded.
+pub fn load_audio_held(reference: &str, policy: &MediaPolicy) -> Result<(DecodedAudio, MediaReservation)> {
     let bytes = MediaSource::parse_with(reference, policy)?.fetch(policy)?;
-    decode_audio(&bytes, None)
+    let audio = decode_audio(&bytes, None)?;
+    let reservation = policy.budget.reserve(4 * audio.samples.len() as u64, "the audio clip")?;
+    Ok((audio, reservation))
 }
 
 /// Whether `bytes` start with the magic of a container phive decodes audio from (WAV, FLAC,
@@ -181,6 +199,12 @@ fn looks_like_audio(bytes: &[u8]) -> bool {
 /// Decodes an image after checking its header-declared size against the pixel budget, so a
 /// decompression bomb is refused before any large allocation.
 pub fn decode_image(bytes: &[u8], policy: &MediaPolicy) -> Result<DynamicImage> {
+    decode_image_held(bytes, policy).map(|(image, _)| image)
+}
+
+/// [`decode_image`], reserving the decoded size (4 bytes per pixel) in `policy.budget` before
+/// decoding.
+fn decode_image_held(bytes: &[u8], policy: &MediaPolicy) -> Result<(DynamicImage, MediaReservation)> {
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
@@ -201,13 +225,15 @@ pub fn decode_image(bytes: &[u8], policy: &MediaPolicy) -> Result<DynamicImage> 
     if w == 0 || h == 0 {
         return Err(Error::Media(format!("image has zero size ({w}x{h})")));
     }
+    let reservation = policy.budget.reserve(pixels * 4, &format!("the {w}x{h} image"))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
     limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
     let mut reader = reader()?;
     reader.limits(limits);
-    reader.decode().map_err(|e| Error::Media(format!("cannot decode {format:?} image: {e}")))
+    let image = reader.decode().map_err(|e| Error::Media(format!("cannot decode {format:?} image: {e}")))?;
+    Ok((image, reservation))
 }
 
 fn parse_data_url(url: &str) -> Result<Vec<u8>> {

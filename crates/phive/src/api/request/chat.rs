@@ -16,7 +16,7 @@ use crate::prompt::{ChatMessage, MessagePart};
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::api::ApiError;
 
 /// `image_url` of an image part (OpenAI's object form; a bare string is accepted too).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ImageUrl {
     /// http(s) URL, `data:` URL, raw base64, local path or `file://` URL.
     pub url: String,
@@ -19,7 +19,7 @@ pub struct ImageUrl {
 }
 
 /// One part of a message's content.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
     /// Text.
@@ -45,7 +45,7 @@ pub enum ContentPart {
 }
 
 /// A message's `content`: a string or a list of parts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     /// Plain text.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `stream_options`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     /// Send a final chunk with `usage` (and `choices: []`) before `[DONE]`.
     #[serde(default)]

@@ -18,7 +18,7 @@ pub const MAX_STOP: usize = 16;
 pub const MAX_STOP_LEN: usize = 256;
 
 /// `stop`: one string or a list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum StopSpec {
     /// A single stop string.
@@ -82,7 +82,7 @@ pub struct SamplingFields {
 macro_rules! sampling_fields {
     ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)* }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize)]
+        #[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize, utoipa::ToSchema)]
         pub struct $name {
             $($(#[$fmeta])* pub $field: $ty,)*
             /// 0..=2; 0 is greedy.
