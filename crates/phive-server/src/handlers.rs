@@ -215,15 +215,6 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::OK, &ModelList { object: "list".into(), data: vec![card] })
 }
 
-/// `GET /health`: the model is loaded and the server answers.
-pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let stats = state.engine().stats();
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({"status": "ok", "model": state.config().served_model_name, "queued": stats.queued, "active": stats.active}),
-    )
-}
-
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics().render(&state.engine().stats());

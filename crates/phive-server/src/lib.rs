@@ -1,14 +1,15 @@
 //! phive's OpenAI-compatible HTTP server: `/v1/chat/completions` (with SSE streaming),
-//! `/v1/completions`, `/v1/models`, `/health` and `/metrics`, over a shared
-//! [`Engine`](phive::engine::Engine).
+//! `/v1/completions`, `/v1/models`, `/health` (with `/health/live` and `/health/ready`) and
+//! `/metrics`, over a shared [`Engine`](phive::engine::Engine).
 //!
 //! The server is a thin translation layer: request validation lives in [`phive::api`], media
 //! fetching in [`phive::media`] (run on blocking threads, never on the async runtime), and
 //! generation in the engine. What lives here is HTTP: status codes, the error body, the SSE
-//! framing, client-disconnect cancellation, metrics and graceful shutdown.
+//! framing, client-disconnect cancellation, metrics, health and draining on shutdown.
 
 mod error;
 mod handlers;
+mod lifecycle;
 pub mod metrics;
 mod stream;
 
@@ -27,6 +28,7 @@ use phive::engine::Engine;
 use phive::media::MediaPolicy;
 
 pub use error::HttpError;
+pub use lifecycle::Lifecycle;
 pub use metrics::Metrics;
 
 /// Server settings (everything but the engine's own limits).
@@ -64,6 +66,7 @@ pub struct AppState {
     engine: Arc<Engine>,
     config: ServerConfig,
     metrics: Metrics,
+    lifecycle: Arc<Lifecycle>,
     created: u64,
 }
 
@@ -76,6 +79,11 @@ impl AppState {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Draining state and the generation requests in flight.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
     /// The settings.
@@ -102,7 +110,10 @@ impl Server {
     /// A server for `engine`.
     pub fn new(engine: Arc<Engine>, config: ServerConfig) -> Self {
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        Server { state: Arc::new(AppState { engine, config, metrics: Metrics::default(), created }) }
+        let lifecycle = Arc::default();
+        Server {
+            state: Arc::new(AppState { engine, config, metrics: Metrics::default(), lifecycle, created }),
+        }
     }
 
     /// The shared state (engine, metrics), e.g. for tests and embedding.
@@ -117,48 +128,63 @@ impl Server {
             .route("/v1/chat/completions", post(handlers::chat_completions))
             .route("/v1/completions", post(handlers::completions))
             .route("/v1/models", get(handlers::models))
-            .route("/health", get(handlers::health))
+            .route("/health", get(lifecycle::health))
+            .route("/health/live", get(lifecycle::live))
+            .route("/health/ready", get(lifecycle::ready))
             .route("/metrics", get(handlers::metrics))
             .fallback(handlers::not_found)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.state.config.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), lifecycle::admit))
             .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), reject_oversized))
             .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), track))
             .with_state(state)
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then stops accepting connections and
-    /// lets in-flight requests finish for at most `shutdown_timeout`; requests still running
-    /// then are dropped, which cancels their generation.
+    /// Serves on `listener` until `shutdown` resolves, then drains: readiness turns false,
+    /// new generation requests get 503 (the listener stays open so they are refused, not
+    /// reset), and admitted ones finish for at most `shutdown_timeout`. Then the listener
+    /// closes; requests still running are dropped, which cancels their generation.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
         shutdown_timeout: Duration,
     ) -> std::io::Result<()> {
-        let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-        let signal = async move {
+        let lifecycle = Arc::clone(&self.state.lifecycle);
+        let (drained_tx, mut drained_rx) = tokio::sync::watch::channel(false);
+        let drain = async move {
             shutdown.await;
-            let _ = stopping_tx.send(true);
-        };
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signal);
-        let deadline = async move {
-            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+            lifecycle.start_draining();
             tracing::info!(
-                "shutting down: waiting up to {:.0}s for in-flight requests",
-                shutdown_timeout.as_secs_f64()
+                "draining: not ready, refusing new requests; waiting up to {:.0}s for {} in flight",
+                shutdown_timeout.as_secs_f64(),
+                lifecycle.in_flight()
             );
-            tokio::time::sleep(shutdown_timeout).await;
+            if tokio::time::timeout(shutdown_timeout, lifecycle.drained()).await.is_err() {
+                tracing::warn!(
+                    "shutdown timeout reached; dropping {} requests in flight",
+                    lifecycle.in_flight()
+                );
+            }
+            let _ = drained_tx.send(true);
+        };
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(drain);
+        // Once drained, idle keep-alive connections close at once; a request that outlived the
+        // deadline would hold its connection open, so it gets a moment and is then dropped.
+        let hard_stop = async move {
+            let _ = drained_rx.wait_for(|drained| *drained).await;
+            tokio::time::sleep(CLOSE_GRACE).await;
         };
         tokio::select! {
             result = async move { server.await } => result,
-            _ = deadline => {
-                tracing::warn!("shutdown timeout reached; dropping in-flight requests");
-                Ok(())
-            }
+            _ = hard_stop => Ok(()),
         }
     }
 }
+
+/// How long connections get to close after the drain.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Refuses a body whose declared `Content-Length` is over the limit before reading any of it
 /// (bodies without a length are cut off by the body-limit layer as they stream in).

@@ -242,6 +242,12 @@ impl Engine {
         Ok(RequestHandle { events: receiver, cancel })
     }
 
+    /// Whether the engine loop thread is running: false once it has stopped (after
+    /// [`Engine::shutdown`], or if it panicked), when no request can be served any more.
+    pub fn is_alive(&self) -> bool {
+        self.thread.lock().is_ok_and(|thread| thread.as_ref().is_some_and(|t| !t.is_finished()))
+    }
+
     /// Stops accepting requests and waits for queued and running ones to finish.
     pub fn shutdown(&self) {
         if let Some(inbox) = self.inbox.lock().ok().and_then(|mut inbox| inbox.take()) {
