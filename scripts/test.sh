@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check phive has: formatting, lints, all Rust tests (unit, golden, SDK, server), the
-# HTTP server driven by the official `openai` client, and the Python SDK tests.
+# HTTP server driven by the official `openai` client, the Python SDK tests, the deployment files
+# (Dockerfile lint, Kubernetes schemas) and three replicas behind nginx (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,7 @@ echo "== HTTP server with the openai client"
 bash scripts/test-http.sh
 echo "== Python SDK"
 bash scripts/test-python.sh
+echo "== deployment files: hadolint, Kubernetes schemas"
+bash scripts/validate-deploy.sh
+echo "== three replicas behind nginx: drain and restart under load"
+bash scripts/test-replicas.sh --short
