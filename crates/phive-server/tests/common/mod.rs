@@ -45,8 +45,8 @@ pub struct TestServer {
     pub base: String,
     pub state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Receives once `Server::serve` has returned.
-    stopped: std::sync::mpsc::Receiver<()>,
+    /// Receives once `Server::serve` has returned (in a mutex: tests share servers).
+    stopped: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Drop for TestServer {
@@ -108,7 +108,7 @@ pub fn start_with_shutdown_timeout(
         runtime.shutdown_timeout(Duration::from_millis(200));
     });
     let addr = addr_rx.recv().unwrap();
-    TestServer { base: format!("http://{addr}"), state, shutdown: Some(shutdown_tx), stopped }
+    TestServer { base: format!("http://{addr}"), state, shutdown: Some(shutdown_tx), stopped: stopped.into() }
 }
 
 /// A blocking client with a generous timeout.
@@ -126,7 +126,7 @@ impl TestServer {
 
     /// Whether `Server::serve` returns within `timeout`.
     pub fn stops_within(&self, timeout: Duration) -> bool {
-        self.stopped.recv_timeout(timeout).is_ok()
+        self.stopped.lock().unwrap().recv_timeout(timeout).is_ok()
     }
 
     /// GETs `path`; returns status and parsed body.
