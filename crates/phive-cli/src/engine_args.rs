@@ -7,28 +7,28 @@ use phive::engine::{Engine, EngineConfig};
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// Sequences the engine batches at once (each choice of a request is one); more wait.
-    #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024), env = "PHIVE_MAX_NUM_SEQS")]
     max_num_seqs: u32,
     /// Tokens fed to the model per step: one per decoding sequence plus prefill chunks. A step
     /// cannot be interrupted, so this bounds the stall every stream (and every new request)
     /// sees while a long prompt prefills; on a CPU, larger chunks prefill only slightly faster.
-    #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), env = "PHIVE_MAX_BATCHED_TOKENS")]
     max_batched_tokens: u32,
     /// Requests waiting to start; beyond this, requests are refused (HTTP 503).
-    #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), env = "PHIVE_MAX_QUEUE")]
     max_queue: u32,
     /// KV cache memory in GiB (e.g. 4 or 0.5). Default: 40% of the memory available after
     /// loading, at most what --max-num-seqs full-context sequences can use.
-    #[arg(long, global = true, value_name = "GIB")]
+    #[arg(long, global = true, value_name = "GIB", env = "PHIVE_KV_CACHE_MEM")]
     kv_cache_mem: Option<f64>,
     /// Encoded images and audio kept across requests, in GiB, so a new question about the same
     /// picture skips the vision tower; 0 turns the cache off.
-    #[arg(long, global = true, value_name = "GIB", default_value_t = 0.5)]
+    #[arg(long, global = true, value_name = "GIB", default_value_t = 0.5, env = "PHIVE_MEDIA_CACHE_MEM")]
     media_cache_mem: f64,
     /// Do not keep the KV of finished prompts for reuse. By default, a request whose prompt
     /// starts like an earlier one (a chat's next turn, a shared system prompt) computes only
     /// what follows the part seen before; the answers are the same either way.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "PHIVE_NO_PREFIX_CACHE")]
     no_prefix_cache: bool,
 }
 

@@ -23,24 +23,30 @@ pub struct GuardArgs {
     )]
     api_keys: Vec<String>,
     /// Read API keys from FILE, one per line (blank lines and lines starting with # are skipped).
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(long, value_name = "FILE", global = true, env = "PHIVE_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
     /// Serve /metrics without an API key even when keys are set.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "PHIVE_PUBLIC_METRICS")]
     public_metrics: bool,
     /// Connections open at once; beyond it new connections get 503 and are closed.
-    #[arg(long, global = true, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), env = "PHIVE_MAX_CONNECTIONS")]
     max_connections: u32,
     /// Seconds a client has to send a request's headers (and to start its next request on an
     /// idle keep-alive connection); then the connection is closed.
-    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 30.0,
+        value_name = "SECS",
+        env = "PHIVE_HEADER_READ_TIMEOUT"
+    )]
     header_read_timeout: f64,
     /// Seconds a client has to send a request's body after its headers; then 408.
-    #[arg(long, global = true, default_value_t = 60.0, value_name = "SECS")]
+    #[arg(long, global = true, default_value_t = 60.0, value_name = "SECS", env = "PHIVE_BODY_READ_TIMEOUT")]
     body_read_timeout: f64,
     /// GiB of decoded images and audio that requests being prepared may hold together (an
     /// image counts 4 bytes per pixel); beyond it requests get 503 and may retry.
-    #[arg(long, global = true, default_value_t = 2.0, value_name = "GIB")]
+    #[arg(long, global = true, default_value_t = 2.0, value_name = "GIB", env = "PHIVE_MAX_MEDIA_MEM")]
     max_media_mem: f64,
 }
 

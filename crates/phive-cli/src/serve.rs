@@ -73,13 +73,13 @@ enum Dtype {
 #[derive(Args, Debug)]
 struct ModelArgs {
     /// Model: a local checkpoint folder or a Hugging Face id (e.g. microsoft/Phi-3.5-vision-instruct).
-    #[arg(short, long, visible_alias = "model-id")]
+    #[arg(short, long, visible_alias = "model-id", env = "PHIVE_MODEL")]
     model: String,
     /// Hub revision (branch, tag or commit) when MODEL is a Hub id.
-    #[arg(long)]
+    #[arg(long, env = "PHIVE_REVISION")]
     revision: Option<String>,
     /// Expected architecture; checked against the checkpoint's config.json (auto-detected when absent).
-    #[arg(short, long, value_enum)]
+    #[arg(short, long, value_enum, env = "PHIVE_ARCH")]
     arch: Option<Arch>,
 }
 
@@ -87,53 +87,54 @@ struct ModelArgs {
 #[derive(Args, Debug)]
 struct ServerOptions {
     /// Address to listen on. Use 0.0.0.0 to accept connections from other machines.
-    #[arg(long, global = true, default_value = "127.0.0.1")]
+    #[arg(long, global = true, default_value = "127.0.0.1", env = "PHIVE_HOST")]
     host: String,
     /// Port to listen on (0 picks a free port).
-    #[arg(short, long, global = true, default_value_t = 1234)]
+    #[arg(short, long, global = true, default_value_t = 1234, env = "PHIVE_PORT")]
     port: u16,
     /// Weight data type.
-    #[arg(short = 'd', long, global = true, value_enum, default_value = "auto")]
+    #[arg(short = 'd', long, global = true, value_enum, default_value = "auto", env = "PHIVE_DTYPE")]
     dtype: Dtype,
     /// Quantize the language model's linear layers in situ while loading (case-insensitive):
     /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K, F16, BF16.
-    #[arg(long, global = true, value_name = "TYPE")]
+    #[arg(long, global = true, value_name = "TYPE", env = "PHIVE_ISQ")]
     isq: Option<phive::IsqType>,
     /// With --isq, quantize the vision (and audio) encoders' projections too.
-    #[arg(long, global = true, requires = "isq")]
+    #[arg(long, global = true, requires = "isq", env = "PHIVE_ISQ_ENCODERS")]
     isq_encoders: bool,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
     guard: GuardArgs,
     /// Most images per request.
-    #[arg(long, global = true, default_value_t = 8)]
+    #[arg(long, global = true, default_value_t = 8, env = "PHIVE_MAX_IMAGES")]
     max_images: usize,
     /// Largest image in bytes (download, file or base64 payload).
-    #[arg(long, global = true, default_value_t = 20 * 1024 * 1024)]
+    #[arg(long, global = true, default_value_t = 20 * 1024 * 1024, env = "PHIVE_MAX_IMAGE_BYTES")]
     max_image_bytes: usize,
     /// Largest image in pixels (width x height), checked from the header before decoding.
-    #[arg(long, global = true, default_value_t = 50_000_000)]
+    #[arg(long, global = true, default_value_t = 50_000_000, env = "PHIVE_MAX_IMAGE_PIXELS")]
     max_image_pixels: u64,
     /// Allow images given as local paths or file:// URLs inside DIR (repeatable). Without it,
     /// local paths are refused.
-    #[arg(long = "allow-local-media", value_name = "DIR", global = true)]
+    #[arg(long = "allow-local-media", value_name = "DIR", global = true, env = "PHIVE_ALLOW_LOCAL_MEDIA")]
     allow_local_media: Vec<PathBuf>,
     /// Allow image URLs that resolve to loopback, private, link-local, CGNAT, multicast or
     /// metadata addresses (refused by default: they reach the server's own network).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "PHIVE_ALLOW_PRIVATE_URLS")]
     allow_private_urls: bool,
     /// Seconds allowed for downloading one image URL.
-    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS", env = "PHIVE_FETCH_TIMEOUT")]
     fetch_timeout: f64,
     /// Largest request body in bytes.
-    #[arg(long, global = true, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, global = true, default_value_t = 64 * 1024 * 1024, env = "PHIVE_MAX_BODY_BYTES")]
     max_body_bytes: usize,
     /// Model id clients send and responses carry (default: the --model value).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "PHIVE_SERVED_MODEL_NAME")]
     served_model_name: Option<String>,
-    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
-    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT; meanwhile /health/ready
+    /// answers 503 and new requests are refused with 503, then the process exits 0.
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS", env = "PHIVE_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: f64,
 }
 
@@ -150,7 +151,7 @@ pub fn rewrite_legacy_args(args: Vec<String>) -> Vec<String> {
     out
 }
 
-/// Loads the model and serves it until SIGINT/SIGTERM.
+/// Loads the model and serves it until SIGINT/SIGTERM, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ModelCommand::Vision(model) = args.model;
     let opts = args.server;
@@ -262,7 +263,7 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
-    eprintln!("shutting down: no longer accepting connections");
+    eprintln!("shutting down: draining (not ready, new requests get 503)");
 }
 
 #[cfg(test)]

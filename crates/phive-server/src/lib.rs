@@ -1,18 +1,19 @@
 //! phive's OpenAI-compatible HTTP server: `/v1/chat/completions` (with SSE streaming),
-//! `/v1/completions`, `/v1/models`, `/health`, `/metrics` and `/openapi.json`, over a shared
-//! [`Engine`](phive::engine::Engine).
+//! `/v1/completions`, `/v1/models`, `/health` (with `/health/live` and `/health/ready`),
+//! `/metrics` and `/openapi.json`, over a shared [`Engine`](phive::engine::Engine).
 //!
 //! The server is a thin translation layer: request validation lives in [`phive::api`], media
 //! fetching in [`phive::media`] (run on blocking threads, never on the async runtime), and
 //! generation in the engine. What lives here is HTTP: status codes, the error body, the SSE
-//! framing, client-disconnect cancellation, metrics, API keys, connection limits and graceful
-//! shutdown.
+//! framing, client-disconnect cancellation, metrics, API keys, connection limits, health and
+//! draining on shutdown.
 
 pub mod auth;
 mod body;
 pub mod connections;
 mod error;
 mod handlers;
+mod lifecycle;
 pub mod metrics;
 pub mod openapi;
 mod stream;
@@ -34,6 +35,7 @@ use phive::media::MediaPolicy;
 pub use auth::{ApiKeys, RequireApiKey};
 pub use connections::ConnectionLimits;
 pub use error::HttpError;
+pub use lifecycle::Lifecycle;
 pub use metrics::Metrics;
 
 /// Server settings (everything but the engine's own limits).
@@ -83,6 +85,7 @@ pub struct AppState {
     engine: Arc<Engine>,
     config: ServerConfig,
     metrics: Metrics,
+    lifecycle: Arc<Lifecycle>,
     created: u64,
 }
 
@@ -95,6 +98,11 @@ impl AppState {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Draining state and the generation requests in flight.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
     /// The settings.
@@ -121,7 +129,10 @@ impl Server {
     /// A server for `engine`.
     pub fn new(engine: Arc<Engine>, config: ServerConfig) -> Self {
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        Server { state: Arc::new(AppState { engine, config, metrics: Metrics::default(), created }) }
+        let lifecycle = Arc::default();
+        Server {
+            state: Arc::new(AppState { engine, config, metrics: Metrics::default(), lifecycle, created }),
+        }
     }
 
     /// The shared state (engine, metrics), e.g. for tests and embedding.
@@ -148,28 +159,54 @@ impl Server {
         let spec = openapi::json(config.api_keys.is_enabled(), config.public_metrics);
         api.merge(metrics)
             .route("/health", get(handlers::health))
+            .route("/health/live", get(lifecycle::live))
+            .route("/health/ready", get(lifecycle::ready))
             .route("/openapi.json", get(move || std::future::ready(spec.clone())))
             .fallback(handlers::not_found)
             .method_not_allowed_fallback(handlers::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), lifecycle::admit))
             .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), reject_oversized))
             .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), track))
             .with_state(state)
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then stops accepting connections and
-    /// lets in-flight requests finish for at most `shutdown_timeout`; requests still running
-    /// then are dropped, which cancels their generation.
+    /// Serves on `listener` until `shutdown` resolves, then drains: readiness turns false,
+    /// new generation requests get 503 (the listener stays open so they are refused, not
+    /// reset), and admitted ones finish for at most `shutdown_timeout`. Then the listener
+    /// closes; requests still running are dropped, which cancels their generation.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
         shutdown_timeout: Duration,
     ) -> std::io::Result<()> {
+        let lifecycle = Arc::clone(&self.state.lifecycle);
+        // Draining keeps the listener open: new requests get a 503 while those in flight finish.
+        let drain = async move {
+            shutdown.await;
+            lifecycle.start_draining();
+            tracing::info!(
+                "draining: not ready, refusing new requests; waiting up to {:.0}s for {} in flight",
+                shutdown_timeout.as_secs_f64(),
+                lifecycle.in_flight()
+            );
+            if tokio::time::timeout(shutdown_timeout, lifecycle.drained()).await.is_err() {
+                tracing::warn!(
+                    "shutdown timeout reached; dropping {} requests in flight",
+                    lifecycle.in_flight()
+                );
+            }
+        };
+        // Once drained, idle keep-alive connections close at once; a request that outlived the
+        // deadline gets a moment and is then dropped.
         let limits = self.state.config.connections.clone();
-        connections::serve(listener, self.router(), &limits, shutdown, shutdown_timeout).await;
+        connections::serve(listener, self.router(), &limits, drain, CLOSE_GRACE).await;
         Ok(())
     }
 }
+
+/// How long connections get to close after the drain.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Refuses a body whose declared `Content-Length` is over the limit before reading any of it
 /// (bodies without a length are cut off by the body-limit layer as they stream in).

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::time::Duration;
 
 use common::*;
@@ -15,22 +15,11 @@ fn long_request() -> Value {
     json!({"messages": user("Write a very long story."), "max_tokens": 100000, "temperature": 0, "stream": true})
 }
 
-/// Opens a stream and returns the reader after its first event arrived.
-fn open_stream(server: &TestServer) -> BufReader<reqwest::blocking::Response> {
-    let response = client().post(server.url("/v1/chat/completions")).json(&long_request()).send().unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let mut reader = BufReader::new(response);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("data: {"), "{line}");
-    reader
-}
-
 #[test]
 fn disconnecting_a_stream_cancels_generation() {
     let server = start(|_, engine| engine.max_num_seqs = 1);
     let before = metric(&server.metrics(), "phive_requests_cancelled_total");
-    let mut reader = open_stream(&server);
+    let mut reader = open_stream(&server, &long_request());
     // Read a few content chunks so generation is under way, then hang up.
     let mut line = String::new();
     for _ in 0..6 {
@@ -55,7 +44,7 @@ fn a_full_queue_answers_503() {
         engine.max_num_seqs = 1;
         engine.max_queue = 1;
     });
-    let running = open_stream(&server);
+    let running = open_stream(&server, &long_request());
     server.wait_for("the first request to run", Duration::from_secs(20), |s| s.active == 1 && s.queued == 0);
     let waiting = client().post(server.url("/v1/chat/completions")).json(&long_request()).send().unwrap();
     assert_eq!(waiting.status().as_u16(), 200, "one request may wait");

@@ -45,6 +45,8 @@ pub struct TestServer {
     pub base: String,
     pub state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Receives once `Server::serve` has returned (in a mutex: tests share servers).
+    stopped: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Drop for TestServer {
@@ -69,6 +71,14 @@ pub fn test_config() -> (ServerConfig, EngineConfig) {
 
 /// Starts a server with the tiny checkpoint on 127.0.0.1:0, after `configure` adjusts the defaults.
 pub fn start(configure: impl FnOnce(&mut ServerConfig, &mut EngineConfig)) -> TestServer {
+    start_with_shutdown_timeout(Duration::from_secs(2), configure)
+}
+
+/// [`start`] with the time in-flight requests get once shutdown begins.
+pub fn start_with_shutdown_timeout(
+    shutdown_timeout: Duration,
+    configure: impl FnOnce(&mut ServerConfig, &mut EngineConfig),
+) -> TestServer {
     let (mut config, mut engine_config) = test_config();
     configure(&mut config, &mut engine_config);
     let pipeline = Pipeline::load(&LoadOptions {
@@ -82,6 +92,7 @@ pub fn start(configure: impl FnOnce(&mut ServerConfig, &mut EngineConfig)) -> Te
     let state = Arc::clone(server.state());
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -91,12 +102,13 @@ pub fn start(configure: impl FnOnce(&mut ServerConfig, &mut EngineConfig)) -> Te
             let shutdown = async move {
                 let _ = shutdown_rx.await;
             };
-            server.serve(listener, shutdown, Duration::from_secs(2)).await.unwrap();
+            server.serve(listener, shutdown, shutdown_timeout).await.unwrap();
+            let _ = stopped_tx.send(());
         });
         runtime.shutdown_timeout(Duration::from_millis(200));
     });
     let addr = addr_rx.recv().unwrap();
-    TestServer { base: format!("http://{addr}"), state, shutdown: Some(shutdown_tx) }
+    TestServer { base: format!("http://{addr}"), state, shutdown: Some(shutdown_tx), stopped: stopped.into() }
 }
 
 /// A blocking client with a generous timeout.
@@ -105,6 +117,25 @@ pub fn client() -> reqwest::blocking::Client {
 }
 
 impl TestServer {
+    /// Begins the shutdown, as SIGTERM does in `phive serve`.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).unwrap();
+        }
+    }
+
+    /// Whether `Server::serve` returns within `timeout`.
+    pub fn stops_within(&self, timeout: Duration) -> bool {
+        self.stopped.lock().unwrap().recv_timeout(timeout).is_ok()
+    }
+
+    /// GETs `path`; returns status and parsed body.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let response = client().get(self.url(path)).send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().unwrap())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -163,6 +194,17 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Opens a stream of `body` (a chat request) and returns the reader after its first event.
+pub fn open_stream(server: &TestServer, body: &Value) -> BufReader<reqwest::blocking::Response> {
+    let response = client().post(server.url("/v1/chat/completions")).json(body).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut reader = BufReader::new(response);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("data: {"), "{line}");
+    reader
 }
 
 /// A metric's value from the exposition text (the first line starting with `series`).
