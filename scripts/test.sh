@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check phive has: formatting, lints, all Rust tests (unit, golden, SDK, server), the
-# HTTP server driven by the official `openai` client, and the Python SDK tests.
+# HTTP server driven by the official `openai` client, the Python SDK tests, and the chat page in
+# headless chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,5 @@ echo "== HTTP server with the openai client"
 bash scripts/test-http.sh
 echo "== Python SDK"
 bash scripts/test-python.sh
+echo "== chat page in headless chromium"
+bash scripts/test-ui.sh

@@ -129,6 +129,9 @@ struct ServerOptions {
     /// Model id clients send and responses carry (default: the --model value).
     #[arg(long, global = true)]
     served_model_name: Option<String>,
+    /// Do not serve the chat page at / and /ui (the API is unchanged).
+    #[arg(long, global = true)]
+    no_ui: bool,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
     shutdown_timeout: f64,
@@ -219,6 +222,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         media,
         limits: RequestLimits { max_images: opts.max_images },
         max_body_bytes: opts.max_body_bytes,
+        ui: !opts.no_ui,
     };
     let server = Server::new(Arc::clone(&engine), config);
 
@@ -235,6 +239,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "listening on http://{address} | model id {served:?} | max sequences {} | max queue {}",
             engine_config.max_num_seqs, engine_config.max_queue
         );
+        if !opts.no_ui {
+            eprintln!("chat page: http://{address}/");
+        }
         server.serve(listener, shutdown_signal(), shutdown_timeout).await.context("serving")
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -1,6 +1,6 @@
 //! phive's OpenAI-compatible HTTP server: `/v1/chat/completions` (with SSE streaming),
-//! `/v1/completions`, `/v1/models`, `/health` and `/metrics`, over a shared
-//! [`Engine`](phive::engine::Engine).
+//! `/v1/completions`, `/v1/models`, `/v1/phive/info`, `/health`, `/metrics` and a chat page
+//! at `/` (module `ui`), over a shared [`Engine`](phive::engine::Engine).
 //!
 //! The server is a thin translation layer: request validation lives in [`phive::api`], media
 //! fetching in [`phive::media`] (run on blocking threads, never on the async runtime), and
@@ -11,6 +11,7 @@ mod error;
 mod handlers;
 pub mod metrics;
 mod stream;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,11 +44,13 @@ pub struct ServerConfig {
     pub limits: RequestLimits,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
+    /// Whether `/` and `/ui` serve the chat page.
+    pub ui: bool,
 }
 
 impl ServerConfig {
     /// Safe defaults for `served_model_name`: no local files, no private URLs, 8 images,
-    /// 64 MiB bodies.
+    /// 64 MiB bodies, the chat page on.
     pub fn new(served_model_name: impl Into<String>) -> Self {
         ServerConfig {
             served_model_name: served_model_name.into(),
@@ -55,6 +58,7 @@ impl ServerConfig {
             media: MediaPolicy::server(),
             limits: RequestLimits::default(),
             max_body_bytes: 64 * 1024 * 1024,
+            ui: true,
         }
     }
 }
@@ -113,12 +117,15 @@ impl Server {
     /// The axum router with every route, the JSON fallbacks and the metrics middleware.
     pub fn router(&self) -> Router {
         let state = Arc::clone(&self.state);
+        let page = if self.state.config.ui { ui::routes() } else { Router::new() };
         Router::new()
             .route("/v1/chat/completions", post(handlers::chat_completions))
             .route("/v1/completions", post(handlers::completions))
             .route("/v1/models", get(handlers::models))
+            .route("/v1/phive/info", get(handlers::info))
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))
+            .merge(page)
             .fallback(handlers::not_found)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.state.config.max_body_bytes))

@@ -18,7 +18,8 @@ const LATENCY_BUCKETS: &[f64] =
 
 /// The routes metrics are labelled with; anything else counts as `other` so a scanner cannot
 /// blow up the label space.
-pub const ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"];
+pub const ROUTES: &[&str] =
+    &["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/phive/info", "/health", "/metrics", "/"];
 
 /// The route label of a request path.
 pub fn route_label(path: &str) -> &'static str {
