@@ -2,6 +2,7 @@
 // safe Markdown, screenshots, and no request to any other host.
 
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import {
@@ -93,6 +94,25 @@ test("an attached picture is sent with the message and counted as image tokens",
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone screen`);
   assertOnlyServer(requests, server, assert);
+  await context.close();
+});
+
+test("pictures arrive by drag and drop and by paste, and can be removed before sending", async () => {
+  const { page, context } = await openPage(browser, server);
+  const png = readFileSync(join(FIXTURES, "images", "tiny_50x50.png")).toString("base64");
+  await page.evaluate((data) => {
+    const file = (name) => new File([Uint8Array.from(atob(data), (c) => c.charCodeAt(0))], name, { type: "image/png" });
+    const dropped = new DataTransfer();
+    dropped.items.add(file("dropped.png"));
+    document.querySelector("#messages").dispatchEvent(new DragEvent("drop", { dataTransfer: dropped, bubbles: true }));
+    const pasted = new DataTransfer();
+    pasted.items.add(file("pasted.png"));
+    document.querySelector("#prompt").dispatchEvent(new ClipboardEvent("paste", { clipboardData: pasted, bubbles: true }));
+  }, png);
+  await page.locator("#attachments img").nth(1).waitFor();
+  assert.deepEqual(await page.locator("#attachments img").evaluateAll((imgs) => imgs.map((i) => i.alt)), ["dropped.png", "pasted.png"]);
+  await page.click("#attachments button[aria-label='Remove dropped.png']");
+  assert.deepEqual(await page.locator("#attachments img").evaluateAll((imgs) => imgs.map((i) => i.alt)), ["pasted.png"]);
   await context.close();
 });
 
