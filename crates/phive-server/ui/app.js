@@ -72,7 +72,7 @@ function attachFiles(files) {
       [...files].map((file) => {
         if (file.type.startsWith("image/")) return imageFromFile(file);
         if (audio) return audioFromFile(file);
-        throw new MediaError(`${file.name}: this model takes pictures${audio ? " and audio" : ""} only`);
+        throw new MediaError(`${file.name}: this model takes pictures only`);
       }),
     ),
   );
