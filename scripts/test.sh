@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check phive has: formatting, lints, all Rust tests (unit, golden, SDK, server), the
 # HTTP server driven by the official `openai` client, schemathesis against the server's OpenAPI
-# description, a 60-second soak, the Python SDK tests, the deployment files (Dockerfile lint,
-# Kubernetes schemas) and three replicas behind nginx (needs root).
+# description, a 60-second soak, the Python SDK tests, the chat page in headless chromium, the
+# deployment files (Dockerfile lint, Kubernetes schemas) and three replicas behind nginx (needs
+# root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ echo "== soak: 64 clients for 60 s"
 bash scripts/soak.sh
 echo "== Python SDK"
 bash scripts/test-python.sh
+echo "== chat page in headless chromium"
+bash scripts/test-ui.sh
 echo "== deployment files: hadolint, Kubernetes schemas"
 bash scripts/validate-deploy.sh
 echo "== three replicas behind nginx: drain and restart under load"

@@ -1,7 +1,10 @@
 //! The `phive` command.
 
+mod answer;
+mod chat;
 mod engine_args;
 mod guard_args;
+mod model_args;
 mod quantize;
 mod run;
 mod serve;
@@ -30,6 +33,9 @@ struct Cli {
 enum Command {
     /// Answer one prompt (with optional images) and stream the answer to stdout.
     Run(run::RunArgs),
+    /// Chat with a model in the terminal: multi-turn, with /image, /audio, /system, /clear
+    /// and /quit, streaming answers and line editing.
+    Chat(chat::ChatArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (chat and text completions, SSE
     /// streaming, /v1/models, /health, /metrics).
     Serve(serve::ServeArgs),
@@ -46,6 +52,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Chat(args) => chat::chat(args),
         Command::Serve(args) => serve::serve(args),
         Command::Quantize(args) => quantize::quantize(args),
     };

@@ -132,6 +132,9 @@ struct ServerOptions {
     /// Model id clients send and responses carry (default: the --model value).
     #[arg(long, global = true, env = "PHIVE_SERVED_MODEL_NAME")]
     served_model_name: Option<String>,
+    /// Do not serve the chat page at / and /ui (the API is unchanged).
+    #[arg(long, global = true, env = "PHIVE_NO_UI")]
+    no_ui: bool,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT; meanwhile /health/ready
     /// answers 503 and new requests are refused with 503, then the process exits 0.
     #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS", env = "PHIVE_SHUTDOWN_TIMEOUT")]
@@ -215,6 +218,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         media,
         limits: RequestLimits { max_images: opts.max_images },
         max_body_bytes: opts.max_body_bytes,
+        ui: !opts.no_ui,
         ..ServerConfig::new(served.clone())
     };
     opts.guard.apply(&mut config)?;
@@ -234,6 +238,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "listening on http://{address} | model id {served:?} | {auth} | max sequences {} | max queue {}",
             engine_config.max_num_seqs, engine_config.max_queue
         );
+        if !opts.no_ui {
+            eprintln!("chat page: http://{address}/");
+        }
         server.serve(listener, shutdown_signal(), shutdown_timeout).await.context("serving")
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

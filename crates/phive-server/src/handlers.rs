@@ -199,6 +199,7 @@ async fn complete(
     }
     let completions = collect(&state, handle, delivery.n, &mut accounting).await?;
     let timings = completions.first().map(|c| Timings::from_usage(&c.usage));
+    let usage = Usage::from_completions(&completions, started.elapsed());
     let choices = completions
         .into_iter()
         .enumerate()
@@ -215,7 +216,7 @@ async fn complete(
         created: now(),
         model,
         choices,
-        usage: Some(accounting.usage()),
+        usage: Some(usage),
         timings,
     };
     Ok(json_response(StatusCode::OK, &response))
@@ -235,6 +236,25 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
         owned_by: "phive".into(),
     };
     json_response(StatusCode::OK, &ModelList { object: "list".into(), data: vec![card] })
+}
+
+/// `GET /v1/phive/info`: what the chat page (or any client) needs to know beyond `/v1/models`:
+/// which inputs the loaded model takes and the request limits.
+pub async fn info(State(state): State<Arc<AppState>>) -> Response {
+    let pipeline = state.engine().pipeline();
+    let config = state.config();
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "model": config.served_model_name,
+            "architecture": pipeline.architecture().name(),
+            "audio": pipeline.accepts_audio(),
+            "context_length": pipeline.context_length(),
+            "max_images": config.limits.max_images,
+            "max_body_bytes": config.max_body_bytes,
+            "max_image_bytes": config.media.max_bytes,
+        }),
+    )
 }
 
 /// The `/health` body.

@@ -1,6 +1,7 @@
 //! phive's OpenAI-compatible HTTP server: `/v1/chat/completions` (with SSE streaming),
-//! `/v1/completions`, `/v1/models`, `/health` (with `/health/live` and `/health/ready`),
-//! `/metrics` and `/openapi.json`, over a shared [`Engine`](phive::engine::Engine).
+//! `/v1/completions`, `/v1/models`, `/v1/phive/info`, `/health` (with `/health/live` and
+//! `/health/ready`), `/metrics`, `/openapi.json` and a chat page at `/` (module `ui`), over a
+//! shared [`Engine`](phive::engine::Engine).
 //!
 //! The server is a thin translation layer: request validation lives in [`phive::api`], media
 //! fetching in [`phive::media`] (run on blocking threads, never on the async runtime), and
@@ -17,6 +18,7 @@ mod lifecycle;
 pub mod metrics;
 pub mod openapi;
 mod stream;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,11 +62,13 @@ pub struct ServerConfig {
     pub api_keys: ApiKeys,
     /// Whether `/metrics` is open even when API keys are set.
     pub public_metrics: bool,
+    /// Whether `/` and `/ui` serve the chat page.
+    pub ui: bool,
 }
 
 impl ServerConfig {
     /// Safe defaults for `served_model_name`: no local files, no private URLs, 8 images,
-    /// 64 MiB bodies read within 60 s, 512 connections, no API keys.
+    /// 64 MiB bodies read within 60 s, 512 connections, no API keys, the chat page on.
     pub fn new(served_model_name: impl Into<String>) -> Self {
         ServerConfig {
             served_model_name: served_model_name.into(),
@@ -76,6 +80,7 @@ impl ServerConfig {
             connections: ConnectionLimits::default(),
             api_keys: ApiKeys::default(),
             public_metrics: false,
+            ui: true,
         }
     }
 }
@@ -151,13 +156,16 @@ impl Server {
             .route("/v1/chat/completions", post(handlers::chat_completions))
             .route("/v1/completions", post(handlers::completions))
             .route("/v1/models", get(handlers::models))
+            .route("/v1/phive/info", get(handlers::info))
             .route_layer(keys.clone());
         let mut metrics = Router::new().route("/metrics", get(handlers::metrics));
         if !config.public_metrics {
             metrics = metrics.route_layer(keys);
         }
+        let page = if config.ui { ui::routes() } else { Router::new() };
         let spec = openapi::json(config.api_keys.is_enabled(), config.public_metrics);
         api.merge(metrics)
+            .merge(page)
             .route("/health", get(handlers::health))
             .route("/health/live", get(lifecycle::live))
             .route("/health/ready", get(lifecycle::ready))

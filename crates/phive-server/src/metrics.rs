@@ -22,10 +22,12 @@ pub const ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/models",
+    "/v1/phive/info",
     "/health",
     "/health/live",
     "/health/ready",
     "/metrics",
+    "/",
 ];
 
 /// The route label of a request path.

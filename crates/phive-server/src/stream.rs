@@ -15,7 +15,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use phive::api::{
-    finish_reason, ApiError, ChatResponseBuilder, CompletionChoice, CompletionResponse, LegacyLogprobs, Usage,
+    finish_reason, ApiError, ChatResponseBuilder, CompletionChoice, CompletionResponse, LegacyLogprobs,
+    Timings, Usage,
 };
 use phive::engine::{Completion, Delta, Event, RequestHandle};
 
@@ -31,8 +32,8 @@ pub(crate) trait ChunkFormat: Send + 'static {
     fn delta(&mut self, choice: usize, delta: &Delta) -> Option<String>;
     /// The final chunk of `choice`.
     fn done(&mut self, choice: usize, completion: &Completion) -> String;
-    /// The usage chunk.
-    fn usage(&mut self, usage: Usage) -> String;
+    /// The usage chunk for every choice's completion, in choice order.
+    fn usage(&mut self, completions: &[Completion], usage: Usage) -> String;
     /// The response id (named in logs).
     fn id(&self) -> &str;
 }
@@ -57,8 +58,8 @@ impl ChunkFormat for ChatFormat {
         to_json(&self.0.finish_chunk(choice, completion))
     }
 
-    fn usage(&mut self, usage: Usage) -> String {
-        to_json(&self.0.usage_chunk(usage))
+    fn usage(&mut self, completions: &[Completion], usage: Usage) -> String {
+        to_json(&self.0.usage_chunk(completions, usage))
     }
 
     fn id(&self) -> &str {
@@ -77,7 +78,12 @@ pub(crate) struct CompletionFormat {
 }
 
 impl CompletionFormat {
-    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> String {
+    fn chunk(
+        &self,
+        choices: Vec<CompletionChoice>,
+        usage: Option<Usage>,
+        timings: Option<Timings>,
+    ) -> String {
         to_json(&CompletionResponse {
             id: self.id.clone(),
             object: "text_completion".into(),
@@ -85,7 +91,7 @@ impl CompletionFormat {
             model: self.model.clone(),
             choices,
             usage,
-            timings: None,
+            timings,
         })
     }
 }
@@ -110,7 +116,11 @@ impl ChunkFormat for CompletionFormat {
             *o += delta.text.chars().count();
         }
         let text = delta.text.clone();
-        Some(self.chunk(vec![CompletionChoice { text, index: choice, logprobs, finish_reason: None }], None))
+        Some(self.chunk(
+            vec![CompletionChoice { text, index: choice, logprobs, finish_reason: None }],
+            None,
+            None,
+        ))
     }
 
     fn done(&mut self, choice: usize, completion: &Completion) -> String {
@@ -123,11 +133,12 @@ impl ChunkFormat for CompletionFormat {
                 finish_reason: reason,
             }],
             None,
+            None,
         )
     }
 
-    fn usage(&mut self, usage: Usage) -> String {
-        self.chunk(Vec::new(), Some(usage))
+    fn usage(&mut self, completions: &[Completion], usage: Usage) -> String {
+        self.chunk(Vec::new(), Some(usage), completions.first().map(|c| Timings::from_usage(&c.usage)))
     }
 }
 
@@ -139,9 +150,8 @@ pub(crate) struct Accounting {
     pub started: Instant,
     /// From arrival to submission (media fetching, preprocessing).
     pub before_submit: Duration,
-    prompt_tokens: Option<usize>,
-    cached_tokens: usize,
-    completion_tokens: usize,
+    /// Whether the prompt's tokens were counted (once for all choices).
+    prompt_counted: bool,
     pub finished: bool,
 }
 
@@ -152,9 +162,7 @@ impl Accounting {
             route,
             before_submit: started.elapsed(),
             started,
-            prompt_tokens: None,
-            cached_tokens: 0,
-            completion_tokens: 0,
+            prompt_counted: false,
             finished: false,
         }
     }
@@ -162,22 +170,14 @@ impl Accounting {
     /// Records a finished choice.
     pub fn on_done(&mut self, completion: &Completion) {
         let metrics = self.state.metrics();
-        if self.prompt_tokens.is_none() {
-            self.prompt_tokens = Some(completion.usage.prompt_tokens);
-            self.cached_tokens = completion.usage.cached_tokens;
+        if !self.prompt_counted {
+            self.prompt_counted = true;
             metrics.add_prompt_tokens(completion.usage.prompt_tokens);
             if completion.usage.completion_tokens > 0 {
                 metrics.observe_ttft(self.before_submit + completion.usage.time_to_first_token);
             }
         }
-        self.completion_tokens += completion.usage.completion_tokens;
         metrics.add_generated_tokens(completion.usage.completion_tokens);
-    }
-
-    /// The request's usage so far.
-    pub fn usage(&self) -> Usage {
-        Usage::new(self.prompt_tokens.unwrap_or(0), self.completion_tokens)
-            .with_cached_tokens(self.cached_tokens)
     }
 }
 
@@ -194,7 +194,8 @@ struct EventStream<F: ChunkFormat> {
     format: F,
     pending: VecDeque<Bytes>,
     n: usize,
-    done: usize,
+    /// Finished choices with their index, for the usage chunk.
+    done: Vec<(usize, Completion)>,
     include_usage: bool,
     accounting: Accounting,
 }
@@ -224,10 +225,14 @@ impl<F: ChunkFormat> EventStream<F> {
                 self.accounting.on_done(&completion);
                 let chunk = self.format.done(choice, &completion);
                 self.pending.push_back(data(&chunk));
-                self.done += 1;
-                if self.done == self.n {
+                self.done.push((choice, completion));
+                if self.done.len() == self.n {
                     if self.include_usage {
-                        let chunk = self.format.usage(self.accounting.usage());
+                        self.done.sort_by_key(|(choice, _)| *choice);
+                        let completions: Vec<Completion> =
+                            std::mem::take(&mut self.done).into_iter().map(|(_, c)| c).collect();
+                        let usage = Usage::from_completions(&completions, self.accounting.started.elapsed());
+                        let chunk = self.format.usage(&completions, usage);
                         self.pending.push_back(data(&chunk));
                     }
                     self.pending.push_back(data("[DONE]"));
@@ -271,7 +276,8 @@ pub(crate) fn sse_response<F: ChunkFormat>(
     accounting: Accounting,
 ) -> Response {
     let pending = format.start(n).iter().map(|c| data(c)).collect();
-    let stream = EventStream { handle: Some(handle), format, pending, n, done: 0, include_usage, accounting };
+    let stream =
+        EventStream { handle: Some(handle), format, pending, n, done: Vec::new(), include_usage, accounting };
     let body = futures::stream::unfold(stream, |mut s| async move {
         s.next_bytes().await.map(|bytes| (Ok::<_, Infallible>(bytes), s))
     });

@@ -486,7 +486,9 @@ fn cases() -> Vec<Case> {
     add("DELETE on metrics", "DELETE", "/metrics", Body::Raw("", None), 405, None);
     add("unknown route", "GET", "/nope", Body::Raw("", None), 404, None);
     add("embeddings", "POST", "/v1/embeddings", Body::Json(json!({"input": "x"})), 404, None);
-    add("root", "GET", "/", Body::Raw("", None), 404, None);
+    // `/` is the chat page: other methods and unknown page files are JSON errors too.
+    add("POST on the page", "POST", "/", Body::Raw("", None), 405, None);
+    add("unknown page file", "GET", "/ui/nope.js", Body::Raw("", None), 404, None);
     // Text completions.
     add(
         "completion without prompt",

@@ -88,6 +88,14 @@ fn stream_matches_non_stream_and_openai_framing() {
     assert_eq!(usage_chunk["usage"]["prompt_tokens"], case["num_tokens"]);
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 16);
     assert!(rest.iter().all(|c| c["usage"].is_null()), "only the last chunk carries usage");
+    // The usage chunk carries the rates and phive's timings, as a non-streamed answer does.
+    let timings = &usage_chunk["timings"];
+    assert_eq!(timings["image_tokens"], case["num_image_tokens"][0], "{usage_chunk}");
+    assert_eq!(timings["audio_tokens"], 0);
+    assert!(timings["time_to_first_token_ms"].as_f64().unwrap() > 0.0);
+    assert!(usage_chunk["usage"]["avg_compl_tok_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(usage_chunk["usage"]["total_time_sec"].as_f64().unwrap() > 0.0);
+    assert!(rest.iter().all(|c| c.get("timings").is_none()), "only the usage chunk carries timings");
     let last = rest.last().unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], "length");
     assert_eq!(last["choices"][0]["delta"], json!({}));
@@ -297,6 +305,11 @@ fn models_health_and_metrics() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "phi3v-tiny");
     assert_eq!(models["data"][0]["object"], "model");
+    let info: Value = client().get(server().url("/v1/phive/info")).send().unwrap().json().unwrap();
+    assert_eq!(info["model"], "phi3v-tiny");
+    assert_eq!(info["architecture"], "phi3v");
+    assert_eq!(info["audio"], false, "Phi-3.5 takes no audio");
+    assert_eq!(info["max_images"], server().state.config().limits.max_images);
     let health = client().get(server().url("/health")).send().unwrap();
     assert_eq!(health.status().as_u16(), 200);
 

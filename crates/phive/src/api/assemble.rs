@@ -31,6 +31,7 @@ impl ChatResponseBuilder {
             model: self.model.clone(),
             choices,
             usage,
+            timings: None,
         }
     }
 
@@ -61,9 +62,13 @@ impl ChatResponseBuilder {
         self.chunk(vec![choice], None)
     }
 
-    /// The usage chunk (`stream_options.include_usage`): no choices.
-    pub fn usage_chunk(&self, usage: Usage) -> ChatCompletionChunk {
-        self.chunk(Vec::new(), Some(usage))
+    /// The usage chunk (`stream_options.include_usage`) for `completions` in choice order: no
+    /// choices, the request's `usage` and the first choice's timings (as in [`Self::response`]).
+    pub fn usage_chunk(&self, completions: &[Completion], usage: Usage) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            timings: completions.first().map(|c| Timings::from_usage(&c.usage)),
+            ..self.chunk(Vec::new(), Some(usage))
+        }
     }
 
     /// The complete response for `completions` in choice order.

@@ -69,6 +69,9 @@ impl Usage {
 pub struct Timings {
     /// Image tokens among the prompt tokens.
     pub image_tokens: usize,
+    /// Audio tokens among the prompt tokens.
+    #[serde(default)]
+    pub audio_tokens: usize,
     /// From receiving the request to the first token, in milliseconds.
     pub time_to_first_token_ms: f64,
     /// Prefill speed.
@@ -82,6 +85,7 @@ impl Timings {
     pub fn from_usage(u: &crate::engine::Usage) -> Self {
         Timings {
             image_tokens: u.image_tokens,
+            audio_tokens: u.audio_tokens,
             time_to_first_token_ms: u.time_to_first_token.as_secs_f64() * 1000.0,
             prompt_tokens_per_second: u.prompt_tokens_per_sec(),
             completion_tokens_per_second: u.completion_tokens_per_sec(),
@@ -235,6 +239,9 @@ pub struct ChatCompletionChunk {
     pub choices: Vec<ChunkChoice>,
     /// Only on the usage chunk (`stream_options.include_usage`); null before it.
     pub usage: Option<Usage>,
+    /// phive's timings (of the first choice), on the usage chunk only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
 }
 
 /// Legacy completion logprobs.
