@@ -8,6 +8,8 @@
 # (default 40), MAX_TIME seconds (default 60). Creates .venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/serve.sh
+source scripts/lib/serve.sh
 
 MAX_EXAMPLES="${MAX_EXAMPLES:-40}"
 MAX_TIME="${MAX_TIME:-60}"
@@ -21,18 +23,13 @@ if ! .venv/bin/schemathesis --version >/dev/null 2>&1; then
     .venv/bin/pip install -q --disable-pip-version-check -r tests/schemathesis/requirements.txt
 fi
 
-port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 log=$(mktemp)
 PHIVE_API_KEY="$KEY" ./target/release/phive serve vision -p "$port" -m tests/fixtures/phi3v-tiny \
     --kv-cache-mem 0.002 --max-num-seqs 8 >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 300); do
-    if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-        "http://127.0.0.1:$port/health" 2>/dev/null; then break; fi
-    if ! kill -0 $server 2>/dev/null; then cat "$log"; exit 1; fi
-    sleep 0.2
-done
+wait_for_health "$server" "$port" "$log"
 
 status=0
 .venv/bin/schemathesis --no-color run "http://127.0.0.1:$port/openapi.json" \

@@ -6,13 +6,14 @@
 # memory growing more than 10% after the warm-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/serve.sh
+source scripts/lib/serve.sh
 
 DURATION="${DURATION:-60}"
 CLIENTS="${CLIENTS:-64}"
 KEY="soak-key"
 
 cargo build --release -p phive-cli
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 files_port=$(free_port)
 log=$(mktemp)
@@ -22,12 +23,7 @@ PHIVE_API_KEY="$KEY" ./target/release/phive serve vision -p "$port" -m tests/fix
     --allow-private-urls --max-queue 256 >"$log" 2>&1 &
 server=$!
 trap 'kill $server $files 2>/dev/null || true; wait $server $files 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 300); do
-    if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-        "http://127.0.0.1:$port/health" 2>/dev/null; then break; fi
-    if ! kill -0 $server 2>/dev/null; then cat "$log"; exit 1; fi
-    sleep 0.2
-done
+wait_for_health "$server" "$port" "$log"
 
 status=0
 python3 tools/soak.py --port "$port" --key "$KEY" --pid "$server" \
