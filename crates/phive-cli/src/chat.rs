@@ -95,7 +95,7 @@ impl Conversation {
     fn push_user(&mut self, text: String) {
         let mut parts = std::mem::take(&mut self.pending);
         parts.push(MessagePart::Text(text));
-        self.messages.push(ChatMessage { role: "user".into(), parts });
+        self.messages.push(ChatMessage::new("user", parts));
     }
 
     /// Takes back the last user turn when it got no answer, media included.

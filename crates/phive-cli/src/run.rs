@@ -62,7 +62,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut parts = vec![MessagePart::Image; images.len()];
     parts.extend(vec![MessagePart::Audio; audios.len()]);
     parts.push(MessagePart::Text(args.prompt.clone()));
-    messages.push(ChatMessage { role: "user".into(), parts });
+    messages.push(ChatMessage::new("user", parts));
 
     let params = args.sampling.params();
     let request_start = Instant::now();

@@ -230,7 +230,7 @@ struct NativeEngine {
 impl NativeEngine {
     /// Validates the request, loads its images and audio and prepares the prompt (GIL released).
     fn prepare(&self, py: Python<'_>, json: &str) -> Fallible<(PreparedPrompt, phive::api::ChatInput)> {
-        let input = parse_request(json)?.into_chat(&self.limits)?;
+        let mut input = parse_request(json)?.into_chat(&self.limits)?;
         let prepared = py.detach(|| input.prepare(self.engine.pipeline(), &self.policy))?;
         Ok((prepared, input))
     }
@@ -457,7 +457,9 @@ impl StreamState {
             Event::Done { choice, completion } => {
                 let mut chunk = self.format.finish_chunk(choice, &completion);
                 // mistral.rs's last chunk carries empty content rather than no content.
-                chunk.choices.iter_mut().for_each(|c| c.delta.content = Some(String::new()));
+                chunk.choices.iter_mut().for_each(|c| {
+                    c.delta.content.get_or_insert_with(String::new);
+                });
                 self.completions.push(completion);
                 // The last chunk of the request carries the usage, as mistral.rs's does, so
                 // `chunk.choices[0]` is valid on every chunk.

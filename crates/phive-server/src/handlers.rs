@@ -109,7 +109,7 @@ async fn chat(
 ) -> AppResult<Response> {
     let request: ChatCompletionRequest = parse_json(&headers, &body.0)?;
     check_model(&state, request.model.as_deref())?;
-    let input = request.into_chat(&state.config().limits)?;
+    let mut input = request.into_chat(&state.config().limits)?;
     let engine = Arc::clone(state.engine());
     let policy = state.config().media.clone();
     let (prepared, input) = tokio::task::spawn_blocking(move || {

@@ -138,10 +138,10 @@ fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let alone = percentile(&mut alone, 0.5);
-    let messages = [ChatMessage {
-        role: "user".into(),
-        parts: vec![MessagePart::Image, MessagePart::Text("Describe this picture in detail.".into())],
-    }];
+    let messages = [ChatMessage::new(
+        "user",
+        vec![MessagePart::Image, MessagePart::Text("Describe this picture in detail.".into())],
+    )];
     let image_prompt = pipeline.prepare(&messages, &[picture()])?;
     let image_tokens = image_prompt.tokens.ids.len();
     let image_start = Instant::now();

@@ -67,10 +67,10 @@ fn two_turns(engine: &Arc<Engine>) -> Result<(f64, f64, usize, usize)> {
     let pipeline = engine.pipeline();
     let mut messages = vec![
         ChatMessage::text("system", "You are a helpful assistant."),
-        ChatMessage {
-            role: "user".into(),
-            parts: vec![MessagePart::Image, MessagePart::Text("Describe this picture in detail.".into())],
-        },
+        ChatMessage::new(
+            "user",
+            vec![MessagePart::Image, MessagePart::Text("Describe this picture in detail.".into())],
+        ),
     ];
     let params = GenerationParams { max_tokens: Some(24), ..Default::default() };
     let first = run_together(engine, vec![pipeline.prepare(&messages, &[picture()])?], &params)?.remove(0);

@@ -23,6 +23,8 @@ pub mod quant;
 pub mod sdk;
 pub mod vision;
 
+pub use api::{FunctionDefinition, Tool, ToolChoice};
+pub use engine::Grammar;
 pub use error::{Error, Result};
 pub use quant::IsqType;
 pub use sdk::{

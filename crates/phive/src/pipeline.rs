@@ -12,7 +12,7 @@ use crate::audio::DecodedAudio;
 use crate::checkpoint::{Architecture, Checkpoint, TokenizerBundle};
 use crate::models::{LoadedModel, PreparedMedia};
 use crate::nn::linear::{LinearWeight, LoadVb};
-use crate::prompt::{ChatMessage, ChatTemplate, MediaKind, PromptTokens};
+use crate::prompt::{ChatMessage, ChatTemplate, MediaKind, PromptTokens, ToolFormat};
 use crate::quant::LoadContext;
 use crate::{Error, Result};
 
@@ -179,6 +179,11 @@ impl Pipeline {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer.tokenizer
+    }
+
+    /// How this model is told about tools and writes its calls.
+    pub fn tool_format(&self) -> ToolFormat {
+        ToolFormat::detect(&self.tokenizer.tokenizer, &self.tokenizer.chat_template)
     }
 
     /// Places media tags, applies the chat template, preprocesses images and tokenizes.

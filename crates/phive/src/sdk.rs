@@ -5,18 +5,20 @@
 //! The futures returned here do their blocking work (loading, image preprocessing, generation)
 //! on phive's own threads, so they can be awaited from any async runtime.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use image::DynamicImage;
 use tokio::sync::oneshot;
 
-use std::collections::VecDeque;
-
-use crate::api::{ChatCompletionChunk, ChatCompletionResponse, ChatResponseBuilder, Usage};
+use crate::api::{
+    tool_request, ChatCompletionChunk, ChatCompletionResponse, ChatResponseBuilder, Tool, ToolChoice,
+    ToolRequest, Usage,
+};
 use crate::audio::DecodedAudio;
 use crate::engine::{
-    Completion, Engine, EngineConfig, Event, GenerationParams, RequestHandle, SamplingParams,
+    Completion, Engine, EngineConfig, Event, GenerationParams, Grammar, RequestHandle, SamplingParams,
 };
 use crate::pipeline::{LoadOptions, Pipeline};
 use crate::prompt::{ChatMessage, MessagePart};
@@ -294,7 +296,7 @@ impl VisionMessages {
     ) -> Self {
         let mut parts = vec![MessagePart::Audio; audios.len()];
         parts.push(MessagePart::Text(text.to_string()));
-        self.messages.push(ChatMessage { role: role.as_str().to_string(), parts });
+        self.messages.push(ChatMessage::new(role.as_str(), parts));
         self.audios.extend(audios);
         self
     }
@@ -302,7 +304,7 @@ impl VisionMessages {
     fn with_images(mut self, role: TextMessageRole, text: impl ToString, images: Vec<DynamicImage>) -> Self {
         let mut parts = vec![MessagePart::Image; images.len()];
         parts.push(MessagePart::Text(text.to_string()));
-        self.messages.push(ChatMessage { role: role.as_str().to_string(), parts });
+        self.messages.push(ChatMessage::new(role.as_str(), parts));
         self.images.extend(images);
         self
     }
@@ -314,11 +316,13 @@ pub struct RequestBuilder {
     messages: VisionMessages,
     params: GenerationParams,
     n_choices: usize,
+    tools: Vec<Tool>,
+    tool_choice: Option<ToolChoice>,
 }
 
 impl From<VisionMessages> for RequestBuilder {
     fn from(messages: VisionMessages) -> Self {
-        RequestBuilder { messages, params: GenerationParams::default(), n_choices: 1 }
+        RequestBuilder { messages, n_choices: 1, ..Default::default() }
     }
 }
 
@@ -412,6 +416,43 @@ impl RequestBuilder {
     pub fn set_sampler_n_choices(mut self, n: usize) -> Self {
         self.n_choices = n;
         self
+    }
+
+    /// Holds the output to a JSON schema, a regular expression or a Lark grammar.
+    pub fn set_constraint(mut self, grammar: Grammar) -> Self {
+        self.params.grammar = Some(grammar);
+        self
+    }
+
+    /// Adds `bias` (-100..=100) to the logits of these token ids before sampling.
+    pub fn set_sampler_logits_bias(mut self, bias: HashMap<u32, f32>) -> Self {
+        self.params.sampling.logit_bias = bias.into_iter().collect();
+        self
+    }
+
+    /// Functions the model may call (OpenAI's `tools`).
+    pub fn set_tools(mut self, tools: Vec<Tool>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// Whether and which tool the model must call (default: the model decides).
+    pub fn set_tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = Some(choice);
+        self
+    }
+
+    /// The validated tool settings, as the HTTP API would validate them.
+    fn tool_request(&self) -> Result<Option<ToolRequest>> {
+        let choice = match &self.tool_choice {
+            None | Some(ToolChoice::Auto) => serde_json::json!("auto"),
+            Some(ToolChoice::Required) => serde_json::json!("required"),
+            Some(ToolChoice::Named(name)) => {
+                serde_json::json!({"type": "function", "function": {"name": name}})
+            }
+        };
+        let tools = (!self.tools.is_empty()).then(|| self.tools.clone());
+        tool_request(tools, Some(&choice), None).map_err(|e| Error::InvalidRequest(e.message))
     }
 }
 
@@ -513,13 +554,20 @@ impl Model {
         let engine = Arc::clone(&self.engine);
         let n = request.n_choices.max(1);
         let logprobs = request.params.logprobs.is_some();
+        let tools = request.tool_request()?;
         let handle = run_blocking(move || {
+            let RequestBuilder { messages: mut conversation, mut params, .. } = request;
+            if let Some(tools) = tools {
+                tools
+                    .apply(engine.pipeline().tool_format(), &mut conversation.messages, &mut params)
+                    .map_err(|e| Error::InvalidRequest(e.message))?;
+            }
             let prepared = engine.pipeline().prepare_media(
-                &request.messages.messages,
-                &request.messages.images,
-                &request.messages.audios,
+                &conversation.messages,
+                &conversation.images,
+                &conversation.audios,
             )?;
-            engine.submit(prepared, request.params, n)
+            engine.submit(prepared, params, n)
         })
         .await?;
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

@@ -32,7 +32,7 @@ fn run(
     let tok = tokenizer();
     let prompt = PromptTokens { ids: vec![1, 450, 4799], media: vec![] };
     check_lengths(prompt.ids.len(), &params, 4096)?;
-    let mut generation = Generation::new(&prompt, &params, 4096, Instant::now());
+    let mut generation = Generation::new(&prompt, &params, None, 4096, Instant::now());
     generation.mark_scheduled(0);
     let mut step = 0;
     let reason = loop {

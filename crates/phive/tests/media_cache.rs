@@ -20,7 +20,7 @@ fn ask(engine: &Engine, earlier: &str, images: &[DynamicImage]) -> Completion {
     let mut parts = vec![MessagePart::Text(earlier.into())];
     parts.extend(images.iter().map(|_| MessagePart::Image));
     parts.push(MessagePart::Text("What is in this picture?".into()));
-    let messages = [ChatMessage { role: "user".into(), parts }];
+    let messages = [ChatMessage::new("user", parts)];
     let prepared = engine.pipeline().prepare(&messages, images).unwrap();
     common::complete(engine, prepared, &params())
 }

@@ -38,10 +38,10 @@ fn every_golden_case_reproduces_ids_and_greedy_tokens() {
 fn tags_are_placed_without_a_newline_when_absent() {
     let pipeline = load();
     let image = common::image("odd_333x777.png");
-    let messages = vec![ChatMessage {
-        role: "user".into(),
-        parts: vec![MessagePart::Image, MessagePart::Text("What is shown in this image?".into())],
-    }];
+    let messages = vec![ChatMessage::new(
+        "user",
+        vec![MessagePart::Image, MessagePart::Text("What is shown in this image?".into())],
+    )];
     let prepared = pipeline.prepare(&messages, &[image]).unwrap();
     assert_eq!(prepared.text, "<|user|><|image_1|>What is shown in this image?<|end|><|assistant|>");
 }
@@ -60,11 +60,11 @@ fn bad_audio_and_bad_images_get_distinct_errors() {
             .to_string();
     assert!(image_err.contains("image"), "{image_err}");
     // An audio part without an audio input, and an extreme aspect ratio, are request errors.
-    let messages = vec![ChatMessage { role: "user".into(), parts: vec![MessagePart::Audio] }];
+    let messages = vec![ChatMessage::new("user", vec![MessagePart::Audio])];
     let err = pipeline.prepare_media(&messages, &[], &[]).err().unwrap().to_string();
     assert!(err.contains("1 audio input(s) but 0 were supplied"), "{err}");
     let sliver = image::DynamicImage::new_rgb8(4000, 3);
-    let messages = vec![ChatMessage { role: "user".into(), parts: vec![MessagePart::Image] }];
+    let messages = vec![ChatMessage::new("user", vec![MessagePart::Image])];
     let err = pipeline.prepare(&messages, &[sliver]).err().unwrap().to_string();
     assert!(err.contains("aspect ratio"), "{err}");
 }

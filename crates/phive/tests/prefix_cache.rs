@@ -26,7 +26,7 @@ fn uncached(dir: &std::path::Path) -> Engine {
 }
 
 fn message(role: &str, parts: Vec<MessagePart>) -> ChatMessage {
-    ChatMessage { role: role.into(), parts }
+    ChatMessage::new(role, parts)
 }
 
 fn text(role: &str, text: &str) -> ChatMessage {

@@ -17,6 +17,8 @@ __all__ = [
     "TopLogprob",
     "ResponseLogprob",
     "Logprobs",
+    "FunctionCall",
+    "ToolCall",
     "ResponseMessage",
     "Choice",
     "ChatCompletionResponse",
@@ -107,11 +109,43 @@ class Logprobs(_Record):
 
 
 @dataclass
+class FunctionCall(_Record):
+    """A function name and its arguments as a JSON string."""
+
+    name: str
+    arguments: str
+
+
+@dataclass
+class ToolCall(_Record):
+    """One call of a function by the model (in a stream, the whole call on the last chunk)."""
+
+    id: Optional[str]
+    type: Optional[str]
+    function: FunctionCall
+    index: Optional[int] = None
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "ToolCall":
+        return cls(
+            id=d.get("id"),
+            type=d.get("type"),
+            function=FunctionCall._from(d["function"]),
+            index=d.get("index"),
+        )
+
+
+def _tool_calls(calls: Optional[List[Dict[str, Any]]]) -> Optional[List[ToolCall]]:
+    return None if calls is None else [ToolCall._from(c) for c in calls]
+
+
+@dataclass
 class ResponseMessage(_Record):
-    """The assistant's answer."""
+    """The assistant's answer: text, or ``None`` with ``tool_calls`` when it only called tools."""
 
     role: str
-    content: str
+    content: Optional[str]
+    tool_calls: Optional[List[ToolCall]] = None
 
 
 @dataclass
@@ -144,6 +178,7 @@ class Delta(_Record):
 
     content: Optional[str] = None
     role: Optional[str] = None
+    tool_calls: Optional[List[ToolCall]] = None
 
 
 @dataclass
@@ -189,7 +224,11 @@ def response_from_dict(d: Dict[str, Any]) -> ChatCompletionResponse:
     choices = [
         Choice(
             index=c["index"],
-            message=ResponseMessage(role=c["message"]["role"], content=c["message"]["content"]),
+            message=ResponseMessage(
+                role=c["message"]["role"],
+                content=c["message"]["content"],
+                tool_calls=_tool_calls(c["message"].get("tool_calls")),
+            ),
             finish_reason=c["finish_reason"],
             logprobs=_logprobs(c.get("logprobs")),
         )
@@ -212,7 +251,11 @@ def chunk_from_dict(d: Dict[str, Any]) -> ChatCompletionChunkResponse:
     choices = [
         ChunkChoice(
             index=c["index"],
-            delta=Delta(content=c["delta"].get("content"), role=c["delta"].get("role")),
+            delta=Delta(
+                content=c["delta"].get("content"),
+                role=c["delta"].get("role"),
+                tool_calls=_tool_calls(c["delta"].get("tool_calls")),
+            ),
             finish_reason=c.get("finish_reason"),
             logprobs=_logprobs(c.get("logprobs")),
         )

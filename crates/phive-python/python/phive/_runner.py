@@ -144,6 +144,11 @@ class ChatCompletionRequest:
     ``{"type": "image_url", "image_url": {"url": ...}}`` where the url is an http(s) URL, a
     ``data:`` URL, raw base64 or a local path (relative to the working directory). ``model`` is
     informational. ``stop`` is an alias of ``stop_seqs``; ``n_choices`` is OpenAI's ``n``.
+
+    Structured output: OpenAI's ``response_format``, or mistral.rs's ``grammar`` with
+    ``grammar_type`` ``"regex"``, ``"lark"`` or ``"json_schema"`` (a dict or its JSON text).
+    Tools: OpenAI's ``tools`` (dicts), or mistral.rs's ``tool_schemas`` (their JSON texts), with
+    ``tool_choice`` and ``parallel_tool_calls``.
     Values are validated when the request is sent, with the same rules and messages as phive's
     HTTP server.
     """
@@ -182,6 +187,9 @@ class ChatCompletionRequest:
         seed: Optional[int] = None,
         stop: Optional[Union[str, Sequence[str]]] = None,
         max_completion_tokens: Optional[int] = None,
+        response_format: Optional[Mapping[str, Any]] = None,
+        tools: Optional[Sequence[Mapping[str, Any]]] = None,
+        parallel_tool_calls: Optional[bool] = None,
     ) -> None:
         self.messages = messages
         self.model = model
@@ -215,18 +223,19 @@ class ChatCompletionRequest:
         self.seed = seed
         self.stop = stop
         self.max_completion_tokens = max_completion_tokens
+        self.response_format = response_format
+        self.tools = tools
+        self.parallel_tool_calls = parallel_tool_calls
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v not in (None, False))
         return f"ChatCompletionRequest({fields})"
 
     def _check_unsupported(self) -> None:
-        for name in ("grammar", "grammar_type", "tool_schemas", "web_search_options", "reasoning_effort"):
+        for name in ("web_search_options", "reasoning_effort"):
             value = getattr(self, name)
             if value is not None:
                 raise _unsupported(name, value)
-        if self.tool_choice not in (None, "none", "auto"):
-            raise _unsupported("tool_choice", self.tool_choice, "phive has no tool calling")
         if self.dry_multiplier not in (None, 0, 0.0):
             raise _unsupported("dry_multiplier", self.dry_multiplier, "DRY sampling is not implemented")
         if self.enable_thinking:
@@ -270,7 +279,44 @@ class ChatCompletionRequest:
         }
         if self.logit_bias:
             body["logit_bias"] = {str(k): v for k, v in dict(self.logit_bias).items()}
+        body["grammar"] = self._grammar()
+        body["tools"] = self._tools()
+        body["tool_choice"] = self.tool_choice
+        body["parallel_tool_calls"] = self.parallel_tool_calls
+        body["response_format"] = None if self.response_format is None else dict(self.response_format)
         return {k: v for k, v in body.items() if v is not None}
+
+    def _grammar(self) -> Optional[Dict[str, Any]]:
+        """mistral.rs's ``grammar``/``grammar_type`` as phive's ``grammar`` field."""
+        if self.grammar is None and self.grammar_type is None:
+            return None
+        if self.grammar is None or self.grammar_type not in ("regex", "lark", "json_schema"):
+            raise InvalidRequestError(
+                'grammar needs grammar_type "regex", "lark" or "json_schema" (and grammar_type a grammar)',
+                param="grammar_type",
+            )
+        value: Any = self.grammar
+        if self.grammar_type == "json_schema" and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise InvalidRequestError(f"grammar is not valid JSON: {e}", param="grammar") from None
+        return {"type": self.grammar_type, "value": value}
+
+    def _tools(self) -> Optional[List[Any]]:
+        """``tools``, or mistral.rs's ``tool_schemas`` (JSON texts of tools or bare functions)."""
+        if self.tools is not None and self.tool_schemas is not None:
+            raise InvalidRequestError("pass tools or tool_schemas, not both", param="tool_schemas")
+        if self.tool_schemas is None:
+            return None if self.tools is None else [dict(t) for t in self.tools]
+        tools = []
+        for schema in self.tool_schemas:
+            try:
+                tool = json.loads(schema)
+            except (TypeError, ValueError) as e:
+                raise InvalidRequestError(f"tool_schemas entries must be JSON texts: {e}", param="tool_schemas") from None
+            tools.append(tool if isinstance(tool, dict) and "function" in tool else {"type": "function", "function": tool})
+        return tools
 
 
 def _dumps(body: Dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ use super::response::{
     finish_reason, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, ChunkDelta, Timings, Usage,
 };
+use super::tool_calls::{parse_tool_calls, ToolCall};
 use crate::engine::{Completion, Delta};
 
 /// The fixed parts of one chat response (id, timestamp, model) and whether it carries logprobs.
@@ -37,7 +38,8 @@ impl ChatResponseBuilder {
 
     /// The first chunk of a choice: the assistant role and empty content.
     pub fn role_chunk(&self, index: usize) -> ChatCompletionChunk {
-        let delta = ChunkDelta { role: Some("assistant".into()), content: Some(String::new()) };
+        let delta =
+            ChunkDelta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None };
         self.chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
     }
 
@@ -47,18 +49,23 @@ impl ChatResponseBuilder {
             return None;
         }
         let logprobs = self.logprobs.then(|| ChoiceLogprobs::from_engine(&delta.logprobs));
-        let delta = ChunkDelta { role: None, content: Some(delta.text.clone()) };
+        let delta = ChunkDelta { role: None, content: Some(delta.text.clone()), tool_calls: None };
         Some(self.chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason: None }], None))
     }
 
-    /// The last chunk of a choice: an empty delta and its `finish_reason`.
+    /// The last chunk of a choice: its `finish_reason`, with the choice's tool calls (or the
+    /// text of call sections that did not parse) in the delta.
     pub fn finish_chunk(&self, index: usize, completion: &Completion) -> ChatCompletionChunk {
-        let choice = ChunkChoice {
-            index,
-            delta: ChunkDelta::default(),
-            logprobs: None,
-            finish_reason: Some(finish_reason(completion.finish_reason).to_string()),
+        let answer = Answer::of(completion);
+        let delta = ChunkDelta {
+            content: answer.unparsed_calls,
+            tool_calls: answer
+                .tool_calls
+                .as_ref()
+                .map(|calls| calls.iter().enumerate().map(|(i, call)| call.as_delta(i)).collect()),
+            ..Default::default()
         };
+        let choice = ChunkChoice { index, delta, logprobs: None, finish_reason: Some(answer.finish_reason) };
         self.chunk(vec![choice], None)
     }
 
@@ -76,11 +83,23 @@ impl ChatResponseBuilder {
         let choices = completions
             .iter()
             .enumerate()
-            .map(|(index, c)| ChatChoice {
-                index,
-                message: AssistantMessage { role: "assistant".into(), content: Some(c.text.clone()) },
-                logprobs: self.logprobs.then(|| ChoiceLogprobs::from_engine(&c.logprobs)),
-                finish_reason: finish_reason(c.finish_reason).to_string(),
+            .map(|(index, c)| {
+                let answer = Answer::of(c);
+                let content = match (answer.unparsed_calls, &answer.tool_calls) {
+                    (Some(calls), _) => Some(c.text.clone() + &calls),
+                    (None, Some(_)) if c.text.trim().is_empty() => None,
+                    (None, _) => Some(c.text.clone()),
+                };
+                ChatChoice {
+                    index,
+                    message: AssistantMessage {
+                        role: "assistant".into(),
+                        content,
+                        tool_calls: answer.tool_calls,
+                    },
+                    logprobs: self.logprobs.then(|| ChoiceLogprobs::from_engine(&c.logprobs)),
+                    finish_reason: answer.finish_reason,
+                }
             })
             .collect();
         ChatCompletionResponse {
@@ -92,6 +111,29 @@ impl ChatResponseBuilder {
             usage,
             timings: completions.first().map(|c| Timings::from_usage(&c.usage)),
         }
+    }
+}
+
+/// What a choice's tool-call sections amount to.
+struct Answer {
+    /// The calls, when every section parsed.
+    tool_calls: Option<Vec<ToolCall>>,
+    /// The sections' text, when they did not parse (returned as content instead).
+    unparsed_calls: Option<String>,
+    /// `tool_calls` when the answer is calls, else the engine's reason.
+    finish_reason: String,
+}
+
+impl Answer {
+    fn of(completion: &Completion) -> Self {
+        let sections = &completion.tool_call_sections;
+        let tool_calls = parse_tool_calls(sections);
+        let unparsed_calls = (tool_calls.is_none() && !sections.is_empty()).then(|| sections.concat());
+        let finish_reason = match tool_calls {
+            Some(_) => "tool_calls".to_string(),
+            None => finish_reason(completion.finish_reason).to_string(),
+        };
+        Answer { tool_calls, unparsed_calls, finish_reason }
     }
 }
 

@@ -10,12 +10,14 @@ mod error;
 mod prepare;
 mod request;
 mod response;
+mod tool_calls;
 
 pub use assemble::ChatResponseBuilder;
 pub use error::{ApiError, ErrorKind, ErrorObject, ErrorResponse};
 pub use request::{
-    ChatCompletionRequest, ChatInput, CompletionRequest, Content, ContentPart, Delivery, ImageUrl, Message,
-    RequestLimits, SamplingFields, StopSpec, StreamOptions, TextInput, DEFAULT_COMPLETION_MAX_TOKENS,
+    history_calls_text, tool_request, ChatCompletionRequest, ChatInput, CompletionRequest, Content,
+    ContentPart, Delivery, FunctionDefinition, ImageUrl, Message, RequestLimits, SamplingFields, StopSpec,
+    StreamOptions, TextInput, Tool, ToolChoice, ToolRequest, DEFAULT_COMPLETION_MAX_TOKENS,
     MAX_LEGACY_LOGPROBS, MAX_N, MAX_STOP, MAX_STOP_LEN, MAX_TOP_LOGPROBS,
 };
 pub use response::{
@@ -23,3 +25,4 @@ pub use response::{
     ChunkChoice, ChunkDelta, CompletionChoice, CompletionResponse, LegacyLogprobs, LogprobEntry, ModelCard,
     ModelList, PromptTokensDetails, Timings, TopLogprobEntry, Usage,
 };
+pub use tool_calls::{parse_tool_calls, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta};

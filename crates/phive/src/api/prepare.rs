@@ -1,17 +1,35 @@
 //! Fetching a chat request's media under a policy and preparing its prompt: the step every
 //! front end runs between validating a request and submitting it to the engine.
 
-use super::{ApiError, ChatInput};
+use super::{history_calls_text, ApiError, ChatInput};
 use crate::fault::{inject, Fault};
 use crate::media::{load_audio_held, load_image_held, MediaPolicy};
 use crate::pipeline::{Pipeline, PreparedPrompt};
-use crate::prompt::MessagePart;
+use crate::prompt::{MessagePart, ToolFormat};
 
 impl ChatInput {
-    /// Fetches and decodes every image and audio reference (blocking; run it off async
-    /// executors) and prepares the prompt. Errors name the failing item ("image 2: ...").
-    /// The decoded media count against `policy.budget` until the prompt is prepared.
-    pub fn prepare(&self, pipeline: &Pipeline, policy: &MediaPolicy) -> Result<PreparedPrompt, ApiError> {
+    /// Writes the history's tool calls and the offered tools into the conversation, and sets
+    /// the tool-call syntax and grammar in `params`, in the loaded model's tool format.
+    pub fn apply_tools(&mut self, format: ToolFormat) -> Result<(), ApiError> {
+        for (index, calls) in std::mem::take(&mut self.history_calls) {
+            let parts = &mut self.messages[index].parts;
+            if parts.iter().all(|p| *p == MessagePart::Text(String::new())) {
+                parts.clear();
+            }
+            parts.push(MessagePart::Text(history_calls_text(&calls, format)));
+        }
+        match self.tools.take() {
+            Some(tools) => tools.apply(format, &mut self.messages, &mut self.params),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies the tools ([`Self::apply_tools`]), fetches and decodes every image and audio
+    /// reference (blocking; run it off async executors) and prepares the prompt. Errors name
+    /// the failing item ("image 2: ..."). The decoded media count against `policy.budget`
+    /// until the prompt is prepared.
+    pub fn prepare(&mut self, pipeline: &Pipeline, policy: &MediaPolicy) -> Result<PreparedPrompt, ApiError> {
+        self.apply_tools(pipeline.tool_format())?;
         if !self.audios.is_empty() && !pipeline.accepts_audio() {
             // Refuse before fetching anything, naming the first audio part.
             let position = self.messages.iter().enumerate().find_map(|(i, m)| {

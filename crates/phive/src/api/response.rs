@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::tool_calls::{ToolCall, ToolCallDelta};
 use crate::engine::{FinishReason, TokenLogprob};
 
 /// Token counts, as OpenAI reports them, plus mistral.rs's rates and times (OpenAI clients
@@ -163,8 +164,12 @@ impl ChoiceLogprobs {
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: String,
-    /// The generated text (an `Option`, as in mistral.rs and OpenAI's schema).
+    /// The generated text (an `Option`, as in mistral.rs and OpenAI's schema); null when the
+    /// answer is only tool calls.
     pub content: Option<String>,
+    /// The calls the model made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// One choice of a chat completion.
@@ -176,7 +181,7 @@ pub struct ChatChoice {
     pub message: AssistantMessage,
     /// Log-probabilities when requested, else null.
     pub logprobs: Option<ChoiceLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     pub finish_reason: String,
 }
 
@@ -209,6 +214,9 @@ pub struct ChunkDelta {
     /// New text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Tool calls (whole, on the choice's last chunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// One choice in a chat chunk.

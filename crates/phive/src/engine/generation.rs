@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::constraint::Constraint;
+use super::grammar::Grammar;
 use super::logprobs::{token_logprob, TokenLogprob};
 use super::{IncrementalDetokenizer, Sampler, SamplingParams, StopStrings};
 use crate::prompt::{MediaKind, PromptTokens};
@@ -21,6 +23,27 @@ pub struct GenerationParams {
     /// Report log-probabilities of the chosen tokens with this many top alternatives
     /// (`None`: no log-probabilities).
     pub logprobs: Option<usize>,
+    /// What the output must match (structured output, enforced tool calls).
+    pub grammar: Option<Grammar>,
+    /// Where tool calls appear in the output, when the request offers tools.
+    pub tool_calls: Option<ToolCallSyntax>,
+}
+
+/// How a model writes tool calls; the text of a call is kept out of the streamed content and
+/// handed to the front end, which parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolCallSyntax {
+    /// The whole output is one call section (a grammar forces it; for models with no call
+    /// format).
+    Whole,
+    /// Calls sit between two special tokens (Phi-4's `<|tool_call|>` … `<|/tool_call|>`); text
+    /// outside them is content.
+    Between {
+        /// The token that opens a call section.
+        open: u32,
+        /// The token that closes it.
+        close: u32,
+    },
 }
 
 /// A piece of streamed output.
@@ -53,6 +76,8 @@ pub struct Completion {
     pub tokens: Vec<u32>,
     /// Log-probabilities per generated token (stop tokens excluded), when requested.
     pub logprobs: Vec<TokenLogprob>,
+    /// The text of each tool-call section, in order (see [`ToolCallSyntax`]).
+    pub tool_call_sections: Vec<String>,
     /// Why it ended.
     pub finish_reason: FinishReason,
     /// Token counts and timings.
@@ -138,10 +163,14 @@ pub struct Advance {
     pub finished: Option<FinishReason>,
 }
 
-/// The output state of one choice: sampler, stop strings, detokenizer, text so far.
+/// The output state of one choice: sampler, grammar, stop strings, detokenizer, text so far.
 pub struct Generation {
     params: GenerationParams,
     sampler: Sampler,
+    constraint: Option<Constraint>,
+    /// Tool-call sections so far; text goes to the last one while `in_tool_call`.
+    tool_call_sections: Vec<String>,
+    in_tool_call: bool,
     stops: StopStrings,
     detok: IncrementalDetokenizer,
     /// Text ids of the prompt and the completion (what the repetition penalty looks at).
@@ -159,11 +188,13 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// The state before the first token of a request that arrived at `started`. Check the
-    /// lengths with [`check_lengths`] and the sampling parameters first.
+    /// The state before the first token of a request that arrived at `started`, its output
+    /// held to `constraint` (the request's compiled grammar) when there is one. Check the lengths
+    /// with [`check_lengths`] and the sampling parameters first.
     pub fn new(
         prompt: &PromptTokens,
         params: &GenerationParams,
+        constraint: Option<Constraint>,
         context_length: usize,
         started: Instant,
     ) -> Self {
@@ -172,6 +203,12 @@ impl Generation {
         Generation {
             params: params.clone(),
             sampler: Sampler::new(params.sampling.clone()),
+            constraint,
+            tool_call_sections: match params.tool_calls {
+                Some(ToolCallSyntax::Whole) => vec![String::new()],
+                _ => Vec::new(),
+            },
+            in_tool_call: params.tool_calls == Some(ToolCallSyntax::Whole),
             stops: StopStrings::new(params.stop.iter().cloned()),
             detok: IncrementalDetokenizer::new(),
             context: prompt.text_ids(),
@@ -226,7 +263,21 @@ impl Generation {
         tokenizer: &tokenizers::Tokenizer,
         stop_token_ids: &[u32],
     ) -> Result<Advance> {
-        let token = self.sampler.sample(logits, &self.context);
+        let biased;
+        let logits = match self.sampler.has_bias() {
+            true => {
+                let mut copy = logits.to_vec();
+                self.sampler.apply_bias(&mut copy);
+                biased = copy;
+                &biased[..]
+            }
+            false => logits,
+        };
+        let allowed = self.constraint.as_mut().map(Constraint::allowed).transpose()?;
+        let token = self.sampler.sample(logits, &self.context, allowed.as_ref());
+        if let Some(constraint) = &mut self.constraint {
+            constraint.accept(token);
+        }
         if self.first_token.is_none() {
             let now = Instant::now();
             self.first_token = Some(now);
@@ -247,9 +298,25 @@ impl Generation {
         }
         self.sampler.observe(token);
         self.context.push(token);
+        if let Some(ToolCallSyntax::Between { open, close }) = self.params.tool_calls {
+            if token == open {
+                self.tool_call_sections.push(String::new());
+                self.in_tool_call = true;
+            } else if token == close {
+                self.in_tool_call = false;
+            }
+        }
+        let piece = self.detok.push(tokenizer, token)?;
+        if self.in_tool_call {
+            if let (Some(piece), Some(section)) = (piece, self.tool_call_sections.last_mut()) {
+                section.push_str(&piece);
+            }
+            let finished = (self.tokens.len() >= self.budget).then_some(FinishReason::Length);
+            return Ok(Advance { token, delta: None, finished });
+        }
         let searched = self.text.len();
-        if let Some(delta) = self.detok.push(tokenizer, token)? {
-            self.text.push_str(&delta);
+        if let Some(piece) = piece {
+            self.text.push_str(&piece);
         }
         if let Some(hit) = self.stops.find(&self.text, searched) {
             self.text.truncate(hit.at);
@@ -277,7 +344,10 @@ impl Generation {
     ) -> Result<(Option<Delta>, Completion)> {
         if reason == FinishReason::Length {
             if let Some(rest) = self.detok.flush(tokenizer)? {
-                self.text.push_str(&rest);
+                match self.tool_call_sections.last_mut().filter(|_| self.in_tool_call) {
+                    Some(section) => section.push_str(&rest),
+                    None => self.text.push_str(&rest),
+                }
             }
         }
         let tail = (reason != FinishReason::Cancelled
@@ -292,6 +362,7 @@ impl Generation {
             text: self.text,
             tokens: self.tokens,
             logprobs: self.logprobs,
+            tool_call_sections: self.tool_call_sections,
             finish_reason: reason,
             usage: self.usage,
         };

@@ -6,12 +6,15 @@
 //! KV block ids and the prefix cache's index, `prefix` hashes blocks by content, `runner` runs a
 //! step on the model, `sequence` and `generation` hold one choice's state, `encoder` and
 //! `media_cache` encode images and audio beside the loop, `stats` what the loop reports,
-//! `health` contains panics and tracks the loop's liveness.
+//! `health` contains panics and tracks the loop's liveness, `grammar` compiles structured-output
+//! grammars and `constraint` walks one per choice.
 
 mod blocks;
+mod constraint;
 pub mod detokenizer;
 mod encoder;
 pub mod generation;
+mod grammar;
 mod health;
 pub mod logprobs;
 mod media_cache;
@@ -23,11 +26,14 @@ mod sequence;
 pub mod service;
 pub mod stats;
 pub mod stop;
+mod vocab;
 
 pub use detokenizer::IncrementalDetokenizer;
 pub use generation::{
-    check_lengths, Advance, Completion, Delta, FinishReason, Generation, GenerationParams, Usage,
+    check_lengths, Advance, Completion, Delta, FinishReason, Generation, GenerationParams, ToolCallSyntax,
+    Usage,
 };
+pub use grammar::{with_layout, Grammar};
 pub use logprobs::{TokenLogprob, TopLogprob};
 pub use sampler::{Sampler, SamplingParams};
 pub use service::{Engine, EngineConfig, Event, RequestHandle, DEFAULT_MEDIA_CACHE_BYTES};

@@ -4,6 +4,9 @@
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::HashMap;
 
+use toktrie::SimpleVob;
+
+use super::constraint::mask_logits;
 use crate::{Error, Result};
 
 /// Sampling parameters with OpenAI's names and meanings.
@@ -25,6 +28,10 @@ pub struct SamplingParams {
     pub repetition_penalty: Option<f32>,
     /// Seed for reproducible sampling.
     pub seed: Option<u64>,
+    /// Added to the logits of these token ids before anything else (OpenAI's `logit_bias`,
+    /// -100..=100; ±100 bans or forces a token in practice).
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl SamplingParams {
@@ -63,6 +70,12 @@ impl SamplingParams {
                 return bad("repetition_penalty", "must be a positive number");
             }
         }
+        if let Some((id, bias)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+            return bad(
+                "logit_bias",
+                &format!("values must be between -100 and 100, got {bias} for token {id}"),
+            );
+        }
         Ok(())
     }
 
@@ -93,11 +106,29 @@ impl Sampler {
         *self.completion_counts.entry(token).or_default() += 1;
     }
 
-    /// Picks the next token from `logits`; `context` is every text token so far (prompt and
-    /// completion), which the repetition penalty looks at.
-    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
+    /// Adds the request's `logit_bias` (ids outside `logits` were refused at submission).
+    pub fn apply_bias(&self, logits: &mut [f32]) {
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(logit) = logits.get_mut(id as usize) {
+                *logit += bias;
+            }
+        }
+    }
+
+    /// Whether the request has a `logit_bias`.
+    pub fn has_bias(&self) -> bool {
+        !self.params.logit_bias.is_empty()
+    }
+
+    /// Picks the next token from `logits` (already biased); `context` is every text token so far
+    /// (prompt and completion), which the repetition penalty looks at; tokens outside `allowed`
+    /// (a grammar's mask) are never picked.
+    pub fn sample(&mut self, logits: &[f32], context: &[u32], allowed: Option<&SimpleVob>) -> u32 {
         let mut logits = logits.to_vec();
         self.apply_penalties(&mut logits, context);
+        if let Some(allowed) = allowed {
+            mask_logits(&mut logits, allowed);
+        }
         if self.params.is_greedy() {
             return argmax(&logits);
         }
@@ -189,7 +220,7 @@ mod tests {
     #[test]
     fn greedy_takes_argmax() {
         let mut s = Sampler::new(SamplingParams::default());
-        assert_eq!(s.sample(&[0.1, 3.0, 2.9], &[]), 1);
+        assert_eq!(s.sample(&[0.1, 3.0, 2.9], &[], None), 1);
     }
 
     #[test]
@@ -197,7 +228,7 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let draw = |seed| {
             let mut s = Sampler::new(SamplingParams { seed: Some(seed), ..params() });
-            (0..40).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..40).map(|_| s.sample(&logits, &[], None)).collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));
@@ -207,7 +238,7 @@ mod tests {
     fn top_k_one_is_greedy() {
         let mut s = Sampler::new(SamplingParams { top_k: Some(1), ..params() });
         for _ in 0..20 {
-            assert_eq!(s.sample(&[1.0, 1.2, 0.5], &[]), 1);
+            assert_eq!(s.sample(&[1.0, 1.2, 0.5], &[], None), 1);
         }
     }
 
@@ -216,9 +247,9 @@ mod tests {
         // Probabilities ~ [0.66, 0.24, 0.09, 0.01]: top_p 0.5 keeps only the first.
         let logits = [3.0, 2.0, 1.0, -1.0];
         let mut s = Sampler::new(SamplingParams { top_p: Some(0.5), ..params() });
-        assert!((0..50).all(|_| s.sample(&logits, &[]) == 0));
+        assert!((0..50).all(|_| s.sample(&logits, &[], None) == 0));
         let mut s = Sampler::new(SamplingParams { min_p: Some(0.3), ..params() });
-        assert!((0..200).all(|_| s.sample(&logits, &[]) <= 1));
+        assert!((0..200).all(|_| s.sample(&logits, &[], None) <= 1));
     }
 
     #[test]
@@ -235,10 +266,10 @@ mod tests {
         s.observe(0);
         s.observe(0);
         // 2.0 - 2*0.5 = 1.0 < 1.5
-        assert_eq!(s.sample(&[2.0, 1.5], &[]), 1);
+        assert_eq!(s.sample(&[2.0, 1.5], &[], None), 1);
         let mut s = Sampler::new(SamplingParams { presence_penalty: Some(1.0), ..Default::default() });
         s.observe(0);
-        assert_eq!(s.sample(&[2.0, 1.5], &[]), 1);
+        assert_eq!(s.sample(&[2.0, 1.5], &[], None), 1);
     }
 
     #[test]
@@ -248,5 +279,28 @@ mod tests {
         let err = SamplingParams { temperature: Some(3.0), ..Default::default() }.validate().unwrap_err();
         assert!(err.to_string().contains("temperature"));
         assert!(SamplingParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_mask_restricts_greedy_and_sampled_choices() {
+        let mut allowed = SimpleVob::alloc(4);
+        allowed.allow_token(2);
+        allowed.allow_token(3);
+        let logits = [5.0, 4.0, 1.0, 0.5];
+        assert_eq!(Sampler::new(SamplingParams::default()).sample(&logits, &[], Some(&allowed)), 2);
+        let mut s = Sampler::new(params());
+        assert!((0..100).all(|_| [2, 3].contains(&s.sample(&logits, &[], Some(&allowed)))));
+    }
+
+    #[test]
+    fn logit_bias_is_added_and_validated() {
+        let s =
+            Sampler::new(SamplingParams { logit_bias: vec![(1, 100.0), (0, -5.0)], ..Default::default() });
+        let mut logits = vec![1.0, 0.0, 2.0];
+        s.apply_bias(&mut logits);
+        assert_eq!(logits, vec![-4.0, 100.0, 2.0]);
+        let err =
+            SamplingParams { logit_bias: vec![(3, 101.0)], ..Default::default() }.validate().unwrap_err();
+        assert!(err.to_string().contains("logit_bias"), "{err}");
     }
 }

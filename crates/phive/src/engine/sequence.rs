@@ -6,6 +6,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use llguidance::Matcher;
+
+use super::constraint::Constraint;
 use super::generation::Generation;
 use super::prefix::{BlockHash, Content};
 use super::{Event, GenerationParams};
@@ -21,6 +24,8 @@ pub struct Request {
     pub params: GenerationParams,
     /// Number of choices (`n`).
     pub choices: usize,
+    /// The compiled grammar at its start, copied for each choice (`params.grammar`).
+    pub grammar: Option<Matcher>,
     /// The LoRA adapter of every forward pass of this request.
     pub adapter: Option<&'static str>,
     /// When the request arrived (for time to first token).
@@ -40,6 +45,11 @@ impl Request {
     /// Sends an event; a caller that went away is noticed through [`Request::is_cancelled`].
     pub fn send(&self, event: Event) {
         let _ = self.events.send(event);
+    }
+
+    /// A fresh walk of the request's grammar for one choice.
+    fn constraint(&self) -> Option<Constraint> {
+        self.grammar.as_ref().map(|grammar| Constraint::start(grammar.deep_clone()))
     }
 
     /// The generation parameters of choice `choice`.
@@ -83,7 +93,13 @@ impl Sequence {
     /// The first choice of `request`, carrying the forks of the others.
     pub fn new(id: u64, request: Arc<Request>, context_length: usize) -> Self {
         let prompt = &request.prepared.tokens;
-        let generation = Generation::new(prompt, &request.choice_params(0), context_length, request.started);
+        let generation = Generation::new(
+            prompt,
+            &request.choice_params(0),
+            request.constraint(),
+            context_length,
+            request.started,
+        );
         Sequence {
             id,
             tokens: prompt.ids.clone(),
@@ -106,6 +122,7 @@ impl Sequence {
         let mut generation = Generation::new(
             &request.prepared.tokens,
             &request.choice_params(choice),
+            request.constraint(),
             context_length,
             request.started,
         );

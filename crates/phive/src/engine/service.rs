@@ -12,6 +12,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::encoder::{Encoder, Message};
 use super::generation::check_lengths;
+use super::grammar::{Grammar, GrammarCompiler};
 use super::health::{contain, AliveGuard};
 use super::media_cache::MediaCache;
 use super::prefix::PrefixHasher;
@@ -128,6 +129,8 @@ struct Shared {
     media_cache: Arc<Mutex<MediaCache>>,
     /// Whether the loop thread is running (false once it returned or panicked).
     alive: Arc<AtomicBool>,
+    /// Structured-output grammars, compiled against the vocabulary.
+    grammars: GrammarCompiler,
 }
 
 /// A pipeline served by the batching loop.
@@ -159,6 +162,7 @@ impl Engine {
             next_id: AtomicU64::new(0),
             media_cache: Arc::new(Mutex::new(MediaCache::new(config.media_cache_bytes))),
             alive: Arc::new(AtomicBool::new(true)),
+            grammars: GrammarCompiler::new(),
         });
         let (sender, receiver) = mpsc::channel();
         let limits = SchedulerLimits {
@@ -235,6 +239,13 @@ impl Engine {
         }
         let prompt_len = prepared.tokens.ids.len();
         check_lengths(prompt_len, &params, self.pipeline().context_length())?;
+        let vocab_size = self.pipeline().model().vocab_size();
+        if let Some((id, _)) = params.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab_size) {
+            return Err(Error::InvalidRequest(format!(
+                "logit_bias names token {id}, but the vocabulary has {vocab_size} tokens"
+            )));
+        }
+        let grammar = params.grammar.as_ref().map(|grammar| self.compile(grammar)).transpose()?;
         let needed = prompt_len + params.max_tokens.unwrap_or(1);
         if needed > self.shared.max_seq_len {
             return Err(Error::InvalidRequest(format!(
@@ -250,6 +261,7 @@ impl Engine {
             prepared,
             params,
             choices,
+            grammar,
             adapter,
             started: Instant::now(),
             events,
@@ -279,6 +291,16 @@ impl Engine {
             }
         }
         Ok(RequestHandle { events: receiver, cancel })
+    }
+
+    /// Compiles a request's grammar against the model's vocabulary; complete output ends with
+    /// the first stop token (`<|end|>` for the Phi models).
+    fn compile(&self, grammar: &Grammar) -> Result<llguidance::Matcher> {
+        let pipeline = self.pipeline();
+        let eos = pipeline.stop_token_ids().first().copied().ok_or_else(|| {
+            Error::InvalidRequest("this checkpoint has no stop token to end structured output".into())
+        })?;
+        self.shared.grammars.compile(grammar, pipeline.tokenizer(), pipeline.model().vocab_size(), eos)
     }
 
     /// Stops accepting requests and waits for queued and running ones to finish.

@@ -81,6 +81,12 @@ impl LoadedModel {
         self.decoder().config().rope.max_position_embeddings
     }
 
+    /// Number of rows of the logits (the embedding table's size, which may exceed the
+    /// tokenizer's vocabulary).
+    pub fn vocab_size(&self) -> usize {
+        self.decoder().config().vocab_size
+    }
+
     /// Whether requests may carry audio (Phi-4-multimodal with an audio encoder).
     pub fn accepts_audio(&self) -> bool {
         matches!(self, LoadedModel::Phi4MM { model, .. } if model.audio().is_some())

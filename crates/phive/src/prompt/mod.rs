@@ -8,10 +8,12 @@
 mod expand;
 mod tags;
 mod template;
+mod tools;
 
 pub use expand::{expand_phi3v, expand_phi4mm, MediaSpan, Placeholder, PromptTokens};
 pub use tags::{place_media_tags, MediaKind};
 pub use template::ChatTemplate;
+pub use tools::{python_json, ToolFormat};
 
 /// One part of a message, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,12 +33,20 @@ pub struct ChatMessage {
     pub role: String,
     /// Text and media parts in order.
     pub parts: Vec<MessagePart>,
+    /// Tool definitions as the chat template expects them on this message (Phi-4's template
+    /// reads a system message's `tools`, a JSON string).
+    pub tools: Option<String>,
 }
 
 impl ChatMessage {
+    /// A message of `parts`.
+    pub fn new(role: impl Into<String>, parts: Vec<MessagePart>) -> Self {
+        ChatMessage { role: role.into(), parts, tools: None }
+    }
+
     /// A text-only message.
     pub fn text(role: impl Into<String>, text: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), parts: vec![MessagePart::Text(text.into())] }
+        Self::new(role, vec![MessagePart::Text(text.into())])
     }
 
     /// Number of parts of the given kind.
@@ -52,4 +62,8 @@ pub struct RenderedMessage {
     pub role: String,
     /// The content with media tags in place.
     pub content: String,
+    /// Tool definitions (absent from the template's view when `None`, so `'tools' in message`
+    /// is false as in Hugging Face).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<String>,
 }

@@ -97,7 +97,7 @@ pub fn place_media_tags(
                     }
                 }
             }
-            Ok(RenderedMessage { role: message.role.clone(), content })
+            Ok(RenderedMessage { role: message.role.clone(), content, tools: message.tools.clone() })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(rendered)
@@ -153,7 +153,7 @@ mod tests {
     use super::*;
 
     fn user(parts: Vec<MessagePart>) -> ChatMessage {
-        ChatMessage { role: "user".into(), parts }
+        ChatMessage::new("user", parts)
     }
 
     #[test]

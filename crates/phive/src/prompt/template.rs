@@ -53,7 +53,7 @@ mod tests {
     const PHI3V: &str = "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{- '<|assistant|>\n' -}}{% endif %}";
 
     fn msg(role: &str, content: &str) -> RenderedMessage {
-        RenderedMessage { role: role.into(), content: content.into() }
+        RenderedMessage { role: role.into(), content: content.into(), tools: None }
     }
 
     #[test]

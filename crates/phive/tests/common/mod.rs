@@ -108,7 +108,7 @@ pub fn openai_messages(messages: &serde_json::Value) -> (Vec<ChatMessage>, Vec<i
                     .collect(),
                 other => panic!("unexpected content {other}"),
             };
-            ChatMessage { role, parts }
+            ChatMessage::new(role, parts)
         })
         .collect();
     (chat, images)
@@ -143,7 +143,7 @@ pub fn with_media_parts(messages: &serde_json::Value) -> Vec<ChatMessage> {
             let mut parts = vec![MessagePart::Text(text.to_string())];
             parts.extend(MediaKind::Image.pattern().find_iter(text).map(|_| MessagePart::Image));
             parts.extend(MediaKind::Audio.pattern().find_iter(text).map(|_| MessagePart::Audio));
-            ChatMessage { role: m["role"].as_str().unwrap().to_string(), parts }
+            ChatMessage::new(m["role"].as_str().unwrap(), parts)
         })
         .collect()
 }

@@ -7,8 +7,10 @@ use serde_json::Value;
 use super::content::{audio_reference, Content, ContentPart};
 use super::delivery::Delivery;
 use super::sampling::sampling_fields;
-use super::validate::{check_empty, p};
-use crate::api::ApiError;
+use super::structured::output_grammar;
+use super::tools::{tool_request, Tool, ToolRequest};
+use super::validate::p;
+use crate::api::{ApiError, ToolCall};
 use crate::engine::GenerationParams;
 use crate::prompt::{ChatMessage, MessagePart};
 
@@ -26,6 +28,12 @@ pub struct Message {
     /// Participant name (accepted, not used: Phi's template has no names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The calls an assistant message made (shown to the model as it wrote them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// In a `tool` message, the call it answers (accepted; the template has no place for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 sampling_fields! {
@@ -48,12 +56,23 @@ sampling_fields! {
         /// Alternatives per position, 0..=20 (requires `logprobs: true`).
         #[serde(default)]
         pub top_logprobs: Option<u32>,
-        /// Not supported: refused when non-empty.
+        /// Functions the model may call.
         #[serde(default)]
-        pub tools: Option<Value>,
-        /// Only `{"type": "text"}` is supported.
+        pub tools: Option<Vec<Tool>>,
+        /// `none`, `auto` (the default), `required`, or `{"type": "function", "function": {"name": ...}}`.
+        #[serde(default)]
+        pub tool_choice: Option<Value>,
+        /// Whether one answer may hold several calls (default true).
+        #[serde(default)]
+        pub parallel_tool_calls: Option<bool>,
+        /// `{"type": "text"}`, `{"type": "json_object"}` or
+        /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
         #[serde(default)]
         pub response_format: Option<Value>,
+        /// phive's extension: `{"type": "regex" | "lark" | "json_schema", "value": ...}` (Lark in
+        /// llguidance's dialect).
+        #[serde(default)]
+        pub grammar: Option<Value>,
     }
 }
 
@@ -84,23 +103,17 @@ pub struct ChatInput {
     pub params: GenerationParams,
     /// Choices, streaming, usage chunk.
     pub delivery: Delivery,
+    /// The tools offered, applied to `messages` and `params` once the model is known.
+    pub tools: Option<ToolRequest>,
+    /// Assistant messages of the history (by index) that made tool calls.
+    pub history_calls: Vec<(usize, Vec<ToolCall>)>,
 }
 
 impl ChatCompletionRequest {
     /// Validates every field and translates the request.
     pub fn into_chat(self, limits: &RequestLimits) -> Result<ChatInput, ApiError> {
-        check_empty("tools", &self.tools, "tool calling")?;
-        match &self.response_format {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("text") => {}
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    p("response_format"),
-                    "only response_format {\"type\": \"text\"} is supported by phive",
-                )
-                .with_code("unsupported_parameter"))
-            }
-        }
+        let grammar = output_grammar(self.response_format.as_ref(), self.grammar.as_ref())?;
+        let tools = tool_request(self.tools.clone(), self.tool_choice.as_ref(), self.parallel_tool_calls)?;
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (_, Some(k)) if k > MAX_TOP_LOGPROBS => {
                 return Err(ApiError::invalid(
@@ -119,22 +132,34 @@ impl ChatCompletionRequest {
             (None, Some(m)) => Some(("max_tokens", m)),
             (None, None) => None,
         };
-        let (params, delivery) = self.sampling_fields().into_params(max_tokens, logprobs)?;
+        let (mut params, delivery) = self.sampling_fields().into_params(max_tokens, logprobs)?;
+        params.grammar = grammar;
         if self.messages.is_empty() {
             return Err(ApiError::invalid(p("messages"), "messages must contain at least one message"));
         }
         let mut images = Vec::new();
         let mut audios = Vec::new();
         let mut messages = Vec::with_capacity(self.messages.len());
+        let mut history_calls = Vec::new();
         for (i, message) in self.messages.into_iter().enumerate() {
             let role = message.role.as_str();
-            if !["system", "user", "assistant"].contains(&role) {
+            if !["system", "user", "assistant", "tool"].contains(&role) {
                 return Err(ApiError::invalid(
                     Some(format!("messages[{i}].role")),
                     format!(
-                        "unsupported role {role:?}; phive accepts \"system\", \"user\" and \"assistant\""
+                        "unsupported role {role:?}; phive accepts \"system\", \"user\", \"assistant\" and \"tool\""
                     ),
                 ));
+            }
+            match message.tool_calls {
+                Some(calls) if role != "assistant" && !calls.is_empty() => {
+                    return Err(ApiError::invalid(
+                        Some(format!("messages[{i}].tool_calls")),
+                        "only assistant messages may carry tool_calls",
+                    ))
+                }
+                Some(calls) if !calls.is_empty() => history_calls.push((i, calls)),
+                _ => {}
             }
             let parts = match message.content {
                 None if role == "assistant" => vec![MessagePart::Text(String::new())],
@@ -188,7 +213,7 @@ impl ChatCompletionRequest {
                     out
                 }
             };
-            messages.push(ChatMessage { role: message.role, parts });
+            messages.push(ChatMessage::new(message.role, parts));
         }
         if images.len() > limits.max_images {
             return Err(ApiError::invalid(
@@ -200,7 +225,7 @@ impl ChatCompletionRequest {
                 ),
             ));
         }
-        Ok(ChatInput { messages, images, audios, params, delivery })
+        Ok(ChatInput { messages, images, audios, params, delivery, tools, history_calls })
     }
 }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::delivery::{Delivery, StreamOptions};
-use super::validate::{check_empty, check_range, p};
+use super::validate::{check_range, p};
 use crate::api::ApiError;
 use crate::engine::{GenerationParams, SamplingParams};
 
@@ -73,7 +73,7 @@ pub struct SamplingFields {
     pub stream: Option<bool>,
     /// Streaming options (only with `stream: true`).
     pub stream_options: Option<StreamOptions>,
-    /// Not supported: refused when non-empty.
+    /// Token id (as a string key) → bias in -100..=100.
     pub logit_bias: Option<Value>,
 }
 
@@ -124,7 +124,7 @@ macro_rules! sampling_fields {
             /// OpenAI's end-user id: accepted and ignored.
             #[serde(default)]
             pub user: Option<String>,
-            /// Not supported: refused when non-empty.
+            /// Token id (as a string key) → bias in -100..=100, added to its logit before sampling.
             #[serde(default)]
             pub logit_bias: Option<::serde_json::Value>,
         }
@@ -217,7 +217,7 @@ impl SamplingFields {
                 "stream_options is only allowed when stream is true",
             ));
         }
-        check_empty("logit_bias", &self.logit_bias, "logit_bias")?;
+        let logit_bias = parse_logit_bias(self.logit_bias.as_ref())?;
         let max_tokens = match max_tokens {
             Some((name, 0)) => return Err(ApiError::invalid(p(name), format!("{name} must be at least 1"))),
             Some((_, m)) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
@@ -233,10 +233,12 @@ impl SamplingFields {
                 presence_penalty: self.presence_penalty.map(|v| v as f32),
                 repetition_penalty: self.repetition_penalty.map(|v| v as f32),
                 seed: self.seed.map(|s| s as u64),
+                logit_bias,
             },
             max_tokens,
             stop,
             logprobs,
+            ..Default::default()
         };
         let delivery = Delivery {
             n: n as usize,
@@ -246,4 +248,32 @@ impl SamplingFields {
         };
         Ok((params, delivery))
     }
+}
+
+/// OpenAI's `logit_bias`: an object from token ids (string keys) to numbers in -100..=100.
+/// Whether an id is in the vocabulary is checked by the engine, which knows the model.
+fn parse_logit_bias(bias: Option<&Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match bias {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            return Err(ApiError::invalid(p("logit_bias"), "logit_bias must be an object of token id → bias"))
+        }
+    };
+    map.iter()
+        .map(|(key, value)| {
+            let id = key.parse::<u32>().map_err(|_| {
+                ApiError::invalid(p("logit_bias"), format!("logit_bias keys must be token ids, got {key:?}"))
+            })?;
+            match value.as_f64() {
+                Some(bias) if (-100.0..=100.0).contains(&bias) => Ok((id, bias as f32)),
+                _ => Err(ApiError::invalid(
+                    p("logit_bias"),
+                    format!(
+                        "logit_bias values must be numbers between -100 and 100, got {value} for token {id}"
+                    ),
+                )),
+            }
+        })
+        .collect()
 }
