@@ -95,10 +95,11 @@ impl SamplingArgs {
                 presence_penalty: self.presence_penalty,
                 repetition_penalty: self.repetition_penalty,
                 seed: self.seed,
+                ..Default::default()
             },
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
-            logprobs: None,
+            ..Default::default()
         }
     }
 }

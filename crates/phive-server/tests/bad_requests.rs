@@ -444,29 +444,48 @@ fn cases() -> Vec<Case> {
         Some("stream_options.include_usage"),
     );
     add(
-        "tools",
+        "auto tool choice without a tool format",
         "POST",
         CHAT,
         chat_with(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})),
         400,
-        Some("tools"),
+        Some("tool_choice"),
     );
     add(
-        "json mode",
+        "bad tool name",
         "POST",
         CHAT,
-        chat_with(json!({"response_format": {"type": "json_object"}})),
+        chat_with(json!({"tools": [{"type": "function", "function": {"name": "a b"}}]})),
+        400,
+        Some("tools[0].function.name"),
+    );
+    add(
+        "unknown tool",
+        "POST",
+        CHAT,
+        chat_with(json!({"tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}}})),
+        400,
+        Some("tool_choice"),
+    );
+    add(
+        "unknown response_format",
+        "POST",
+        CHAT,
+        chat_with(json!({"response_format": {"type": "xml"}})),
         400,
         Some("response_format"),
     );
+    add("bad regex", "POST", CHAT, chat_with(json!({"grammar": {"type": "regex", "value": "("}})), 400, None);
     add(
-        "logit_bias",
+        "logit_bias out of range",
         "POST",
         CHAT,
-        chat_with(json!({"logit_bias": {"50256": -100}})),
+        chat_with(json!({"logit_bias": {"50256": -101}})),
         400,
         Some("logit_bias"),
     );
+    add("logit_bias past the vocabulary", "POST", CHAT, chat_with(json!({"logit_bias": {"50256": 1}})), 400, None);
     add("numeric user", "POST", CHAT, chat_with(json!({"user": 5})), 400, Some("user"));
     add("unknown model", "POST", CHAT, chat_with(json!({"model": "gpt-4o"})), 404, Some("model"));
     add("numeric model", "POST", CHAT, chat_with(json!({"model": 4})), 400, Some("model"));
