@@ -94,9 +94,10 @@ fn stateless(param: &str, what: &str) -> ApiError {
 fn string_field<'a>(obj: &'a Map<String, Value>, key: &str, param: &str) -> Result<&'a str, ApiError> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => {
-            Err(ApiError::invalid(Some(format!("{param}.{key}")), format!("{param}.{key} must be a string, got {other}")))
-        }
+        Some(other) => Err(ApiError::invalid(
+            Some(format!("{param}.{key}")),
+            format!("{param}.{key} must be a string, got {other}"),
+        )),
         None => Err(ApiError::invalid(
             Some(format!("{param}.{key}")),
             format!("{param} needs a \"{key}\" string"),
