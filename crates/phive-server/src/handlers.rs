@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use phive::api::{
-    finish_reason, ApiError, ChatCompletionRequest, ChatCompletionResponse, ChatResponseBuilder,
-    CompletionChoice, CompletionRequest, CompletionResponse, ErrorKind, ErrorResponse, LegacyLogprobs,
-    ModelCard, ModelList, Timings, Usage,
+    finish_reason, ApiError, ChatCompletionRequest, ChatCompletionResponse, ChatInput, ChatResponseBuilder,
+    CompletionChoice, CompletionRequest, CompletionResponse, Delivery, ErrorKind, ErrorResponse,
+    LegacyLogprobs, ModelCard, ModelList, Timings, Usage,
 };
 use phive::engine::{Completion, Event, RequestHandle};
+use phive::pipeline::PreparedPrompt;
 use phive::prompt::MediaKind;
 
 use crate::body::RequestBody;
@@ -22,21 +23,22 @@ use crate::AppState;
 
 type AppResult<T> = Result<T, HttpError>;
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+/// A random id after `prefix` (`chatcmpl-`, `resp_`...).
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}{:024x}", rand::random::<u128>() >> 32)
 }
 
-fn join_error(e: tokio::task::JoinError) -> HttpError {
+pub(crate) fn join_error(e: tokio::task::JoinError) -> HttpError {
     HttpError(
         ApiError::new(ErrorKind::Internal, format!("a worker task failed: {e}")).with_code("internal_error"),
     )
 }
 
-fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     match model {
         None => Ok(()),
         Some(m) if state.knows_model(m) => Ok(()),
@@ -53,7 +55,7 @@ fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Waits for every choice of a non-streamed request.
-async fn collect(
+pub(crate) async fn collect(
     state: &AppState,
     mut handle: RequestHandle,
     n: usize,
@@ -96,7 +98,7 @@ pub async fn chat_completions(
     body: RequestBody,
 ) -> Response {
     let started = Instant::now();
-    let id = new_id("chatcmpl");
+    let id = new_id("chatcmpl-");
     chat(state, headers, body, started, id.clone()).await.unwrap_or_else(|e| e.respond(&id))
 }
 
@@ -109,24 +111,9 @@ async fn chat(
 ) -> AppResult<Response> {
     let request: ChatCompletionRequest = parse_json(&headers, &body.0)?;
     check_model(&state, request.model.as_deref())?;
-    let mut input = request.into_chat(&state.config().limits)?;
-    let engine = Arc::clone(state.engine());
-    let policy = state.config().media.clone();
-    let (prepared, input) = tokio::task::spawn_blocking(move || {
-        let prepared = input.prepare(engine.pipeline(), &policy);
-        prepared.map(|p| (p, input))
-    })
-    .await
-    .map_err(join_error)??;
-    let delivery = input.delivery;
-    let mut accounting = Accounting::new(Arc::clone(&state), "/v1/chat/completions", started);
-    let handle = match state.engine().submit(prepared, input.params, delivery.n) {
-        Ok(handle) => handle,
-        Err(e) => {
-            accounting.finished = true;
-            return Err(e.into());
-        }
-    };
+    let input = request.into_chat(&state.config().limits)?;
+    let (handle, delivery, mut accounting) =
+        submit_chat(&state, input, "/v1/chat/completions", started).await?;
     let builder = ChatResponseBuilder {
         id,
         created: now(),
@@ -140,6 +127,41 @@ async fn chat(
     let completions = collect(&state, handle, delivery.n, &mut accounting).await?;
     let response = builder.response(&completions, Usage::from_completions(&completions, started.elapsed()));
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Fetches a chat's media and prepares its prompt on a blocking thread, then submits it; the
+/// chat and Responses routes share this.
+pub(crate) async fn submit_chat(
+    state: &Arc<AppState>,
+    input: ChatInput,
+    route: &'static str,
+    started: Instant,
+) -> AppResult<(RequestHandle, Delivery, Accounting)> {
+    let (prepared, input) = prepare_chat(state, input, true).await?;
+    let delivery = input.delivery;
+    let mut accounting = Accounting::new(Arc::clone(state), route, started);
+    match state.engine().submit(prepared, input.params, delivery.n) {
+        Ok(handle) => Ok((handle, delivery, accounting)),
+        Err(e) => {
+            accounting.finished = true;
+            Err(e.into())
+        }
+    }
+}
+
+/// Fetches a chat's media and prepares its prompt on a blocking thread; the input comes back
+/// with its tools applied to the generation parameters.
+pub(crate) async fn prepare_chat(
+    state: &AppState,
+    mut input: ChatInput,
+    add_generation_prompt: bool,
+) -> AppResult<(PreparedPrompt, ChatInput)> {
+    let engine = Arc::clone(state.engine());
+    let policy = state.config().media.clone();
+    let prepare = move || {
+        input.prepare_conversation(engine.pipeline(), &policy, add_generation_prompt).map(|p| (p, input))
+    };
+    Ok(tokio::task::spawn_blocking(prepare).await.map_err(join_error)??)
 }
 
 /// `POST /v1/completions`: the prompt is used as is (no chat template).
@@ -157,7 +179,7 @@ pub async fn completions(
     body: RequestBody,
 ) -> Response {
     let started = Instant::now();
-    let id = new_id("cmpl");
+    let id = new_id("cmpl-");
     complete(state, headers, body, started, id.clone()).await.unwrap_or_else(|e| e.respond(&id))
 }
 
@@ -316,7 +338,7 @@ pub async fn not_found(method: Method, uri: Uri) -> Response {
 /// Known routes with the wrong method.
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     let allowed = match uri.path() {
-        "/v1/chat/completions" | "/v1/completions" => "POST",
+        "/v1/chat/completions" | "/v1/completions" | "/v1/responses" | "/tokenize" | "/detokenize" => "POST",
         _ => "GET",
     };
     let mut response = HttpError(

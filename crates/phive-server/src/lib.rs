@@ -1,5 +1,6 @@
 //! phive's OpenAI-compatible HTTP server: `/v1/chat/completions` (with SSE streaming),
-//! `/v1/completions`, `/v1/models`, `/v1/phive/info`, `/health` (with `/health/live` and
+//! `/v1/completions`, `/v1/responses` (stateless, module `responses`), `/tokenize` and
+//! `/detokenize` (vLLM's, module `tokenize`), `/v1/models`, `/v1/phive/info`, `/health` (with `/health/live` and
 //! `/health/ready`), `/metrics`, `/openapi.json` and a chat page at `/` (module `ui`), over a
 //! shared [`Engine`](phive::engine::Engine).
 //!
@@ -17,7 +18,9 @@ mod handlers;
 mod lifecycle;
 pub mod metrics;
 pub mod openapi;
+mod responses;
 mod stream;
+mod tokenize;
 pub mod ui;
 
 use std::future::Future;
@@ -58,7 +61,7 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Open connections and the header deadline.
     pub connections: ConnectionLimits,
-    /// Keys `/v1/*` requires (none: open).
+    /// Keys `/v1/*`, `/tokenize` and `/detokenize` require (none: open).
     pub api_keys: ApiKeys,
     /// Whether `/metrics` is open even when API keys are set.
     pub public_metrics: bool,
@@ -146,7 +149,8 @@ impl Server {
     }
 
     /// The axum router with every route, the JSON fallbacks and the metrics middleware.
-    /// `/v1/*` (and `/metrics` unless `public_metrics`) require an API key when keys are set;
+    /// `/v1/*`, `/tokenize` and `/detokenize` (they reveal the model), and `/metrics` unless
+    /// `public_metrics`, require an API key when keys are set;
     /// `/health` (for orchestrators) and `/openapi.json` are always open.
     pub fn router(&self) -> Router {
         let state = Arc::clone(&self.state);
@@ -155,6 +159,9 @@ impl Server {
         let api = Router::new()
             .route("/v1/chat/completions", post(handlers::chat_completions))
             .route("/v1/completions", post(handlers::completions))
+            .route("/v1/responses", post(responses::responses))
+            .route("/tokenize", post(tokenize::tokenize))
+            .route("/detokenize", post(tokenize::detokenize))
             .route("/v1/models", get(handlers::models))
             .route("/v1/phive/info", get(handlers::info))
             .route_layer(keys.clone());

@@ -23,7 +23,7 @@ use crate::error::{json_response, HttpError};
 use crate::AppState;
 
 /// The routes that start generation: refused while draining, and waited for.
-const GENERATION_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions"];
+const GENERATION_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/responses"];
 
 /// Whether the server is draining, and how many generation requests are in flight.
 #[derive(Debug)]

@@ -21,6 +21,9 @@ const LATENCY_BUCKETS: &[f64] =
 pub const ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/responses",
+    "/tokenize",
+    "/detokenize",
     "/v1/models",
     "/v1/phive/info",
     "/health",

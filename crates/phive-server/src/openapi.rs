@@ -14,6 +14,9 @@ use crate::handlers;
     paths(
         handlers::chat_completions,
         handlers::completions,
+        crate::responses::responses,
+        crate::tokenize::tokenize,
+        crate::tokenize::detokenize,
         handlers::models,
         handlers::health,
         handlers::metrics
@@ -21,7 +24,7 @@ use crate::handlers;
 )]
 struct ApiDoc;
 
-/// The OpenAPI document of a server whose `/v1/*` routes (and `/metrics`, unless
+/// The OpenAPI document of a server whose `/v1/*`, `/tokenize` and `/detokenize` routes (and `/metrics`, unless
 /// `public_metrics`) require a bearer key when `keys_required`.
 pub fn document(keys_required: bool, public_metrics: bool) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
@@ -31,7 +34,8 @@ pub fn document(keys_required: bool, public_metrics: bool) -> utoipa::openapi::O
         doc.components.get_or_insert_with(Default::default).add_security_scheme("api_key", scheme);
         let requirement = SecurityRequirement::new("api_key", Vec::<String>::new());
         for (path, item) in doc.paths.paths.iter_mut() {
-            if !(path.starts_with("/v1/") || (path == "/metrics" && !public_metrics)) {
+            let keyed = path.starts_with("/v1/") || path == "/tokenize" || path == "/detokenize";
+            if !(keyed || (path == "/metrics" && !public_metrics)) {
                 continue;
             }
             for operation in [&mut item.get, &mut item.post].into_iter().flatten() {

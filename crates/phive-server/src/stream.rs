@@ -1,7 +1,8 @@
 //! Server-sent events exactly as OpenAI sends them: `data: {chunk}\n\n` per chunk, the role
 //! first, content deltas, one final chunk per choice with its `finish_reason`, the usage chunk
-//! (`choices: []`) when asked for, then `data: [DONE]`. Errors after the stream started go
-//! in-band as `data: {"error": {...}}`.
+//! (`choices: []`) when asked for, then `data: [DONE]`. The Responses API's typed events
+//! (module `responses`) go through the same stream. Errors after the stream started go
+//! in-band as `data: {"error": {...}}`, which OpenAI's clients raise as an error.
 //!
 //! The stream owns the engine's `RequestHandle`: when the client disconnects, hyper drops the
 //! body, the handle goes with it, and the engine stops generating at the next token.
@@ -24,21 +25,25 @@ use crate::error::{ended_early, log_failure};
 
 use crate::AppState;
 
-/// Builds the JSON payloads of one kind of stream (chat or text completion).
+/// Builds the framed events of one kind of stream (chat, text completion, Responses).
 pub(crate) trait ChunkFormat: Send + 'static {
-    /// Chunks sent before any generated text.
-    fn start(&mut self, n: usize) -> Vec<String>;
-    /// A chunk for new text of `choice`, or `None` when there is nothing to send.
-    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<String>;
-    /// The final chunk of `choice`.
-    fn done(&mut self, choice: usize, completion: &Completion) -> String;
-    /// The usage chunk for every choice's completion, in choice order.
-    fn usage(&mut self, completions: &[Completion], usage: Usage) -> String;
+    /// Events sent before any generated text.
+    fn start(&mut self, n: usize) -> Vec<Bytes>;
+    /// An event for new text of `choice`, or `None` when there is nothing to send.
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<Bytes>;
+    /// The final events of `choice`.
+    fn done(&mut self, choice: usize, completion: &Completion) -> Vec<Bytes>;
+    /// The usage event for every choice's completion, in choice order.
+    fn usage(&mut self, completions: &[Completion], usage: Usage) -> Bytes;
     /// The response id (named in logs).
     fn id(&self) -> &str;
+    /// The event after the last one: OpenAI's chat and text completions end with `[DONE]`.
+    fn end(&self) -> Option<Bytes> {
+        Some(data("[DONE]"))
+    }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":{{\"message\":\"cannot serialize a chunk: {e}\",\"type\":\"server_error\",\"param\":null,\"code\":null}}}}"))
 }
 
@@ -46,20 +51,20 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 pub(crate) struct ChatFormat(pub ChatResponseBuilder);
 
 impl ChunkFormat for ChatFormat {
-    fn start(&mut self, n: usize) -> Vec<String> {
-        (0..n).map(|index| to_json(&self.0.role_chunk(index))).collect()
+    fn start(&mut self, n: usize) -> Vec<Bytes> {
+        (0..n).map(|index| data(&to_json(&self.0.role_chunk(index)))).collect()
     }
 
-    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<String> {
-        self.0.delta_chunk(choice, delta).map(|chunk| to_json(&chunk))
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<Bytes> {
+        self.0.delta_chunk(choice, delta).map(|chunk| data(&to_json(&chunk)))
     }
 
-    fn done(&mut self, choice: usize, completion: &Completion) -> String {
-        to_json(&self.0.finish_chunk(choice, completion))
+    fn done(&mut self, choice: usize, completion: &Completion) -> Vec<Bytes> {
+        vec![data(&to_json(&self.0.finish_chunk(choice, completion)))]
     }
 
-    fn usage(&mut self, completions: &[Completion], usage: Usage) -> String {
-        to_json(&self.0.usage_chunk(completions, usage))
+    fn usage(&mut self, completions: &[Completion], usage: Usage) -> Bytes {
+        data(&to_json(&self.0.usage_chunk(completions, usage)))
     }
 
     fn id(&self) -> &str {
@@ -78,13 +83,8 @@ pub(crate) struct CompletionFormat {
 }
 
 impl CompletionFormat {
-    fn chunk(
-        &self,
-        choices: Vec<CompletionChoice>,
-        usage: Option<Usage>,
-        timings: Option<Timings>,
-    ) -> String {
-        to_json(&CompletionResponse {
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>, timings: Option<Timings>) -> Bytes {
+        data(&to_json(&CompletionResponse {
             id: self.id.clone(),
             object: "text_completion".into(),
             created: self.created,
@@ -92,7 +92,7 @@ impl CompletionFormat {
             choices,
             usage,
             timings,
-        })
+        }))
     }
 }
 
@@ -101,12 +101,12 @@ impl ChunkFormat for CompletionFormat {
         &self.id
     }
 
-    fn start(&mut self, n: usize) -> Vec<String> {
+    fn start(&mut self, n: usize) -> Vec<Bytes> {
         self.offsets = vec![0; n];
         Vec::new()
     }
 
-    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<String> {
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Option<Bytes> {
         if delta.text.is_empty() && delta.logprobs.is_empty() {
             return None;
         }
@@ -123,9 +123,9 @@ impl ChunkFormat for CompletionFormat {
         ))
     }
 
-    fn done(&mut self, choice: usize, completion: &Completion) -> String {
+    fn done(&mut self, choice: usize, completion: &Completion) -> Vec<Bytes> {
         let reason = Some(finish_reason(completion.finish_reason).to_string());
-        self.chunk(
+        vec![self.chunk(
             vec![CompletionChoice {
                 text: String::new(),
                 index: choice,
@@ -134,10 +134,10 @@ impl ChunkFormat for CompletionFormat {
             }],
             None,
             None,
-        )
+        )]
     }
 
-    fn usage(&mut self, completions: &[Completion], usage: Usage) -> String {
+    fn usage(&mut self, completions: &[Completion], usage: Usage) -> Bytes {
         self.chunk(Vec::new(), Some(usage), completions.first().map(|c| Timings::from_usage(&c.usage)))
     }
 }
@@ -200,8 +200,14 @@ struct EventStream<F: ChunkFormat> {
     accounting: Accounting,
 }
 
-fn data(payload: &str) -> Bytes {
+/// An unnamed event.
+pub(crate) fn data(payload: &str) -> Bytes {
     Bytes::from(format!("data: {payload}\n\n"))
+}
+
+/// An event named `event` (the Responses API names each event after its `type`).
+pub(crate) fn named(event: &str, payload: &str) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {payload}\n\n"))
 }
 
 impl<F: ChunkFormat> EventStream<F> {
@@ -217,14 +223,13 @@ impl<F: ChunkFormat> EventStream<F> {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Delta { choice, delta } => {
-                if let Some(chunk) = self.format.delta(choice, &delta) {
-                    self.pending.push_back(data(&chunk));
+                if let Some(event) = self.format.delta(choice, &delta) {
+                    self.pending.push_back(event);
                 }
             }
             Event::Done { choice, completion } => {
                 self.accounting.on_done(&completion);
-                let chunk = self.format.done(choice, &completion);
-                self.pending.push_back(data(&chunk));
+                self.pending.extend(self.format.done(choice, &completion));
                 self.done.push((choice, completion));
                 if self.done.len() == self.n {
                     if self.include_usage {
@@ -232,10 +237,10 @@ impl<F: ChunkFormat> EventStream<F> {
                         let completions: Vec<Completion> =
                             std::mem::take(&mut self.done).into_iter().map(|(_, c)| c).collect();
                         let usage = Usage::from_completions(&completions, self.accounting.started.elapsed());
-                        let chunk = self.format.usage(&completions, usage);
-                        self.pending.push_back(data(&chunk));
+                        let event = self.format.usage(&completions, usage);
+                        self.pending.push_back(event);
                     }
-                    self.pending.push_back(data("[DONE]"));
+                    self.pending.extend(self.format.end());
                     self.finish();
                 }
             }
@@ -275,7 +280,7 @@ pub(crate) fn sse_response<F: ChunkFormat>(
     include_usage: bool,
     accounting: Accounting,
 ) -> Response {
-    let pending = format.start(n).iter().map(|c| data(c)).collect();
+    let pending = format.start(n).into();
     let stream =
         EventStream { handle: Some(handle), format, pending, n, done: Vec::new(), include_usage, accounting };
     let body = futures::stream::unfold(stream, |mut s| async move {

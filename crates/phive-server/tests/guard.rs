@@ -42,6 +42,13 @@ fn api_keys_guard_v1_routes_and_metrics_but_not_health() {
     let refused =
         client().post(server.url("/v1/chat/completions")).json(&json!({"messages": user("Hi")})).send();
     assert_unauthorized(refused.unwrap(), "chat without a key");
+    for (path, body) in [
+        ("/v1/responses", json!({"input": "Hi"})),
+        ("/tokenize", json!({"prompt": "Hi"})),
+        ("/detokenize", json!({"tokens": [1]})),
+    ] {
+        assert_unauthorized(client().post(server.url(path)).json(&body).send().unwrap(), path);
+    }
 
     assert_eq!(get(&server, "/health", None).status().as_u16(), 200);
     assert_eq!(get(&server, "/v1/models", Some(KEY)).status().as_u16(), 200);

@@ -198,6 +198,18 @@ impl Pipeline {
         images: &[DynamicImage],
         audios: &[DecodedAudio],
     ) -> Result<PreparedPrompt> {
+        self.prepare_conversation(messages, images, audios, true)
+    }
+
+    /// [`Self::prepare_media`], without the assistant prompt at the end unless
+    /// `add_generation_prompt` (to count or inspect a conversation's tokens).
+    pub fn prepare_conversation(
+        &self,
+        messages: &[ChatMessage],
+        images: &[DynamicImage],
+        audios: &[DecodedAudio],
+        add_generation_prompt: bool,
+    ) -> Result<PreparedPrompt> {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("messages must not be empty".into()));
         }
@@ -211,8 +223,14 @@ impl Pipeline {
                 )));
             }
         }
-        let (tokens, text, media) =
-            self.model.prepare(messages, images, audios, &self.template, &self.tokenizer.tokenizer)?;
+        let (tokens, text, media) = self.model.prepare(
+            messages,
+            images,
+            audios,
+            &self.template,
+            &self.tokenizer.tokenizer,
+            add_generation_prompt,
+        )?;
         Ok(PreparedPrompt::new(tokens, text, media))
     }
 

@@ -29,6 +29,16 @@ impl ChatInput {
     /// the failing item ("image 2: ..."). The decoded media count against `policy.budget`
     /// until the prompt is prepared.
     pub fn prepare(&mut self, pipeline: &Pipeline, policy: &MediaPolicy) -> Result<PreparedPrompt, ApiError> {
+        self.prepare_conversation(pipeline, policy, true)
+    }
+
+    /// [`Self::prepare`], ending with the assistant prompt only when `add_generation_prompt`.
+    pub fn prepare_conversation(
+        &mut self,
+        pipeline: &Pipeline,
+        policy: &MediaPolicy,
+        add_generation_prompt: bool,
+    ) -> Result<PreparedPrompt, ApiError> {
         self.apply_tools(pipeline.tool_format())?;
         if !self.audios.is_empty() && !pipeline.accepts_audio() {
             // Refuse before fetching anything, naming the first audio part.
@@ -64,7 +74,8 @@ impl ChatInput {
             .collect::<Result<Vec<_>, _>>()?;
         let (images, _held): (Vec<_>, Vec<_>) = images.into_iter().unzip();
         let (audios, _held_audio): (Vec<_>, Vec<_>) = audios.into_iter().unzip();
-        let prepared = pipeline.prepare_media(&self.messages, &images, &audios)?;
+        let prepared =
+            pipeline.prepare_conversation(&self.messages, &images, &audios, add_generation_prompt)?;
         inject(Fault::Prepare, &prepared.text);
         Ok(prepared)
     }

@@ -97,8 +97,9 @@ impl LoadedModel {
         self.decoder().kv_geometry(block_size)
     }
 
-    /// Places media tags, renders the chat template, preprocesses the media and tokenizes.
-    /// The caller has checked that the messages reference exactly `images` and `audios`.
+    /// Places media tags, renders the chat template (ending with the assistant prompt when
+    /// `add_generation_prompt`), preprocesses the media and tokenizes. The caller has checked
+    /// that the messages reference exactly `images` and `audios`.
     pub fn prepare(
         &self,
         messages: &[ChatMessage],
@@ -106,11 +107,12 @@ impl LoadedModel {
         audios: &[DecodedAudio],
         template: &ChatTemplate,
         tokenizer: &tokenizers::Tokenizer,
+        add_generation_prompt: bool,
     ) -> Result<(PromptTokens, String, PreparedMedia)> {
         match self {
             LoadedModel::Phi3V { images: config, .. } => {
                 let rendered = place_media_tags(messages, &[MediaKind::Image], "\n")?;
-                let text = template.render(&rendered, true)?;
+                let text = template.render(&rendered, add_generation_prompt)?;
                 let images =
                     images.iter().map(|img| phi3v_hd::preprocess(img, config)).collect::<Result<Vec<_>>>()?;
                 let counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
@@ -124,7 +126,7 @@ impl LoadedModel {
                     &[MediaKind::Image]
                 };
                 let rendered = place_media_tags(messages, kinds, "")?;
-                let text = template.render(&rendered, true)?;
+                let text = template.render(&rendered, add_generation_prompt)?;
                 let images = images
                     .iter()
                     .map(|img| phi4mm_hd::preprocess(img, config))

@@ -13,12 +13,14 @@
 //! - [`completion`]: the legacy text completions request and its translation.
 //! - [`structured`]: `response_format` and the `grammar` extension (structured output).
 //! - [`tools`]: `tools` and `tool_choice`, and how a model is told about them.
+//! - [`responses`]: the stateless Responses API request and its translation into a chat request.
 //! - [`validate`]: small checks that name the offending field.
 
 mod chat;
 mod completion;
 mod content;
 mod delivery;
+mod responses;
 mod sampling;
 mod structured;
 mod tools;
@@ -28,5 +30,6 @@ pub use chat::{ChatCompletionRequest, ChatInput, Message, RequestLimits, MAX_TOP
 pub use completion::{CompletionRequest, TextInput, DEFAULT_COMPLETION_MAX_TOKENS, MAX_LEGACY_LOGPROBS};
 pub use content::{Content, ContentPart, ImageUrl};
 pub use delivery::{Delivery, StreamOptions};
+pub use responses::{ResponsesRequest, TextConfig};
 pub use sampling::{SamplingFields, StopSpec, MAX_N, MAX_STOP, MAX_STOP_LEN};
 pub use tools::{history_calls_text, tool_request, FunctionDefinition, Tool, ToolChoice, ToolRequest};

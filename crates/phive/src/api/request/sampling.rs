@@ -82,7 +82,7 @@ pub struct SamplingFields {
 macro_rules! sampling_fields {
     ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)* }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Default, PartialEq, ::serde::Serialize, ::serde::Deserialize, utoipa::ToSchema)]
         pub struct $name {
             $($(#[$fmeta])* pub $field: $ty,)*
             /// 0..=2; 0 is greedy.
