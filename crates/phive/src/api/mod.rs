@@ -15,8 +15,8 @@ pub use assemble::ChatResponseBuilder;
 pub use error::{ApiError, ErrorKind, ErrorObject, ErrorResponse};
 pub use request::{
     ChatCompletionRequest, ChatInput, CompletionRequest, Content, ContentPart, Delivery, ImageUrl, Message,
-    RequestLimits, SamplingFields, StopSpec, StreamOptions, TextInput, DEFAULT_COMPLETION_MAX_TOKENS,
-    MAX_LEGACY_LOGPROBS, MAX_N, MAX_STOP, MAX_STOP_LEN, MAX_TOP_LOGPROBS,
+    MmProcessorKwargs, RequestLimits, SamplingFields, StopSpec, StreamOptions, TextInput,
+    DEFAULT_COMPLETION_MAX_TOKENS, MAX_LEGACY_LOGPROBS, MAX_N, MAX_STOP, MAX_STOP_LEN, MAX_TOP_LOGPROBS,
 };
 pub use response::{
     finish_reason, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,

@@ -12,6 +12,8 @@ impl ChatInput {
     /// executors) and prepares the prompt. Errors name the failing item ("image 2: ...").
     /// The decoded media count against `policy.budget` until the prompt is prepared.
     pub fn prepare(&self, pipeline: &Pipeline, policy: &MediaPolicy) -> Result<PreparedPrompt, ApiError> {
+        // Before fetching anything: a crop limit of the other family or out of range.
+        pipeline.model().check_preprocess(&self.preprocess)?;
         if !self.audios.is_empty() && !pipeline.accepts_audio() {
             // Refuse before fetching anything, naming the first audio part.
             let position = self.messages.iter().enumerate().find_map(|(i, m)| {
@@ -46,7 +48,7 @@ impl ChatInput {
             .collect::<Result<Vec<_>, _>>()?;
         let (images, _held): (Vec<_>, Vec<_>) = images.into_iter().unzip();
         let (audios, _held_audio): (Vec<_>, Vec<_>) = audios.into_iter().unzip();
-        let prepared = pipeline.prepare_media(&self.messages, &images, &audios)?;
+        let prepared = pipeline.prepare_media_with(&self.messages, &images, &audios, &self.preprocess)?;
         inject(Fault::Prepare, &prepared.text);
         Ok(prepared)
     }

@@ -6,10 +6,12 @@ use serde_json::Value;
 
 use super::content::{audio_reference, Content, ContentPart};
 use super::delivery::Delivery;
+use super::preprocess::{preprocess_options, MmProcessorKwargs};
 use super::sampling::sampling_fields;
 use super::validate::{check_empty, p};
 use crate::api::ApiError;
 use crate::engine::GenerationParams;
+use crate::models::PreprocessOptions;
 use crate::prompt::{ChatMessage, MessagePart};
 
 /// Largest `top_logprobs` (chat) as in OpenAI.
@@ -54,6 +56,20 @@ sampling_fields! {
         /// Only `{"type": "text"}` is supported.
         #[serde(default)]
         pub response_format: Option<Value>,
+        /// Phi-3.5-vision only: most 336×336 crops per image for this request (default: the
+        /// server's `--num-crops`); the model card recommends 4 for several images or video
+        /// frames, 16 for one image.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 256)]
+        pub num_crops: Option<usize>,
+        /// Phi-4-multimodal only: most 448×448 crops per image for this request (default: the
+        /// server's `--dynamic-hd`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 1024)]
+        pub dynamic_hd: Option<usize>,
+        /// vLLM's spelling of the same crop limits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mm_processor_kwargs: Option<MmProcessorKwargs>,
     }
 }
 
@@ -82,6 +98,8 @@ pub struct ChatInput {
     pub audios: Vec<String>,
     /// Sampling, length, stop and logprob settings.
     pub params: GenerationParams,
+    /// The request's crop limits (checked against the model when preparing).
+    pub preprocess: PreprocessOptions,
     /// Choices, streaming, usage chunk.
     pub delivery: Delivery,
 }
@@ -90,6 +108,8 @@ impl ChatCompletionRequest {
     /// Validates every field and translates the request.
     pub fn into_chat(self, limits: &RequestLimits) -> Result<ChatInput, ApiError> {
         check_empty("tools", &self.tools, "tool calling")?;
+        let preprocess =
+            preprocess_options(self.num_crops, self.dynamic_hd, self.mm_processor_kwargs.as_ref())?;
         match &self.response_format {
             None | Some(Value::Null) => {}
             Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("text") => {}
@@ -200,7 +220,7 @@ impl ChatCompletionRequest {
                 ),
             ));
         }
-        Ok(ChatInput { messages, images, audios, params, delivery })
+        Ok(ChatInput { messages, images, audios, params, preprocess, delivery })
     }
 }
 

@@ -12,12 +12,14 @@
 //! - [`delivery`]: how the answer is delivered (choices, streaming, usage chunk).
 //! - [`chat`]: the chat completions request and its translation.
 //! - [`completion`]: the legacy text completions request and its translation.
+//! - [`preprocess`]: the crop-limit extra fields (`num_crops`, `dynamic_hd`).
 //! - [`validate`]: small checks that name the offending field.
 
 mod chat;
 mod completion;
 mod content;
 mod delivery;
+mod preprocess;
 mod sampling;
 mod validate;
 
@@ -25,4 +27,5 @@ pub use chat::{ChatCompletionRequest, ChatInput, Message, RequestLimits, MAX_TOP
 pub use completion::{CompletionRequest, TextInput, DEFAULT_COMPLETION_MAX_TOKENS, MAX_LEGACY_LOGPROBS};
 pub use content::{Content, ContentPart, ImageUrl};
 pub use delivery::{Delivery, StreamOptions};
+pub use preprocess::MmProcessorKwargs;
 pub use sampling::{SamplingFields, StopSpec, MAX_N, MAX_STOP, MAX_STOP_LEN};
