@@ -18,6 +18,7 @@ use crate::audio::DecodedAudio;
 use crate::engine::{
     Completion, Engine, EngineConfig, Event, GenerationParams, RequestHandle, SamplingParams,
 };
+use crate::models::PreprocessOptions;
 use crate::pipeline::{LoadOptions, Pipeline};
 use crate::prompt::{ChatMessage, MessagePart};
 use crate::quant::IsqType;
@@ -63,6 +64,7 @@ pub struct VisionModelBuilder {
     revision: Option<String>,
     dtype: ModelDType,
     isq: Option<IsqType>,
+    preprocess: PreprocessOptions,
     logging: bool,
     engine: EngineConfig,
 }
@@ -76,6 +78,7 @@ impl VisionModelBuilder {
             revision: None,
             dtype: ModelDType::Auto,
             isq: None,
+            preprocess: PreprocessOptions::default(),
             logging: false,
             engine: EngineConfig::default(),
         }
@@ -96,6 +99,21 @@ impl VisionModelBuilder {
     /// Quantizes the language model's linear layers in situ while loading.
     pub fn with_isq(mut self, isq: IsqType) -> Self {
         self.isq = Some(isq);
+        self
+    }
+
+    /// Phi-3.5-vision: most 336×336 crops per image (default: the checkpoint's; the model card
+    /// recommends 4 for several images, 16 for one). `build` fails on a Phi-4 checkpoint or a
+    /// value out of range.
+    pub fn with_num_crops(mut self, num_crops: usize) -> Self {
+        self.preprocess.num_crops = Some(num_crops);
+        self
+    }
+
+    /// Phi-4-multimodal: most 448×448 crops per image (default: the checkpoint's). `build` fails
+    /// on a Phi-3.5-vision checkpoint or a value out of range.
+    pub fn with_dynamic_hd(mut self, dynamic_hd: usize) -> Self {
+        self.preprocess.dynamic_hd = Some(dynamic_hd);
         self
     }
 
@@ -167,6 +185,7 @@ impl VisionModelBuilder {
             model: self.model_id.clone(),
             revision: self.revision.clone(),
             isq: self.isq,
+            preprocess: self.preprocess,
             ..Default::default()
         };
         let (arch, engine_config, model_id) = (self.arch, self.engine.clone(), self.model_id.clone());
@@ -313,12 +332,18 @@ impl VisionMessages {
 pub struct RequestBuilder {
     messages: VisionMessages,
     params: GenerationParams,
+    preprocess: PreprocessOptions,
     n_choices: usize,
 }
 
 impl From<VisionMessages> for RequestBuilder {
     fn from(messages: VisionMessages) -> Self {
-        RequestBuilder { messages, params: GenerationParams::default(), n_choices: 1 }
+        RequestBuilder {
+            messages,
+            params: GenerationParams::default(),
+            preprocess: PreprocessOptions::default(),
+            n_choices: 1,
+        }
     }
 }
 
@@ -411,6 +436,18 @@ impl RequestBuilder {
     /// Number of choices to generate.
     pub fn set_sampler_n_choices(mut self, n: usize) -> Self {
         self.n_choices = n;
+        self
+    }
+
+    /// Phi-3.5-vision: most 336×336 crops per image of this request (the HTTP `num_crops`).
+    pub fn set_num_crops(mut self, num_crops: usize) -> Self {
+        self.preprocess.num_crops = Some(num_crops);
+        self
+    }
+
+    /// Phi-4-multimodal: most 448×448 crops per image of this request (the HTTP `dynamic_hd`).
+    pub fn set_dynamic_hd(mut self, dynamic_hd: usize) -> Self {
+        self.preprocess.dynamic_hd = Some(dynamic_hd);
         self
     }
 }
@@ -514,10 +551,11 @@ impl Model {
         let n = request.n_choices.max(1);
         let logprobs = request.params.logprobs.is_some();
         let handle = run_blocking(move || {
-            let prepared = engine.pipeline().prepare_media(
+            let prepared = engine.pipeline().prepare_media_with(
                 &request.messages.messages,
                 &request.messages.images,
                 &request.messages.audios,
+                &request.preprocess,
             )?;
             engine.submit(prepared, request.params, n)
         })
