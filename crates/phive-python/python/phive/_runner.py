@@ -144,6 +144,8 @@ class ChatCompletionRequest:
     ``{"type": "image_url", "image_url": {"url": ...}}`` where the url is an http(s) URL, a
     ``data:`` URL, raw base64 or a local path (relative to the working directory). ``model`` is
     informational. ``stop`` is an alias of ``stop_seqs``; ``n_choices`` is OpenAI's ``n``.
+    ``num_crops`` (Phi-3.5-vision) and ``dynamic_hd`` (Phi-4-multimodal) are phive's per-request
+    crop limits (the HTTP server's fields of the same names).
     Values are validated when the request is sent, with the same rules and messages as phive's
     HTTP server.
     """
@@ -182,6 +184,8 @@ class ChatCompletionRequest:
         seed: Optional[int] = None,
         stop: Optional[Union[str, Sequence[str]]] = None,
         max_completion_tokens: Optional[int] = None,
+        num_crops: Optional[int] = None,
+        dynamic_hd: Optional[int] = None,
     ) -> None:
         self.messages = messages
         self.model = model
@@ -215,6 +219,8 @@ class ChatCompletionRequest:
         self.seed = seed
         self.stop = stop
         self.max_completion_tokens = max_completion_tokens
+        self.num_crops = num_crops
+        self.dynamic_hd = dynamic_hd
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v not in (None, False))
@@ -267,6 +273,8 @@ class ChatCompletionRequest:
             "top_logprobs": self.top_logprobs,
             "n": self.n_choices,
             "stream": bool(self.stream),
+            "num_crops": self.num_crops,
+            "dynamic_hd": self.dynamic_hd,
         }
         if self.logit_bias:
             body["logit_bias"] = {str(k): v for k, v in dict(self.logit_bias).items()}
@@ -322,7 +330,9 @@ class Runner:
     ``max_queue`` (phive) bounds waiting requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
     requests that set none. ``in_situ_quant`` ("Q4K", "Q6K", "Q8_0", "BF16"... or a bit width
     such as "4") quantizes the language model's linear layers while loading; ``isq_encoders``
-    (phive) quantizes the vision/audio encoders' projections too.
+    (phive) quantizes the vision/audio encoders' projections too. ``num_crops`` (Phi-3.5-vision)
+    and ``dynamic_hd`` (Phi-4-multimodal) (phive) replace the checkpoint's crop limit per image;
+    a request may still set its own.
 
     The GIL is released while loading and generating, so other Python threads keep running;
     Ctrl-C (``KeyboardInterrupt``) during a request cancels it and propagates.
@@ -361,6 +371,8 @@ class Runner:
         kv_cache_mem: Optional[float] = None,
         media_cache_mem: Optional[float] = None,
         no_prefix_cache: bool = False,
+        num_crops: Optional[int] = None,
+        dynamic_hd: Optional[int] = None,
     ) -> None:
         if not isinstance(which, Which.VisionPlain):
             raise InvalidRequestError(
@@ -397,6 +409,8 @@ class Runner:
             media_cache_mem=media_cache_mem,
             prefix_cache=not no_prefix_cache and prefix_cache_n != 0,
             max_images=max_images,
+            num_crops=num_crops,
+            dynamic_hd=dynamic_hd,
         )
 
     def __repr__(self) -> str:
