@@ -196,3 +196,23 @@ def test_next_turn_reports_cached_prompt_tokens(client):
                                             stream_options={"include_usage": True})
     usage = list(stream)[-1].usage
     assert usage.prompt_tokens_details.cached_tokens >= cached
+
+
+def test_crop_limits_through_extra_body(phi4_server):
+    """Phi-4's dynamic_hd as the openai client sends extra fields (top level, or vLLM's
+    mm_processor_kwargs): the Hub processor's token counts; Phi-3.5's num_crops is a 400."""
+    limits = json.loads((GOLDENS.parents[1] / "crop_limits.json").read_text())["phi4mm"]
+    tokens = {c["dynamic_hd"]: c["num_image_tokens"] for c in limits if c["size"] == [1000, 600]}
+    messages = with_image(f"data:image/png;base64,{image_b64('wide_1000x600.png')}")
+    client = phi4_server.client()
+
+    def prompt_tokens(extra):
+        r = client.chat.completions.create(model="default", messages=messages, max_tokens=1, extra_body=extra)
+        return r.usage.prompt_tokens
+
+    base = prompt_tokens({})
+    assert prompt_tokens({"dynamic_hd": 4}) - base == tokens[4] - tokens[36]
+    assert prompt_tokens({"mm_processor_kwargs": {"dynamic_hd": 1}}) - base == tokens[1] - tokens[36]
+    with pytest.raises(openai.BadRequestError) as e:
+        prompt_tokens({"num_crops": 16})
+    assert e.value.param == "num_crops" and "Phi-3.5-vision only" in e.value.message

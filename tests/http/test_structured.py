@@ -223,3 +223,18 @@ def test_phi4_auto_tool_choice_answers(phi4_server):
     r = phi4_server.client().chat.completions.create(
         model=SERVED_NAME, messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER], max_tokens=8)
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_responses_api_text_format_json_schema(client, stream):
+    schema = SCHEMAS[6]
+    fmt = {"format": {"type": "json_schema", "name": "point", "schema": schema, "strict": True}}
+    if not stream:
+        r = client.responses.create(model=SERVED_NAME, input="A point?", text=fmt, max_output_tokens=120,
+                                    temperature=0)
+        text = r.output_text
+    else:
+        text = "".join(e.delta for e in client.responses.create(
+            model=SERVED_NAME, input="A point?", text=fmt, max_output_tokens=120, temperature=0, stream=True)
+            if e.type == "response.output_text.delta")
+    jsonschema.validate(json.loads(text), schema)

@@ -5,6 +5,7 @@ mod chat;
 mod engine_args;
 mod guard_args;
 mod model_args;
+mod preprocess_args;
 mod quantize;
 mod run;
 mod serve;

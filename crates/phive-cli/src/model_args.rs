@@ -4,6 +4,8 @@ use clap::Args;
 use phive::engine::{GenerationParams, SamplingParams};
 use phive::pipeline::{LoadOptions, Pipeline};
 
+use crate::preprocess_args::{self, PreprocessArgs};
+
 /// Which checkpoint to load, and whether to quantize it.
 #[derive(Args, Debug)]
 pub struct LoadArgs {
@@ -21,6 +23,8 @@ pub struct LoadArgs {
     /// With --isq, quantize the vision (and audio) encoders' projections too.
     #[arg(long, requires = "isq")]
     isq_encoders: bool,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
 }
 
 impl LoadArgs {
@@ -32,11 +36,13 @@ impl LoadArgs {
             revision: self.revision.clone(),
             isq: self.isq,
             isq_encoders: self.isq_encoders,
+            preprocess: self.preprocess.options(),
         })?;
         eprintln!(
-            "loaded {} ({}) in {:.2}s, {:.1} MB of weights",
+            "loaded {} ({}, {}) in {:.2}s, {:.1} MB of weights",
             pipeline.source(),
             pipeline.architecture().name(),
+            preprocess_args::summary(&pipeline),
             pipeline.load_time().as_secs_f64(),
             pipeline.weight_bytes() as f64 / 1e6
         );

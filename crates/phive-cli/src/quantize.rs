@@ -36,6 +36,8 @@ pub fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         revision: args.revision.clone(),
         isq: Some(args.isq),
         isq_encoders: args.isq_encoders,
+        // The checkpoint's preprocessor_config.json is copied as is.
+        preprocess: Default::default(),
     };
     let report = quantize_checkpoint(&options, &args.output)?;
     eprintln!("{}", report.load);

@@ -17,6 +17,7 @@ use phive::engine::Engine;
 
 use crate::engine_args::EngineArgs;
 use crate::guard_args::{seconds, GuardArgs};
+use crate::preprocess_args::{self, PreprocessArgs};
 use phive::media::MediaPolicy;
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive_server::{Server, ServerConfig};
@@ -105,6 +106,8 @@ struct ServerOptions {
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
+    preprocess: PreprocessArgs,
+    #[command(flatten)]
     guard: GuardArgs,
     /// Most images per request.
     #[arg(long, global = true, default_value_t = 8, env = "PHIVE_MAX_IMAGES")]
@@ -180,6 +183,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         revision: model.revision.clone(),
         isq: opts.isq,
         isq_encoders: opts.isq_encoders,
+        preprocess: opts.preprocess.options(),
     })?;
     let detected = pipeline.architecture().name();
     if let Some(arch) = model.arch {
@@ -193,9 +197,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let served = opts.served_model_name.clone().unwrap_or_else(|| model.model.clone());
     eprintln!(
-        "loaded {} | arch {detected} | dtype f32 | isq {} | {:.1} MB of weights | load time {:.2}s",
+        "loaded {} | arch {detected} | dtype f32 | isq {} | {} | {:.1} MB of weights | load time {:.2}s",
         pipeline.source(),
         opts.isq.map_or_else(|| "none".to_string(), |t| t.to_string()),
+        preprocess_args::summary(&pipeline),
         pipeline.weight_bytes() as f64 / 1e6,
         pipeline.load_time().as_secs_f64()
     );

@@ -21,6 +21,7 @@ use phive::api::{ApiError, ChatCompletionRequest, ChatResponseBuilder, ErrorKind
 use phive::checkpoint::Checkpoint;
 use phive::engine::{Completion, Engine, EngineConfig, Event, RequestHandle};
 use phive::media::MediaPolicy;
+use phive::models::PreprocessOptions;
 use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
 use phive::quant::IsqType;
 use pyo3::exceptions::PyRuntimeError;
@@ -247,8 +248,10 @@ impl NativeEngine {
     /// Loads `model` (a local folder or a Hugging Face id). `arch` (`"phi3v"`, `"phi4mm"`) must
     /// match the checkpoint's detected architecture when given. `isq` quantizes the language
     /// model's linear layers while loading (and the encoders' too with `isq_encoders`).
+    /// `num_crops` (Phi-3.5-vision) / `dynamic_hd` (Phi-4-multimodal) replace the checkpoint's
+    /// crop limit.
     #[new]
-    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, max_images=None))]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, max_images=None, num_crops=None, dynamic_hd=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -264,9 +267,14 @@ impl NativeEngine {
         media_cache_mem: Option<f64>,
         prefix_cache: bool,
         max_images: Option<usize>,
+        num_crops: Option<usize>,
+        dynamic_hd: Option<usize>,
     ) -> PyResult<Self> {
+        let preprocess = PreprocessOptions { num_crops, dynamic_hd };
         engine_config(max_seqs, max_queue, max_batched_tokens, kv_cache_mem, media_cache_mem, prefix_cache)
-            .and_then(|config| Self::load(py, model, revision, arch, isq, isq_encoders, config, max_images))
+            .and_then(|config| {
+                Self::load(py, model, revision, arch, (isq, isq_encoders), preprocess, config, max_images)
+            })
             .map_err(|f| f.into_py(py))
     }
 
@@ -375,8 +383,8 @@ impl NativeEngine {
         model: String,
         revision: Option<String>,
         arch: Option<String>,
-        isq: Option<String>,
-        isq_encoders: bool,
+        (isq, isq_encoders): (Option<String>, bool),
+        preprocess: PreprocessOptions,
         config: EngineConfig,
         max_images: Option<usize>,
     ) -> Fallible<Self> {
@@ -398,7 +406,8 @@ impl NativeEngine {
             }
             // Fields added to LoadOptions later keep their defaults here.
             #[allow(clippy::needless_update)]
-            let options = LoadOptions { model, revision, isq, isq_encoders, ..Default::default() };
+            let options =
+                LoadOptions { model, revision, isq, isq_encoders, preprocess, ..Default::default() };
             Ok(Pipeline::load(&options)?)
         })?;
         let isq = pipeline.load_report().isq.map(|t| t.name().to_string());

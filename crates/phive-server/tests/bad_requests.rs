@@ -355,6 +355,21 @@ fn cases() -> Vec<Case> {
     add("negative top_k", "POST", CHAT, chat_with(json!({"top_k": -5})), 400, Some("top_k"));
     add("fractional top_k", "POST", CHAT, chat_with(json!({"top_k": 1.5})), 400, Some("top_k"));
     add("min_p above one", "POST", CHAT, chat_with(json!({"min_p": 2})), 400, Some("min_p"));
+    // Crop limits: out of range, or the other family's (the fixture is Phi-3.5-vision).
+    add("num_crops zero", "POST", CHAT, chat_with(json!({"num_crops": 0})), 400, Some("num_crops"));
+    add("num_crops too high", "POST", CHAT, chat_with(json!({"num_crops": 257})), 400, Some("num_crops"));
+    add("negative num_crops", "POST", CHAT, chat_with(json!({"num_crops": -4})), 400, Some("num_crops"));
+    add("dynamic_hd on Phi-3.5", "POST", CHAT, chat_with(json!({"dynamic_hd": 16})), 400, Some("dynamic_hd"));
+    let nested = |kwargs: Value| chat_with(json!({"mm_processor_kwargs": kwargs}));
+    add("vLLM num_crops zero", "POST", CHAT, nested(json!({"num_crops": 0})), 400, Some("num_crops"));
+    add(
+        "unknown mm_processor_kwargs",
+        "POST",
+        CHAT,
+        nested(json!({"max_pixels": 1})),
+        400,
+        Some("mm_processor_kwargs.max_pixels"),
+    );
     add(
         "frequency_penalty too high",
         "POST",
@@ -485,7 +500,14 @@ fn cases() -> Vec<Case> {
         400,
         Some("logit_bias"),
     );
-    add("logit_bias past the vocabulary", "POST", CHAT, chat_with(json!({"logit_bias": {"50256": 1}})), 400, None);
+    add(
+        "logit_bias past the vocabulary",
+        "POST",
+        CHAT,
+        chat_with(json!({"logit_bias": {"50256": 1}})),
+        400,
+        None,
+    );
     add("numeric user", "POST", CHAT, chat_with(json!({"user": 5})), 400, Some("user"));
     add("unknown model", "POST", CHAT, chat_with(json!({"model": "gpt-4o"})), 404, Some("model"));
     add("numeric model", "POST", CHAT, chat_with(json!({"model": 4})), 400, Some("model"));

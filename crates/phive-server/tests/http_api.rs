@@ -335,3 +335,45 @@ fn models_health_and_metrics() {
         assert!(after.lines().any(|l| l.starts_with(series)), "{series} in {after}");
     }
 }
+
+#[test]
+fn crop_limit_fields_change_the_image_tokens_like_the_hub_processor() {
+    let goldens: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("goldens/crop_limits.json")).unwrap()).unwrap();
+    let tokens = |n: u64| {
+        let cases = goldens["phi3v"].as_array().unwrap();
+        let case = cases.iter().find(|c| c["size"] == json!([1000, 600]) && c["num_crops"] == n).unwrap();
+        case["num_image_tokens"].as_u64().unwrap()
+    };
+    let prompt_tokens = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image_path("wide_1000x600.png").to_string_lossy()}},
+            {"type": "text", "text": "What?"}]}], "max_tokens": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, body) = server().chat(&body);
+        assert_eq!(status, 200, "{body}");
+        body["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let default = prompt_tokens(json!({}));
+    assert_eq!(prompt_tokens(json!({"num_crops": 16})) - default, tokens(16) - tokens(4));
+    assert_eq!(
+        prompt_tokens(json!({"mm_processor_kwargs": {"num_crops": 1}})) + tokens(4) - tokens(1),
+        default
+    );
+    // The OpenAPI description carries the preprocessors' ranges.
+    let (_, doc) = server().get("/openapi.json");
+    let fields = &doc["components"]["schemas"]["ChatCompletionRequest"]["properties"];
+    let range = |name: &str| (fields[name]["minimum"].as_f64(), fields[name]["maximum"].as_f64());
+    assert_eq!(
+        range("num_crops"),
+        (Some(1.0), Some(phive::vision::phi3v_hd::MAX_NUM_CROPS as f64)),
+        "{fields}"
+    );
+    assert_eq!(
+        range("dynamic_hd"),
+        (Some(1.0), Some(phive::vision::phi4mm_hd::MAX_DYNAMIC_HD as f64)),
+        "{fields}"
+    );
+}

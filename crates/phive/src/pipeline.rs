@@ -10,7 +10,7 @@ use image::DynamicImage;
 
 use crate::audio::DecodedAudio;
 use crate::checkpoint::{Architecture, Checkpoint, TokenizerBundle};
-use crate::models::{LoadedModel, PreparedMedia};
+use crate::models::{LoadedModel, PreparedMedia, PreprocessOptions};
 use crate::nn::linear::{LinearWeight, LoadVb};
 use crate::prompt::{ChatMessage, ChatTemplate, MediaKind, PromptTokens, ToolFormat};
 use crate::quant::LoadContext;
@@ -28,6 +28,9 @@ pub struct LoadOptions {
     pub isq: Option<crate::quant::IsqType>,
     /// Quantize the vision/audio encoders' projections too (`--isq-encoders`).
     pub isq_encoders: bool,
+    /// Crop limits replacing the checkpoint's `preprocessor_config.json` values (`--num-crops`,
+    /// `--dynamic-hd`); requests may still set their own.
+    pub preprocess: PreprocessOptions,
 }
 
 /// A model loaded and ready to serve requests. Cheap to share: requests only read it.
@@ -113,7 +116,14 @@ impl Pipeline {
         let (vb, ctx) = LoadContext::open(&weights, options.isq, options.isq_encoders)?;
         let ctx = if record { ctx.recording() } else { ctx };
         let vb = LoadVb::new(vb, &ctx);
-        let model = LoadedModel::load(architecture, config, &config_path, &preprocessor_path, vb)?;
+        let model = LoadedModel::load(
+            architecture,
+            config,
+            &config_path,
+            &preprocessor_path,
+            &options.preprocess,
+            vb,
+        )?;
         let load_report = ctx.finish();
         let weight_bytes =
             weights.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
@@ -165,6 +175,12 @@ impl Pipeline {
         self.model.accepts_audio()
     }
 
+    /// The crop limit in use unless a request sets its own: `("num_crops", 4)` (see
+    /// [`LoadedModel::crop_limit`]).
+    pub fn crop_limit(&self) -> (&'static str, usize) {
+        self.model.crop_limit()
+    }
+
     /// The network.
     pub fn model(&self) -> &LoadedModel {
         &self.model
@@ -198,16 +214,28 @@ impl Pipeline {
         images: &[DynamicImage],
         audios: &[DecodedAudio],
     ) -> Result<PreparedPrompt> {
-        self.prepare_conversation(messages, images, audios, true)
+        self.prepare_media_with(messages, images, audios, &PreprocessOptions::default())
     }
 
-    /// [`Self::prepare_media`], without the assistant prompt at the end unless
+    /// [`Self::prepare_media`] with the request's own crop limit (`num_crops`, `dynamic_hd`).
+    pub fn prepare_media_with(
+        &self,
+        messages: &[ChatMessage],
+        images: &[DynamicImage],
+        audios: &[DecodedAudio],
+        preprocess: &PreprocessOptions,
+    ) -> Result<PreparedPrompt> {
+        self.prepare_conversation(messages, images, audios, preprocess, true)
+    }
+
+    /// [`Self::prepare_media_with`], without the assistant prompt at the end unless
     /// `add_generation_prompt` (to count or inspect a conversation's tokens).
     pub fn prepare_conversation(
         &self,
         messages: &[ChatMessage],
         images: &[DynamicImage],
         audios: &[DecodedAudio],
+        preprocess: &PreprocessOptions,
         add_generation_prompt: bool,
     ) -> Result<PreparedPrompt> {
         if messages.is_empty() {
@@ -227,6 +255,7 @@ impl Pipeline {
             messages,
             images,
             audios,
+            preprocess,
             &self.template,
             &self.tokenizer.tokenizer,
             add_generation_prompt,

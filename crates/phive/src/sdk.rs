@@ -20,6 +20,7 @@ use crate::audio::DecodedAudio;
 use crate::engine::{
     Completion, Engine, EngineConfig, Event, GenerationParams, Grammar, RequestHandle, SamplingParams,
 };
+use crate::models::PreprocessOptions;
 use crate::pipeline::{LoadOptions, Pipeline};
 use crate::prompt::{ChatMessage, MessagePart};
 use crate::quant::IsqType;
@@ -65,6 +66,7 @@ pub struct VisionModelBuilder {
     revision: Option<String>,
     dtype: ModelDType,
     isq: Option<IsqType>,
+    preprocess: PreprocessOptions,
     logging: bool,
     engine: EngineConfig,
 }
@@ -78,6 +80,7 @@ impl VisionModelBuilder {
             revision: None,
             dtype: ModelDType::Auto,
             isq: None,
+            preprocess: PreprocessOptions::default(),
             logging: false,
             engine: EngineConfig::default(),
         }
@@ -98,6 +101,21 @@ impl VisionModelBuilder {
     /// Quantizes the language model's linear layers in situ while loading.
     pub fn with_isq(mut self, isq: IsqType) -> Self {
         self.isq = Some(isq);
+        self
+    }
+
+    /// Phi-3.5-vision: most 336×336 crops per image (default: the checkpoint's; the model card
+    /// recommends 4 for several images, 16 for one). `build` fails on a Phi-4 checkpoint or a
+    /// value out of range.
+    pub fn with_num_crops(mut self, num_crops: usize) -> Self {
+        self.preprocess.num_crops = Some(num_crops);
+        self
+    }
+
+    /// Phi-4-multimodal: most 448×448 crops per image (default: the checkpoint's). `build` fails
+    /// on a Phi-3.5-vision checkpoint or a value out of range.
+    pub fn with_dynamic_hd(mut self, dynamic_hd: usize) -> Self {
+        self.preprocess.dynamic_hd = Some(dynamic_hd);
         self
     }
 
@@ -169,6 +187,7 @@ impl VisionModelBuilder {
             model: self.model_id.clone(),
             revision: self.revision.clone(),
             isq: self.isq,
+            preprocess: self.preprocess,
             ..Default::default()
         };
         let (arch, engine_config, model_id) = (self.arch, self.engine.clone(), self.model_id.clone());
@@ -315,6 +334,7 @@ impl VisionMessages {
 pub struct RequestBuilder {
     messages: VisionMessages,
     params: GenerationParams,
+    preprocess: PreprocessOptions,
     n_choices: usize,
     tools: Vec<Tool>,
     tool_choice: Option<ToolChoice>,
@@ -454,6 +474,17 @@ impl RequestBuilder {
         let tools = (!self.tools.is_empty()).then(|| self.tools.clone());
         tool_request(tools, Some(&choice), None).map_err(|e| Error::InvalidRequest(e.message))
     }
+    /// Phi-3.5-vision: most 336×336 crops per image of this request (the HTTP `num_crops`).
+    pub fn set_num_crops(mut self, num_crops: usize) -> Self {
+        self.preprocess.num_crops = Some(num_crops);
+        self
+    }
+
+    /// Phi-4-multimodal: most 448×448 crops per image of this request (the HTTP `dynamic_hd`).
+    pub fn set_dynamic_hd(mut self, dynamic_hd: usize) -> Self {
+        self.preprocess.dynamic_hd = Some(dynamic_hd);
+        self
+    }
 }
 
 /// Anything `send_chat_request` accepts: [`VisionMessages`] or a [`RequestBuilder`].
@@ -556,16 +587,17 @@ impl Model {
         let logprobs = request.params.logprobs.is_some();
         let tools = request.tool_request()?;
         let handle = run_blocking(move || {
-            let RequestBuilder { messages: mut conversation, mut params, .. } = request;
+            let RequestBuilder { messages: mut conversation, mut params, preprocess, .. } = request;
             if let Some(tools) = tools {
                 tools
                     .apply(engine.pipeline().tool_format(), &mut conversation.messages, &mut params)
                     .map_err(|e| Error::InvalidRequest(e.message))?;
             }
-            let prepared = engine.pipeline().prepare_media(
+            let prepared = engine.pipeline().prepare_media_with(
                 &conversation.messages,
                 &conversation.images,
                 &conversation.audios,
+                &preprocess,
             )?;
             engine.submit(prepared, params, n)
         })

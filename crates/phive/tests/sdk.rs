@@ -114,3 +114,39 @@ async fn concurrent_requests_batch_together_and_answer_as_alone() {
         assert_eq!(&alone.choices[0].message.content, answer, "{prompt}");
     }
 }
+
+#[tokio::test]
+async fn crop_limits_at_load_and_per_request() {
+    let goldens = common::golden_json("crop_limits.json");
+    let tokens = |n: u64| {
+        let case = goldens["phi3v"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["size"] == serde_json::json!([1000, 600]) && c["num_crops"] == n);
+        case.unwrap()["num_image_tokens"].as_u64().unwrap() as usize
+    };
+    let image = image::open(image_path("wide_1000x600.png")).unwrap();
+    let ask = |request: RequestBuilder| {
+        request
+            .add_image_message(TextMessageRole::User, "What is shown?", image.clone())
+            .set_sampler_max_len(1)
+    };
+    let default = VisionModelBuilder::new(model()).build().await.unwrap();
+    let four = default.send_chat_request(ask(RequestBuilder::new())).await.unwrap().usage.prompt_tokens;
+    let sixteen = default.send_chat_request(ask(RequestBuilder::new().set_num_crops(16))).await.unwrap();
+    assert_eq!(sixteen.usage.prompt_tokens - four, tokens(16) - tokens(4));
+    let loaded = VisionModelBuilder::new(model()).with_num_crops(16).build().await.unwrap();
+    let by_default = loaded.send_chat_request(ask(RequestBuilder::new())).await.unwrap();
+    assert_eq!(by_default.usage.prompt_tokens, sixteen.usage.prompt_tokens);
+
+    let err = default.send_chat_request(ask(RequestBuilder::new().set_num_crops(0))).await.err().unwrap();
+    assert!(matches!(&err, phive::Error::InvalidRequest(m) if m.starts_with("num_crops must be")), "{err}");
+    let err = default.send_chat_request(ask(RequestBuilder::new().set_dynamic_hd(4))).await.err().unwrap();
+    assert!(
+        matches!(&err, phive::Error::InvalidRequest(m) if m.starts_with("dynamic_hd (4) applies")),
+        "{err}"
+    );
+    let err = VisionModelBuilder::new(model()).with_dynamic_hd(4).build().await.err().unwrap();
+    assert!(matches!(&err, phive::Error::InvalidRequest(m) if m.contains("Phi-4-multimodal only")), "{err}");
+}

@@ -22,6 +22,8 @@ class NativeEngine:
         media_cache_mem: Optional[float] = None,
         prefix_cache: bool = True,
         max_images: Optional[int] = None,
+        num_crops: Optional[int] = None,
+        dynamic_hd: Optional[int] = None,
     ) -> None: ...
     @property
     def model_id(self) -> str: ...

@@ -149,6 +149,9 @@ class ChatCompletionRequest:
     ``grammar_type`` ``"regex"``, ``"lark"`` or ``"json_schema"`` (a dict or its JSON text).
     Tools: OpenAI's ``tools`` (dicts), or mistral.rs's ``tool_schemas`` (their JSON texts), with
     ``tool_choice`` and ``parallel_tool_calls``.
+
+    ``num_crops`` (Phi-3.5-vision) and ``dynamic_hd`` (Phi-4-multimodal) are phive's per-request
+    crop limits (the HTTP server's fields of the same names).
     Values are validated when the request is sent, with the same rules and messages as phive's
     HTTP server.
     """
@@ -190,6 +193,8 @@ class ChatCompletionRequest:
         response_format: Optional[Mapping[str, Any]] = None,
         tools: Optional[Sequence[Mapping[str, Any]]] = None,
         parallel_tool_calls: Optional[bool] = None,
+        num_crops: Optional[int] = None,
+        dynamic_hd: Optional[int] = None,
     ) -> None:
         self.messages = messages
         self.model = model
@@ -226,6 +231,8 @@ class ChatCompletionRequest:
         self.response_format = response_format
         self.tools = tools
         self.parallel_tool_calls = parallel_tool_calls
+        self.num_crops = num_crops
+        self.dynamic_hd = dynamic_hd
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v not in (None, False))
@@ -276,6 +283,8 @@ class ChatCompletionRequest:
             "top_logprobs": self.top_logprobs,
             "n": self.n_choices,
             "stream": bool(self.stream),
+            "num_crops": self.num_crops,
+            "dynamic_hd": self.dynamic_hd,
         }
         if self.logit_bias:
             body["logit_bias"] = {str(k): v for k, v in dict(self.logit_bias).items()}
@@ -368,7 +377,9 @@ class Runner:
     ``max_queue`` (phive) bounds waiting requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
     requests that set none. ``in_situ_quant`` ("Q4K", "Q6K", "Q8_0", "BF16"... or a bit width
     such as "4") quantizes the language model's linear layers while loading; ``isq_encoders``
-    (phive) quantizes the vision/audio encoders' projections too.
+    (phive) quantizes the vision/audio encoders' projections too. ``num_crops`` (Phi-3.5-vision)
+    and ``dynamic_hd`` (Phi-4-multimodal) (phive) replace the checkpoint's crop limit per image;
+    a request may still set its own.
 
     The GIL is released while loading and generating, so other Python threads keep running;
     Ctrl-C (``KeyboardInterrupt``) during a request cancels it and propagates.
@@ -407,6 +418,8 @@ class Runner:
         kv_cache_mem: Optional[float] = None,
         media_cache_mem: Optional[float] = None,
         no_prefix_cache: bool = False,
+        num_crops: Optional[int] = None,
+        dynamic_hd: Optional[int] = None,
     ) -> None:
         if not isinstance(which, Which.VisionPlain):
             raise InvalidRequestError(
@@ -443,6 +456,8 @@ class Runner:
             media_cache_mem=media_cache_mem,
             prefix_cache=not no_prefix_cache and prefix_cache_n != 0,
             max_images=max_images,
+            num_crops=num_crops,
+            dynamic_hd=dynamic_hd,
         )
 
     def __repr__(self) -> str:

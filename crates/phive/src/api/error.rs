@@ -160,6 +160,8 @@ const PARAM_NAMES: &[&str] = &[
     "seed",
     "messages",
     "prompt",
+    "num_crops",
+    "dynamic_hd",
 ];
 
 /// The central mapping from engine errors to client errors: request and media problems are the

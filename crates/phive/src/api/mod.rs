@@ -16,9 +16,10 @@ pub use assemble::ChatResponseBuilder;
 pub use error::{ApiError, ErrorKind, ErrorObject, ErrorResponse};
 pub use request::{
     history_calls_text, tool_request, ChatCompletionRequest, ChatInput, CompletionRequest, Content,
-    ContentPart, Delivery, FunctionDefinition, ImageUrl, Message, RequestLimits, ResponsesRequest, SamplingFields,
-    StopSpec, StreamOptions, TextConfig, TextInput, Tool, ToolChoice, ToolRequest, DEFAULT_COMPLETION_MAX_TOKENS,
-    MAX_LEGACY_LOGPROBS, MAX_N, MAX_STOP, MAX_STOP_LEN, MAX_TOP_LOGPROBS,
+    ContentPart, Delivery, FunctionDefinition, ImageUrl, Message, MmProcessorKwargs, RequestLimits,
+    ResponsesRequest, SamplingFields, StopSpec, StreamOptions, TextConfig, TextInput, Tool, ToolChoice,
+    ToolRequest, DEFAULT_COMPLETION_MAX_TOKENS, MAX_LEGACY_LOGPROBS, MAX_N, MAX_STOP, MAX_STOP_LEN,
+    MAX_TOP_LOGPROBS,
 };
 pub use response::{
     finish_reason, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,

@@ -40,6 +40,8 @@ impl ChatInput {
         add_generation_prompt: bool,
     ) -> Result<PreparedPrompt, ApiError> {
         self.apply_tools(pipeline.tool_format())?;
+        // Before fetching anything: a crop limit of the other family or out of range.
+        pipeline.model().check_preprocess(&self.preprocess)?;
         if !self.audios.is_empty() && !pipeline.accepts_audio() {
             // Refuse before fetching anything, naming the first audio part.
             let position = self.messages.iter().enumerate().find_map(|(i, m)| {
@@ -74,8 +76,13 @@ impl ChatInput {
             .collect::<Result<Vec<_>, _>>()?;
         let (images, _held): (Vec<_>, Vec<_>) = images.into_iter().unzip();
         let (audios, _held_audio): (Vec<_>, Vec<_>) = audios.into_iter().unzip();
-        let prepared =
-            pipeline.prepare_conversation(&self.messages, &images, &audios, add_generation_prompt)?;
+        let prepared = pipeline.prepare_conversation(
+            &self.messages,
+            &images,
+            &audios,
+            &self.preprocess,
+            add_generation_prompt,
+        )?;
         inject(Fault::Prepare, &prepared.text);
         Ok(prepared)
     }

@@ -8,6 +8,7 @@ use image::DynamicImage;
 
 use super::phi3v::{Phi3V, Phi3VConfig};
 use super::phi4mm::{route, Adapter, Phi4MM, Phi4MMConfig, AUDIO_TOKEN_ID, IMAGE_TOKEN_ID};
+use super::preprocess::PreprocessOptions;
 use crate::audio::{log_mel_features, AudioProjectionMode, DecodedAudio};
 use crate::checkpoint::Architecture;
 use crate::nn::kv_cache::{KvGeometry, KvPool};
@@ -46,24 +47,28 @@ pub enum PreparedMedia {
 }
 
 impl LoadedModel {
-    /// Builds the network of `architecture` from its config and weights.
+    /// Builds the network of `architecture` from its config and weights, with `preprocess`
+    /// overriding the preprocessor config (checked before the weights are read).
     pub fn load(
         architecture: Architecture,
         config: serde_json::Value,
         config_path: &std::path::Path,
         preprocessor_path: &std::path::Path,
+        preprocess: &PreprocessOptions,
         vb: LoadVb,
     ) -> Result<Self> {
         Ok(match architecture {
             Architecture::Phi3V => {
                 let model_config: Phi3VConfig = serde_json::from_value(config)
                     .map_err(|e| Error::checkpoint(config_path, format!("invalid model config: {e}")))?;
-                let images = phi3v_hd::Phi3VImageProcessorConfig::from_file(preprocessor_path)?;
+                let images =
+                    preprocess.phi3v(&phi3v_hd::Phi3VImageProcessorConfig::from_file(preprocessor_path)?)?;
                 LoadedModel::Phi3V { model: Box::new(Phi3V::new(&model_config, vb)?), images }
             }
             Architecture::Phi4MM => {
                 let model_config = Phi4MMConfig::from_json(&config)?;
-                let images = phi4mm_hd::Phi4MMImageProcessorConfig::from_file(preprocessor_path)?;
+                let images = preprocess
+                    .phi4mm(&phi4mm_hd::Phi4MMImageProcessorConfig::from_file(preprocessor_path)?)?;
                 LoadedModel::Phi4MM { model: Box::new(Phi4MM::new(&model_config, vb)?), images }
             }
         })
@@ -87,6 +92,23 @@ impl LoadedModel {
         self.decoder().config().vocab_size
     }
 
+    /// The crop limit images are preprocessed with unless a request sets its own, by its
+    /// request field name: `("num_crops", 4)`.
+    pub fn crop_limit(&self) -> (&'static str, usize) {
+        match self {
+            LoadedModel::Phi3V { images, .. } => ("num_crops", images.num_crops),
+            LoadedModel::Phi4MM { images, .. } => ("dynamic_hd", images.dynamic_hd),
+        }
+    }
+
+    /// Checks `preprocess` against this model's family and ranges.
+    pub fn check_preprocess(&self, preprocess: &PreprocessOptions) -> Result<()> {
+        match self {
+            LoadedModel::Phi3V { images, .. } => preprocess.phi3v(images).map(drop),
+            LoadedModel::Phi4MM { images, .. } => preprocess.phi4mm(images).map(drop),
+        }
+    }
+
     /// Whether requests may carry audio (Phi-4-multimodal with an audio encoder).
     pub fn accepts_audio(&self) -> bool {
         matches!(self, LoadedModel::Phi4MM { model, .. } if model.audio().is_some())
@@ -98,28 +120,34 @@ impl LoadedModel {
     }
 
     /// Places media tags, renders the chat template (ending with the assistant prompt when
-    /// `add_generation_prompt`), preprocesses the media and tokenizes. The caller has checked
-    /// that the messages reference exactly `images` and `audios`.
+    /// `add_generation_prompt`), preprocesses the media (with the request's `preprocess`
+    /// overrides) and tokenizes. The caller has checked that the messages reference exactly
+    /// `images` and `audios`.
     pub fn prepare(
         &self,
         messages: &[ChatMessage],
         images: &[DynamicImage],
         audios: &[DecodedAudio],
+        preprocess: &PreprocessOptions,
         template: &ChatTemplate,
         tokenizer: &tokenizers::Tokenizer,
         add_generation_prompt: bool,
     ) -> Result<(PromptTokens, String, PreparedMedia)> {
         match self {
             LoadedModel::Phi3V { images: config, .. } => {
+                let config = preprocess.phi3v(config)?;
                 let rendered = place_media_tags(messages, &[MediaKind::Image], "\n")?;
                 let text = template.render(&rendered, add_generation_prompt)?;
-                let images =
-                    images.iter().map(|img| phi3v_hd::preprocess(img, config)).collect::<Result<Vec<_>>>()?;
+                let images = images
+                    .iter()
+                    .map(|img| phi3v_hd::preprocess(img, &config))
+                    .collect::<Result<Vec<_>>>()?;
                 let counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
                 let tokens = expand_phi3v(tokenizer, &text, &counts, 0)?;
                 Ok((tokens, text, PreparedMedia::Phi3V(images)))
             }
             LoadedModel::Phi4MM { model, images: config } => {
+                let config = preprocess.phi4mm(config)?;
                 let kinds: &[MediaKind] = if self.accepts_audio() {
                     &[MediaKind::Image, MediaKind::Audio]
                 } else {
@@ -129,7 +157,7 @@ impl LoadedModel {
                 let text = template.render(&rendered, add_generation_prompt)?;
                 let images = images
                     .iter()
-                    .map(|img| phi4mm_hd::preprocess(img, config))
+                    .map(|img| phi4mm_hd::preprocess(img, &config))
                     .collect::<Result<Vec<_>>>()?;
                 let features = audios.iter().map(log_mel_features).collect::<Result<Vec<_>>>()?;
                 let image_counts: Vec<usize> = images.iter().map(|i| i.num_image_tokens).collect();
@@ -191,9 +219,10 @@ impl LoadedModel {
     }
 
     /// A content key for the media item behind `span`: SHA-256 over what its encoder consumes
-    /// (the preprocessed crops and patch mask, or the log-mel features, with their shapes) and
-    /// the setting that changes its output (Phi-4's audio projection). The same picture from any
-    /// source gets one key; a changed pixel gets another.
+    /// (the preprocessed crops with their grid and patch mask, or the log-mel features, with
+    /// their shapes) and the setting that changes its output (Phi-4's audio projection). The same
+    /// picture from any source gets one key; a changed pixel, or a crop limit that changes the
+    /// crops, gets another (a limit that does not change them shares the features).
     pub fn media_key(&self, media: &PreparedMedia, span: &MediaSpan) -> Result<MediaKey> {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
@@ -207,10 +236,13 @@ impl LoadedModel {
             Ok(())
         };
         match (media, span.kind) {
-            (PreparedMedia::Phi3V(images), _) => feed("phi3v image", &images[span.index].pixel_values)?,
+            (PreparedMedia::Phi3V(images), _) => {
+                let image = &images[span.index];
+                feed(&format!("phi3v image, grid {:?}", image.grid()), &image.pixel_values)?
+            }
             (PreparedMedia::Phi4MM { images, .. }, MediaKind::Image) => {
                 let image = &images[span.index];
-                feed("phi4mm image", &image.pixel_values)?;
+                feed(&format!("phi4mm image, grid {:?}", image.grid()), &image.pixel_values)?;
                 feed("patch mask", &image.patch_mask)?;
             }
             (PreparedMedia::Phi4MM { audios, projection, .. }, MediaKind::Audio) => {

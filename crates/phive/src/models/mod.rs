@@ -4,6 +4,8 @@
 pub mod loaded;
 pub mod phi3v;
 pub mod phi4mm;
+pub mod preprocess;
 pub mod text_config;
 
 pub use loaded::{LoadedModel, MediaKey, PreparedMedia};
+pub use preprocess::PreprocessOptions;

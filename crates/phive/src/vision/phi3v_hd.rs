@@ -129,7 +129,7 @@ impl Phi3VImageProcessorConfig {
 
     /// Checks values the transform cannot work with (the reference would crash or divide by
     /// zero on them).
-    fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         if self.num_crops == 0 || self.num_crops > MAX_NUM_CROPS {
             return Err(format!("num_crops must be between 1 and {MAX_NUM_CROPS}, got {}", self.num_crops));
         }

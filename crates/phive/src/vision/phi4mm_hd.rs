@@ -81,7 +81,7 @@ impl Phi4MMImageProcessorConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         if self.dynamic_hd == 0 || self.dynamic_hd > MAX_DYNAMIC_HD {
             return Err(format!(
                 "dynamic_hd must be between 1 and {MAX_DYNAMIC_HD}, got {}",

@@ -6,12 +6,14 @@ use serde_json::Value;
 
 use super::content::{audio_reference, Content, ContentPart};
 use super::delivery::Delivery;
+use super::preprocess::{preprocess_options, MmProcessorKwargs};
 use super::sampling::sampling_fields;
 use super::structured::output_grammar;
 use super::tools::{tool_request, Tool, ToolRequest};
 use super::validate::p;
 use crate::api::{ApiError, ToolCall};
 use crate::engine::GenerationParams;
+use crate::models::PreprocessOptions;
 use crate::prompt::{ChatMessage, MessagePart};
 
 /// Largest `top_logprobs` (chat) as in OpenAI.
@@ -73,6 +75,20 @@ sampling_fields! {
         /// llguidance's dialect).
         #[serde(default)]
         pub grammar: Option<Value>,
+        /// Phi-3.5-vision only: most 336×336 crops per image for this request (default: the
+        /// server's `--num-crops`); the model card recommends 4 for several images or video
+        /// frames, 16 for one image.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 256)]
+        pub num_crops: Option<usize>,
+        /// Phi-4-multimodal only: most 448×448 crops per image for this request (default: the
+        /// server's `--dynamic-hd`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 1024)]
+        pub dynamic_hd: Option<usize>,
+        /// vLLM's spelling of the same crop limits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mm_processor_kwargs: Option<MmProcessorKwargs>,
     }
 }
 
@@ -101,6 +117,8 @@ pub struct ChatInput {
     pub audios: Vec<String>,
     /// Sampling, length, stop and logprob settings.
     pub params: GenerationParams,
+    /// The request's crop limits (checked against the model when preparing).
+    pub preprocess: PreprocessOptions,
     /// Choices, streaming, usage chunk.
     pub delivery: Delivery,
     /// The tools offered, applied to `messages` and `params` once the model is known.
@@ -114,6 +132,8 @@ impl ChatCompletionRequest {
     pub fn into_chat(self, limits: &RequestLimits) -> Result<ChatInput, ApiError> {
         let grammar = output_grammar(self.response_format.as_ref(), self.grammar.as_ref())?;
         let tools = tool_request(self.tools.clone(), self.tool_choice.as_ref(), self.parallel_tool_calls)?;
+        let preprocess =
+            preprocess_options(self.num_crops, self.dynamic_hd, self.mm_processor_kwargs.as_ref())?;
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (_, Some(k)) if k > MAX_TOP_LOGPROBS => {
                 return Err(ApiError::invalid(
@@ -225,7 +245,7 @@ impl ChatCompletionRequest {
                 ),
             ));
         }
-        Ok(ChatInput { messages, images, audios, params, delivery, tools, history_calls })
+        Ok(ChatInput { messages, images, audios, params, preprocess, delivery, tools, history_calls })
     }
 }
 

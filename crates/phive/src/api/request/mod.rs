@@ -14,12 +14,14 @@
 //! - [`structured`]: `response_format` and the `grammar` extension (structured output).
 //! - [`tools`]: `tools` and `tool_choice`, and how a model is told about them.
 //! - [`responses`]: the stateless Responses API request and its translation into a chat request.
+//! - [`preprocess`]: the crop-limit extra fields (`num_crops`, `dynamic_hd`).
 //! - [`validate`]: small checks that name the offending field.
 
 mod chat;
 mod completion;
 mod content;
 mod delivery;
+mod preprocess;
 mod responses;
 mod sampling;
 mod structured;
@@ -30,6 +32,7 @@ pub use chat::{ChatCompletionRequest, ChatInput, Message, RequestLimits, MAX_TOP
 pub use completion::{CompletionRequest, TextInput, DEFAULT_COMPLETION_MAX_TOKENS, MAX_LEGACY_LOGPROBS};
 pub use content::{Content, ContentPart, ImageUrl};
 pub use delivery::{Delivery, StreamOptions};
+pub use preprocess::MmProcessorKwargs;
 pub use responses::{ResponsesRequest, TextConfig};
 pub use sampling::{SamplingFields, StopSpec, MAX_N, MAX_STOP, MAX_STOP_LEN};
 pub use tools::{history_calls_text, tool_request, FunctionDefinition, Tool, ToolChoice, ToolRequest};

@@ -198,7 +198,13 @@ fn message(item: &Value, i: usize) -> Result<Message, ApiError> {
             ))
         }
     };
-    Ok(Message { role: role.to_string(), content: Some(content), name: None })
+    Ok(Message {
+        role: role.to_string(),
+        content: Some(content),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+    })
 }
 
 impl ResponsesRequest {
@@ -240,6 +246,8 @@ impl ResponsesRequest {
                 role: "system".into(),
                 content: Some(Content::Text(instructions.clone())),
                 name: None,
+                tool_calls: None,
+                tool_call_id: None,
             });
         }
         match &self.input {
@@ -247,6 +255,8 @@ impl ResponsesRequest {
                 role: "user".into(),
                 content: Some(Content::Text(text.clone())),
                 name: None,
+                tool_calls: None,
+                tool_call_id: None,
             }),
             Value::Array(items) if !items.is_empty() => {
                 for (i, item) in items.iter().enumerate() {

@@ -105,12 +105,14 @@ pub fn tool_request(
             "none" => return Ok(None),
             "auto" => ToolChoice::Auto,
             "required" => ToolChoice::Required,
-            other => return Err(ApiError::invalid(
-                p("tool_choice"),
-                format!(
+            other => {
+                return Err(ApiError::invalid(
+                    p("tool_choice"),
+                    format!(
                     "tool_choice must be \"none\", \"auto\", \"required\" or a named function, got {other:?}"
                 ),
-            )),
+                ))
+            }
         },
         Some(object) => match object.pointer("/function/name").and_then(Value::as_str) {
             Some(name) if object.get("type").and_then(Value::as_str) == Some("function") => {
