@@ -86,22 +86,32 @@ fn dropping_a_handle_cancels_generation() {
     let goldens = common::golden_json("phi3v/generation.json");
     let (messages, images) = common::openai_messages(&goldens["cases"][0]["openai_messages"]);
     let prepared = pipeline.prepare(&messages, &images).unwrap();
+    // No max_tokens and the stop tokens banned: the answer runs to the context's end (minutes),
+    // so only the drop ends it, however long this thread waits on a busy machine.
+    let banned = pipeline.stop_token_ids().iter().map(|&id| (id, -100.0)).collect();
+    let params = GenerationParams {
+        sampling: phive::engine::SamplingParams { logit_bias: banned, ..Default::default() },
+        ..Default::default()
+    };
     let engine = Engine::new(pipeline, EngineConfig::default());
-    // No max_tokens: the answer runs to the context's end (minutes), so only the drop ends it,
-    // however long this thread waits on a busy machine.
-    let mut handle = engine.submit(prepared, GenerationParams::default(), 1).unwrap();
+    let mut handle = engine.submit(prepared, params, 1).unwrap();
     // Wait for the first delta, then walk away.
     match handle.next_blocking() {
         Some(Event::Delta { .. }) => {}
         other => panic!("expected a first delta, got {other:?}"),
     }
     drop(handle);
+    // The first delta is sent mid-step, before the loop publishes its counters: wait for the
+    // cancellation itself, not for `active` (which may not have counted the request yet).
     let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    while engine.stats().active > 0 {
-        assert!(Instant::now() < deadline, "generation was not cancelled");
+    loop {
+        let stats = engine.stats();
+        if stats.cancelled == 1 && stats.active == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "generation was not cancelled: {stats:?}");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(engine.stats().cancelled, 1);
 }
 
 #[test]
