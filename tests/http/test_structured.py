@@ -56,6 +56,21 @@ SCHEMAS = [
 ]
 
 
+def closed(schema):
+    """The schema with every object closed to extra keys, as OpenAI's strict mode requires (an
+    open object lets a random-weight model invent keys forever)."""
+    if isinstance(schema, dict):
+        schema = {k: closed(v) for k, v in schema.items()}
+        if "properties" in schema:
+            schema.setdefault("additionalProperties", False)
+    elif isinstance(schema, list):
+        schema = [closed(v) for v in schema]
+    return schema
+
+
+SCHEMAS = [closed(s) for s in SCHEMAS]
+
+
 def ask(client, stream=False, **kwargs):
     """The answer text (joined from the chunks when streamed) and the finish reason."""
     kwargs.setdefault("max_tokens", 200)
@@ -89,14 +104,19 @@ def test_schema_holds_for_sampling_and_every_choice(client):
     schema = SCHEMAS[10]
     r = client.chat.completions.create(
         model=SERVED_NAME, messages=[{"role": "user", "content": "Describe a user."}], n=3, temperature=1.2,
-        top_p=0.9, top_k=50, seed=5, max_tokens=200, response_format=json_schema_format(schema))
+        top_p=0.9, seed=5, max_tokens=200, response_format=json_schema_format(schema),
+        extra_body={"top_k": 50, "min_p": 0.01})
     assert len(r.choices) == 3
     for choice in r.choices:
         jsonschema.validate(json.loads(choice.message.content), schema)
 
 
-def test_json_object_mode(phi4_server):
-    text, reason = ask(phi4_server.client(), response_format={"type": "json_object"}, max_tokens=300)
+def test_json_object_mode_with_logit_bias(phi4_server):
+    """Any object may have any keys, so a random-weight model never stops writing one; a bias
+    towards `"` (1) and `}` (92) in Phi-4's vocabulary ends it, and the grammar keeps it an
+    object: the bias and the mask work together."""
+    text, reason = ask(phi4_server.client(), response_format={"type": "json_object"}, max_tokens=100,
+                       logit_bias={"1": 30, "92": 30})
     assert reason == "stop", text
     assert isinstance(json.loads(text), dict)
 
@@ -173,8 +193,10 @@ def test_enforced_tool_calls_validate(request, fixture, choice):
     tool_choice = "required" if choice == "required" else {"type": "function", "function": {"name": "get_time"}}
     allowed = [WEATHER, TIME] if choice == "required" else [TIME]
     messages = [{"role": "user", "content": "What time is it in Paris?"}]
+    # One call: a random-weight model allowed several would repeat calls until max_tokens.
     r = client.chat.completions.create(model=SERVED_NAME, messages=messages, tools=[WEATHER, TIME],
-                                       tool_choice=tool_choice, max_tokens=120, temperature=0)
+                                       tool_choice=tool_choice, max_tokens=120, temperature=0,
+                                       parallel_tool_calls=False)
     assert r.choices[0].finish_reason == "tool_calls", r
     check_calls(r.choices[0].message.tool_calls, allowed)
     if choice == "named":
@@ -183,7 +205,7 @@ def test_enforced_tool_calls_validate(request, fixture, choice):
     calls, reason = {}, None
     for chunk in client.chat.completions.create(model=SERVED_NAME, messages=messages, tools=[WEATHER, TIME],
                                                 tool_choice=tool_choice, max_tokens=120, temperature=0,
-                                                stream=True):
+                                                parallel_tool_calls=False, stream=True):
         for c in chunk.choices:
             reason = c.finish_reason or reason
             for d in c.delta.tool_calls or []:
