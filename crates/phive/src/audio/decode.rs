@@ -85,6 +85,11 @@ pub fn decode_audio_with_limits(
             hint.with_extension(h.trim_start_matches('.'));
         }
     }
+    // symphonia 0.5 panics on a WAV `fmt ` chunk with a sample rate of 0 (`TimeBase::new(1, 0)`)
+    // instead of failing, so the declared rates get the rate check before probing.
+    for rate in wav_declared_rates(bytes) {
+        check_rate(rate, limits)?;
+    }
     let source =
         MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), MediaSourceStreamOptions::default());
     let format_opts = FormatOptions {
@@ -236,6 +241,30 @@ fn check_rate(rate: u32, limits: &AudioLimits) -> Result<()> {
     Ok(())
 }
 
+/// The sample rates of a WAV file's `fmt ` chunks, walking the chunks as symphonia does
+/// (2-byte aligned, up to the `data` chunk); empty for anything but RIFF/WAVE.
+fn wav_declared_rates(bytes: &[u8]) -> Vec<u32> {
+    let mut rates = Vec::new();
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return rates;
+    }
+    let mut pos = 12usize;
+    while let Some(header) = bytes.get(pos..pos.saturating_add(8)) {
+        let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let len = le32(&header[4..]) as usize;
+        match &header[..4] {
+            b"data" => break,
+            b"fmt " => match bytes.get(pos + 12..pos + 16) {
+                Some(rate) => rates.push(le32(rate)),
+                None => break,
+            },
+            _ => {}
+        }
+        pos = pos.saturating_add(8).saturating_add(len).saturating_add(len & 1);
+    }
+    rates
+}
+
 fn check_duration(frames: u64, rate: u32, limits: &AudioLimits) -> Result<()> {
     let secs = frames as f64 / rate.max(1) as f64;
     if secs > limits.max_seconds {
@@ -316,6 +345,26 @@ mod tests {
         w[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
         let a = decode_audio(&w, Some("wav")).unwrap();
         assert_eq!(a.samples.len(), vals.len());
+    }
+
+    /// Found by the `audio_decode` fuzz target: symphonia panicked on a `fmt ` rate of 0.
+    #[test]
+    fn zero_sample_rate_is_an_error_not_a_panic() {
+        let e = media(decode_audio(&wav(1, 1, 0, 16, &[0; 8]), None).unwrap_err());
+        assert!(e.contains("sample rate 0 Hz is below the minimum"), "{e}");
+        // A second `fmt ` chunk after a valid one, behind an odd-sized chunk (padded to 2 bytes).
+        let mut w = wav(1, 1, 16000, 16, &[0; 8]);
+        let data = w.split_off(36);
+        w.extend_from_slice(b"junk\x01\0\0\0x\0");
+        w.extend_from_slice(&wav(1, 1, 0, 16, &[])[12..36]);
+        w.extend_from_slice(&data);
+        let riff_len = (w.len() - 8) as u32;
+        w[4..8].copy_from_slice(&riff_len.to_le_bytes());
+        assert_eq!(wav_declared_rates(&w), vec![16000, 0]);
+        assert!(media(decode_audio(&w, None).unwrap_err()).contains("below the minimum"));
+        // Chunks after `data` are not walked; a file cut inside `fmt ` yields what it has.
+        assert_eq!(wav_declared_rates(&wav(1, 1, 8000, 16, &[0; 4])), vec![8000]);
+        assert_eq!(wav_declared_rates(&wav(1, 1, 8000, 16, &[])[..26]), Vec::<u32>::new());
     }
 
     #[test]
