@@ -90,8 +90,10 @@ pub fn decode_audio_with_limits(
     for rate in wav_declared_rates(bytes) {
         check_rate(rate, limits)?;
     }
-    let source =
-        MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), MediaSourceStreamOptions::default());
+    let source = MediaSourceStream::new(
+        Box::new(Cursor::new(flac_without_metadata(bytes)?)),
+        MediaSourceStreamOptions::default(),
+    );
     let format_opts = FormatOptions {
         // Trim encoder delay and padding (mp3 LAME/Xing info, ogg granule positions) so lossy
         // files have the length of the original signal.
@@ -265,6 +267,38 @@ fn wav_declared_rates(bytes: &[u8]) -> Vec<u32> {
     rates
 }
 
+/// `bytes`, or for a FLAC stream the same stream with STREAMINFO as its only metadata block.
+/// symphonia 0.5 allocates the lengths written inside PICTURE and VORBIS_COMMENT blocks before
+/// reading them (found by the `audio_decode` fuzz target: 258 bytes asked for 2.7 GB), and
+/// decoding needs none of them.
+fn flac_without_metadata(bytes: &[u8]) -> Result<Vec<u8>> {
+    if !bytes.starts_with(b"fLaC") {
+        return Ok(bytes.to_vec());
+    }
+    let corrupt = |what: &str| Error::Media(format!("cannot decode audio: FLAC stream {what}"));
+    let mut pos = 4usize;
+    let mut streaminfo = None;
+    loop {
+        let header = bytes.get(pos..pos + 4).ok_or_else(|| corrupt("with truncated metadata"))?;
+        let end = pos + 4 + u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+        if header[0] & 0x7f == 0 && streaminfo.is_none() {
+            streaminfo = Some(bytes.get(pos + 1..end).ok_or_else(|| corrupt("with a truncated STREAMINFO"))?);
+        }
+        pos = end;
+        if header[0] & 0x80 != 0 {
+            break;
+        }
+    }
+    let streaminfo = streaminfo.ok_or_else(|| corrupt("without STREAMINFO"))?;
+    let frames = bytes.get(pos..).unwrap_or_default();
+    let mut out = Vec::with_capacity(5 + streaminfo.len() + frames.len());
+    out.extend_from_slice(b"fLaC");
+    out.push(0x80); // STREAMINFO, the last metadata block
+    out.extend_from_slice(streaminfo);
+    out.extend_from_slice(frames);
+    Ok(out)
+}
+
 fn check_duration(frames: u64, rate: u32, limits: &AudioLimits) -> Result<()> {
     let secs = frames as f64 / rate.max(1) as f64;
     if secs > limits.max_seconds {
@@ -365,6 +399,28 @@ mod tests {
         // Chunks after `data` are not walked; a file cut inside `fmt ` yields what it has.
         assert_eq!(wav_declared_rates(&wav(1, 1, 8000, 16, &[0; 4])), vec![8000]);
         assert_eq!(wav_declared_rates(&wav(1, 1, 8000, 16, &[])[..26]), Vec::<u32>::new());
+    }
+
+    /// Found by the `audio_decode` fuzz target: a PICTURE block whose MIME type length says
+    /// 2.7 GB made symphonia allocate that much before reading.
+    #[test]
+    fn flac_metadata_other_than_streaminfo_is_dropped() {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/audio/speechlike_8k.flac");
+        let flac = std::fs::read(fixture).unwrap();
+        let plain = decode_audio(&flac, None).unwrap();
+        // The fixture's STREAMINFO, then a last PICTURE block with a 0xA5A5A5A5-byte MIME type.
+        let info_end = 4 + 4 + 34;
+        let mut hostile = flac[..info_end].to_vec();
+        hostile[4] &= 0x7f; // STREAMINFO is no longer the last block
+        hostile.extend_from_slice(&[0x86, 0, 0, 8, 0, 0, 0, 3, 0xa5, 0xa5, 0xa5, 0xa5]);
+        let stripped = flac_without_metadata(&flac).unwrap();
+        hostile.extend_from_slice(&stripped[info_end..]);
+        assert_eq!(stripped[4], 0x80, "STREAMINFO becomes the only, last block");
+        assert_eq!(decode_audio(&hostile, None).unwrap(), plain);
+        let e = media(decode_audio(&hostile[..info_end + 2], None).unwrap_err());
+        assert!(e.contains("truncated metadata"), "{e}");
+        let e = media(decode_audio(b"fLaC\x84\0\0\0", None).unwrap_err());
+        assert!(e.contains("without STREAMINFO"), "{e}");
     }
 
     #[test]
