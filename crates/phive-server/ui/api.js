@@ -9,9 +9,14 @@ export class ApiError extends Error {
   }
 }
 
+/** Headers carrying `key` as a bearer token (servers started with `--api-key`); none if empty. */
+function authorization(key) {
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
 /** The loaded model and its limits (`/v1/phive/info`). */
-export async function fetchInfo() {
-  const response = await fetch("/v1/phive/info");
+export async function fetchInfo(key) {
+  const response = await fetch("/v1/phive/info", { headers: authorization(key) });
   if (!response.ok) throw await errorOf(response);
   return response.json();
 }
@@ -30,20 +35,23 @@ async function errorOf(response) {
     // Not JSON: keep the status line.
   }
   if (response.status === 503) message = `The server is busy: ${message}. Try again in a moment.`;
+  if (response.status === 401) {
+    message = `This server needs an API key: enter it under Settings → API key (the server said: ${message}).`;
+  }
   return new ApiError(message, response.status, code);
 }
 
 /**
  * Streams one chat completion. `onText(text)` gets each new piece of the answer; the promise
  * resolves with `{usage, timings, finishReason}` when the stream ends. Aborting `signal` closes
- * the connection, which makes the server cancel the request.
+ * the connection, which makes the server cancel the request. `key` is the API key, if any.
  */
-export async function streamChat(body, { signal, onText }) {
+export async function streamChat(body, { key, signal, onText }) {
   let response;
   try {
     response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...authorization(key) },
       body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
       signal,
     });

@@ -7,6 +7,8 @@ import { MediaError, Recorder, audioFromFile, contentPart, imageFromFile, imageF
 
 const $ = (id) => document.getElementById(id);
 const SETTINGS = ["system", "temperature", "top-p", "max-tokens", "seed"];
+/** The API key is a credential: session storage keeps it for this tab only, not on disk for good. */
+const KEY_STORAGE = "phive.api-key";
 
 const state = {
   info: null,
@@ -39,6 +41,23 @@ function loadSettings() {
     if (saved !== null) $(id).value = saved;
     $(id).addEventListener("change", () => localStorage.setItem(`phive.${id}`, $(id).value));
   }
+}
+
+function loadKey() {
+  $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+  $("api-key").addEventListener("input", () => sessionStorage.setItem(KEY_STORAGE, apiKey()));
+  // A page that could not connect (401) tries again with the key just entered.
+  $("api-key").addEventListener("change", () => state.info || connect());
+}
+
+function apiKey() {
+  return $("api-key").value.trim();
+}
+
+/** Points the user at the API key field after a 401. */
+function askForKey() {
+  $("settings").open = true;
+  $("api-key").focus();
 }
 
 /** Sampling fields of the request; empty boxes are left out so the server's defaults apply. */
@@ -210,10 +229,12 @@ async function send() {
   const messages = system ? [{ role: "system", content: system }, ...history] : [...history];
   state.controller = new AbortController();
   setBusy(true);
+  let needsKey = false;
   try {
     const result = await streamChat(
       { model: state.info ? state.info.model : "default", messages, ...samplingFields() },
       {
+        key: apiKey(),
         signal: state.controller.signal,
         onText: (piece) => {
           reply += piece;
@@ -242,6 +263,7 @@ async function send() {
       state.attachments = attachments;
       showAttachments();
       const message = e instanceof ApiError ? e.message : `unexpected failure: ${e.message}`;
+      needsKey = e instanceof ApiError && e.status === 401;
       const error = addMessage("error", [el("p", "", [message])]);
       error.setAttribute("role", "alert");
     }
@@ -251,6 +273,7 @@ async function send() {
     setBusy(false);
     $("prompt").focus();
   }
+  if (needsKey) askForKey();
 }
 
 function newChat() {
@@ -321,19 +344,29 @@ function wire() {
   });
 }
 
-async function start() {
-  loadSettings();
-  wire();
+/** Reads what the server has loaded; a 401 asks for the API key instead. */
+async function connect() {
   try {
-    state.info = await fetchInfo();
+    state.info = await fetchInfo(apiKey());
     $("model").textContent = `${state.info.model} · ${state.info.audio ? "pictures and audio" : "pictures"}`;
     document.body.classList.toggle("audio", state.info.audio);
     document.body.dataset.ready = "true";
+    notice("");
+    $("prompt").focus();
   } catch (e) {
-    $("model").textContent = "not connected";
-    notice(`cannot read the server's model: ${e.message}`);
+    const unauthorized = e instanceof ApiError && e.status === 401;
+    $("model").textContent = unauthorized ? "API key needed" : "not connected";
+    notice(unauthorized ? e.message : `cannot read the server's model: ${e.message}`);
+    if (unauthorized) askForKey();
+    else $("prompt").focus();
   }
-  $("prompt").focus();
+}
+
+function start() {
+  loadSettings();
+  loadKey();
+  wire();
+  connect();
 }
 
 start();

@@ -14,6 +14,7 @@ pub mod error;
 /// Saving a quantized checkpoint as GGUF (`phive quantize`); above `pipeline`, which it loads with.
 pub mod export;
 pub mod fault;
+pub mod fuzzing;
 pub mod media;
 pub mod models;
 pub mod nn;

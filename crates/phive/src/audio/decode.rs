@@ -85,8 +85,15 @@ pub fn decode_audio_with_limits(
             hint.with_extension(h.trim_start_matches('.'));
         }
     }
-    let source =
-        MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), MediaSourceStreamOptions::default());
+    // symphonia 0.5 panics on a WAV `fmt ` chunk with a sample rate of 0 (`TimeBase::new(1, 0)`)
+    // instead of failing, so the declared rates get the rate check before probing.
+    for rate in wav_declared_rates(bytes) {
+        check_rate(rate, limits)?;
+    }
+    let source = MediaSourceStream::new(
+        Box::new(Cursor::new(flac_without_metadata(bytes)?)),
+        MediaSourceStreamOptions::default(),
+    );
     let format_opts = FormatOptions {
         // Trim encoder delay and padding (mp3 LAME/Xing info, ogg granule positions) so lossy
         // files have the length of the original signal.
@@ -236,6 +243,62 @@ fn check_rate(rate: u32, limits: &AudioLimits) -> Result<()> {
     Ok(())
 }
 
+/// The sample rates of a WAV file's `fmt ` chunks, walking the chunks as symphonia does
+/// (2-byte aligned, up to the `data` chunk); empty for anything but RIFF/WAVE.
+fn wav_declared_rates(bytes: &[u8]) -> Vec<u32> {
+    let mut rates = Vec::new();
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return rates;
+    }
+    let mut pos = 12usize;
+    while let Some(header) = bytes.get(pos..pos.saturating_add(8)) {
+        let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let len = le32(&header[4..]) as usize;
+        match &header[..4] {
+            b"data" => break,
+            b"fmt " => match bytes.get(pos + 12..pos + 16) {
+                Some(rate) => rates.push(le32(rate)),
+                None => break,
+            },
+            _ => {}
+        }
+        pos = pos.saturating_add(8).saturating_add(len).saturating_add(len & 1);
+    }
+    rates
+}
+
+/// `bytes`, or for a FLAC stream the same stream with STREAMINFO as its only metadata block.
+/// symphonia 0.5 allocates the lengths written inside PICTURE and VORBIS_COMMENT blocks before
+/// reading them (found by the `audio_decode` fuzz target: 258 bytes asked for 2.7 GB), and
+/// decoding needs none of them.
+fn flac_without_metadata(bytes: &[u8]) -> Result<Vec<u8>> {
+    if !bytes.starts_with(b"fLaC") {
+        return Ok(bytes.to_vec());
+    }
+    let corrupt = |what: &str| Error::Media(format!("cannot decode audio: FLAC stream {what}"));
+    let mut pos = 4usize;
+    let mut streaminfo = None;
+    loop {
+        let header = bytes.get(pos..pos + 4).ok_or_else(|| corrupt("with truncated metadata"))?;
+        let end = pos + 4 + u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+        if header[0] & 0x7f == 0 && streaminfo.is_none() {
+            streaminfo = Some(bytes.get(pos + 1..end).ok_or_else(|| corrupt("with a truncated STREAMINFO"))?);
+        }
+        pos = end;
+        if header[0] & 0x80 != 0 {
+            break;
+        }
+    }
+    let streaminfo = streaminfo.ok_or_else(|| corrupt("without STREAMINFO"))?;
+    let frames = bytes.get(pos..).unwrap_or_default();
+    let mut out = Vec::with_capacity(5 + streaminfo.len() + frames.len());
+    out.extend_from_slice(b"fLaC");
+    out.push(0x80); // STREAMINFO, the last metadata block
+    out.extend_from_slice(streaminfo);
+    out.extend_from_slice(frames);
+    Ok(out)
+}
+
 fn check_duration(frames: u64, rate: u32, limits: &AudioLimits) -> Result<()> {
     let secs = frames as f64 / rate.max(1) as f64;
     if secs > limits.max_seconds {
@@ -316,6 +379,48 @@ mod tests {
         w[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
         let a = decode_audio(&w, Some("wav")).unwrap();
         assert_eq!(a.samples.len(), vals.len());
+    }
+
+    /// Found by the `audio_decode` fuzz target: symphonia panicked on a `fmt ` rate of 0.
+    #[test]
+    fn zero_sample_rate_is_an_error_not_a_panic() {
+        let e = media(decode_audio(&wav(1, 1, 0, 16, &[0; 8]), None).unwrap_err());
+        assert!(e.contains("sample rate 0 Hz is below the minimum"), "{e}");
+        // A second `fmt ` chunk after a valid one, behind an odd-sized chunk (padded to 2 bytes).
+        let mut w = wav(1, 1, 16000, 16, &[0; 8]);
+        let data = w.split_off(36);
+        w.extend_from_slice(b"junk\x01\0\0\0x\0");
+        w.extend_from_slice(&wav(1, 1, 0, 16, &[])[12..36]);
+        w.extend_from_slice(&data);
+        let riff_len = (w.len() - 8) as u32;
+        w[4..8].copy_from_slice(&riff_len.to_le_bytes());
+        assert_eq!(wav_declared_rates(&w), vec![16000, 0]);
+        assert!(media(decode_audio(&w, None).unwrap_err()).contains("below the minimum"));
+        // Chunks after `data` are not walked; a file cut inside `fmt ` yields what it has.
+        assert_eq!(wav_declared_rates(&wav(1, 1, 8000, 16, &[0; 4])), vec![8000]);
+        assert_eq!(wav_declared_rates(&wav(1, 1, 8000, 16, &[])[..26]), Vec::<u32>::new());
+    }
+
+    /// Found by the `audio_decode` fuzz target: a PICTURE block whose MIME type length says
+    /// 2.7 GB made symphonia allocate that much before reading.
+    #[test]
+    fn flac_metadata_other_than_streaminfo_is_dropped() {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/audio/speechlike_8k.flac");
+        let flac = std::fs::read(fixture).unwrap();
+        let plain = decode_audio(&flac, None).unwrap();
+        // The fixture's STREAMINFO, then a last PICTURE block with a 0xA5A5A5A5-byte MIME type.
+        let info_end = 4 + 4 + 34;
+        let mut hostile = flac[..info_end].to_vec();
+        hostile[4] &= 0x7f; // STREAMINFO is no longer the last block
+        hostile.extend_from_slice(&[0x86, 0, 0, 8, 0, 0, 0, 3, 0xa5, 0xa5, 0xa5, 0xa5]);
+        let stripped = flac_without_metadata(&flac).unwrap();
+        hostile.extend_from_slice(&stripped[info_end..]);
+        assert_eq!(stripped[4], 0x80, "STREAMINFO becomes the only, last block");
+        assert_eq!(decode_audio(&hostile, None).unwrap(), plain);
+        let e = media(decode_audio(&hostile[..info_end + 2], None).unwrap_err());
+        assert!(e.contains("truncated metadata"), "{e}");
+        let e = media(decode_audio(b"fLaC\x84\0\0\0", None).unwrap_err());
+        assert!(e.contains("without STREAMINFO"), "{e}");
     }
 
     #[test]

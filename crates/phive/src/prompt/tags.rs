@@ -100,6 +100,20 @@ pub fn place_media_tags(
             Ok(RenderedMessage { role: message.role.clone(), content, tools: message.tools.clone() })
         })
         .collect::<Result<Vec<_>>>()?;
+    // Text parts around a media part are joined, so a tag split across them (`<|ima`, an image,
+    // `ge_2|>`) only appears now; it would point at a wrong or missing item. Count again.
+    for &kind in kinds {
+        let items: usize = messages.iter().map(|m| m.count(kind)).sum();
+        let tags: usize = rendered.iter().map(|r| kind.pattern().find_iter(&r.content).count()).sum();
+        if tags != items {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {tags} {word} tag(s) once its text parts are joined but the request carries \
+                 {items} {word}(s); do not split a tag like {} across content parts",
+                kind.tag(1),
+                word = kind.word()
+            )));
+        }
+    }
     Ok(rendered)
 }
 
@@ -200,6 +214,30 @@ mod tests {
             MessagePart::Image,
         ])];
         assert!(place_media_tags(&repeated, &[MediaKind::Image], "\n").is_err());
+    }
+
+    #[test]
+    fn rejects_a_tag_split_across_parts() {
+        // Found while writing the media_tags fuzz target: one written tag, one image, but the
+        // joined text reads `<|image_1|><|image_2|>`.
+        let split = vec![user(vec![
+            MessagePart::Text("<|image_1|><|ima".into()),
+            MessagePart::Image,
+            MessagePart::Text("ge_2|>".into()),
+        ])];
+        let err = place_media_tags(&split, &[MediaKind::Image], "\n").unwrap_err().to_string();
+        assert!(
+            err.contains("2 image tag(s) once its text parts are joined") && err.contains("1 image(s)"),
+            "{err}"
+        );
+        let implicit_images = vec![user(vec![
+            MessagePart::Text("<|ima".into()),
+            MessagePart::Audio,
+            MessagePart::Text("ge_1|> <|audio_1|>".into()),
+            MessagePart::Image,
+        ])];
+        let kinds = [MediaKind::Image, MediaKind::Audio];
+        assert!(place_media_tags(&implicit_images, &kinds, "\n").is_err());
     }
 
     #[test]

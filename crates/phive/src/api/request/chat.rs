@@ -48,15 +48,18 @@ sampling_fields! {
         pub messages: Vec<Message>,
         /// Most tokens to generate (deprecated OpenAI name).
         #[serde(default)]
+        #[schema(minimum = 1)]
         pub max_tokens: Option<u64>,
         /// Most tokens to generate (current OpenAI name; wins over `max_tokens`).
         #[serde(default)]
+        #[schema(minimum = 1)]
         pub max_completion_tokens: Option<u64>,
         /// Return log-probabilities of the chosen tokens.
         #[serde(default)]
         pub logprobs: Option<bool>,
         /// Alternatives per position, 0..=20 (requires `logprobs: true`).
         #[serde(default)]
+        #[schema(minimum = 0, maximum = 20)]
         pub top_logprobs: Option<u32>,
         /// Functions the model may call.
         #[serde(default)]

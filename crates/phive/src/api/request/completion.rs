@@ -23,9 +23,11 @@ sampling_fields! {
         pub prompt: Value,
         /// Most tokens to generate; OpenAI's default for this endpoint is 16.
         #[serde(default)]
+        #[schema(minimum = 1)]
         pub max_tokens: Option<u64>,
         /// Legacy logprobs: the number of alternatives, 0..=5.
         #[serde(default)]
+        #[schema(minimum = 0, maximum = 5)]
         pub logprobs: Option<u32>,
         /// Echoing the prompt is not supported (refused when true).
         #[serde(default)]

@@ -87,24 +87,31 @@ macro_rules! sampling_fields {
             $($(#[$fmeta])* pub $field: $ty,)*
             /// 0..=2; 0 is greedy.
             #[serde(default)]
+            #[schema(minimum = 0, maximum = 2)]
             pub temperature: Option<f64>,
             /// (0, 1].
             #[serde(default)]
+            #[schema(exclusive_minimum = 0, maximum = 1)]
             pub top_p: Option<f64>,
             /// At least 1; -1 means off.
             #[serde(default)]
+            #[schema(minimum = -1)]
             pub top_k: Option<i64>,
             /// 0..=1.
             #[serde(default)]
+            #[schema(minimum = 0, maximum = 1)]
             pub min_p: Option<f64>,
             /// -2..=2.
             #[serde(default)]
+            #[schema(minimum = -2, maximum = 2)]
             pub frequency_penalty: Option<f64>,
             /// -2..=2.
             #[serde(default)]
+            #[schema(minimum = -2, maximum = 2)]
             pub presence_penalty: Option<f64>,
             /// Multiplicative, in (0, 10] (1 is off).
             #[serde(default)]
+            #[schema(exclusive_minimum = 0, maximum = 10)]
             pub repetition_penalty: Option<f64>,
             /// Same seed, same output.
             #[serde(default)]
@@ -114,6 +121,7 @@ macro_rules! sampling_fields {
             pub stop: Option<$crate::api::StopSpec>,
             /// Number of choices, 1..=[`MAX_N`](crate::api::MAX_N).
             #[serde(default)]
+            #[schema(minimum = 1, maximum = 16)]
             pub n: Option<u32>,
             /// Stream SSE chunks.
             #[serde(default)]
