@@ -97,7 +97,7 @@ pub fn media_tags(data: &[u8]) -> bool {
             if !current.is_empty() {
                 parts.push(MessagePart::Text(current));
             }
-            ChatMessage { role: "user".into(), parts }
+            ChatMessage::new("user", parts)
         })
         .collect();
     let kinds = [MediaKind::Image, MediaKind::Audio];

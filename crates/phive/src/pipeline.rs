@@ -256,9 +256,8 @@ impl Pipeline {
             images,
             audios,
             preprocess,
-            &self.template,
+            &|rendered| self.template.render(rendered, add_generation_prompt),
             &self.tokenizer.tokenizer,
-            add_generation_prompt,
         )?;
         Ok(PreparedPrompt::new(tokens, text, media))
     }

@@ -15,8 +15,8 @@ use crate::nn::kv_cache::{KvGeometry, KvPool};
 use crate::nn::linear::LoadVb;
 use crate::nn::phi3_decoder::{BatchRow, Phi3Decoder};
 use crate::prompt::{
-    expand_phi3v, expand_phi4mm, place_media_tags, ChatMessage, ChatTemplate, MediaKind, MediaSpan,
-    Placeholder, PromptTokens,
+    expand_phi3v, expand_phi4mm, place_media_tags, ChatMessage, MediaKind, MediaSpan, Placeholder,
+    PromptTokens, RenderedMessage,
 };
 use crate::vision::{phi3v_hd, phi4mm_hd};
 use crate::{Error, Result};
@@ -119,25 +119,23 @@ impl LoadedModel {
         self.decoder().kv_geometry(block_size)
     }
 
-    /// Places media tags, renders the chat template (ending with the assistant prompt when
-    /// `add_generation_prompt`), preprocesses the media (with the request's `preprocess`
-    /// overrides) and tokenizes. The caller has checked that the messages reference exactly
-    /// `images` and `audios`.
+    /// Places media tags, renders them with `render` (the chat template), preprocesses the
+    /// media (with the request's `preprocess` overrides) and tokenizes. The caller has checked
+    /// that the messages reference exactly `images` and `audios`.
     pub fn prepare(
         &self,
         messages: &[ChatMessage],
         images: &[DynamicImage],
         audios: &[DecodedAudio],
         preprocess: &PreprocessOptions,
-        template: &ChatTemplate,
+        render: &dyn Fn(&[RenderedMessage]) -> Result<String>,
         tokenizer: &tokenizers::Tokenizer,
-        add_generation_prompt: bool,
     ) -> Result<(PromptTokens, String, PreparedMedia)> {
         match self {
             LoadedModel::Phi3V { images: config, .. } => {
                 let config = preprocess.phi3v(config)?;
                 let rendered = place_media_tags(messages, &[MediaKind::Image], "\n")?;
-                let text = template.render(&rendered, add_generation_prompt)?;
+                let text = render(&rendered)?;
                 let images = images
                     .iter()
                     .map(|img| phi3v_hd::preprocess(img, &config))
@@ -154,7 +152,7 @@ impl LoadedModel {
                     &[MediaKind::Image]
                 };
                 let rendered = place_media_tags(messages, kinds, "")?;
-                let text = template.render(&rendered, add_generation_prompt)?;
+                let text = render(&rendered)?;
                 let images = images
                     .iter()
                     .map(|img| phi4mm_hd::preprocess(img, &config))
