@@ -150,3 +150,43 @@ async fn crop_limits_at_load_and_per_request() {
     let err = VisionModelBuilder::new(model()).with_dynamic_hd(4).build().await.err().unwrap();
     assert!(matches!(&err, phive::Error::InvalidRequest(m) if m.contains("Phi-4-multimodal only")), "{err}");
 }
+
+#[tokio::test]
+async fn constraints_tools_and_logit_bias() {
+    let model = VisionModelBuilder::new(model()).build().await.unwrap();
+    let ask = || RequestBuilder::new().add_message(TextMessageRole::User, "Numbers?").set_sampler_max_len(40);
+    let answer = model
+        .send_chat_request(ask().set_constraint(phive::Grammar::Regex("[0-9]{3}-[a-z]{2}".into())))
+        .await
+        .unwrap();
+    let text = answer.choices[0].message.content.clone().unwrap();
+    assert!(regex::Regex::new("^[0-9]{3}-[a-z]{2}$").unwrap().is_match(&text), "{text:?}");
+
+    let biased = model
+        .send_chat_request(ask().set_sampler_max_len(3).set_sampler_logits_bias([(278, 100.0)].into()))
+        .await;
+    assert_eq!(
+        biased.unwrap().choices[0].message.content.as_deref().map(str::split_whitespace).map(Vec::from_iter),
+        Some(vec!["the"; 3])
+    );
+
+    let tool: phive::Tool = serde_json::from_value(serde_json::json!({"type": "function", "function": {
+        "name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0,
+        "maximum": 9}}, "required": ["a"], "additionalProperties": false}}}))
+    .unwrap();
+    let called = model
+        .send_chat_request(
+            ask().set_tools(vec![tool.clone()]).set_tool_choice(phive::ToolChoice::Named("add".into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(called.choices[0].finish_reason, "tool_calls");
+    let call = &called.choices[0].message.tool_calls.as_ref().unwrap()[0];
+    assert_eq!(call.function.name, "add");
+    let a =
+        serde_json::from_str::<serde_json::Value>(&call.function.arguments).unwrap()["a"].as_f64().unwrap();
+    assert!((0.0..=9.0).contains(&a));
+    // Phi-3.5-vision has no tool format, so "auto" is a typed error naming the problem.
+    let err = model.send_chat_request(ask().set_tools(vec![tool])).await.err().unwrap();
+    assert!(matches!(err, phive::Error::InvalidRequest(_)) && err.to_string().contains("tool"), "{err}");
+}
