@@ -117,12 +117,15 @@ fn cases() -> Vec<Case> {
         Some("messages[0].role"),
     );
     add(
-        "tool role",
+        "tool calls on a user message",
         "POST",
         CHAT,
-        messages(json!([{"role": "tool", "content": "hi"}])),
+        messages(
+            json!([{"role": "user", "content": "hi", "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}]}]),
+        ),
         400,
-        Some("messages[0].role"),
+        Some("messages[0].tool_calls"),
     );
     add(
         "unknown role",
