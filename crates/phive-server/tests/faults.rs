@@ -42,9 +42,10 @@ fn a_panic_while_generating_fails_only_that_request() {
     let healthy = {
         let server_url = server.url("/v1/chat/completions");
         std::thread::spawn(move || {
-            // Greedy decoding of this prompt runs thousands of tokens without a stop token.
-            let body =
-                json!({"messages": user("Write a very long story."), "max_tokens": 24, "temperature": 0});
+            // Long enough to be seen running (a step takes under a millisecond here): the stop
+            // tokens of the Phi-3.5 fixture are banned, so it runs to max_tokens.
+            let body = json!({"messages": user("Write a very long story."), "max_tokens": 1000, "temperature": 0,
+                "logit_bias": {"32000": -100, "32001": -100, "32007": -100}});
             let response = client().post(server_url).json(&body).send().unwrap();
             (response.status().as_u16(), response.json::<Value>().unwrap())
         })
@@ -54,7 +55,7 @@ fn a_panic_while_generating_fails_only_that_request() {
     assert_internal(status, &body, "row");
     let (status, body) = healthy.join().unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["usage"]["completion_tokens"], 24, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 1000, "{body}");
 
     // Streamed: the error arrives in-band and the stream ends.
     let events = server.stream(

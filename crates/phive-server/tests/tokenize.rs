@@ -77,7 +77,12 @@ fn bad_requests_are_4xx_naming_the_field() {
             Some("add_special_tokens"),
         ),
         ("/tokenize", json!({"messages": []}), 400, Some("messages")),
-        ("/tokenize", json!({"messages": [{"role": "tool", "content": "x"}]}), 400, Some("messages[0].role")),
+        (
+            "/tokenize",
+            json!({"messages": [{"role": "robot", "content": "x"}]}),
+            400,
+            Some("messages[0].role"),
+        ),
         ("/tokenize", json!({"prompt": "a", "model": "other"}), 404, Some("model")),
         ("/detokenize", json!({}), 400, Some("tokens")),
         ("/detokenize", json!({"tokens": [1, 99999999]}), 400, Some("tokens[1]")),
