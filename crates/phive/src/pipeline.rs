@@ -39,6 +39,8 @@ pub struct Pipeline {
     architecture: Architecture,
     tokenizer: TokenizerBundle,
     template: ChatTemplate,
+    /// Read once from the template and tokens; every request with tools asks for it.
+    tool_format: ToolFormat,
     model: LoadedModel,
     load_time: Duration,
     weight_bytes: u64,
@@ -127,11 +129,13 @@ impl Pipeline {
         let load_report = ctx.finish();
         let weight_bytes =
             weights.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+        let tool_format = ToolFormat::detect(&tokenizer.tokenizer, &tokenizer.chat_template);
         let pipeline = Pipeline {
             source,
             architecture,
             tokenizer,
             template,
+            tool_format,
             model,
             load_time: started.elapsed(),
             weight_bytes,
@@ -199,7 +203,7 @@ impl Pipeline {
 
     /// How this model is told about tools and writes its calls.
     pub fn tool_format(&self) -> ToolFormat {
-        ToolFormat::detect(&self.tokenizer.tokenizer, &self.tokenizer.chat_template)
+        self.tool_format
     }
 
     /// Places media tags, applies the chat template, preprocesses images and tokenizes.
