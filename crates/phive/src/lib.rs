@@ -15,6 +15,7 @@ pub mod error;
 pub mod export;
 pub mod fault;
 pub mod fuzzing;
+pub mod kernels;
 pub mod media;
 pub mod models;
 pub mod nn;

@@ -18,6 +18,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::kernels::{quantized_matmul, BlockFormat, QuantizedMatrix};
 use crate::quant::LoadContext;
 use crate::Result;
 
@@ -201,9 +202,7 @@ impl Linear {
         let y = match &self.weight {
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             LinearWeight::Half(w) => crate::quant::matmul_half(&x2.to_dtype(DType::F32)?, w)?,
-            LinearWeight::Quantized(q) => {
-                x2.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(q.as_ref())?
-            }
+            LinearWeight::Quantized(q) => quantized_forward(&x2.to_dtype(DType::F32)?.contiguous()?, q)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -213,6 +212,25 @@ impl Linear {
         out_dims.push(self.out_dim);
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// `x` `[rows, in]` (f32, contiguous) times a quantized weight: phive's own kernels for the
+/// formats they cover (no repacked copy, no slow first call), candle's for the others.
+fn quantized_forward(x: &Tensor, q: &QTensor) -> Result<Tensor> {
+    let format = BlockFormat::from_ggml(q.dtype());
+    let (storage, layout) = x.storage_and_layout();
+    let (Some(format), candle_core::Storage::Cpu(cpu)) = (format, &*storage) else {
+        drop(storage);
+        return Ok(x.apply_op1_no_bwd(q)?);
+    };
+    let (rows, cols) = x.dims2()?;
+    let (out_dim, _) = q.shape().dims2()?;
+    let start = layout.start_offset();
+    let xs = &cpu.as_slice::<f32>()?[start..start + rows * cols];
+    let data = q.data()?;
+    let matrix = QuantizedMatrix { data: &data, format, rows: out_dim, cols };
+    let y = quantized_matmul(xs, matrix)?;
+    Ok(Tensor::from_vec(y, (rows, out_dim), x.device())?)
 }
 
 #[cfg(test)]

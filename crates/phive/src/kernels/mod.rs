@@ -1,0 +1,212 @@
+//! Hand-written CPU kernels, picked at run time from the CPU's features ([`simd_level`]).
+//!
+//! [`quantized_matmul`] multiplies f32 activations by GGML k-quant weights (Q4_K, Q6_K) the way
+//! llama.cpp does: each activation row is quantized to 8-bit blocks (Q8_K) once, then integer
+//! dot products run straight on the weights' own block layout. Unlike candle's kernels, the
+//! weights are never repacked, so there is no slow first call and no second copy in memory.
+//! Every weight row is unpacked once per tile of [`TILE`] activation rows, so a batched decode
+//! step or a prefill chunk reads each weight byte once for several tokens.
+//!
+//! Each kernel has a plain scalar version, the reference its SIMD versions are tested against.
+
+mod q4k;
+#[cfg(target_arch = "x86_64")]
+mod q4k_panel;
+mod q6k;
+mod q8k;
+mod simd;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+pub use q8k::{BlockQ8K, Q8KRows};
+pub use simd::{simd_level, SimdLevel};
+
+use crate::Result;
+
+/// Activation rows dotted with one weight row per kernel call.
+pub const TILE: usize = 8;
+
+/// Calls a const-generic tile kernel `$call` (with the array `$a` of activation rows) for the
+/// 1 to [`TILE`] rows in `$acts`, writing its results to `$out`.
+macro_rules! for_tile {
+    ($acts:expr, $out:expr, |$a:ident| $call:expr) => {
+        $crate::kernels::for_tile!(@arms $acts, $out, $a, $call; 1 2 3 4 5 6 7 8)
+    };
+    (@arms $acts:expr, $out:expr, $a:ident, $call:expr; $($n:literal)+) => {{
+        match $acts.len() {
+            $($n => {
+                let $a: [&[BlockQ8K]; $n] = std::array::from_fn(|i| $acts[i]);
+                $out[..$n].copy_from_slice(&$call)
+            })+
+            n => unreachable!("a tile of {n} activation rows"),
+        }
+    }};
+}
+pub(crate) use for_tile;
+
+/// The GGML block formats these kernels multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// 4-bit k-quant, 144 bytes per 256 weights.
+    Q4K,
+    /// 6-bit k-quant, 210 bytes per 256 weights.
+    Q6K,
+}
+
+impl BlockFormat {
+    /// The format of a GGML type, if it has kernels here.
+    pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4K => Some(BlockFormat::Q4K),
+            GgmlDType::Q6K => Some(BlockFormat::Q6K),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one 256-weight block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4K => q4k::BLOCK_BYTES,
+            BlockFormat::Q6K => q6k::BLOCK_BYTES,
+        }
+    }
+
+    /// `out[r] = w · acts[r]` for up to [`TILE`] activation rows.
+    fn dot_rows(self, level: SimdLevel, w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+        match self {
+            BlockFormat::Q4K => q4k::dot_rows(level, w, acts, out),
+            BlockFormat::Q6K => q6k::dot_rows(level, w, acts, out),
+        }
+    }
+}
+
+/// A `[rows, cols]` weight in a block format, borrowed from where it is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantizedMatrix<'a> {
+    /// The blocks, row after row.
+    pub data: &'a [u8],
+    /// Their format.
+    pub format: BlockFormat,
+    /// Output features.
+    pub rows: usize,
+    /// Input features (a multiple of 256).
+    pub cols: usize,
+}
+
+/// `x` (`[m, w.cols]` row-major f32) times `wᵀ`: `[m, w.rows]`, with this CPU's best kernels.
+pub fn quantized_matmul(x: &[f32], w: QuantizedMatrix) -> Result<Vec<f32>> {
+    quantized_matmul_with(simd_level(), x, w)
+}
+
+/// [`quantized_matmul`] with a chosen kernel level (tests compare levels on one machine).
+pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) -> Result<Vec<f32>> {
+    let (n, k) = (w.rows, w.cols);
+    let row_bytes = k / q8k::QK * w.format.block_bytes();
+    if k == 0 || k % q8k::QK != 0 || x.len() % k != 0 || w.data.len() != n * row_bytes {
+        return Err(candle_core::Error::Msg(format!(
+            "quantized matmul: {} activations, {} weight bytes for a [{n}, {k}] {:?} weight",
+            x.len(),
+            w.data.len(),
+            w.format
+        ))
+        .into());
+    }
+    let m = x.len() / k;
+    let acts = Q8KRows::quantize(x, k);
+    let mut out = vec![0f32; m * n];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let mut first_col = 0;
+    #[cfg(target_arch = "x86_64")]
+    if w.format == BlockFormat::Q4K && level == SimdLevel::Avx512Vnni && m >= PANEL_MIN_ROWS {
+        first_col = panel_matmul(&acts, w, row_bytes, out_ptr);
+    }
+    let rows_per_task = rows_per_task(n - first_col, m);
+    (0..(n - first_col).div_ceil(rows_per_task)).into_par_iter().for_each(|task| {
+        let first = first_col + task * rows_per_task;
+        let last = (first + rows_per_task).min(n);
+        let mut results = [0f32; TILE];
+        let mut tile: [&[BlockQ8K]; TILE] = [&[]; TILE];
+        for r0 in (0..m).step_by(TILE) {
+            let count = TILE.min(m - r0);
+            for (i, t) in tile.iter_mut().enumerate().take(count) {
+                *t = acts.row(r0 + i);
+            }
+            for col in first..last {
+                let weights = &w.data[col * row_bytes..(col + 1) * row_bytes];
+                w.format.dot_rows(level, weights, &tile[..count], &mut results[..count]);
+                for (i, v) in results[..count].iter().enumerate() {
+                    // SAFETY: `(r0 + i) * n + col < m * n`, and each task writes only its own
+                    // columns `first..last`, so no two tasks write the same element.
+                    unsafe { out_ptr.write((r0 + i) * n + col, *v) };
+                }
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// From this many activation rows on, Q4_K uses the panel kernel where the CPU has it: below,
+/// unpacking a panel costs more than it saves.
+#[cfg(target_arch = "x86_64")]
+const PANEL_MIN_ROWS: usize = 4;
+
+/// The whole panels of `w` (the first `n / 16 · 16` output columns) with the panel kernel;
+/// returns the first column left for the row kernel.
+#[cfg(target_arch = "x86_64")]
+fn panel_matmul(acts: &Q8KRows, w: QuantizedMatrix, row_bytes: usize, out: OutPtr) -> usize {
+    use q4k_panel::{Panel, COLS};
+    let (m, n) = (acts.rows(), w.rows);
+    let blocks = w.cols / q8k::QK;
+    let rows: Vec<&[BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
+    let panels = n / COLS;
+    (0..panels).into_par_iter().for_each_init(
+        || (Panel::new(), vec![[0f32; COLS]; m]),
+        |(panel, results), p| {
+            // SAFETY: the caller checked the level (AVX-512 VNNI and F16C), `w.data` holds `n`
+            // rows of `row_bytes`, and every activation row has `blocks` blocks.
+            unsafe {
+                panel.fill(w.data, p * COLS, row_bytes, blocks);
+                panel.dot(&rows, results);
+            }
+            for (r, row) in results.iter().enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    // SAFETY: in bounds; panel `p` alone writes columns `16p..16p + 16`.
+                    unsafe { out.write(r * n + p * COLS + c, *v) };
+                }
+            }
+        },
+    );
+    panels * COLS
+}
+
+/// Weight rows per rayon task: several tasks per thread for balance, few enough rows that a
+/// task's weights stay in cache while every tile of activation rows passes over them.
+fn rows_per_task(n: usize, m: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let balanced = n.div_ceil(threads * 8);
+    let cap = if m > TILE { 16 } else { 64 };
+    balanced.clamp(1, cap)
+}
+
+/// The output buffer, written from several tasks at disjoint positions.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: tasks write disjoint elements (see `quantized_matmul_with`), and the buffer outlives
+// the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `at` is in bounds and no other thread touches it.
+    unsafe fn write(self, at: usize, v: f32) {
+        *self.0.add(at) = v;
+    }
+}
+
+#[cfg(test)]
+mod tests;

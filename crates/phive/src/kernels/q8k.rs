@@ -1,0 +1,132 @@
+//! Activations quantized to 8-bit blocks of 256 (GGML's Q8_K), the other operand of every
+//! k-quant dot product.
+//!
+//! Each block holds a scale `d`, 256 signed bytes `q` with `x ≈ d·q`, and the sums of each run
+//! of 16 bytes: the k-quant formats store weights as unsigned codes with an offset (Q4_K's
+//! minimum, Q6_K's −32), and `Σ offset·q` over a group is `offset·bsum`, so the kernels fold the
+//! offset in once per group instead of once per weight.
+
+use rayon::prelude::*;
+
+/// Values per block.
+pub const QK: usize = 256;
+
+/// One block of 256 quantized activations.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8K {
+    /// Scale: `x ≈ d · q`.
+    pub d: f32,
+    /// The quantized values.
+    pub qs: [i8; QK],
+    /// `bsums[g] = Σ qs[16g..16g+16]`.
+    pub bsums: [i16; QK / 16],
+    /// `d · bsums[g]`: the group sums as the values they stand for, so the SIMD kernels fold
+    /// a weight block's offsets in with one multiply-add per block and row.
+    pub dsums: [f32; QK / 16],
+}
+
+impl BlockQ8K {
+    const ZERO: BlockQ8K = BlockQ8K { d: 0.0, qs: [0; QK], bsums: [0; QK / 16], dsums: [0.0; QK / 16] };
+
+    /// Quantizes 256 values: the largest magnitude maps to ±127, the rest round to nearest
+    /// (half away from zero), as GGML's reference quantizer does.
+    fn quantize(x: &[f32]) -> BlockQ8K {
+        // Eight running maxima so the loop vectorizes (`f32::max` does not reassociate).
+        let mut lanes = [0f32; 8];
+        for chunk in x.chunks_exact(8) {
+            for (m, v) in lanes.iter_mut().zip(chunk) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+        if amax == 0.0 || !amax.is_finite() {
+            // Non-finite activations cannot be represented: carry NaN through `d` so the
+            // output is NaN too rather than silently finite.
+            let mut b = BlockQ8K::ZERO;
+            if amax != 0.0 {
+                b.d = f32::NAN;
+            }
+            return b;
+        }
+        let iscale = 127.0 / amax;
+        let mut b = BlockQ8K { d: amax / 127.0, ..BlockQ8K::ZERO };
+        for (q, v) in b.qs.iter_mut().zip(x) {
+            // Round half away from zero without a libm call: truncate `y ± 0.5`.
+            let y = v * iscale;
+            *q = (y + 0.5f32.copysign(y)) as i8;
+        }
+        for ((s, f), g) in b.bsums.iter_mut().zip(&mut b.dsums).zip(b.qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| q as i16).sum();
+            *f = b.d * *s as f32;
+        }
+        b
+    }
+}
+
+/// `rows` activation rows of `cols` values (a multiple of [`QK`]), quantized row by row.
+pub struct Q8KRows {
+    blocks: Vec<BlockQ8K>,
+    blocks_per_row: usize,
+}
+
+impl Q8KRows {
+    /// Quantizes `x` (`rows × cols`, row-major); rows are split over the rayon pool when there
+    /// are enough of them to pay for it.
+    pub fn quantize(x: &[f32], cols: usize) -> Q8KRows {
+        debug_assert!(cols % QK == 0 && x.len() % cols == 0);
+        let blocks_per_row = cols / QK;
+        let mut blocks = vec![BlockQ8K::ZERO; x.len() / QK];
+        let quantize = |(dst, src): (&mut BlockQ8K, &[f32])| *dst = BlockQ8K::quantize(src);
+        if blocks.len() >= 64 {
+            blocks.par_iter_mut().zip(x.par_chunks_exact(QK)).for_each(quantize);
+        } else {
+            blocks.iter_mut().zip(x.chunks_exact(QK)).for_each(quantize);
+        }
+        Q8KRows { blocks, blocks_per_row }
+    }
+
+    /// The blocks of row `r`.
+    pub fn row(&self, r: usize) -> &[BlockQ8K] {
+        &self.blocks[r * self.blocks_per_row..(r + 1) * self.blocks_per_row]
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.blocks.len().checked_div(self.blocks_per_row).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_reconstruct_their_values_and_sum_their_groups() {
+        let x: Vec<f32> = (0..2 * QK).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let rows = Q8KRows::quantize(&x, QK);
+        assert_eq!(rows.rows(), 2);
+        for r in 0..2 {
+            let b = &rows.row(r)[0];
+            let amax = x[r * QK..(r + 1) * QK].iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (q, v) in b.qs.iter().zip(&x[r * QK..]) {
+                assert!((b.d * *q as f32 - v).abs() <= 0.5 * amax / 127.0 + 1e-7);
+            }
+            assert!(b.qs.iter().any(|q| q.abs() == 127));
+            for g in 0..16 {
+                let sum: i32 = b.qs[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
+                assert_eq!(b.bsums[g] as i32, sum);
+                assert_eq!(b.dsums[g], b.d * sum as f32);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_rows_stay_zero_and_non_finite_rows_stay_non_finite() {
+        let rows = Q8KRows::quantize(&[0f32; QK], QK);
+        assert_eq!(rows.row(0)[0].d, 0.0);
+        let mut x = vec![1f32; QK];
+        x[3] = f32::INFINITY;
+        assert!(Q8KRows::quantize(&x, QK).row(0)[0].d.is_nan());
+    }
+}

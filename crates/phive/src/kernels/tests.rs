@@ -1,0 +1,131 @@
+//! The kernels against plain arithmetic on the values the blocks stand for, on odd shapes, and
+//! every SIMD level this CPU has against the scalar reference.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::quant::quantize;
+
+/// A `[rows, cols]` weight quantized to `dtype`: its blocks and its dequantized values.
+fn quantized_weight(rows: usize, cols: usize, dtype: GgmlDType, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let w = pseudo_random(rows * cols, seed, 0.05);
+    let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+    let q = quantize(&w, dtype).unwrap();
+    let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (q.data().unwrap().into_owned(), values)
+}
+
+/// Deterministic values in `[-scale, scale]` (no RNG dependency in the kernels' tests).
+fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// `x · wᵀ` in f64 over the dequantized activations `d·q` and weights: what the integer
+/// kernels must compute, up to f32 rounding.
+fn exact(acts: &Q8KRows, w: &[f32], n: usize, k: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for r in 0..acts.rows() {
+        let a: Vec<f64> =
+            acts.row(r).iter().flat_map(|b| b.qs.iter().map(move |&q| b.d as f64 * q as f64)).collect();
+        for c in 0..n {
+            out.push(a.iter().zip(&w[c * k..(c + 1) * k]).map(|(x, y)| x * *y as f64).sum());
+        }
+    }
+    out
+}
+
+fn formats() -> [(BlockFormat, GgmlDType); 2] {
+    [(BlockFormat::Q4K, GgmlDType::Q4K), (BlockFormat::Q6K, GgmlDType::Q6K)]
+}
+
+#[test]
+fn every_level_computes_the_exact_product_of_the_quantized_values() {
+    for (format, dtype) in formats() {
+        // 16-row panels with a remainder (37 = 2·16 + 5) and row counts around every tile size.
+        for (m, n, k) in [
+            (1, 1, 256),
+            (2, 5, 512),
+            (3, 67, 256),
+            (4, 9, 768),
+            (5, 33, 256),
+            (9, 7, 512),
+            (17, 37, 512),
+            (6, 32, 256),
+        ] {
+            let (data, w) = quantized_weight(n, k, dtype, (m * 31 + n * 7 + k) as u64);
+            let x = pseudo_random(m * k, n as u64 + 5, 2.0);
+            let want = exact(&Q8KRows::quantize(&x, k), &w, n, k);
+            let scale = want.iter().fold(0f64, |a, v| a.max(v.abs())).max(1e-3);
+            let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
+            for level in SimdLevel::available() {
+                let got = quantized_matmul_with(level, &x, matrix).unwrap();
+                assert_eq!(got.len(), m * n);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*g as f64 - w).abs() <= 2e-5 * scale,
+                        "{format:?} {level} m={m} n={n} k={k} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn product_is_close_to_the_f32_product_of_the_dequantized_weight() {
+    let (m, n, k) = (6, 40, 1024);
+    for (format, dtype) in formats() {
+        let (data, w) = quantized_weight(n, k, dtype, 3);
+        let x = pseudo_random(m * k, 11, 1.0);
+        let got = quantized_matmul(&x, QuantizedMatrix { data: &data, format, rows: n, cols: k }).unwrap();
+        let (mut err, mut norm) = (0f64, 0f64);
+        for r in 0..m {
+            for c in 0..n {
+                let want: f64 = (0..k).map(|j| x[r * k + j] as f64 * w[c * k + j] as f64).sum();
+                err += (got[r * n + c] as f64 - want).powi(2);
+                norm += want * want;
+            }
+        }
+        // Only the activations' 8-bit rounding separates the two.
+        assert!((err / norm).sqrt() < 0.01, "{format:?}: relative error {}", (err / norm).sqrt());
+    }
+}
+
+#[test]
+fn extreme_codes_and_activations_do_not_overflow() {
+    // Every activation at ±127 and weights at the ends of their range: the integer sums the
+    // SIMD kernels form in 16-bit lanes reach their largest values.
+    let (n, k) = (3, 512);
+    for (format, dtype) in formats() {
+        let w: Vec<f32> = (0..n * k).map(|i| if (i / 7) % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let q = quantize(&wt, dtype).unwrap();
+        let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let data = q.data().unwrap().into_owned();
+        let x: Vec<f32> = (0..2 * k).map(|i| if i % 5 == 0 { -3.0 } else { 3.0 }).collect();
+        let want = exact(&Q8KRows::quantize(&x, k), &values, n, k);
+        let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
+        for level in SimdLevel::available() {
+            let got = quantized_matmul_with(level, &x, matrix).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0), "{format:?} {level}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn mismatched_shapes_are_errors() {
+    let (data, _) = quantized_weight(2, 256, GgmlDType::Q4K, 1);
+    let matrix = QuantizedMatrix { data: &data, format: BlockFormat::Q4K, rows: 2, cols: 256 };
+    assert!(quantized_matmul(&[0.0; 100], matrix).is_err());
+    let wrong = QuantizedMatrix { rows: 3, ..matrix };
+    assert!(quantized_matmul(&[0.0; 256], wrong).is_err());
+}

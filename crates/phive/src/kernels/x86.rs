@@ -1,0 +1,49 @@
+//! Small x86 helpers the quantized kernels share.
+
+use std::arch::x86_64::*;
+
+/// The sum of the eight lanes.
+///
+/// # Safety
+/// The CPU must have AVX.
+#[target_feature(enable = "avx")]
+#[inline]
+pub(super) unsafe fn hsum256(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
+}
+
+/// The eight minimums in bytes 8..16 of `scales_mins` as sixteen i16 lanes `m0 m0 m1 m1 …`,
+/// lined up with a Q8_K block's sixteen group sums (two groups of 16 per 32-weight sub-block).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn mins_pairs(scales_mins: __m128i) -> __m256i {
+    let twice = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scales_mins, twice))
+}
+
+/// The two f16 values at the start of a Q4_K block (`d`, `dmin`) as f32.
+///
+/// # Safety
+/// The CPU must have F16C; four bytes are readable at `p`.
+#[target_feature(enable = "f16c")]
+#[inline]
+pub(super) unsafe fn d_and_dmin(p: *const u8) -> (f32, f32) {
+    let both = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p.cast::<i32>())));
+    (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
+}
+
+/// The f16 at `p` as f32.
+///
+/// # Safety
+/// The CPU must have F16C; two bytes are readable at `p`.
+#[target_feature(enable = "f16c")]
+#[inline]
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = std::ptr::read_unaligned(p.cast::<u16>());
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
