@@ -16,7 +16,7 @@ use phive::kernels::{quantized_matmul_with, BlockFormat, QuantizedMatrix, SimdLe
 
 /// (name, output features, input features) of the Phi-3.5 decoder's projections.
 const SHAPES: &[(&str, usize, usize)] =
-    &[("qkv", 9216, 3072), ("o", 3072, 3072), ("gate_up", 16384, 3072), ("down", 3072, 8192)];
+    &[("qkv", 9216, 3072), ("o", 3072, 3072), ("gate_up", 16384, 3072), ("down", 3072, 8192), ("lm_head", 32064, 3072)];
 
 /// Seconds of the first call and the fastest of the next `reps` (the least disturbed by
 /// whatever else this shared machine runs).

@@ -46,31 +46,27 @@ impl Panel {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn fill(&mut self, w: &[u8], first: usize, row_bytes: usize, blocks: usize) {
         debug_assert!(w.len() >= (first + COLS) * row_bytes);
-        self.codes.clear();
-        self.scales.clear();
-        self.mins.clear();
-        self.d.clear();
+        // Sized once per shape (a task's panel is reused); every element is overwritten below.
+        self.codes.resize(64 * blocks, _mm512_setzero_si512());
+        self.scales.resize(8 * blocks, _mm512_setzero_si512());
+        self.mins.resize(8 * blocks, _mm512_setzero_ps());
+        self.d.resize(blocks, _mm512_setzero_ps());
         let nibble = _mm512_set1_epi8(0x0F);
         let byte = _mm512_set1_epi32(0xFF);
         let row = |c: usize| w.as_ptr().add((first + c) * row_bytes);
+        let base = row(0);
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(row_bytes as i32));
         for b in 0..blocks {
             let at = b * BLOCK_BYTES;
-            // The first 16 bytes of each row's block (d, dmin, the scale bytes), as four words
+            // The first 16 bytes of each row's block (d, dmin, the scale bytes) as four words
             // over the 16 rows: `header[k]` lane c is word k of row c.
-            let mut words = [0u32; 4 * COLS];
-            for c in 0..COLS {
-                let src = row(c).add(at).cast::<u32>();
-                for k in 0..4 {
-                    words[k * COLS + c] = std::ptr::read_unaligned(src.add(k));
-                }
-            }
-            // (Loops, not `array::from_fn`: closures do not inherit the target features.)
             let mut header = [_mm512_setzero_si512(); 4];
             for (k, h) in header.iter_mut().enumerate() {
-                *h = _mm512_loadu_si512(words[k * COLS..].as_ptr().cast());
+                *h = _mm512_i32gather_epi32::<1>(offsets, base.add(at + 4 * k).cast());
             }
             let dd = header[0];
-            self.d.push(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)));
+            self.d[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
             let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dd)));
             // The twelve scale bytes, unpacked as in `q4k`, sixteen rows at a time.
             let (w0, w1, w2) = (header[1], header[2], header[3]);
@@ -87,19 +83,19 @@ impl Panel {
                 _mm512_and_si512(_mm512_srli_epi32::<4>(w2), low4),
                 _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w1), top2)),
             );
-            for (sc, mn) in [(sc_lo, mn_lo), (sc_hi, mn_hi)] {
-                for shift in [0i32, 8, 16, 24] {
+            for (half, (sc, mn)) in [(sc_lo, mn_lo), (sc_hi, mn_hi)].into_iter().enumerate() {
+                for (i, shift) in [0i32, 8, 16, 24].into_iter().enumerate() {
+                    let j = 8 * b + 4 * half + i;
                     let count = _mm_cvtsi32_si128(shift);
-                    self.scales.push(_mm512_and_si512(_mm512_srl_epi32(sc, count), byte));
+                    self.scales[j] = _mm512_and_si512(_mm512_srl_epi32(sc, count), byte);
                     let m = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(mn, count), byte));
-                    self.mins.push(_mm512_mul_ps(m, dmin));
+                    self.mins[j] = _mm512_mul_ps(m, dmin);
                 }
             }
             // Codes: word `8i + g` of a row's 128 code bytes holds weights `4g..4g+4` of
             // sub-block 2i (low nibbles) and of sub-block 2i+1 (high nibbles). Transposing the
             // 16 rows × 32 words puts each word of all 16 rows in one vector.
-            let start = self.codes.len();
-            self.codes.resize(start + 64, _mm512_setzero_si512());
+            let start = 64 * b;
             for half in 0..2 {
                 let mut rows = [_mm512_setzero_si512(); COLS];
                 for (c, r) in rows.iter_mut().enumerate() {
@@ -137,19 +133,26 @@ impl Panel {
         for b in 0..self.d.len() {
             let codes = &self.codes[64 * b..64 * b + 64];
             let mut sumi = [_mm512_setzero_si512(); R];
+            let qs: [*const i8; R] = std::array::from_fn(|r| acts[r].get_unchecked(b).qs.as_ptr());
             for j in 0..8 {
-                let mut s = [_mm512_setzero_si512(); R];
-                for g in 0..8 {
-                    let c = codes[8 * j + g];
+                // Two accumulators per row (even and odd groups): `vpdpbusd` has a latency of
+                // several cycles, and one chain per row would leave the multipliers idle.
+                let mut even = [_mm512_setzero_si512(); R];
+                let mut odd = [_mm512_setzero_si512(); R];
+                for g in (0..8).step_by(2) {
+                    let (c0, c1) = (codes[8 * j + g], codes[8 * j + g + 1]);
                     for r in 0..R {
-                        let q = acts[r].get_unchecked(b).qs.as_ptr().add(32 * j + 4 * g);
-                        let a4 = _mm512_set1_epi32(std::ptr::read_unaligned(q.cast::<i32>()));
-                        s[r] = _mm512_dpbusd_epi32(s[r], c, a4);
+                        let q = qs[r].add(32 * j + 4 * g).cast::<i32>();
+                        let a0 = _mm512_set1_epi32(std::ptr::read_unaligned(q));
+                        let a1 = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(1)));
+                        even[r] = _mm512_dpbusd_epi32(even[r], c0, a0);
+                        odd[r] = _mm512_dpbusd_epi32(odd[r], c1, a1);
                     }
                 }
                 let scale = self.scales[8 * b + j];
                 for r in 0..R {
-                    sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(s[r], scale));
+                    let s = _mm512_add_epi32(even[r], odd[r]);
+                    sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(s, scale));
                 }
             }
             let d = self.d[b];
@@ -209,3 +212,4 @@ unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
     }
     out
 }
+

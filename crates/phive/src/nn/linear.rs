@@ -31,8 +31,8 @@ pub enum LinearWeight {
     /// memory and, for decode, about half the bandwidth of f32 (candle's own bf16 matmul would
     /// widen the whole weight on every call).
     Half(Tensor),
-    /// GGML blocks (ISQ `Q4K`, `Q8_0`, ...) of an `[out, in]` weight, multiplied by candle's
-    /// quantized CPU kernels with f32 activations.
+    /// GGML blocks (ISQ `Q4K`, `Q8_0`, ...) of an `[out, in]` weight, multiplied with f32
+    /// activations by phive's kernels (Q4K, Q6K) or candle's (the other types).
     Quantized(Arc<QTensor>),
 }
 

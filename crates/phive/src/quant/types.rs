@@ -7,8 +7,9 @@ use candle_core::quantized::GgmlDType;
 
 /// A weight storage type for in-situ quantization (`--isq TYPE`).
 ///
-/// The GGML block types are stored and multiplied by candle's quantized kernels (the activation
-/// is quantized per row to Q8_0/Q8_K and dotted with integer SIMD). `F16` and `BF16` are dense
+/// The GGML block types are stored in GGML's block layout and multiplied with integer SIMD after
+/// quantizing each activation row to 8 bits: Q4K and Q6K by phive's own kernels
+/// ([`crate::kernels`]), the others by candle's. `F16` and `BF16` are dense
 /// half-precision storage: half the memory of f32, computed in f32 (see [`crate::quant`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IsqType {
@@ -26,7 +27,7 @@ pub enum IsqType {
     Q2K,
     /// 256-weight super-blocks, 3-bit k-quant (3.4375 bpw).
     Q3K,
-    /// 256-weight super-blocks, 4-bit k-quant (4.5 bpw). candle repacks it on first use.
+    /// 256-weight super-blocks, 4-bit k-quant (4.5 bpw).
     Q4K,
     /// 256-weight super-blocks, 5-bit k-quant (5.5 bpw).
     Q5K,
