@@ -124,7 +124,8 @@ pub struct LevelFigures {
     pub decode_pct_of_peak: Option<f64>,
     /// `prefill_tok_s` times 2 x the language model's parameters, GFLOP/s.
     pub prefill_gflop_s: Option<f64>,
-    /// `prefill_gflop_s` as a percentage of the measured matmul peak.
+    /// `prefill_gflop_s` as a percentage of the measured f32 matmul peak (quantized weights
+    /// multiply on int8 dot products, which can exceed it: over 100% is possible).
     pub prefill_pct_of_peak: Option<f64>,
 }
 
