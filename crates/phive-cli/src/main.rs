@@ -1,6 +1,7 @@
 //! The `phive` command.
 
 mod answer;
+mod bench;
 mod chat;
 mod engine_args;
 mod guard_args;
@@ -43,6 +44,10 @@ enum Command {
     /// Quantize a checkpoint (--isq TYPE) and save it as GGUF with its config and tokenizer, so
     /// `-m OUTPUT` later loads it without quantizing.
     Quantize(quantize::QuantizeArgs),
+    /// Measure this machine's speed with a model: load time, peak memory, time to first token,
+    /// prefill and decode tokens/s at several concurrency levels, against the measured memory
+    /// bandwidth and matmul peak; --json writes the figures for tools/bench_compare.py.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -56,6 +61,7 @@ fn main() {
         Command::Chat(args) => chat::chat(args),
         Command::Serve(args) => serve::serve(args),
         Command::Quantize(args) => quantize::quantize(args),
+        Command::Bench(args) => bench::bench(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

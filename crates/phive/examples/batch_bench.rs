@@ -17,8 +17,7 @@ use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
 use phive::prompt::{ChatMessage, MessagePart};
 use phive::IsqType;
 
-mod bench_common;
-use bench_common::{cpu, follow, percentile, picture, run_together};
+use phive::bench::{follow, percentile, picture, run_together, steady_decode_rate, CpuInfo};
 
 struct Args {
     model: PathBuf,
@@ -65,7 +64,7 @@ fn text_prompt(pipeline: &Pipeline, i: usize) -> Result<PreparedPrompt> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    println!("cpu: {}", cpu());
+    println!("cpu: {}", CpuInfo::detect());
     let pipeline = Pipeline::load(&LoadOptions {
         model: args.model.to_string_lossy().into(),
         isq: args.isq,
@@ -92,20 +91,11 @@ fn main() -> Result<()> {
     for &n in &args.streams {
         let prompts = (0..n).map(|i| text_prompt(pipeline, 100 + i)).collect::<Result<Vec<_>>>()?;
         let traces = run_together(&engine, prompts, &params)?;
-        // Steady state: from the moment every stream has its first token until the first one
-        // finishes, every delivered token counts (a delta is one token, or a few held back
-        // for a whole character).
-        let start = traces.iter().filter_map(|t| t.deltas.first()).max().copied().context("no tokens")?;
-        let end = traces.iter().map(|t| t.done).min().context("no traces")?;
-        let delivered: usize =
-            traces.iter().map(|t| t.deltas.iter().filter(|d| **d > start && **d <= end).count()).sum();
-        let aggregate = delivered as f64 / (end - start).as_secs_f64();
+        // Steady state: while every stream decodes (see `steady_decode_rate`).
+        let aggregate = steady_decode_rate(&traces).context("no tokens")?;
         let base = *single.get_or_insert(aggregate);
         let mut ttft: Vec<f64> = traces.iter().map(|t| t.ttft().as_secs_f64()).collect();
-        let mut itl: Vec<f64> = traces
-            .iter()
-            .flat_map(|t| t.deltas.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3))
-            .collect();
+        let mut itl: Vec<f64> = traces.iter().flat_map(|t| t.gaps().map(|g| g * 1e3)).collect();
         let tokens: usize = traces.iter().map(|t| t.tokens()).sum();
         println!(
             "| {n} | {aggregate:.1} | {:.2}x | {:.2} / {:.2} | {:.0} / {:.0} | {tokens} |",

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use phive::bench::percentile;
 use phive::checkpoint::Checkpoint;
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
 use phive::nn::linear::LoadVb;
@@ -90,11 +91,6 @@ fn log_softmax(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64 - lse).collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
     let args = parse_args()?;
     let before = memory_stats();
@@ -137,7 +133,7 @@ fn main() -> Result<()> {
         next = argmax(&l.flatten_all()?.to_vec1::<f32>()?);
         steps.push(t.elapsed().as_secs_f64());
     }
-    let decode_s = median(steps);
+    let decode_s = percentile(&mut steps, 0.5);
     let after_run = memory_stats();
 
     // Quality: teacher-forced logits over prompt + f32 greedy continuation.

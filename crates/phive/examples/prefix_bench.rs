@@ -18,8 +18,7 @@ use phive::pipeline::{LoadOptions, Pipeline};
 use phive::prompt::{ChatMessage, MessagePart};
 use phive::IsqType;
 
-mod bench_common;
-use bench_common::{cpu, percentile, picture, run_together};
+use phive::bench::{percentile, picture, run_together, CpuInfo};
 
 struct Args {
     model: PathBuf,
@@ -113,7 +112,7 @@ fn shared_system_prompt(engine: &Arc<Engine>, sentences: usize) -> Result<(f64, 
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    println!("cpu: {}", cpu());
+    println!("cpu: {}", CpuInfo::detect());
     let load = || {
         Pipeline::load(&LoadOptions {
             model: args.model.to_string_lossy().into(),

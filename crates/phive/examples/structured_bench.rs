@@ -8,12 +8,10 @@
 //! one-digit integers (each integer and each separator a token), and the free requests run to
 //! `max_tokens`.
 
-mod bench_common;
-
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bench_common::{cpu, run_together, Trace};
+use phive::bench::{run_together, CpuInfo, Trace};
 use phive::engine::{Engine, EngineConfig, GenerationParams, Grammar};
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive::prompt::ChatMessage;
@@ -68,7 +66,7 @@ fn main() -> Result<()> {
     };
     // Warm up: first use of each weight, and the grammar's token trie.
     run_together(&engine, vec![prompt(0)?], &constrained)?;
-    println!("CPU: {}", cpu());
+    println!("CPU: {}", CpuInfo::detect());
     println!("model {} isq {:?}, {} decoded tokens per request", args.model, args.isq, args.tokens);
     println!("| concurrency | free tok/s | JSON schema tok/s | ratio |");
     println!("|---|---|---|---|");

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod audio;
+pub mod bench;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;

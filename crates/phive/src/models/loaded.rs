@@ -86,6 +86,12 @@ impl LoadedModel {
         self.decoder().config().rope.max_position_embeddings
     }
 
+    /// Parameters and stored bytes of the language model's projections (see
+    /// [`Phi3Decoder::lm_footprint`]), for the roofline figures of `phive bench`.
+    pub fn lm_footprint(&self) -> crate::nn::linear::WeightFootprint {
+        self.decoder().lm_footprint()
+    }
+
     /// Number of rows of the logits (the embedding table's size, which may exceed the
     /// tokenizer's vocabulary).
     pub fn vocab_size(&self) -> usize {

@@ -54,6 +54,27 @@ impl LinearWeight {
     }
 }
 
+/// What a group of linear layers holds: parameters and the bytes of their stored weights.
+///
+/// A decode step reads every weight of the language model once, whatever the batch size, so
+/// `bytes` is the memory traffic per step that bounds decode speed; `params` gives the
+/// arithmetic per token (about `2 * params` FLOPs), which bounds prefill speed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeightFootprint {
+    /// Weight elements (`in * out` per layer; biases are left out).
+    pub params: u64,
+    /// Bytes of the weights as stored (quantized, half or f32).
+    pub bytes: u64,
+}
+
+impl WeightFootprint {
+    /// Adds `linear`'s weight.
+    pub fn add(&mut self, linear: &Linear) {
+        self.params += (linear.in_dim() * linear.out_dim()) as u64;
+        self.bytes += linear.weight().size_in_bytes() as u64;
+    }
+}
+
 /// The weights a model constructor reads: a `VarBuilder` plus the load's [`LoadContext`], which
 /// [`Linear::load`] consults. It derefs to the `VarBuilder`, so norms, embeddings and
 /// convolutions read from it as usual; only [`LoadVb::pp`] is its own, to keep the context.

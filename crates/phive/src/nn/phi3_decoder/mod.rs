@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use super::activation::Activation;
 use super::attention::{attention, AttnMask};
 use super::kv_cache::{KvCache, KvGeometry, KvPool};
-use super::linear::{Linear, LoadVb};
+use super::linear::{Linear, LoadVb, WeightFootprint};
 use super::lora::{AdapterSegment, LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
 use super::paged_attention::{decode_attention, DecodeQuery};
@@ -202,6 +202,19 @@ impl Phi3Decoder {
     /// The configuration this decoder was built from.
     pub fn config(&self) -> &Phi3DecoderConfig {
         &self.cfg
+    }
+
+    /// The projections a token goes through (every layer's four, and `lm_head`): what one
+    /// decode step reads. LoRA adapters and the embedding lookup (one row) are left out.
+    pub fn lm_footprint(&self) -> WeightFootprint {
+        let mut total = WeightFootprint::default();
+        for layer in &self.layers {
+            for proj in [&layer.qkv_proj, &layer.o_proj, &layer.gate_up_proj, &layer.down_proj] {
+                total.add(proj.base());
+            }
+        }
+        total.add(&self.lm_head);
+        total
     }
 
     /// The rotary embedding (exposed for tests and diagnostics).

@@ -1,0 +1,94 @@
+//! Following requests: when each event of a request arrived, and what it answered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Completion, Engine, Event, GenerationParams, RequestHandle};
+use crate::pipeline::PreparedPrompt;
+use crate::{Error, Result};
+
+/// When one request's events arrived, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// When the request was handed to the engine.
+    pub submitted: Instant,
+    /// When each delta arrived (one token, or a few held back to complete a character).
+    pub deltas: Vec<Instant>,
+    /// When the request finished.
+    pub done: Instant,
+    /// The answer (of the first choice), with its token counts and engine timings.
+    pub completion: Option<Completion>,
+}
+
+impl Trace {
+    /// Time to first token, from submission (zero when nothing was generated).
+    pub fn ttft(&self) -> Duration {
+        self.deltas.first().map_or(Duration::ZERO, |t| *t - self.submitted)
+    }
+
+    /// Generated tokens.
+    pub fn tokens(&self) -> usize {
+        self.completion.as_ref().map_or(0, |c| c.tokens.len())
+    }
+
+    /// Gaps between consecutive deltas, in seconds (inter-token latency).
+    pub fn gaps(&self) -> impl Iterator<Item = f64> + '_ {
+        self.deltas.windows(2).map(|w| (w[1] - w[0]).as_secs_f64())
+    }
+}
+
+/// Submits `prompts` together and follows each on its own thread, so every event is stamped
+/// when it arrives rather than when a single reader gets to it. `on_delta` is called from the
+/// follower threads for every delta (a progress bar, say).
+pub fn run_together_with(
+    engine: &Arc<Engine>,
+    prompts: Vec<PreparedPrompt>,
+    params: &GenerationParams,
+    on_delta: impl Fn() + Clone + Send + 'static,
+) -> Result<Vec<Trace>> {
+    let handles = prompts
+        .into_iter()
+        .map(|p| Ok((Instant::now(), engine.submit(p, params.clone(), 1)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let threads: Vec<_> = handles
+        .into_iter()
+        .map(|(submitted, handle)| {
+            let on_delta = on_delta.clone();
+            std::thread::spawn(move || follow_with(submitted, handle, on_delta))
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().map_err(|_| Error::Internal("a benchmark follower thread panicked".into()))?)
+        .collect()
+}
+
+/// [`run_together_with`] without a callback.
+pub fn run_together(
+    engine: &Arc<Engine>,
+    prompts: Vec<PreparedPrompt>,
+    params: &GenerationParams,
+) -> Result<Vec<Trace>> {
+    run_together_with(engine, prompts, params, || {})
+}
+
+/// Reads `handle`'s events until it finishes, stamping each delta.
+pub fn follow(submitted: Instant, handle: RequestHandle) -> Result<Trace> {
+    follow_with(submitted, handle, || {})
+}
+
+fn follow_with(submitted: Instant, mut handle: RequestHandle, on_delta: impl Fn()) -> Result<Trace> {
+    let mut deltas = Vec::new();
+    let mut completion = None;
+    while let Some(event) = handle.next_blocking() {
+        match event {
+            Event::Delta { .. } => {
+                deltas.push(Instant::now());
+                on_delta();
+            }
+            Event::Done { completion: c, .. } => completion = Some(c),
+            Event::Error(e) => return Err(e),
+        }
+    }
+    Ok(Trace { submitted, deltas, done: Instant::now(), completion })
+}
