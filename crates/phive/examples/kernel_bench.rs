@@ -15,8 +15,13 @@ use candle_core::{Device, Tensor};
 use phive::kernels::{quantized_matmul_with, BlockFormat, QuantizedMatrix, SimdLevel};
 
 /// (name, output features, input features) of the Phi-3.5 decoder's projections.
-const SHAPES: &[(&str, usize, usize)] =
-    &[("qkv", 9216, 3072), ("o", 3072, 3072), ("gate_up", 16384, 3072), ("down", 3072, 8192), ("lm_head", 32064, 3072)];
+const SHAPES: &[(&str, usize, usize)] = &[
+    ("qkv", 9216, 3072),
+    ("o", 3072, 3072),
+    ("gate_up", 16384, 3072),
+    ("down", 3072, 8192),
+    ("lm_head", 32064, 3072),
+];
 
 /// Seconds of the first call and the fastest of the next `reps` (the least disturbed by
 /// whatever else this shared machine runs).
@@ -54,15 +59,7 @@ fn main() -> Result<()> {
         }
     }
     let format = BlockFormat::from_ggml(dtype).context("no phive kernel for this format")?;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    println!("CPU: {cpu}; rayon threads: {}; format {dtype:?}", rayon::current_num_threads());
+    println!("machine: {}; format {dtype:?}", phive::bench::CpuInfo::detect());
     println!("| shape | rows | kernel | first call ms | best ms | weight GB/s | GMAC/s |");
     println!("|---|---|---|---|---|---|---|");
     let dev = Device::Cpu;
@@ -86,7 +83,13 @@ fn main() -> Result<()> {
             };
             // A fresh copy of the weight for candle, so its repack is part of its first call.
             let fresh = phive::quant::quantize(&q.dequantize(&dev)?, dtype)?;
-            report("candle", time(reps, || Ok(drop(x.apply_op1_no_bwd(&fresh)?)))?);
+            report(
+                "candle",
+                time(reps, || {
+                    let _: () = drop(x.apply_op1_no_bwd(&fresh)?);
+                    Ok(())
+                })?,
+            );
             let data = q.data()?;
             let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
             for level in SimdLevel::available() {
@@ -95,7 +98,10 @@ fn main() -> Result<()> {
                 }
                 report(
                     &format!("phive {level}"),
-                    time(reps, || Ok(drop(quantized_matmul_with(level, &xs, matrix)?)))?,
+                    time(reps, || {
+                        let _: () = drop(quantized_matmul_with(level, &xs, matrix)?);
+                        Ok(())
+                    })?,
                 );
             }
         }

@@ -271,7 +271,7 @@ impl Phi4AudioConfig {
         if self.lm_hidden_size == 0 {
             return Err(bad("`hidden_size` must be positive"));
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(bad(format!(
                 "`{c}attention_dim` ({}) is not a multiple of `attention_heads` ({})",
                 self.hidden_size, self.num_heads
@@ -283,7 +283,7 @@ impl Phi4AudioConfig {
                 self.time_reduction
             )));
         }
-        if !self.causal && self.kernel_size % 2 == 0 {
+        if !self.causal && self.kernel_size.is_multiple_of(2) {
             return Err(bad(format!(
                 "`{c}kernel_size` = {} must be odd for a non-causal conv module",
                 self.kernel_size

@@ -36,6 +36,10 @@ pub struct CpuInfo {
     pub threads: usize,
     /// Installed memory in bytes (`MemTotal`; 0 where unknown).
     pub memory_bytes: u64,
+    /// The variant of phive's CPU kernels this run used ([`crate::kernels::simd_level`]; empty
+    /// in reports from other engines).
+    #[serde(default)]
+    pub kernels: String,
 }
 
 impl CpuInfo {
@@ -43,7 +47,11 @@ impl CpuInfo {
     pub fn detect() -> CpuInfo {
         let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        Self::parse(&info, &meminfo, std::thread::available_parallelism().map_or(0, |n| n.get()))
+        let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
+        CpuInfo {
+            kernels: crate::kernels::simd_level().name().to_string(),
+            ..Self::parse(&info, &meminfo, threads)
+        }
     }
 
     /// [`CpuInfo::detect`] from the texts of `/proc/cpuinfo` and `/proc/meminfo`.
@@ -67,14 +75,18 @@ impl CpuInfo {
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024);
-        CpuInfo { model, flags, threads, memory_bytes }
+        CpuInfo { model, flags, threads, memory_bytes, kernels: String::new() }
     }
 }
 
 impl std::fmt::Display for CpuInfo {
     /// `Intel(R) Xeon(R) ... [avx2 fma avx512f], 16 threads`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} [{}], {} threads", self.model, self.flags.join(" "), self.threads)
+        write!(f, "{} [{}], {} threads", self.model, self.flags.join(" "), self.threads)?;
+        if !self.kernels.is_empty() {
+            write!(f, ", phive kernels {}", self.kernels)?;
+        }
+        Ok(())
     }
 }
 
@@ -93,6 +105,8 @@ mod tests {
             cpu.to_string(),
             "Test CPU @ 2.0GHz [sse4_2 avx2 fma avx512f avx512_vnni amx_tile], 8 threads"
         );
+        let ours = CpuInfo { kernels: "avx2".into(), ..cpu };
+        assert!(ours.to_string().ends_with("8 threads, phive kernels avx2"));
         let unknown = CpuInfo::parse("", "", 1);
         assert_eq!((unknown.model.as_str(), unknown.flags.len(), unknown.memory_bytes), ("unknown", 0, 0));
     }

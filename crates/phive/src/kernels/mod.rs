@@ -105,7 +105,7 @@ pub fn quantized_matmul(x: &[f32], w: QuantizedMatrix) -> Result<Vec<f32>> {
 pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) -> Result<Vec<f32>> {
     let (n, k) = (w.rows, w.cols);
     let row_bytes = k / q8k::QK * w.format.block_bytes();
-    if k == 0 || k % q8k::QK != 0 || x.len() % k != 0 || w.data.len() != n * row_bytes {
+    if k == 0 || k % q8k::QK != 0 || !x.len().is_multiple_of(k) || w.data.len() != n * row_bytes {
         return Err(candle_core::Error::Msg(format!(
             "quantized matmul: {} activations, {} weight bytes for a [{n}, {k}] {:?} weight",
             x.len(),

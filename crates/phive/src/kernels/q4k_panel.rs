@@ -212,4 +212,3 @@ unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
     }
     out
 }
-

@@ -74,7 +74,7 @@ impl Q8KRows {
     /// Quantizes `x` (`rows × cols`, row-major); rows are split over the rayon pool when there
     /// are enough of them to pay for it.
     pub fn quantize(x: &[f32], cols: usize) -> Q8KRows {
-        debug_assert!(cols % QK == 0 && x.len() % cols == 0);
+        debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
         let blocks_per_row = cols / QK;
         let mut blocks = vec![BlockQ8K::ZERO; x.len() / QK];
         let quantize = |(dst, src): (&mut BlockQ8K, &[f32])| *dst = BlockQ8K::quantize(src);

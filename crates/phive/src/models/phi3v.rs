@@ -139,7 +139,10 @@ impl Phi3VConfig {
                 p.image_dim_out, v.hidden_size
             )));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 || v.patches_per_side() % 2 != 0 {
+        if v.patch_size == 0
+            || !v.image_size.is_multiple_of(v.patch_size)
+            || !v.patches_per_side().is_multiple_of(2)
+        {
             return Err(config_error(format!(
                 "vision image_size {} / patch_size {} must give an even number of patches per side for the 2x2 merge",
                 v.image_size, v.patch_size

@@ -236,7 +236,7 @@ impl Phi4MMConfig {
                     e.crop_size, v.image_size
                 )));
             }
-            if v.patches_per_side() % 2 != 0 {
+            if !v.patches_per_side().is_multiple_of(2) {
                 return Err(config_error(format!(
                     "vision image_size / patch_size = {} patches per side must be even for the 2x2 pooling",
                     v.patches_per_side()

@@ -36,7 +36,7 @@ pub fn decode_attention(
 ) -> Result<Vec<f32>> {
     let g = pool.geometry();
     let d = g.head_dim;
-    if q.len() != queries.len() * heads * d || g.kv_heads == 0 || heads % g.kv_heads != 0 {
+    if q.len() != queries.len() * heads * d || g.kv_heads == 0 || !heads.is_multiple_of(g.kv_heads) {
         return Err(candle_core::Error::Msg(format!(
             "decode attention: {} query values for {} rows of {heads} heads x {d}",
             q.len(),

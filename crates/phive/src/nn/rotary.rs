@@ -120,7 +120,7 @@ impl RotaryEmbedding {
     pub fn new(cfg: &RotaryConfig) -> Result<Self> {
         let err = |m: String| crate::Error::checkpoint("config.json", m);
         let rot_dim = (cfg.head_dim as f64 * cfg.partial_rotary_factor) as usize;
-        if rot_dim == 0 || rot_dim % 2 != 0 || rot_dim > cfg.head_dim {
+        if rot_dim == 0 || !rot_dim.is_multiple_of(2) || rot_dim > cfg.head_dim {
             return Err(err(format!(
                 "rotary dimension {rot_dim} (head_dim {} x partial_rotary_factor {}) must be even and in 2..=head_dim",
                 cfg.head_dim, cfg.partial_rotary_factor

@@ -152,7 +152,7 @@ impl IsqType {
     /// `self`, or the first type of its fallback chain whose block size divides `in_dim`.
     pub fn fit(self, in_dim: usize) -> IsqType {
         let mut t = self;
-        while in_dim % t.block_size() != 0 {
+        while !in_dim.is_multiple_of(t.block_size()) {
             match t.fallback() {
                 Some(next) => t = next,
                 None => break,
