@@ -22,7 +22,7 @@ use phive::bench::{
     peak, run_together, run_together_with, steady_decode_rate, text_prompt, CpuInfo, Summary,
 };
 use phive::engine::{Engine, GenerationParams, SamplingParams};
-use phive::media::{load_image, MediaPolicy};
+use phive::media::MediaPolicy;
 use phive::prompt::{ChatMessage, MessagePart};
 
 use crate::engine_args::EngineArgs;
@@ -80,11 +80,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         check_writable(path)?;
     }
     let policy = MediaPolicy::trusted();
-    let images = args
-        .images
-        .iter()
-        .map(|src| load_image(src, &policy).with_context(|| format!("image {src}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let images = crate::run::load_images(&args.images, &policy)?;
     let machine = CpuInfo::detect();
     eprintln!("machine: {machine}");
 

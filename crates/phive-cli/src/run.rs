@@ -37,15 +37,17 @@ pub struct RunArgs {
     engine: EngineArgs,
 }
 
+/// Reads the images named on the command line (paths, URLs, data: URLs or base64), naming
+/// the one that fails.
+pub fn load_images(sources: &[String], policy: &MediaPolicy) -> anyhow::Result<Vec<image::DynamicImage>> {
+    sources.iter().map(|src| load_image(src, policy).with_context(|| format!("image {src}"))).collect()
+}
+
 /// Loads the model, runs the prompt, streams the answer.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let policy = MediaPolicy::trusted();
-    let images = args
-        .images
-        .iter()
-        .map(|src| load_image(src, &policy).with_context(|| format!("image {src}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let images = load_images(&args.images, &policy)?;
 
     let pipeline = args.load.load()?;
 

@@ -103,7 +103,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{packed_scales_and_mins, BlockQ8K, BLOCK_BYTES};
-    use crate::kernels::x86::{d_and_dmin, hsum256, mins_pairs};
+    use crate::kernels::x86::{d_and_dmin, mins_pairs, row_sums256};
 
     /// `w` with each of the `R` activation rows.
     ///
@@ -153,12 +153,7 @@ mod avx2 {
                 macc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(ds.add(8)), mins_hi, macc[r]);
             }
         }
-        // A loop, not `array::from_fn`: a closure would not inherit the target features.
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = hsum256(_mm256_sub_ps(acc[r], macc[r]));
-        }
-        out
+        row_sums256(&acc, &macc)
     }
 }
 
@@ -167,7 +162,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{packed_scales_and_mins, BlockQ8K, BLOCK_BYTES};
-    use crate::kernels::x86::{d_and_dmin, mins_pairs};
+    use crate::kernels::x86::{d_and_dmin, mins_pairs, row_sums512};
 
     /// `w` with each of the `R` activation rows.
     ///
@@ -224,11 +219,6 @@ mod avx512 {
                 macc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(blk_a.dsums.as_ptr()), mins, macc[r]);
             }
         }
-        // A loop, not `array::from_fn`: a closure would not inherit the target features.
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r], macc[r]));
-        }
-        out
+        row_sums512(&acc, &macc)
     }
 }

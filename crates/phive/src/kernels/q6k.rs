@@ -114,7 +114,7 @@ mod avx2 {
 
     use super::x86_codes::runs;
     use super::{BlockQ8K, BLOCK_BYTES};
-    use crate::kernels::x86::{f16_at, hsum256};
+    use crate::kernels::x86::{f16_at, row_sums256};
 
     /// `w` with each of the `R` activation rows.
     ///
@@ -159,12 +159,7 @@ mod avx2 {
                 oacc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(ds.add(8)), offsets[1], oacc[r]);
             }
         }
-        // A loop, not `array::from_fn`: a closure would not inherit the target features.
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = hsum256(_mm256_sub_ps(acc[r], oacc[r]));
-        }
-        out
+        row_sums256(&acc, &oacc)
     }
 }
 
@@ -174,7 +169,7 @@ mod avx512 {
 
     use super::x86_codes::runs;
     use super::{BlockQ8K, BLOCK_BYTES};
-    use crate::kernels::x86::f16_at;
+    use crate::kernels::x86::{f16_at, row_sums512};
 
     /// `w` with each of the `R` activation rows.
     ///
@@ -236,11 +231,6 @@ mod avx512 {
                 oacc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(blk_a.dsums.as_ptr()), offsets, oacc[r]);
             }
         }
-        // A loop, not `array::from_fn`: a closure would not inherit the target features.
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r], oacc[r]));
-        }
-        out
+        row_sums512(&acc, &oacc)
     }
 }

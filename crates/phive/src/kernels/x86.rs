@@ -47,3 +47,32 @@ pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     let bits = std::ptr::read_unaligned(p.cast::<u16>());
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
+
+/// `Σ lanes (a[r] − b[r])` for each row: the 256-bit kernels' final sums (a loop, not
+/// `array::from_fn`, whose closure would not inherit the target features).
+///
+/// # Safety
+/// The CPU must have AVX.
+#[target_feature(enable = "avx")]
+#[inline]
+pub(super) unsafe fn row_sums256<const R: usize>(a: &[__m256; R], b: &[__m256; R]) -> [f32; R] {
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum256(_mm256_sub_ps(a[r], b[r]));
+    }
+    out
+}
+
+/// [`row_sums256`] for 512-bit accumulators.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn row_sums512<const R: usize>(a: &[__m512; R], b: &[__m512; R]) -> [f32; R] {
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(a[r], b[r]));
+    }
+    out
+}
