@@ -64,7 +64,7 @@ impl BlockQ8K {
     }
 }
 
-/// `rows` activation rows of `cols` values (a multiple of [`QK`]), quantized row by row.
+/// `rows` activation rows of `cols` values (a multiple of 256), quantized row by row.
 pub struct Q8KRows {
     blocks: Vec<BlockQ8K>,
     blocks_per_row: usize,
