@@ -32,6 +32,7 @@ def rows(reports):
     out = [
         ("load s", lambda r: r["load"]["seconds"], "{:.2f}", True),
         ("peak RSS MB", lambda r: (r["load"].get("peak_rss_bytes") or 0) / 1e6 or None, "{:.0f}", True),
+        ("first request TTFT s", lambda r: r["load"].get("first_request_ttft_s"), "{:.3f}", True),
     ]
     levels = sorted({l["concurrency"] for r in reports for l in r["levels"]})
     for c in levels:

@@ -160,7 +160,8 @@ def main():
 
     # The chat template's own tokens: a short request's prompt count minus its text's.
     head = "Passage 1:"
-    _, _, usage = request(head, 2)  # also the warm-up
+    t0, times, usage = request(head, 2)  # the first request after load; also the warm-up
+    first_request_ttft_s = times[0] - t0 if times else None
     overhead = usage.prompt_tokens - len(tokenizer.encode(head, add_special_tokens=False).ids)
     if a.prompt_tokens < usage.prompt_tokens:
         sys.exit(f"a prompt needs at least {usage.prompt_tokens} tokens here")
@@ -248,7 +249,7 @@ def main():
             "concurrency": [1],
             "images": a.image,
         },
-        "load": {"seconds": load_seconds, "peak_rss_bytes": peak_rss_bytes()},
+        "load": {"seconds": load_seconds, "peak_rss_bytes": peak_rss_bytes(), "first_request_ttft_s": first_request_ttft_s},
         "peak": peak,
         "levels": [level],
         "images": images,

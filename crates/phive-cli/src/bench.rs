@@ -132,10 +132,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let total: usize = levels.iter().map(|c| c * decode_tokens).sum::<usize>() + images.len();
     let bar = progress(total as u64);
-    // Warm-up: the first use of each quantized weight repacks it.
-    bar.set_message("warm-up");
+    // The first request after load, timed; it also warms up what candle's kernels prepare on
+    // first use (the ISQ types phive has no kernel of its own for).
+    bar.set_message("first request");
     let warm = pipeline.prepare(&[ChatMessage::text("user", "Hello there.")], &[])?;
-    run_together(&engine, vec![warm], &GenerationParams { max_tokens: Some(2), ..params.clone() })?;
+    let first =
+        run_together(&engine, vec![warm], &GenerationParams { max_tokens: Some(2), ..params.clone() })?;
+    let first_request_ttft_s = first.first().map(|t| t.ttft().as_secs_f64());
 
     let mut level_figures = Vec::new();
     for (&c, prompts) in levels.iter().zip(prompts) {
@@ -194,7 +197,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         date: report::now_utc(),
         machine,
         workload: Workload { prompt_tokens, decode_tokens, concurrency: levels, images: args.images.clone() },
-        load: LoadFigures { seconds: load_seconds, peak_rss_bytes: (peak_rss > 0).then_some(peak_rss) },
+        load: LoadFigures {
+            seconds: load_seconds,
+            peak_rss_bytes: (peak_rss > 0).then_some(peak_rss),
+            first_request_ttft_s,
+        },
         levels: level_figures.into_iter().map(|l| l.with_roofline(&model, peak.as_ref())).collect(),
         model,
         peak,
@@ -290,9 +297,10 @@ fn table(r: &BenchReport) -> String {
         r.model.lm_weight_bytes.unwrap_or(0) as f64 / MB,
     );
     out += &format!(
-        "load:     {:.2} s, peak RSS {} MB\n",
+        "load:     {:.2} s, peak RSS {} MB, first request's TTFT {} s\n",
         r.load.seconds,
-        opt(r.load.peak_rss_bytes.map(|b| b as f64 / MB), 0)
+        opt(r.load.peak_rss_bytes.map(|b| b as f64 / MB), 0),
+        opt(r.load.first_request_ttft_s, 3)
     );
     match &r.peak {
         Some(p) => {

@@ -59,6 +59,7 @@ fn json_report_has_every_figure() {
     assert_eq!(r["workload"]["decode_tokens"], 4);
     positive(&r["load"]["seconds"], "load seconds");
     positive(&r["load"]["peak_rss_bytes"], "peak RSS");
+    positive(&r["load"]["first_request_ttft_s"], "first request's TTFT");
     positive(&r["peak"]["memory_read_gb_s"], "memory bandwidth");
     positive(&r["peak"]["matmul_gflop_s"], "matmul peak");
     assert_eq!(r["peak"]["measured_by"], "phive");

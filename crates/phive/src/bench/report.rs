@@ -83,6 +83,11 @@ pub struct LoadFigures {
     /// Peak resident memory of the process (`VmHWM`), read after the workloads and before the
     /// peak probes.
     pub peak_rss_bytes: Option<u64>,
+    /// Time to first token of the first request after loading (a short text prompt): what the
+    /// first user waits beyond the load. An engine that prepares weights on their first use
+    /// (candle's repacking) pays it here.
+    #[serde(default)]
+    pub first_request_ttft_s: Option<f64>,
 }
 
 /// This machine's best rates, measured by the benchmark itself (see [`super::peak`]).
