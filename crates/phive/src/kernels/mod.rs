@@ -118,11 +118,15 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
     let acts = Q8KRows::quantize(x, k);
     let mut out = vec![0f32; m * n];
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let mut first_col = 0;
+    // Whole panels of 16 weight rows first where the panel kernel applies; the rest by rows.
     #[cfg(target_arch = "x86_64")]
-    if w.format == BlockFormat::Q4K && level == SimdLevel::Avx512Vnni && m >= PANEL_MIN_ROWS {
-        first_col = panel_matmul(&acts, w, row_bytes, out_ptr);
-    }
+    let first_col = if w.format == BlockFormat::Q4K && level == SimdLevel::Avx512Vnni && m >= PANEL_MIN_ROWS {
+        panel_matmul(&acts, w, row_bytes, out_ptr)
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let first_col = 0;
     let rows_per_task = rows_per_task(n - first_col, m);
     (0..(n - first_col).div_ceil(rows_per_task)).into_par_iter().for_each(|task| {
         let first = first_col + task * rows_per_task;
