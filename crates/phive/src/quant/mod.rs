@@ -16,6 +16,7 @@
 pub mod context;
 pub mod gguf;
 mod half;
+mod q4k;
 mod types;
 
 use std::borrow::Cow;
@@ -38,8 +39,9 @@ const MIN_WEIGHTS_PER_TASK: usize = 256 * 1024;
 ///
 /// Rows are independent in every GGML format (blocks never cross a row because `cols` must be a
 /// multiple of the block size), so each task converts its rows to f32, quantizes them with
-/// candle's reference quantizer and copies the blocks into its slice of the output: the result
-/// is byte-identical to `QTensor::quantize` on the whole tensor, and the only full-precision
+/// candle's reference quantizer (or, for Q4K, `q4k`'s faster copy of it) and copies the blocks
+/// into its slice of the output: the result is byte-identical to `QTensor::quantize` on the
+/// whole tensor, and the only full-precision
 /// transient is one task's f32 rows.
 pub fn quantize(weight: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
     let (rows, cols) = weight.dims2()?;
@@ -66,6 +68,11 @@ pub fn quantize(weight: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
         let rows = weight.narrow(0, start, n)?;
         let part =
             if rows.dtype() == DType::F32 { rows.force_contiguous()? } else { rows.to_dtype(DType::F32)? };
+        if dtype == GgmlDType::Q4K {
+            // The same blocks as candle's quantizer, without its per-weight libm calls.
+            q4k::quantize_q4k(&part.flatten_all()?.to_vec1::<f32>()?, out);
+            return Ok(());
+        }
         let q = QTensor::quantize(&part, dtype)?;
         let data = q.data()?;
         if data.len() != out.len() {
