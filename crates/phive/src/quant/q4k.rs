@@ -58,7 +58,7 @@ fn quantize_block(x: &[f32], block: &mut [u8]) {
     let max_min = mins.iter().fold(0.0, |max: f32, &v| v.max(max));
     let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let packed = &mut [0u8; 12];
+    let mut packed = [0u8; 12];
     for j in 0..QK / 32 {
         let ls = nearest_int(inv_scale * scales[j]).min(63) as u8;
         let lm = nearest_int(inv_min * mins[j]).min(63) as u8;
@@ -93,7 +93,7 @@ fn quantize_block(x: &[f32], block: &mut [u8]) {
     }
     block[0..2].copy_from_slice(&d.to_le_bytes());
     block[2..4].copy_from_slice(&dmin.to_le_bytes());
-    block[4..16].copy_from_slice(packed);
+    block[4..16].copy_from_slice(&packed);
     for run in 0..4 {
         for i in 0..32 {
             block[16 + 32 * run + i] = codes[64 * run + i] | (codes[64 * run + 32 + i] << 4);
