@@ -6,6 +6,7 @@
 //! feature extractor does (`wav.mean(1)`).
 
 use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
@@ -15,6 +16,7 @@ use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
+use super::ogg_headers::check_ogg_headers;
 use crate::{Error, Result};
 
 /// Lowest sample rate accepted. The Hub extractor refuses anything below 8 kHz: the model was
@@ -90,10 +92,18 @@ pub fn decode_audio_with_limits(
     for rate in wav_declared_rates(bytes) {
         check_rate(rate, limits)?;
     }
-    let source = MediaSourceStream::new(
-        Box::new(Cursor::new(flac_without_metadata(bytes)?)),
-        MediaSourceStreamOptions::default(),
-    );
+    check_ogg_headers(bytes)?;
+    let bytes = flac_without_metadata(bytes)?;
+    // The checks above cover every panic the fuzzers found in symphonia; a panic left in its
+    // decoders still only fails this clip.
+    catch_unwind(AssertUnwindSafe(|| decode_checked(bytes, hint, limits))).unwrap_or_else(|_| {
+        Err(Error::Media("cannot decode audio: the decoder failed on this malformed input".into()))
+    })
+}
+
+/// Decodes a clip that passed the container checks.
+fn decode_checked(bytes: Vec<u8>, hint: Hint, limits: &AudioLimits) -> Result<DecodedAudio> {
+    let source = MediaSourceStream::new(Box::new(Cursor::new(bytes)), MediaSourceStreamOptions::default());
     let format_opts = FormatOptions {
         // Trim encoder delay and padding (mp3 LAME/Xing info, ogg granule positions) so lossy
         // files have the length of the original signal.
@@ -421,6 +431,16 @@ mod tests {
         assert!(e.contains("truncated metadata"), "{e}");
         let e = media(decode_audio(b"fLaC\x84\0\0\0", None).unwrap_err());
         assert!(e.contains("without STREAMINFO"), "{e}");
+    }
+
+    /// An Ogg/Vorbis stream whose comment header declares a 2.7 GB comment: refused by the
+    /// header check before symphonia would allocate it.
+    #[test]
+    fn hostile_ogg_comment_is_refused_before_decoding() {
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/audio_decode/ogg-comment-length.ogg");
+        let e = media(decode_audio(&std::fs::read(path).unwrap(), None).unwrap_err());
+        assert!(e.contains("malformed Ogg header: a comment of 2779096485 bytes"), "{e}");
     }
 
     #[test]

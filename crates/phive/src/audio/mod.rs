@@ -12,6 +12,7 @@ pub mod conformer;
 pub mod decode;
 pub mod embedding;
 pub mod mel;
+mod ogg_headers;
 pub mod resample;
 
 pub use config::Phi4AudioConfig;
