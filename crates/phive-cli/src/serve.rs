@@ -17,6 +17,7 @@ use phive::engine::Engine;
 
 use crate::engine_args::EngineArgs;
 use crate::guard_args::{seconds, GuardArgs};
+use crate::model_args::Dtype;
 use crate::preprocess_args::{self, PreprocessArgs};
 use phive::media::MediaPolicy;
 use phive::pipeline::{LoadOptions, Pipeline};
@@ -57,19 +58,6 @@ impl Arch {
     }
 }
 
-/// Weight data types `--dtype` accepts.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Dtype {
-    /// The best supported type for the device (f32 on the CPU).
-    Auto,
-    /// 32-bit floats.
-    F32,
-    /// bfloat16 (not supported yet).
-    Bf16,
-    /// float16 (not supported yet).
-    F16,
-}
-
 /// Which model to load.
 #[derive(Args, Debug)]
 struct ModelArgs {
@@ -93,7 +81,8 @@ struct ServerOptions {
     /// Port to listen on (0 picks a free port).
     #[arg(short, long, global = true, default_value_t = 1234, env = "PHIVE_PORT")]
     port: u16,
-    /// Weight data type.
+    /// Precision of the language model: auto is f32 on the CPU and bf16 on a GPU; the vision
+    /// and audio encoders stay f32.
     #[arg(short = 'd', long, global = true, value_enum, default_value = "auto", env = "PHIVE_DTYPE")]
     dtype: Dtype,
     /// Quantize the language model's linear layers in situ while loading (case-insensitive):
@@ -103,6 +92,10 @@ struct ServerOptions {
     /// With --isq, quantize the vision (and audio) encoders' projections too.
     #[arg(long, global = true, requires = "isq", env = "PHIVE_ISQ_ENCODERS")]
     isq_encoders: bool,
+    /// Where to run: cpu, or cuda[:N] for NVIDIA GPU N (needs a build made by
+    /// scripts/build-cuda.sh).
+    #[arg(long, global = true, default_value = "cpu", value_name = "DEVICE", env = "PHIVE_DEVICE")]
+    device: phive::DeviceChoice,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
@@ -162,13 +155,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ModelCommand::Vision(model) = args.model;
     let opts = args.server;
     let engine_config = opts.engine.config()?;
-    match opts.dtype {
-        Dtype::Auto | Dtype::F32 => {}
-        other => bail!(
-            "--dtype {} is not supported yet: phive runs f32 weights on the CPU (use --dtype auto or f32)",
-            format!("{other:?}").to_lowercase()
-        ),
-    }
     let fetch_timeout = seconds("--fetch-timeout", opts.fetch_timeout)?;
     let shutdown_timeout = seconds("--shutdown-timeout", opts.shutdown_timeout)?;
     for dir in &opts.allow_local_media {
@@ -183,6 +169,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         revision: model.revision.clone(),
         isq: opts.isq,
         isq_encoders: opts.isq_encoders,
+        device: opts.device,
+        dtype: opts.dtype.into(),
         preprocess: opts.preprocess.options(),
     })?;
     let detected = pipeline.architecture().name();
@@ -197,8 +185,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let served = opts.served_model_name.clone().unwrap_or_else(|| model.model.clone());
     eprintln!(
-        "loaded {} | arch {detected} | dtype f32 | isq {} | {} | {:.1} MB of weights | load time {:.2}s",
+        "loaded {} | arch {detected} | device {} | dtype {} | isq {} | {} | {:.1} MB of weights | load time {:.2}s",
         pipeline.source(),
+        opts.device,
+        pipeline.dtype_name(),
         opts.isq.map_or_else(|| "none".to_string(), |t| t.to_string()),
         preprocess_args::summary(&pipeline),
         pipeline.weight_bytes() as f64 / 1e6,

@@ -105,6 +105,7 @@ impl From<phive::Error> for Failure {
                 Some(("UnsupportedArchitectureError", "unsupported_architecture"))
             }
             phive::Error::Checkpoint { .. } => Some(("ModelLoadError", "invalid_checkpoint")),
+            phive::Error::Device(_) => Some(("ModelLoadError", "device_unavailable")),
             _ => None,
         };
         match class {
@@ -248,10 +249,11 @@ impl NativeEngine {
     /// Loads `model` (a local folder or a Hugging Face id). `arch` (`"phi3v"`, `"phi4mm"`) must
     /// match the checkpoint's detected architecture when given. `isq` quantizes the language
     /// model's linear layers while loading (and the encoders' too with `isq_encoders`).
+    /// `device` is `"cpu"` (the default) or `"cuda[:N]"` (a build with the `cuda` feature).
     /// `num_crops` (Phi-3.5-vision) / `dynamic_hd` (Phi-4-multimodal) replace the checkpoint's
     /// crop limit.
     #[new]
-    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, max_images=None, num_crops=None, dynamic_hd=None))]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, device=None, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, max_images=None, num_crops=None, dynamic_hd=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -260,6 +262,7 @@ impl NativeEngine {
         arch: Option<String>,
         isq: Option<String>,
         isq_encoders: bool,
+        device: Option<String>,
         max_seqs: Option<usize>,
         max_queue: Option<usize>,
         max_batched_tokens: Option<usize>,
@@ -273,7 +276,8 @@ impl NativeEngine {
         let preprocess = PreprocessOptions { num_crops, dynamic_hd };
         engine_config(max_seqs, max_queue, max_batched_tokens, kv_cache_mem, media_cache_mem, prefix_cache)
             .and_then(|config| {
-                Self::load(py, model, revision, arch, (isq, isq_encoders), preprocess, config, max_images)
+                let load = LoadRequest { model, revision, arch, isq, isq_encoders, device };
+                Self::load(py, load, preprocess, config, max_images)
             })
             .map_err(|f| f.into_py(py))
     }
@@ -376,19 +380,30 @@ impl NativeEngine {
     }
 }
 
+/// What `NativeEngine(...)` was asked to load.
+struct LoadRequest {
+    model: String,
+    revision: Option<String>,
+    arch: Option<String>,
+    isq: Option<String>,
+    isq_encoders: bool,
+    device: Option<String>,
+}
+
 impl NativeEngine {
-    #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
-        model: String,
-        revision: Option<String>,
-        arch: Option<String>,
-        (isq, isq_encoders): (Option<String>, bool),
+        load: LoadRequest,
         preprocess: PreprocessOptions,
         config: EngineConfig,
         max_images: Option<usize>,
     ) -> Fallible<Self> {
+        let LoadRequest { model, revision, arch, isq, isq_encoders, device } = load;
         let isq = isq.as_deref().map(parse_isq).transpose()?;
+        let device = match device.as_deref().map(str::parse::<phive::DeviceChoice>).transpose() {
+            Ok(device) => device.unwrap_or_default(),
+            Err(e) => return Err(Failure::invalid("device", e.to_string())),
+        };
         let pipeline = py.detach(|| -> Fallible<Pipeline> {
             if let Some(arch) = &arch {
                 // Cheap: reads config, tokenizer and weight headers, not the tensors.
@@ -407,7 +422,7 @@ impl NativeEngine {
             // Fields added to LoadOptions later keep their defaults here.
             #[allow(clippy::needless_update)]
             let options =
-                LoadOptions { model, revision, isq, isq_encoders, preprocess, ..Default::default() };
+                LoadOptions { model, revision, isq, isq_encoders, device, preprocess, ..Default::default() };
             Ok(Pipeline::load(&options)?)
         })?;
         let isq = pipeline.load_report().isq.map(|t| t.name().to_string());

@@ -99,7 +99,7 @@ fn main() -> Result<()> {
     let cfg = Phi3VConfig::from_json(&ck.config)?;
     let index = ck.weights.tensor_index().unwrap_or_default();
     let largest_f32 = index.values().map(|e| e.shape.iter().product::<usize>() * 4).max().unwrap_or(0) as u64;
-    let (vb, ctx) = LoadContext::open(&ck.weights, args.isq, false)?;
+    let (vb, ctx) = LoadContext::open(&ck.weights, args.isq, false, &candle_core::Device::Cpu)?;
     let model = Phi3V::new(&cfg, LoadVb::new(vb, &ctx))?;
     let report = ctx.finish();
     let load_s = started.elapsed().as_secs_f64();

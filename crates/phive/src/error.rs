@@ -23,6 +23,9 @@ pub enum Error {
     /// An image or audio input could not be fetched or decoded.
     #[error("{0}")]
     Media(String),
+    /// The requested device cannot be used (no CUDA in this build, no GPU, no driver).
+    #[error("{0}")]
+    Device(String),
     /// A tensor operation failed. This indicates a bug or an inconsistent checkpoint.
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),

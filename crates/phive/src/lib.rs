@@ -10,6 +10,7 @@ pub mod api;
 pub mod audio;
 pub mod bench;
 pub mod checkpoint;
+pub mod device;
 pub mod engine;
 pub mod error;
 /// Saving a quantized checkpoint as GGUF (`phive quantize`); above `pipeline`, which it loads with.
@@ -27,10 +28,11 @@ pub mod sdk;
 pub mod vision;
 
 pub use api::{FunctionDefinition, Tool, ToolChoice};
+pub use device::{DeviceChoice, ModelDType};
 pub use engine::Grammar;
 pub use error::{Error, Result};
 pub use quant::IsqType;
 pub use sdk::{
-    ChatStream, Images, Model, ModelDType, RequestBuilder, RequestLike, Response, TextMessageRole,
-    VisionArchitecture, VisionMessages, VisionModelBuilder,
+    ChatStream, Images, Model, RequestBuilder, RequestLike, Response, TextMessageRole, VisionArchitecture,
+    VisionMessages, VisionModelBuilder,
 };

@@ -28,6 +28,10 @@ pub struct LoadOptions {
     pub isq: Option<crate::quant::IsqType>,
     /// Quantize the vision/audio encoders' projections too (`--isq-encoders`).
     pub isq_encoders: bool,
+    /// Where the model runs (`--device`); the CPU by default.
+    pub device: crate::DeviceChoice,
+    /// Precision of the language model (`--dtype`); f32 on the CPU, bf16 on a GPU by default.
+    pub dtype: crate::ModelDType,
     /// Crop limits replacing the checkpoint's `preprocessor_config.json` values (`--num-crops`,
     /// `--dynamic-hd`); requests may still set their own.
     pub preprocess: PreprocessOptions,
@@ -115,7 +119,9 @@ impl Pipeline {
             tokenizer.bos_token.as_deref(),
             tokenizer.eos_token.as_deref(),
         )?;
-        let (vb, ctx) = LoadContext::open(&weights, options.isq, options.isq_encoders)?;
+        let device = options.device.open()?;
+        let (vb, ctx) = LoadContext::open(&weights, options.isq, options.isq_encoders, &device)?;
+        let ctx = ctx.with_decoder_dtype(options.dtype.resolve(&device));
         let ctx = if record { ctx.recording() } else { ctx };
         let vb = LoadVb::new(vb, &ctx);
         let model = LoadedModel::load(
@@ -152,6 +158,11 @@ impl Pipeline {
     /// The model family.
     pub fn architecture(&self) -> Architecture {
         self.architecture
+    }
+
+    /// The language model's precision, as users write it (`f32`, `bf16`).
+    pub fn dtype_name(&self) -> &'static str {
+        self.model.decoder_dtype().as_str()
     }
 
     /// How long loading took.

@@ -28,7 +28,7 @@ fn load(dir: &Path, isq: Option<IsqType>) -> Engine {
 fn load_model(dir: &Path, isq: Option<IsqType>) -> (Phi3V, LoadReport) {
     let ck = Checkpoint::open(&dir.to_string_lossy(), None).unwrap();
     let cfg = Phi3VConfig::from_json(&ck.config).unwrap();
-    let (vb, ctx) = LoadContext::open(&ck.weights, isq, false).unwrap();
+    let (vb, ctx) = LoadContext::open(&ck.weights, isq, false, &candle_core::Device::Cpu).unwrap();
     let model = Phi3V::new(&cfg, LoadVb::new(vb, &ctx)).unwrap();
     (model, ctx.finish())
 }

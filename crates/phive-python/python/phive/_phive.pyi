@@ -15,6 +15,7 @@ class NativeEngine:
         arch: Optional[str] = None,
         isq: Optional[str] = None,
         isq_encoders: bool = False,
+        device: Optional[str] = None,
         max_seqs: Optional[int] = None,
         max_queue: Optional[int] = None,
         max_batched_tokens: Optional[int] = None,

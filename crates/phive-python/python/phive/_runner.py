@@ -379,7 +379,8 @@ class Runner:
     such as "4") quantizes the language model's linear layers while loading; ``isq_encoders``
     (phive) quantizes the vision/audio encoders' projections too. ``num_crops`` (Phi-3.5-vision)
     and ``dynamic_hd`` (Phi-4-multimodal) (phive) replace the checkpoint's crop limit per image;
-    a request may still set its own.
+    a request may still set its own. ``device`` (phive) is ``"cpu"`` (the default) or
+    ``"cuda"``/``"cuda:N"`` with a CUDA build of phive (``scripts/build-cuda.sh --python``).
 
     The GIL is released while loading and generating, so other Python threads keep running;
     Ctrl-C (``KeyboardInterrupt``) during a request cancels it and propagates.
@@ -420,6 +421,7 @@ class Runner:
         no_prefix_cache: bool = False,
         num_crops: Optional[int] = None,
         dynamic_hd: Optional[int] = None,
+        device: Optional[str] = None,
     ) -> None:
         if not isinstance(which, Which.VisionPlain):
             raise InvalidRequestError(
@@ -449,6 +451,7 @@ class Runner:
             arch=_arch_value(which.arch),
             isq=in_situ_quant,
             isq_encoders=isq_encoders,
+            device=device,
             max_seqs=max_seqs,
             max_queue=max_queue,
             max_batched_tokens=max_batched_tokens,

@@ -199,7 +199,7 @@ impl NemoSubsampling {
                 let dw = conv3x3_s2(&plane, totals[s + 1], l, h, &stage.dw_weight, &stage.dw_bias, true);
                 // pointwise 1×1: [C, rows·F] → W·x + b
                 let (c, rows, w) = (dw.channels, dw.rows, dw.width);
-                let x = Tensor::from_vec(dw.data, (c, rows * w), &Device::Cpu)?;
+                let x = Tensor::from_vec(dw.data, (c, rows * w), &self.out.device())?;
                 let y = stage.pw.forward(&x.t()?)?.t()?.contiguous()?;
                 plane = self.activate(Plane {
                     channels: c,
@@ -210,10 +210,11 @@ impl NemoSubsampling {
                 })?;
             }
             // [C, rows, F'] → [rows, C·F'] → linear
-            let x = Tensor::from_vec(plane.data, (self.channels, plane.rows, plane.width), &Device::Cpu)?
-                .permute((1, 0, 2))?
-                .contiguous()?
-                .reshape((plane.rows, self.channels * plane.width))?;
+            let x =
+                Tensor::from_vec(plane.data, (self.channels, plane.rows, plane.width), &self.out.device())?
+                    .permute((1, 0, 2))?
+                    .contiguous()?
+                    .reshape((plane.rows, self.channels * plane.width))?;
             outs.push(self.out.forward(&x)?);
             lo = hi;
         }
@@ -458,7 +459,7 @@ impl ConformerEncoder {
                 idx.push(b as u32);
             }
         }
-        let idx = Tensor::from_vec(idx, l * l, &Device::Cpu)?;
+        let idx = Tensor::from_vec(idx, l * l, self.bias_table.device())?;
         let h = self.cfg.num_heads;
         Ok(self
             .bias_table
@@ -504,7 +505,7 @@ impl ConformerEncoder {
         let n_chunks = seq_len.div_ceil(chunk);
         let pad = n_chunks * chunk - seq_len;
         let x = if pad > 0 {
-            Tensor::cat(&[x, Tensor::zeros((pad, d), DType::F32, &Device::Cpu)?], 0)?
+            Tensor::cat(&[x.clone(), Tensor::zeros((pad, d), DType::F32, x.device())?], 0)?
         } else {
             x
         };

@@ -81,6 +81,11 @@ impl LoadedModel {
         }
     }
 
+    /// The language model's precision.
+    pub fn decoder_dtype(&self) -> candle_core::DType {
+        self.decoder().dtype()
+    }
+
     /// Longest sequence (prompt plus completion) the model accepts.
     pub fn context_length(&self) -> usize {
         self.decoder().config().rope.max_position_embeddings

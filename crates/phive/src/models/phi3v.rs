@@ -237,7 +237,8 @@ impl Phi3V {
                 1 + rows * cols
             )));
         }
-        let feats = self.clip_features(pixel_values)?;
+        // Preprocessing makes the crops on the CPU; the tower runs where the model is.
+        let feats = self.clip_features(&pixel_values.to_device(self.decoder.device())?)?;
         let all = self.hd_tokens(&feats, rows, cols)?;
         let expected = self.cfg.num_image_tokens(rows, cols);
         if all.dim(0)? != expected {

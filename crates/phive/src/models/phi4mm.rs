@@ -369,7 +369,10 @@ impl Phi4MM {
 
     /// Selected SigLIP patch features `[crops, g², C]` (HF `hidden_states[layer_idx]`).
     pub fn siglip_features(&self, image: &Phi4MMImage) -> Result<Tensor> {
-        self.image_embedding()?.tower.forward(&image.pixel_values, &image.patch_mask)
+        // Preprocessing makes the crops on the CPU; the tower runs where the model is.
+        let device = self.decoder.device();
+        let (pixels, mask) = (image.pixel_values.to_device(device)?, image.patch_mask.to_device(device)?);
+        self.image_embedding()?.tower.forward(&pixels, &mask)
     }
 
     /// Projected features `[num_image_tokens, hidden]` of one preprocessed image, to be written

@@ -15,7 +15,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::kernels::{quantized_matmul, BlockFormat, QuantizedMatrix};
@@ -99,6 +99,13 @@ impl<'a> LoadVb<'a> {
     /// The weights under the sub-module `name`, with the same context.
     pub fn pp<S: ToString>(&self, name: S) -> Self {
         Self { vb: self.vb.pp(name), ctx: self.ctx }
+    }
+
+    /// The same weights, read in the language model's precision (the context's decoder dtype;
+    /// unchanged without a context).
+    pub fn for_decoder(&self) -> Self {
+        let dtype = self.ctx.map_or(self.vb.dtype(), LoadContext::decoder_dtype);
+        Self { vb: self.vb.clone().set_dtype(dtype), ctx: self.ctx }
     }
 }
 
@@ -186,6 +193,14 @@ impl Linear {
     }
 
     /// Input features.
+    /// Where the weight lives.
+    pub fn device(&self) -> Device {
+        match &self.weight {
+            LinearWeight::Dense(t) | LinearWeight::Half(t) => t.device().clone(),
+            LinearWeight::Quantized(q) => q.device(),
+        }
+    }
+
     pub fn in_dim(&self) -> usize {
         self.in_dim
     }
@@ -220,15 +235,18 @@ impl Linear {
         } else {
             x.contiguous()?.reshape((rows, last))?
         };
+        // Dense weights multiply in their own dtype, half and quantized ones in f32; the output
+        // has the input's dtype either way (no-op conversions when they agree).
         let y = match &self.weight {
-            LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
+            LinearWeight::Dense(w) => x2.to_dtype(w.dtype())?.matmul(&w.t()?)?,
             LinearWeight::Half(w) => crate::quant::matmul_half(&x2.to_dtype(DType::F32)?, w)?,
             LinearWeight::Quantized(q) => quantized_forward(&x2.to_dtype(DType::F32)?.contiguous()?, q)?,
         };
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         };
+        let y = y.to_dtype(x.dtype())?;
         let mut out_dims = lead.to_vec();
         out_dims.push(self.out_dim);
         Ok(y.reshape(out_dims)?)

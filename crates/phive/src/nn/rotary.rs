@@ -242,12 +242,14 @@ impl RopeTables {
     /// layout of a batch); only the first `rot_dim` dimensions of each head are rotated.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
+        // The tables are f32; a half-precision model rotates in its own dtype, as HF does.
+        let (cos, sin) = (self.cos.to_dtype(x.dtype())?, self.sin.to_dtype(x.dtype())?);
         if self.rot_dim == self.head_dim {
-            return Ok(candle_nn::rotary_emb::rope_thd(&x, &self.cos, &self.sin)?);
+            return Ok(candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?);
         }
         let rot = x.narrow(D::Minus1, 0, self.rot_dim)?.contiguous()?;
         let pass = x.narrow(D::Minus1, self.rot_dim, self.head_dim - self.rot_dim)?;
-        let rot = candle_nn::rotary_emb::rope_thd(&rot, &self.cos, &self.sin)?;
+        let rot = candle_nn::rotary_emb::rope_thd(&rot, &cos, &sin)?;
         Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
     }
 }

@@ -15,6 +15,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -74,6 +75,10 @@ pub struct LoadContext {
     /// f32 copy when they are about to be quantized anyway.
     stored: HashMap<String, DType>,
     gguf: Option<Arc<GgufStore>>,
+    /// Where the model runs: quantized weights (made or read on the CPU) are moved there.
+    device: Device,
+    /// Precision of the language model's unquantized weights (the encoders stay f32).
+    decoder_dtype: DType,
     started: Instant,
     state: Mutex<State>,
 }
@@ -174,6 +179,7 @@ impl LoadContext {
         weights: &WeightFiles,
         isq: Option<IsqType>,
         encoders: bool,
+        device: &Device,
     ) -> Result<(VarBuilder<'static>, Self)> {
         reset_peak_rss();
         let started = Instant::now();
@@ -194,7 +200,7 @@ impl LoadContext {
                 let stored = store.float_dtypes();
                 let encoders = store.encoders();
                 (
-                    super::gguf::var_builder(store.clone(), DType::F32, &Device::Cpu),
+                    super::gguf::var_builder(store.clone(), DType::F32, device),
                     saved,
                     encoders,
                     stored,
@@ -202,11 +208,11 @@ impl LoadContext {
                 )
             }
             WeightFormat::Safetensors if isq.is_some() => {
-                let (vb, stored) = weights.streaming_var_builder(DType::F32, &Device::Cpu)?;
+                let (vb, stored) = weights.streaming_var_builder(DType::F32, device)?;
                 (vb, isq, encoders, stored, None)
             }
             WeightFormat::Safetensors => {
-                (weights.var_builder(DType::F32, &Device::Cpu)?, None, false, HashMap::new(), None)
+                (weights.var_builder(DType::F32, device)?, None, false, HashMap::new(), None)
             }
         };
         let planned = match isq {
@@ -241,8 +247,16 @@ impl LoadContext {
         } else {
             ProgressBar::hidden()
         };
-        let ctx =
-            LoadContext { isq, encoders, stored, gguf, started, state: Mutex::new(State::new(progress)) };
+        let ctx = LoadContext {
+            isq,
+            encoders,
+            stored,
+            gguf,
+            device: device.clone(),
+            decoder_dtype: DType::F32,
+            started,
+            state: Mutex::new(State::new(progress)),
+        };
         Ok((vb, ctx))
     }
 
@@ -254,9 +268,23 @@ impl LoadContext {
             encoders,
             stored: HashMap::new(),
             gguf: None,
+            device: Device::Cpu,
+            decoder_dtype: DType::F32,
             started: Instant::now(),
             state: Mutex::new(State::new(ProgressBar::hidden())),
         }
+    }
+
+    /// Loads the language model's unquantized weights (embeddings, norms, dense linears) as
+    /// `dtype`; f32 by default.
+    pub fn with_decoder_dtype(mut self, dtype: DType) -> Self {
+        self.decoder_dtype = dtype;
+        self
+    }
+
+    /// Precision of the language model's unquantized weights.
+    pub fn decoder_dtype(&self) -> DType {
+        self.decoder_dtype
     }
 
     /// The ISQ type in effect.
@@ -337,7 +365,7 @@ impl LoadContext {
                         format!("{name} has shape {:?}, expected [{out_dim}, {in_dim}]", q.shape().dims()),
                     ));
                 }
-                let weight = LinearWeight::Quantized(Arc::new(q));
+                let weight = self.on_device(q)?;
                 self.note(&name, &weight, in_dim * out_dim);
                 return Ok(Some(weight));
             }
@@ -350,7 +378,7 @@ impl LoadContext {
             _ => DType::F32,
         };
         let w = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), dtype)?;
-        let weight = convert(&w, target)?;
+        let weight = self.convert(&w, target)?;
         drop(w);
         self.note(&name, &weight, in_dim * out_dim);
         Ok(Some(weight))
@@ -364,7 +392,7 @@ impl LoadContext {
         if let Some(store) = &self.gguf {
             if let Some(q) = store.quantized(&name)? {
                 if q.shape().dims() == [out_dim, in_dim] {
-                    let weight = LinearWeight::Quantized(Arc::new(q));
+                    let weight = self.on_device(q)?;
                     self.note(&name, &weight, in_dim * out_dim);
                     return Ok(Some(weight));
                 }
@@ -373,9 +401,27 @@ impl LoadContext {
         let Some(target) = self.plan(prefix, in_dim) else {
             return Ok(None);
         };
-        let weight = convert(w, target)?;
+        let weight = self.convert(w, target)?;
         self.note(&name, &weight, in_dim * out_dim);
         Ok(Some(weight))
+    }
+
+    /// Stores `w` as `target`: dense half, or GGML blocks quantized on all cores.
+    fn convert(&self, w: &Tensor, target: IsqType) -> Result<LinearWeight> {
+        Ok(match target {
+            IsqType::F16 => LinearWeight::Half(w.to_dtype(DType::F16)?),
+            IsqType::BF16 => LinearWeight::Half(w.to_dtype(DType::BF16)?),
+            t => self.on_device(quantize(w, t.ggml())?)?,
+        })
+    }
+
+    /// A quantized weight on the model's device (its blocks are made or read on the CPU).
+    fn on_device(&self, q: QTensor) -> Result<LinearWeight> {
+        if self.device.is_cpu() {
+            return Ok(LinearWeight::Quantized(Arc::new(q)));
+        }
+        let storage = QStorage::from_data(q.data()?, &self.device, q.dtype())?;
+        Ok(LinearWeight::Quantized(Arc::new(QTensor::new(storage, q.shape().clone())?)))
     }
 
     fn note(&self, name: &str, weight: &LinearWeight, elems: usize) {
@@ -397,15 +443,6 @@ impl LoadContext {
             recorded.push((name.to_string(), weight.clone()));
         }
     }
-}
-
-/// Stores `w` as `target`: dense half, or GGML blocks quantized on all cores.
-fn convert(w: &Tensor, target: IsqType) -> Result<LinearWeight> {
-    Ok(match target {
-        IsqType::F16 => LinearWeight::Half(w.to_dtype(DType::F16)?),
-        IsqType::BF16 => LinearWeight::Half(w.to_dtype(DType::BF16)?),
-        t => LinearWeight::Quantized(Arc::new(quantize(w, t.ggml())?)),
-    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::engine::{Completion, Engine, EngineConfig, Event, RequestHandle};
 use crate::models::PreprocessOptions;
 use crate::pipeline::{LoadOptions, Pipeline};
 use crate::quant::IsqType;
-use crate::{Error, Result};
+use crate::{Error, ModelDType, Result};
 
 pub use request::{Images, RequestBuilder, RequestLike, TextMessageRole, VisionMessages};
 
@@ -40,20 +40,6 @@ impl VisionArchitecture {
     }
 }
 
-/// Weight dtype requested by the caller. phive computes in f32 on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ModelDType {
-    /// The best dtype for the device (f32 on the CPU).
-    #[default]
-    Auto,
-    /// 32-bit floats.
-    F32,
-    /// bfloat16 (not supported on the CPU yet).
-    BF16,
-    /// float16 (not supported on the CPU yet).
-    F16,
-}
-
 /// Loads a model: `VisionModelBuilder::new(id).with_logging().build().await?`.
 #[derive(Debug, Clone)]
 pub struct VisionModelBuilder {
@@ -62,6 +48,7 @@ pub struct VisionModelBuilder {
     revision: Option<String>,
     dtype: ModelDType,
     isq: Option<IsqType>,
+    device: crate::DeviceChoice,
     preprocess: PreprocessOptions,
     logging: bool,
     engine: EngineConfig,
@@ -76,6 +63,7 @@ impl VisionModelBuilder {
             revision: None,
             dtype: ModelDType::Auto,
             isq: None,
+            device: crate::DeviceChoice::Cpu,
             preprocess: PreprocessOptions::default(),
             logging: false,
             engine: EngineConfig::default(),
@@ -91,6 +79,13 @@ impl VisionModelBuilder {
     /// Hub revision (branch, tag or commit).
     pub fn with_hf_revision(mut self, revision: impl ToString) -> Self {
         self.revision = Some(revision.to_string());
+        self
+    }
+
+    /// Runs the model on `device` (the CPU by default; CUDA needs a build with the `cuda`
+    /// feature). `build` fails with [`Error::Device`] where the device cannot be used.
+    pub fn with_device(mut self, device: crate::DeviceChoice) -> Self {
+        self.device = device;
         self
     }
 
@@ -115,7 +110,7 @@ impl VisionModelBuilder {
         self
     }
 
-    /// Weight dtype.
+    /// Precision of the language model (f32 on the CPU and bf16 on a GPU by default).
     pub fn with_dtype(mut self, dtype: ModelDType) -> Self {
         self.dtype = dtype;
         self
@@ -166,12 +161,6 @@ impl VisionModelBuilder {
 
     /// Loads the model on a background thread.
     pub async fn build(self) -> Result<Model> {
-        if !matches!(self.dtype, ModelDType::Auto | ModelDType::F32) {
-            return Err(Error::InvalidRequest(format!(
-                "dtype {:?} is not supported yet; phive runs in f32 on the CPU (use ModelDType::Auto)",
-                self.dtype
-            )));
-        }
         if self.logging {
             // An application that installed its own subscriber keeps it.
             let _ = tracing_subscriber::fmt()
@@ -183,6 +172,8 @@ impl VisionModelBuilder {
             model: self.model_id.clone(),
             revision: self.revision.clone(),
             isq: self.isq,
+            device: self.device,
+            dtype: self.dtype,
             preprocess: self.preprocess,
             ..Default::default()
         };

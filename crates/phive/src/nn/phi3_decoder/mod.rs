@@ -11,7 +11,7 @@
 //! ([`Phi3Decoder::forward_with_adapter`]), so one loaded model serves text, image and speech
 //! requests with the adapter each needs.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::activation::Activation;
 use super::attention::{attention, AttnMask};
@@ -140,6 +140,7 @@ impl Phi3Decoder {
     /// projection is a config error.
     pub fn new_with_adapters(cfg: &Phi3DecoderConfig, vb: &LoadVb, adapters: &[LoraSpec]) -> Result<Self> {
         cfg.validate()?;
+        let vb = &vb.for_decoder();
         let probe = "model.layers.0.self_attn.qkv_proj";
         let peft = vb.contains_tensor(&format!("{probe}.base_layer.weight"))
             && !vb.contains_tensor(&format!("{probe}.weight"));
@@ -226,6 +227,11 @@ impl Phi3Decoder {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.embed_tokens.device()
+    }
+
+    /// The precision of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
     }
 
     /// An empty single-sequence KV cache for this decoder.
@@ -411,8 +417,11 @@ impl Phi3Decoder {
             Ok(qkv.narrow(1, start * hd, n * hd)?.reshape((1, t, n, hd))?)
         };
         let q = tables.apply(&heads(0, nh)?)?;
-        let k = tables.apply(&heads(nh, nkv)?)?.flatten_all()?.to_vec1::<f32>()?;
-        let v = heads(nh + nkv, nkv)?.flatten_all()?.to_vec1::<f32>()?;
+        // The KV pool and attention are f32 whatever the model's dtype.
+        let host =
+            |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?) };
+        let k = host(tables.apply(&heads(nh, nkv)?)?)?;
+        let v = host(heads(nh + nkv, nkv)?)?;
         let kv_row = nkv * hd;
         let mut at = 0;
         for row in rows {
@@ -421,7 +430,8 @@ impl Phi3Decoder {
             at += row.len;
         }
         let out = self.attend(&q, rows, kv, index)?;
-        layer.o_proj.forward_segments(&Tensor::from_vec(out, (t, nh * hd), x.device())?, segments)
+        let out = Tensor::from_vec(out, (t, nh * hd), x.device())?.to_dtype(x.dtype())?;
+        layer.o_proj.forward_segments(&out, segments)
     }
 
     /// Attention output `[tokens, heads · head_dim]` (row-major) for the packed queries `q`
@@ -430,6 +440,7 @@ impl Phi3Decoder {
         let (nh, hd) = (self.cfg.num_attention_heads, self.cfg.head_dim());
         let scale = 1.0 / (hd as f64).sqrt();
         let width = nh * hd;
+        let q = &q.to_dtype(DType::F32)?;
         let q_all = q.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; q_all.len()];
         // Decode rows (one query each) go through the paged kernel together.
@@ -495,7 +506,8 @@ impl Phi3Decoder {
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx = Tensor::from_vec(idx, rows.len(), hidden.device())?;
         let sel = packed.index_select(&idx, 0)?;
-        self.lm_head.forward(&sel)
+        // Sampling and logprobs read f32 whatever the model's dtype.
+        Ok(self.lm_head.forward(&sel)?.to_dtype(DType::F32)?)
     }
 }
 
