@@ -7,19 +7,22 @@
 #       -e PHIVE_ISQ=q4k phive:cpu
 #
 # Every `phive serve` flag is also a PHIVE_* variable (--max-num-seqs: PHIVE_MAX_NUM_SEQS), and
-# flags may follow the image name. `--build-arg VARIANT=cuda` builds on NVIDIA's CUDA images
-# and passes CARGO_FEATURES to cargo; phive has no CUDA kernels yet, so that image still
-# computes on the CPU (see docs/deploy.md).
+# flags may follow the image name. `--build-arg VARIANT=cuda --build-arg CARGO_FEATURES=cuda`
+# builds on NVIDIA's CUDA 13 images with candle's CUDA backend, for `--device cuda` (see
+# docs/deploy.md; scripts/build-cuda.sh builds the same binary without Docker).
 
 ARG VARIANT=cpu
 ARG RUST_VERSION=1.95.0
-ARG CUDA_VERSION=12.6.3
+ARG CUDA_VERSION=13.0.1
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build-cpu
 
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04 AS build-cuda
 ARG RUST_VERSION
-ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH
+# candle's kernels are compiled for this GPU generation (90: H100/H200).
+ARG CUDA_COMPUTE_CAP=90
+ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH \
+    CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} LIBRARY_PATH=/usr/local/cuda/lib64/stubs
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -212,7 +212,7 @@ def test_bad_in_situ_quant(isq):
     [
         ({"from_uqff": "x.uqff"}, {}, "from_uqff"),
         ({"tokenizer_json": "t.json"}, {}, "tokenizer_json"),
-        ({"dtype": "bf16"}, {}, "dtype"),
+        ({"dtype": "fp8"}, {}, "dtype"),
         ({}, {"chat_template": "{{ x }}"}, "chat_template"),
         ({}, {"token_source": "literal:abc"}, "token_source"),
     ],

@@ -69,6 +69,16 @@ def test_text_only_greedy_matches_golden(runner, golden_cases):
     assert greedy(runner, case["openai_messages"]) == case["greedy_text"]
 
 
+def test_bf16_language_model_keeps_the_golden_answer(golden_cases):
+    case = golden_cases["one_image"]
+    bf16 = Runner(which=Which.VisionPlain(model_id=str(MODEL), dtype="bf16"))
+    messages = image_message(str(IMAGE))
+    assert greedy(bf16, messages) == case["greedy_text"]
+    with pytest.raises(phive.InvalidRequestError) as info:
+        Runner(which=Which.VisionPlain(model_id=str(MODEL)), device="tpu")
+    assert info.value.param == "device" and "expected cpu, cuda or cuda:N" in str(info.value)
+
+
 def test_same_answer_as_phive_run(runner, golden_cases):
     binary = REPO / "target" / "release" / "phive"
     if not binary.exists():

@@ -77,7 +77,7 @@ impl LoadArgs {
             pipeline.source(),
             pipeline.architecture().name(),
             preprocess_args::summary(&pipeline),
-            self.device,
+            pipeline.device_summary(),
             pipeline.dtype_name(),
             pipeline.load_time().as_secs_f64(),
             pipeline.weight_bytes() as f64 / 1e6

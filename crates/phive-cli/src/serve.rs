@@ -187,7 +187,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!(
         "loaded {} | arch {detected} | device {} | dtype {} | isq {} | {} | {:.1} MB of weights | load time {:.2}s",
         pipeline.source(),
-        opts.device,
+        pipeline.device_summary(),
         pipeline.dtype_name(),
         opts.isq.map_or_else(|| "none".to_string(), |t| t.to_string()),
         preprocess_args::summary(&pipeline),

@@ -249,11 +249,12 @@ impl NativeEngine {
     /// Loads `model` (a local folder or a Hugging Face id). `arch` (`"phi3v"`, `"phi4mm"`) must
     /// match the checkpoint's detected architecture when given. `isq` quantizes the language
     /// model's linear layers while loading (and the encoders' too with `isq_encoders`).
-    /// `device` is `"cpu"` (the default) or `"cuda[:N]"` (a build with the `cuda` feature).
+    /// `device` is `"cpu"` (the default) or `"cuda[:N]"` (a build with the `cuda` feature);
+    /// `dtype` (`"auto"`, `"f32"`, `"bf16"`, `"f16"`) is the language model's precision.
     /// `num_crops` (Phi-3.5-vision) / `dynamic_hd` (Phi-4-multimodal) replace the checkpoint's
     /// crop limit.
     #[new]
-    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, device=None, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, max_images=None, num_crops=None, dynamic_hd=None))]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, device=None, dtype=None, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, max_images=None, num_crops=None, dynamic_hd=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -263,6 +264,7 @@ impl NativeEngine {
         isq: Option<String>,
         isq_encoders: bool,
         device: Option<String>,
+        dtype: Option<String>,
         max_seqs: Option<usize>,
         max_queue: Option<usize>,
         max_batched_tokens: Option<usize>,
@@ -276,7 +278,7 @@ impl NativeEngine {
         let preprocess = PreprocessOptions { num_crops, dynamic_hd };
         engine_config(max_seqs, max_queue, max_batched_tokens, kv_cache_mem, media_cache_mem, prefix_cache)
             .and_then(|config| {
-                let load = LoadRequest { model, revision, arch, isq, isq_encoders, device };
+                let load = LoadRequest { model, revision, arch, isq, isq_encoders, device, dtype };
                 Self::load(py, load, preprocess, config, max_images)
             })
             .map_err(|f| f.into_py(py))
@@ -388,6 +390,7 @@ struct LoadRequest {
     isq: Option<String>,
     isq_encoders: bool,
     device: Option<String>,
+    dtype: Option<String>,
 }
 
 impl NativeEngine {
@@ -398,11 +401,15 @@ impl NativeEngine {
         config: EngineConfig,
         max_images: Option<usize>,
     ) -> Fallible<Self> {
-        let LoadRequest { model, revision, arch, isq, isq_encoders, device } = load;
+        let LoadRequest { model, revision, arch, isq, isq_encoders, device, dtype } = load;
         let isq = isq.as_deref().map(parse_isq).transpose()?;
         let device = match device.as_deref().map(str::parse::<phive::DeviceChoice>).transpose() {
             Ok(device) => device.unwrap_or_default(),
             Err(e) => return Err(Failure::invalid("device", e.to_string())),
+        };
+        let dtype = match dtype.as_deref().map(str::parse::<phive::ModelDType>).transpose() {
+            Ok(dtype) => dtype.unwrap_or_default(),
+            Err(e) => return Err(Failure::invalid("dtype", e.to_string())),
         };
         let pipeline = py.detach(|| -> Fallible<Pipeline> {
             if let Some(arch) = &arch {
@@ -421,8 +428,16 @@ impl NativeEngine {
             }
             // Fields added to LoadOptions later keep their defaults here.
             #[allow(clippy::needless_update)]
-            let options =
-                LoadOptions { model, revision, isq, isq_encoders, device, preprocess, ..Default::default() };
+            let options = LoadOptions {
+                model,
+                revision,
+                isq,
+                isq_encoders,
+                device,
+                dtype,
+                preprocess,
+                ..Default::default()
+            };
             Ok(Pipeline::load(&options)?)
         })?;
         let isq = pipeline.load_report().isq.map(|t| t.name().to_string());

@@ -69,6 +69,48 @@ impl ModelDType {
     }
 }
 
+/// What the load summary says about `device`: `cpu`, or the GPU's ordinal, name and memory
+/// in use (everything on it, this process's weights and caches included).
+pub fn describe(device: &Device) -> String {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(gpu) = device {
+        let stream = gpu.cuda_stream();
+        let context = stream.context();
+        let name = context.name().unwrap_or_else(|_| "unknown GPU".into());
+        return match context.mem_get_info() {
+            Ok((free, total)) => {
+                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+                format!(
+                    "cuda:{} ({name}, {:.1} of {:.1} GiB in use)",
+                    context.ordinal(),
+                    gib(total - free),
+                    gib(total)
+                )
+            }
+            Err(_) => format!("cuda:{} ({name})", context.ordinal()),
+        };
+    }
+    match device {
+        Device::Cpu => "cpu".into(),
+        other => format!("{:?}", other.location()),
+    }
+}
+
+impl FromStr for ModelDType {
+    type Err = Error;
+
+    /// `auto`, `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`, any case.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(ModelDType::Auto),
+            "f32" | "float32" => Ok(ModelDType::F32),
+            "bf16" | "bfloat16" => Ok(ModelDType::BF16),
+            "f16" | "float16" => Ok(ModelDType::F16),
+            _ => Err(Error::InvalidRequest(format!("unknown dtype {s:?}: expected auto, f32, bf16 or f16"))),
+        }
+    }
+}
+
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -119,6 +161,19 @@ mod tests {
             assert!(e.contains("expected cpu, cuda or cuda:N"), "{bad}: {e}");
         }
         assert_eq!(DeviceChoice::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn parses_dtypes() {
+        assert_eq!("BFloat16".parse::<ModelDType>().unwrap(), ModelDType::BF16);
+        assert_eq!("f16".parse::<ModelDType>().unwrap(), ModelDType::F16);
+        assert_eq!("float32".parse::<ModelDType>().unwrap(), ModelDType::F32);
+        assert_eq!("Auto".parse::<ModelDType>().unwrap(), ModelDType::Auto);
+        assert!("fp8"
+            .parse::<ModelDType>()
+            .unwrap_err()
+            .to_string()
+            .contains("expected auto, f32, bf16 or f16"));
     }
 
     #[test]

@@ -160,6 +160,11 @@ impl Pipeline {
         self.architecture
     }
 
+    /// Where the model runs, for the load summary: `cpu`, or the GPU with its memory in use.
+    pub fn device_summary(&self) -> String {
+        crate::device::describe(self.model.device())
+    }
+
     /// The language model's precision, as users write it (`f32`, `bf16`).
     pub fn dtype_name(&self) -> &'static str {
         self.model.decoder_dtype().as_str()

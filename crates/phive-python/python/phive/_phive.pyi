@@ -16,6 +16,7 @@ class NativeEngine:
         isq: Optional[str] = None,
         isq_encoders: bool = False,
         device: Optional[str] = None,
+        dtype: Optional[str] = None,
         max_seqs: Optional[int] = None,
         max_queue: Optional[int] = None,
         max_batched_tokens: Optional[int] = None,

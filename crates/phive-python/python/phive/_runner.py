@@ -72,6 +72,21 @@ def _arch_value(arch: Union[VisionArchitecture, str, None]) -> Optional[str]:
     raise InvalidRequestError(f"unknown arch {arch!r}; phive supports {names}", param="arch")
 
 
+_DTYPES = {"auto": "auto", "f32": "f32", "float32": "f32", "bf16": "bf16", "bfloat16": "bf16", "f16": "f16",
+           "float16": "f16"}
+
+
+def _dtype_value(dtype: Any) -> Optional[str]:
+    """The language model's precision as the native engine names it (mistral.rs's ``ModelDType``
+    members or their names: Auto, F32, BF16, F16)."""
+    if dtype is None:
+        return None
+    value = _DTYPES.get(str(getattr(dtype, "name", dtype)).lower())
+    if value is None:
+        raise _unsupported("dtype", dtype, "expected auto, f32, bf16 or f16")
+    return value
+
+
 class Which:
     """What model to load (mistral.rs's ``Which``). phive runs vision-language checkpoints in
     the Hugging Face layout: use :class:`Which.VisionPlain` (or its newer name
@@ -106,7 +121,6 @@ class Which:
             hints = {
                 "tokenizer_json": "phive reads tokenizer.json from the checkpoint",
                 "hf_cache_path": "set the HF_HUB_CACHE environment variable instead",
-                "dtype": "phive computes in float32",
             }
             for name in (
                 "tokenizer_json",
@@ -122,12 +136,7 @@ class Which:
                 value = getattr(self, name)
                 if value is not None:
                     raise _unsupported(name, value, hints.get(name, ""))
-            if self.dtype is not None and str(getattr(self.dtype, "name", self.dtype)).lower() not in (
-                "auto",
-                "f32",
-                "float32",
-            ):
-                raise _unsupported("dtype", self.dtype, hints["dtype"])
+            _dtype_value(self.dtype)
             if not isinstance(self.model_id, str) or not self.model_id:
                 raise InvalidRequestError("model_id must be a non-empty string", param="model_id")
 
@@ -452,6 +461,7 @@ class Runner:
             isq=in_situ_quant,
             isq_encoders=isq_encoders,
             device=device,
+            dtype=_dtype_value(which.dtype),
             max_seqs=max_seqs,
             max_queue=max_queue,
             max_batched_tokens=max_batched_tokens,

@@ -5,18 +5,14 @@
 //! conversion. Multi-channel audio is mixed down to the mean of its channels, as the Hub
 //! feature extractor does (`wav.mean(1)`).
 
-use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymphoniaError;
-use symphonia::core::formats::FormatOptions;
-use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
-use symphonia::core::meta::MetadataOptions;
-use symphonia::core::probe::Hint;
+use symphonia::core::formats::FormatReader;
 
-use super::ogg_headers::check_ogg_headers;
+use super::container;
 use crate::{Error, Result};
 
 /// Lowest sample rate accepted. The Hub extractor refuses anything below 8 kHz: the model was
@@ -63,9 +59,10 @@ impl Default for AudioLimits {
 /// Decodes `bytes` (wav with 8/16/24/32-bit integer or 32/64-bit float PCM, flac, mp3,
 /// ogg/vorbis) to mono f32 with the default [`AudioLimits`].
 ///
-/// `format_hint` is an optional file extension (`"wav"`, `".mp3"`) or MIME type
-/// (`"audio/flac"`); the container is detected from the bytes either way, the hint only breaks
-/// ties. Every failure is an [`Error::Media`] with a message saying what was wrong.
+/// The container is recognised from the bytes it starts with (after an ID3v2 tag); `format_hint`
+/// (a file extension such as `"mp3"` or a MIME type such as `"audio/mpeg"`) only lets an MP3
+/// stream begin with bytes before its first frame. Every failure is an [`Error::Media`] with a
+/// message saying what was wrong.
 pub fn decode_audio(bytes: &[u8], format_hint: Option<&str>) -> Result<DecodedAudio> {
     decode_audio_with_limits(bytes, format_hint, &AudioLimits::default())
 }
@@ -79,41 +76,19 @@ pub fn decode_audio_with_limits(
     if bytes.is_empty() {
         return Err(Error::Media("audio input is empty (0 bytes)".into()));
     }
-    let mut hint = Hint::new();
-    if let Some(h) = format_hint.map(str::trim).filter(|h| !h.is_empty()) {
-        if h.contains('/') {
-            hint.mime_type(h);
-        } else {
-            hint.with_extension(h.trim_start_matches('.'));
-        }
-    }
-    // symphonia 0.5 panics on a WAV `fmt ` chunk with a sample rate of 0 (`TimeBase::new(1, 0)`)
-    // instead of failing, so the declared rates get the rate check before probing.
-    for rate in wav_declared_rates(bytes) {
-        check_rate(rate, limits)?;
-    }
-    check_ogg_headers(bytes)?;
-    let bytes = flac_without_metadata(bytes)?;
-    // The checks above cover every panic the fuzzers found in symphonia; a panic left in its
-    // decoders still only fails this clip.
-    catch_unwind(AssertUnwindSafe(|| decode_checked(bytes, hint, limits))).unwrap_or_else(|_| {
+    // The container checks cover every panic and runaway allocation the fuzzers and a reading of
+    // symphonia's code found; a panic left in its decoders still only fails this clip.
+    catch_unwind(AssertUnwindSafe(|| {
+        let format = container::open(bytes, format_hint, limits)?;
+        decode_checked(format, limits)
+    }))
+    .unwrap_or_else(|_| {
         Err(Error::Media("cannot decode audio: the decoder failed on this malformed input".into()))
     })
 }
 
-/// Decodes a clip that passed the container checks.
-fn decode_checked(bytes: Vec<u8>, hint: Hint, limits: &AudioLimits) -> Result<DecodedAudio> {
-    let source = MediaSourceStream::new(Box::new(Cursor::new(bytes)), MediaSourceStreamOptions::default());
-    let format_opts = FormatOptions {
-        // Trim encoder delay and padding (mp3 LAME/Xing info, ogg granule positions) so lossy
-        // files have the length of the original signal.
-        enable_gapless: true,
-        ..Default::default()
-    };
-    let probed = symphonia::default::get_probe()
-        .format(&hint, source, &format_opts, &MetadataOptions::default())
-        .map_err(probe_error)?;
-    let mut format = probed.format;
+/// Decodes the audio track of a container that passed its checks.
+fn decode_checked(mut format: Box<dyn FormatReader>, limits: &AudioLimits) -> Result<DecodedAudio> {
     let track = format
         .tracks()
         .iter()
@@ -224,21 +199,7 @@ fn decode_checked(bytes: Vec<u8>, hint: Hint, limits: &AudioLimits) -> Result<De
     Ok(DecodedAudio { samples: mono, sample_rate })
 }
 
-fn probe_error(e: SymphoniaError) -> Error {
-    match e {
-        // The probe found no container it recognises.
-        SymphoniaError::Unsupported(what) if what.contains("no suitable") => Error::Media(
-            "unsupported or unrecognised audio format (supported: wav, flac, mp3, ogg/vorbis)".into(),
-        ),
-        SymphoniaError::Unsupported(what) => Error::Media(format!("unsupported audio format: {what}")),
-        SymphoniaError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Error::Media("cannot decode audio: the file is truncated".into())
-        }
-        other => Error::Media(format!("cannot decode audio: {other}")),
-    }
-}
-
-fn check_rate(rate: u32, limits: &AudioLimits) -> Result<()> {
+pub(super) fn check_rate(rate: u32, limits: &AudioLimits) -> Result<()> {
     if rate < MIN_SAMPLE_RATE {
         return Err(Error::Media(format!(
             "audio sample rate {rate} Hz is below the minimum of {MIN_SAMPLE_RATE} Hz"
@@ -251,62 +212,6 @@ fn check_rate(rate: u32, limits: &AudioLimits) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The sample rates of a WAV file's `fmt ` chunks, walking the chunks as symphonia does
-/// (2-byte aligned, up to the `data` chunk); empty for anything but RIFF/WAVE.
-fn wav_declared_rates(bytes: &[u8]) -> Vec<u32> {
-    let mut rates = Vec::new();
-    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        return rates;
-    }
-    let mut pos = 12usize;
-    while let Some(header) = bytes.get(pos..pos.saturating_add(8)) {
-        let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let len = le32(&header[4..]) as usize;
-        match &header[..4] {
-            b"data" => break,
-            b"fmt " => match bytes.get(pos + 12..pos + 16) {
-                Some(rate) => rates.push(le32(rate)),
-                None => break,
-            },
-            _ => {}
-        }
-        pos = pos.saturating_add(8).saturating_add(len).saturating_add(len & 1);
-    }
-    rates
-}
-
-/// `bytes`, or for a FLAC stream the same stream with STREAMINFO as its only metadata block.
-/// symphonia 0.5 allocates the lengths written inside PICTURE and VORBIS_COMMENT blocks before
-/// reading them (found by the `audio_decode` fuzz target: 258 bytes asked for 2.7 GB), and
-/// decoding needs none of them.
-fn flac_without_metadata(bytes: &[u8]) -> Result<Vec<u8>> {
-    if !bytes.starts_with(b"fLaC") {
-        return Ok(bytes.to_vec());
-    }
-    let corrupt = |what: &str| Error::Media(format!("cannot decode audio: FLAC stream {what}"));
-    let mut pos = 4usize;
-    let mut streaminfo = None;
-    loop {
-        let header = bytes.get(pos..pos + 4).ok_or_else(|| corrupt("with truncated metadata"))?;
-        let end = pos + 4 + u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
-        if header[0] & 0x7f == 0 && streaminfo.is_none() {
-            streaminfo = Some(bytes.get(pos + 1..end).ok_or_else(|| corrupt("with a truncated STREAMINFO"))?);
-        }
-        pos = end;
-        if header[0] & 0x80 != 0 {
-            break;
-        }
-    }
-    let streaminfo = streaminfo.ok_or_else(|| corrupt("without STREAMINFO"))?;
-    let frames = bytes.get(pos..).unwrap_or_default();
-    let mut out = Vec::with_capacity(5 + streaminfo.len() + frames.len());
-    out.extend_from_slice(b"fLaC");
-    out.push(0x80); // STREAMINFO, the last metadata block
-    out.extend_from_slice(streaminfo);
-    out.extend_from_slice(frames);
-    Ok(out)
 }
 
 fn check_duration(frames: u64, rate: u32, limits: &AudioLimits) -> Result<()> {
@@ -323,6 +228,7 @@ fn check_duration(frames: u64, rate: u32, limits: &AudioLimits) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::container::{flac_without_metadata, wav_declared_rates};
 
     /// A minimal RIFF/WAVE file around raw sample bytes.
     fn wav(format_tag: u16, channels: u16, rate: u32, bits: u16, data: &[u8]) -> Vec<u8> {

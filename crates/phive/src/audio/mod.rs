@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod conformer;
+mod container;
 pub mod decode;
 pub mod embedding;
 pub mod mel;

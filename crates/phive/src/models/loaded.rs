@@ -81,6 +81,11 @@ impl LoadedModel {
         }
     }
 
+    /// Where the model's weights live.
+    pub fn device(&self) -> &candle_core::Device {
+        self.decoder().device()
+    }
+
     /// The language model's precision.
     pub fn decoder_dtype(&self) -> candle_core::DType {
         self.decoder().dtype()
