@@ -153,9 +153,11 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
 }
 
 /// From this many activation rows on, Q4_K uses the panel kernel where the CPU has it: below,
-/// unpacking a panel costs more than it saves.
+/// unpacking the panels (about 2.7 ms of the 4.0 ms an 8-row `gate_up` takes on a 2-vCPU Zen 5)
+/// costs more than it saves. Measured with `kernel_bench`: the row kernel wins at 4–6 rows on
+/// every projection, the two are level at 8 (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
-const PANEL_MIN_ROWS: usize = 4;
+const PANEL_MIN_ROWS: usize = 8;
 
 /// The whole panels of `w` (the first `n / 16 · 16` output columns) with the panel kernel;
 /// returns the first column left for the row kernel.

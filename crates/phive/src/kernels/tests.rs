@@ -48,7 +48,8 @@ fn formats() -> [(BlockFormat, GgmlDType); 2] {
 #[test]
 fn every_level_computes_the_exact_product_of_the_quantized_values() {
     for (format, dtype) in formats() {
-        // 16-row panels with a remainder (37 = 2·16 + 5) and row counts around every tile size.
+        // 16-row panels with a remainder (37 = 2·16 + 5) or none (48), and row counts around
+        // every tile size and the panel threshold.
         for (m, n, k) in [
             (1, 1, 256),
             (2, 5, 512),
@@ -58,6 +59,7 @@ fn every_level_computes_the_exact_product_of_the_quantized_values() {
             (9, 7, 512),
             (17, 37, 512),
             (6, 32, 256),
+            (8, 48, 256),
         ] {
             let (data, w) = quantized_weight(n, k, dtype, (m * 31 + n * 7 + k) as u64);
             let x = pseudo_random(m * k, n as u64 + 5, 2.0);
