@@ -96,6 +96,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         source: pipeline.source().to_string(),
         architecture: Some(pipeline.architecture().name().to_string()),
         isq: pipeline.load_report().isq.map(|t| t.to_string()),
+        device: Some(pipeline.device_summary()),
+        dtype: Some(pipeline.dtype_name().to_string()),
         lm_params: Some(footprint.params),
         lm_weight_bytes: Some(footprint.bytes),
     };
@@ -289,10 +291,12 @@ fn table(r: &BenchReport) -> String {
     out +=
         &format!("machine:  {}, {:.1} GiB\n", r.machine, r.machine.memory_bytes as f64 / (1u64 << 30) as f64);
     out += &format!(
-        "model:    {} ({}, {}): language model {:.1} M params, {:.1} MB of weights read per decode step\n",
+        "model:    {} ({}, {}, {} on {}): language model {:.1} M params, {:.1} MB of weights read per decode step\n",
         r.model.source,
         r.model.architecture.as_deref().unwrap_or("?"),
         r.model.isq.as_deref().map_or("no ISQ".to_string(), |t| format!("ISQ {t}")),
+        r.model.dtype.as_deref().unwrap_or("?"),
+        r.model.device.as_deref().unwrap_or("?"),
         r.model.lm_params.unwrap_or(0) as f64 / 1e6,
         r.model.lm_weight_bytes.unwrap_or(0) as f64 / MB,
     );

@@ -55,6 +55,13 @@ pub struct ModelInfo {
     pub architecture: Option<String>,
     /// In-situ quantization type (`Q4K`), `null` for the stored precision.
     pub isq: Option<String>,
+    /// Where it ran: `cpu`, or the GPU with its name and memory in use (absent in reports of
+    /// other engines and of older phive versions).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The language model's precision (`f32`, `bf16`).
+    #[serde(default)]
+    pub dtype: Option<String>,
     /// Weight elements of the language model's projections (layers and `lm_head`): a token
     /// costs about twice this many FLOPs.
     pub lm_params: Option<u64>,
@@ -216,6 +223,8 @@ mod tests {
             source: "m".into(),
             architecture: None,
             isq: None,
+            device: None,
+            dtype: None,
             lm_params: Some(1_000_000_000),
             lm_weight_bytes: Some(500_000_000),
         };
