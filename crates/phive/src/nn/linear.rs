@@ -320,4 +320,34 @@ mod tests {
             }
         }
     }
+
+    /// The output has the input's dtype whatever the weight's: a bf16 model through a quantized
+    /// layer, f32 encoder features through a bf16 layer.
+    #[test]
+    fn output_has_the_input_dtype() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (32, 256), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 32, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 256), &dev).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        let dense_bf16 =
+            Linear::from_weights(w.to_dtype(DType::BF16).unwrap(), Some(b.to_dtype(DType::BF16).unwrap()))
+                .unwrap();
+        let quantized = Linear::from_parts(
+            LinearWeight::Quantized(Arc::new(quantize(&w, IsqType::Q8_0.ggml()).unwrap())),
+            Some(b),
+            256,
+            32,
+        )
+        .unwrap();
+        for (name, lin) in [("bf16 weight", &dense_bf16), ("Q8_0 weight", &quantized)] {
+            for dtype in [DType::F32, DType::BF16] {
+                let got = lin.forward(&x.to_dtype(dtype).unwrap()).unwrap();
+                assert_eq!(got.dtype(), dtype, "{name}");
+                let err =
+                    (got.to_dtype(DType::F32).unwrap() - &want).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(err.to_scalar::<f32>().unwrap() < 0.1, "{name} with {dtype:?} input: {err}");
+            }
+        }
+    }
 }
