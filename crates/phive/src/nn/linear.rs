@@ -101,6 +101,11 @@ impl<'a> LoadVb<'a> {
         Self { vb: self.vb.pp(name), ctx: self.ctx }
     }
 
+    /// The dtype the tensor `name` (under this prefix) is stored in, where the load knows it.
+    pub fn stored_dtype(&self, name: &str) -> Option<DType> {
+        self.ctx?.stored_dtype(&format!("{}.{name}", self.vb.prefix()))
+    }
+
     /// The same weights, read in the language model's precision (the context's decoder dtype;
     /// unchanged without a context).
     pub fn for_decoder(&self) -> Self {

@@ -287,6 +287,12 @@ impl LoadContext {
         self.decoder_dtype
     }
 
+    /// The dtype tensor `name` is stored in, where the load knows it (in-situ quantizing and
+    /// GGUF loads read the checkpoint's headers).
+    pub fn stored_dtype(&self, name: &str) -> Option<DType> {
+        self.stored.get(name).copied()
+    }
+
     /// The ISQ type in effect.
     pub fn isq(&self) -> Option<IsqType> {
         self.isq

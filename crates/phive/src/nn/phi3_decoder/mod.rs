@@ -118,7 +118,12 @@ struct DecoderLayer {
 #[derive(Debug, Clone)]
 pub struct Phi3Decoder {
     cfg: Phi3DecoderConfig,
+    /// The embedding table, in the model's dtype or, where the checkpoint stores it in half
+    /// precision and the model computes in f32, in that half precision: looked-up rows widen
+    /// exactly, and the table (200,064 rows for Phi-4) takes half the memory.
     embed_tokens: Tensor,
+    /// The dtype of the weights and activations.
+    dtype: DType,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -149,7 +154,14 @@ impl Phi3Decoder {
         let hd = cfg.head_dim();
         let qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
         let vm = vb.pp("model");
-        let embed_tokens = vm.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?;
+        let dtype = vb.dtype();
+        let ve = vm.pp("embed_tokens");
+        let embed_tokens = match ve.stored_dtype("weight") {
+            Some(stored @ (DType::BF16 | DType::F16)) if dtype == DType::F32 => {
+                ve.get_with_hints_dtype((cfg.vocab_size, h), "weight", Default::default(), stored)?
+            }
+            _ => ve.get((cfg.vocab_size, h), "weight")?,
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let vl = vm.pp(format!("layers.{i}"));
@@ -170,7 +182,7 @@ impl Phi3Decoder {
         }
         let norm = RmsNorm::load(&vm.pp("norm"), h, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_weights_at(&vb.pp("lm_head"), embed_tokens.clone(), None)?
+            Linear::from_weights_at(&vb.pp("lm_head"), embed_tokens.to_dtype(dtype)?, None)?
         } else {
             Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?
         };
@@ -193,7 +205,7 @@ impl Phi3Decoder {
             }
         }
         let adapters = adapters.iter().map(|s| s.name.clone()).collect();
-        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rotary, adapters })
+        Ok(Self { cfg: cfg.clone(), embed_tokens, dtype, layers, norm, lm_head, rotary, adapters })
     }
 
     /// Names of the LoRA adapters loaded with [`Phi3Decoder::new_with_adapters`].
@@ -231,7 +243,7 @@ impl Phi3Decoder {
 
     /// The precision of the weights and activations.
     pub fn dtype(&self) -> DType {
-        self.embed_tokens.dtype()
+        self.dtype
     }
 
     /// An empty single-sequence KV cache for this decoder.
@@ -300,7 +312,7 @@ impl Phi3Decoder {
             )));
         }
         let ids = Tensor::from_slice(ids, ids.len(), self.device())?;
-        Ok(self.embed_tokens.index_select(&ids, 0)?)
+        Ok(self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.dtype)?)
     }
 
     /// Runs all layers over `embeds` `[1, seq, hidden]` at positions `cache.len()..`, appends the
