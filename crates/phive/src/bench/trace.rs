@@ -21,9 +21,15 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// Time to first token, from submission (zero when nothing was generated).
+    /// Time to first token, from submission: when the first delta arrived or, when the tokens
+    /// streamed no text (a random-weight model's partial UTF-8 bytes, held back), the engine's
+    /// own time to the first token; zero when nothing was generated.
     pub fn ttft(&self) -> Duration {
-        self.deltas.first().map_or(Duration::ZERO, |t| *t - self.submitted)
+        match (self.deltas.first(), &self.completion) {
+            (Some(first), _) => *first - self.submitted,
+            (None, Some(c)) if c.usage.completion_tokens > 0 => c.usage.time_to_first_token,
+            _ => Duration::ZERO,
+        }
     }
 
     /// Generated tokens.
@@ -91,4 +97,42 @@ fn follow_with(submitted: Instant, mut handle: RequestHandle, on_delta: impl Fn(
         }
     }
     Ok(Trace { submitted, deltas, done: Instant::now(), completion })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{FinishReason, Usage};
+
+    fn trace(deltas_after_ms: &[u64], generated: usize) -> Trace {
+        let submitted = Instant::now();
+        let at = |ms: u64| submitted + Duration::from_millis(ms);
+        let usage = Usage {
+            completion_tokens: generated,
+            time_to_first_token: Duration::from_millis(40),
+            ..Default::default()
+        };
+        let completion = Completion {
+            text: String::new(),
+            tokens: vec![7; generated],
+            logprobs: Vec::new(),
+            tool_call_sections: Vec::new(),
+            finish_reason: FinishReason::Length,
+            usage,
+        };
+        Trace {
+            submitted,
+            deltas: deltas_after_ms.iter().map(|&ms| at(ms)).collect(),
+            done: at(90),
+            completion: Some(completion),
+        }
+    }
+
+    #[test]
+    fn ttft_comes_from_the_first_delta_or_else_the_engine() {
+        assert_eq!(trace(&[25, 60], 2).ttft(), Duration::from_millis(25));
+        // Two tokens that streamed no text: the engine's time to the first token.
+        assert_eq!(trace(&[], 2).ttft(), Duration::from_millis(40));
+        assert_eq!(trace(&[], 0).ttft(), Duration::ZERO);
+    }
 }
