@@ -257,15 +257,16 @@ fn bf16_quantize_then_reload_is_bit_identical() {
 }
 
 #[test]
-fn phi4mm_quantizes_lora_base_layers_and_keeps_adapters_f32() {
+fn phi4mm_quantizes_lora_base_layers_and_keeps_adapters_in_full_precision() {
     // Phi-4-multimodal's projections are PEFT LoRA layers: `*.base_layer` is quantized, the
-    // vision/speech adapters stay f32, and so do the SigLIP and conformer encoders.
+    // vision/speech adapters keep the checkpoint's bf16 (multiplied in f32), and the SigLIP
+    // and conformer encoders stay f32.
     let dir = common::phi4mm_tiny();
     let engine = load(&dir, Some(IsqType::Q8_0));
     let report = engine.pipeline().load_report();
     // 2 layers x (qkv, o, gate_up, down), plus lm_head: it is tied to the embeddings in this
     // checkpoint, and the output projection is quantized (at Q8_0, promotion keeps Q8_0) while
-    // the embedding lookup stays f32.
+    // the embedding lookup keeps the checkpoint's bf16.
     assert_eq!(report.by_type, vec![("Q8_0".to_string(), 9)], "{report}");
     let with_encoders =
         Pipeline::load(&LoadOptions { isq_encoders: true, ..options(&dir, Some(IsqType::Q8_0)) }).unwrap();

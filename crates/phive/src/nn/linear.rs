@@ -106,6 +106,18 @@ impl<'a> LoadVb<'a> {
         self.ctx?.stored_dtype(&format!("{}.{name}", self.vb.prefix()))
     }
 
+    /// Tensor `name` in the checkpoint's half precision where it is stored so and this model
+    /// computes in f32 (its values then widen to f32 exactly: the same numbers in half the
+    /// memory), else in the model's dtype.
+    pub fn get_compact<S: Into<candle_core::Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        Ok(match self.stored_dtype(name) {
+            Some(stored @ (DType::BF16 | DType::F16)) if self.vb.dtype() == DType::F32 => {
+                self.vb.get_with_hints_dtype(shape, name, Default::default(), stored)?
+            }
+            _ => self.vb.get(shape, name)?,
+        })
+    }
+
     /// The same weights, read in the language model's precision (the context's decoder dtype;
     /// unchanged without a context).
     pub fn for_decoder(&self) -> Self {
@@ -132,6 +144,19 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A bias-free layer over `weight` `[out, in]` for a model computing in `compute`: kept as
+    /// [`LinearWeight::Half`] (multiplied in f32) where it is stored in half precision for an
+    /// f32 model ([`LoadVb::get_compact`]), dense otherwise.
+    pub fn from_stored(weight: Tensor, compute: DType) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        let weight = if weight.dtype() != compute && compute == DType::F32 {
+            LinearWeight::Half(weight)
+        } else {
+            LinearWeight::Dense(weight)
+        };
+        Self::from_parts(weight, None, in_dim, out_dim)
+    }
+
     /// Wraps an existing `[out, in]` weight and optional `[out]` bias.
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;

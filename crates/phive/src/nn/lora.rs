@@ -5,7 +5,8 @@
 //! audio only: speech). Merging an adapter into the weights (what mistral.rs does) fixes one
 //! choice for every request, so here the adapters stay unmerged:
 //! `y = base(x) + (α/r) · B(A x)` for the active adapter, nothing extra for none. That also
-//! lets the base [`Linear`] be quantized later while the small A/B matrices stay f32, and lets
+//! lets the base [`Linear`] be quantized while the A/B matrices keep full precision (the
+//! checkpoint's bf16, multiplied in f32, under ISQ), and lets
 //! requests with different adapters share the base weights.
 //!
 //! Checkpoint layout (PEFT names): `{module}.base_layer.weight`, `{module}.lora_A.{name}.weight`
@@ -68,8 +69,10 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// Wraps `A` `[r, in]` and `B` `[out, r]` with the scale `α/r`.
     pub fn from_weights(a: Tensor, b: Tensor, scale: f64) -> Result<Self> {
-        let a = Linear::from_weights(a, None)?;
-        let b = Linear::from_weights(b, None)?;
+        Self::from_linears(Linear::from_weights(a, None)?, Linear::from_weights(b, None)?, scale)
+    }
+
+    fn from_linears(a: Linear, b: Linear, scale: f64) -> Result<Self> {
         if a.out_dim() != b.in_dim() {
             return Err(candle_core::Error::Msg(format!(
                 "lora_A has rank {} but lora_B expects {}",
@@ -135,9 +138,13 @@ impl LoraLinear {
         let module = vb.prefix();
         let mut adapters = Vec::new();
         for spec in specs.iter().filter(|s| s.applies_to(&module)) {
-            let a = vb.pp("lora_A").pp(&spec.name).get((spec.r, in_dim), "weight")?;
-            let b = vb.pp("lora_B").pp(&spec.name).get((out_dim, spec.r), "weight")?;
-            adapters.push((spec.name.clone(), LoraAdapter::from_weights(a, b, spec.scale())?));
+            // Kept in the checkpoint's half precision for an f32 model (multiplied in f32):
+            // Phi-4's two rank-320 adapters are 0.9 G parameters.
+            let compute = vb.dtype();
+            let a = vb.pp("lora_A").pp(&spec.name).get_compact((spec.r, in_dim), "weight")?;
+            let b = vb.pp("lora_B").pp(&spec.name).get_compact((out_dim, spec.r), "weight")?;
+            let (a, b) = (Linear::from_stored(a, compute)?, Linear::from_stored(b, compute)?);
+            adapters.push((spec.name.clone(), LoraAdapter::from_linears(a, b, spec.scale())?));
         }
         Ok(Self { base, adapters })
     }

@@ -155,13 +155,7 @@ impl Phi3Decoder {
         let qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
         let vm = vb.pp("model");
         let dtype = vb.dtype();
-        let ve = vm.pp("embed_tokens");
-        let embed_tokens = match ve.stored_dtype("weight") {
-            Some(stored @ (DType::BF16 | DType::F16)) if dtype == DType::F32 => {
-                ve.get_with_hints_dtype((cfg.vocab_size, h), "weight", Default::default(), stored)?
-            }
-            _ => ve.get((cfg.vocab_size, h), "weight")?,
-        };
+        let embed_tokens = vm.pp("embed_tokens").get_compact((cfg.vocab_size, h), "weight")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let vl = vm.pp(format!("layers.{i}"));
