@@ -259,8 +259,8 @@ fn bf16_quantize_then_reload_is_bit_identical() {
 #[test]
 fn phi4mm_quantizes_lora_base_layers_and_keeps_adapters_in_full_precision() {
     // Phi-4-multimodal's projections are PEFT LoRA layers: `*.base_layer` is quantized, the
-    // vision/speech adapters keep the checkpoint's bf16 (multiplied in f32), and the SigLIP
-    // and conformer encoders stay f32.
+    // vision/speech adapters and the SigLIP and conformer encoders' projections keep the
+    // checkpoint's bf16 (multiplied in f32).
     let dir = common::phi4mm_tiny();
     let engine = load(&dir, Some(IsqType::Q8_0));
     let report = engine.pipeline().load_report();

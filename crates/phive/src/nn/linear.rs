@@ -144,17 +144,14 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// A bias-free layer over `weight` `[out, in]` for a model computing in `compute`: kept as
-    /// [`LinearWeight::Half`] (multiplied in f32) where it is stored in half precision for an
-    /// f32 model ([`LoadVb::get_compact`]), dense otherwise.
-    pub fn from_stored(weight: Tensor, compute: DType) -> Result<Self> {
+    /// A layer over `weight` `[out, in]` for a model computing in `compute`: kept as
+    /// [`LinearWeight::Half`] (multiplied in f32) where it came in another dtype from
+    /// [`LoadVb::get_compact`], dense otherwise.
+    pub fn from_stored(weight: Tensor, bias: Option<Tensor>, compute: DType) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
-        let weight = if weight.dtype() != compute && compute == DType::F32 {
-            LinearWeight::Half(weight)
-        } else {
-            LinearWeight::Dense(weight)
-        };
-        Self::from_parts(weight, None, in_dim, out_dim)
+        let weight =
+            if weight.dtype() == compute { LinearWeight::Dense(weight) } else { LinearWeight::Half(weight) };
+        Self::from_parts(weight, bias, in_dim, out_dim)
     }
 
     /// Wraps an existing `[out, in]` weight and optional `[out]` bias.
@@ -175,9 +172,11 @@ impl Linear {
                 return Self::from_parts(weight, bias, in_dim, out_dim);
             }
         }
-        let weight = vb.get((out_dim, in_dim), "weight")?;
+        // Under an in-situ quantizing load, a layer left unquantized (the encoders', without
+        // --isq-encoders) keeps the checkpoint's half precision and multiplies in f32.
+        let weight = vb.get_compact((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Self::from_weights(weight, bias)
+        Self::from_stored(weight, bias, vb.dtype())
     }
 
     /// Like [`Linear::from_weights`] for a weight that is not loaded through `Linear::load` but

@@ -143,7 +143,7 @@ impl LoraLinear {
             let compute = vb.dtype();
             let a = vb.pp("lora_A").pp(&spec.name).get_compact((spec.r, in_dim), "weight")?;
             let b = vb.pp("lora_B").pp(&spec.name).get_compact((out_dim, spec.r), "weight")?;
-            let (a, b) = (Linear::from_stored(a, compute)?, Linear::from_stored(b, compute)?);
+            let (a, b) = (Linear::from_stored(a, None, compute)?, Linear::from_stored(b, None, compute)?);
             adapters.push((spec.name.clone(), LoraAdapter::from_linears(a, b, spec.scale())?));
         }
         Ok(Self { base, adapters })

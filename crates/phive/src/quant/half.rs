@@ -26,8 +26,14 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if wk != k {
         return Err(candle_core::Error::Msg(format!("half matmul: x has {k} features, weight {wk}")).into());
     }
-    if m > ROW_KERNEL_MAX_M || !w.is_contiguous() || !x.device().is_cpu() {
+    if !w.is_contiguous() || !x.device().is_cpu() {
         return Ok(x.matmul(&w.to_dtype(DType::F32)?.t()?)?);
+    }
+    if m > ROW_KERNEL_MAX_M {
+        // Widened on all cores with SIMD conversions (candle's `to_dtype` is one element at a
+        // time on one core: for an encoder's layers that was seconds per image).
+        let wide = Tensor::from_vec(widen(w)?, (n, k), x.device())?;
+        return Ok(x.matmul(&wide.t()?)?);
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1::<f32>()?;
     let (storage, layout) = w.storage_and_layout();
@@ -53,6 +59,29 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     // out_t is [n, m]; m ≤ 8, so the transpose is cheap.
     let out = Tensor::from_vec(out_t, (n, m), x.device())?;
     Ok(out.t()?.contiguous()?)
+}
+
+/// The values of a contiguous f16/bf16 CPU tensor as f32, converted in parallel chunks.
+fn widen(w: &Tensor) -> Result<Vec<f32>> {
+    fn convert<T: Sync>(src: &[T], out: &mut [f32])
+    where
+        [T]: HalfFloatSliceExt,
+    {
+        const CHUNK: usize = 1 << 16;
+        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| s.convert_to_f32_slice(o));
+    }
+    let (storage, layout) = w.storage_and_layout();
+    let (start, len) = (layout.start_offset(), w.elem_count());
+    let mut out = vec![0f32; len];
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
+    };
+    match w.dtype() {
+        DType::BF16 => convert(&cpu.as_slice::<bf16>()?[start..start + len], &mut out),
+        DType::F16 => convert(&cpu.as_slice::<f16>()?[start..start + len], &mut out),
+        other => return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into()),
+    }
+    Ok(out)
 }
 
 /// The decode kernel: AVX2/FMA (runtime-detected) widening and dotting 8 weights at a time
