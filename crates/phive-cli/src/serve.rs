@@ -35,7 +35,7 @@ pub struct ServeArgs {
 /// The kind of model to serve.
 #[derive(Subcommand, Debug)]
 enum ModelCommand {
-    /// Serve a vision-language model (Phi-3.5-vision; Phi-4-multimodal is planned).
+    /// Serve a vision-language model (Phi-3.5-vision, or Phi-4-multimodal with audio too).
     #[command(visible_alias = "vision-plain")]
     Vision(ModelArgs),
 }
