@@ -130,7 +130,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // Stop tokens are banned so every request decodes exactly `decode_tokens`.
     let logit_bias = pipeline.stop_token_ids().iter().map(|&id| (id, -100.0)).collect();
     let sampling = SamplingParams { logit_bias, ..Default::default() };
-    let params = GenerationParams { sampling, max_tokens: Some(decode_tokens), ..Default::default() };
+    // Every request decodes its tokens: a random-weight checkpoint may sample a stop token first.
+    let params = GenerationParams {
+        sampling,
+        max_tokens: Some(decode_tokens),
+        ignore_eos: true,
+        ..Default::default()
+    };
 
     let total: usize = levels.iter().map(|c| c * decode_tokens).sum::<usize>() + images.len();
     let bar = progress(total as u64);

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Instant;
 
-use phive::engine::{Engine, EngineConfig, Event, GenerationParams};
+use phive::engine::{Engine, EngineConfig, Event, FinishReason, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline};
 
 fn load() -> Pipeline {
@@ -127,4 +127,27 @@ fn bad_requests_get_clear_errors() {
     ]));
     assert!(pipeline.prepare(&messages, &images).is_err());
     assert!(pipeline.prepare(&[], &[]).is_err());
+}
+
+#[test]
+fn ignore_eos_decodes_past_the_stop_token() {
+    let pipeline = load();
+    let goldens = common::golden_json("phi3v/generation.json");
+    let (messages, images) = common::openai_messages(&goldens["cases"][0]["openai_messages"]);
+    let prepared = || pipeline.prepare(&messages, &images).unwrap();
+    // The first stop token forced at every step.
+    let eos = pipeline.stop_token_ids()[0];
+    let forced = phive::engine::SamplingParams { logit_bias: vec![(eos, 100.0)], ..Default::default() };
+    let params = |ignore_eos| GenerationParams {
+        sampling: forced.clone(),
+        max_tokens: Some(5),
+        ignore_eos,
+        ..Default::default()
+    };
+    let engine = Engine::new(load(), EngineConfig::default());
+    let stopped = common::complete(&engine, prepared(), &params(false));
+    assert_eq!((stopped.tokens.as_slice(), stopped.finish_reason), (&[eos][..], FinishReason::Stop));
+    let ignored = common::complete(&engine, prepared(), &params(true));
+    assert_eq!(ignored.tokens, vec![eos; 5]);
+    assert_eq!(ignored.finish_reason, FinishReason::Length);
 }

@@ -46,21 +46,24 @@ impl Summary {
 /// first one finishes, every delta delivered counts (a delta is one token, or a few held back
 /// for a whole character). Prefill of the later streams, which the engine interleaves with the
 /// decode of the earlier ones, is thus left out. When that window is empty (streams that hardly
-/// overlap), all tokens after each stream's first are counted over the span from the earliest
-/// first token to the last finish. `None` when nothing was decoded.
+/// overlap, or tokens that streamed no text, as a random-weight model's partial characters), all
+/// tokens after each stream's first are counted over the span from the earliest first token to
+/// the last finish. `None` when nothing was decoded.
 pub fn steady_decode_rate(traces: &[Trace]) -> Option<f64> {
-    let start = traces.iter().filter_map(|t| t.deltas.first()).max().copied()?;
     let end = traces.iter().map(|t| t.done).min()?;
-    if traces.iter().all(|t| !t.deltas.is_empty()) && end > start {
+    let start = traces.iter().filter_map(|t| t.deltas.first()).max().copied();
+    if let Some(start) = start.filter(|&s| traces.iter().all(|t| !t.deltas.is_empty()) && end > s) {
         let delivered: usize =
             traces.iter().map(|t| t.deltas.iter().filter(|d| **d > start && **d <= end).count()).sum();
         if delivered >= traces.len() {
             return Some(delivered as f64 / (end - start).as_secs_f64());
         }
     }
-    let first = traces.iter().filter_map(|t| t.deltas.first()).min().copied()?;
+    // Tokens from the completion (they may have streamed no text), else the deltas seen.
+    let tokens = |t: &Trace| t.tokens().max(t.deltas.len());
+    let first = traces.iter().filter(|t| tokens(t) > 0).map(|t| t.submitted + t.ttft()).min()?;
     let last = traces.iter().map(|t| t.done).max()?;
-    let after_first: usize = traces.iter().map(|t| t.deltas.len().saturating_sub(1)).sum();
+    let after_first: usize = traces.iter().map(|t| tokens(t).saturating_sub(1)).sum();
     let span = (last - first).as_secs_f64();
     (after_first > 0 && span > 0.0).then(|| after_first as f64 / span)
 }
@@ -102,5 +105,34 @@ mod tests {
         let rate = steady_decode_rate(&apart).unwrap();
         assert!(rate > 0.0 && rate < 1.0, "{rate}");
         assert!(steady_decode_rate(&[]).is_none());
+    }
+
+    /// A random-weight model's tokens may be partial characters that stream no text: the rate
+    /// comes from the completion's token count and the engine's time to the first token.
+    #[test]
+    fn tokens_without_text_still_count() {
+        use crate::engine::{Completion, FinishReason, Usage};
+        let t0 = Instant::now();
+        let usage = Usage {
+            completion_tokens: 5,
+            time_to_first_token: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let completion = Completion {
+            text: String::new(),
+            tokens: vec![3; 5],
+            logprobs: Vec::new(),
+            tool_call_sections: Vec::new(),
+            finish_reason: FinishReason::Length,
+            usage,
+        };
+        let silent = Trace {
+            submitted: t0,
+            deltas: Vec::new(),
+            done: t0 + Duration::from_millis(500),
+            completion: Some(completion),
+        };
+        let rate = steady_decode_rate(&[silent]).unwrap();
+        assert!((rate - 10.0).abs() < 1e-6, "{rate}");
     }
 }

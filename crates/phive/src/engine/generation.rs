@@ -27,6 +27,9 @@ pub struct GenerationParams {
     pub grammar: Option<Grammar>,
     /// Where tool calls appear in the output, when the request offers tools.
     pub tool_calls: Option<ToolCallSyntax>,
+    /// Go on past the model's stop tokens, to `max_tokens` (vLLM's `ignore_eos`): benchmarks
+    /// decode the same number of tokens whatever a random-weight model samples.
+    pub ignore_eos: bool,
 }
 
 /// How a model writes tool calls; the text of a call is kept out of the streamed content and
@@ -286,7 +289,7 @@ impl Generation {
         }
         self.tokens.push(token);
         let done = |delta| Ok(Advance { token, delta, finished: Some(FinishReason::Stop) });
-        if stop_token_ids.contains(&token) {
+        if !self.params.ignore_eos && stop_token_ids.contains(&token) {
             return done(None);
         }
         if let Some(top) = self.params.logprobs {

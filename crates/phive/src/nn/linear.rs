@@ -182,6 +182,8 @@ impl Linear {
     /// Like [`Linear::from_weights`] for a weight that is not loaded through `Linear::load` but
     /// plays the role of the layer at `vb` (e.g. `lm_head` tied to the embeddings): under an ISQ
     /// load it is quantized as that layer's weight would be (and taken pre-quantized from a GGUF).
+    /// `weight` may be kept in half precision for an f32 model ([`LoadVb::get_compact`]): it is
+    /// quantized from that, or multiplied in f32 ([`Linear::from_stored`]).
     pub fn from_weights_at(vb: &LoadVb, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         if let Some(ctx) = vb.ctx {
             if let Some(w) = ctx.convert_linear(&vb.prefix(), &weight)? {
@@ -189,7 +191,7 @@ impl Linear {
                 return Self::from_parts(w, bias, in_dim, out_dim);
             }
         }
-        Self::from_weights(weight, bias)
+        Self::from_stored(weight, bias, vb.dtype())
     }
 
     /// Wraps an already converted weight (quantized, half or dense) of `[out_dim, in_dim]`.

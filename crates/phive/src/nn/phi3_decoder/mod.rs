@@ -176,7 +176,8 @@ impl Phi3Decoder {
         }
         let norm = RmsNorm::load(&vm.pp("norm"), h, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_weights_at(&vb.pp("lm_head"), embed_tokens.to_dtype(dtype)?, None)?
+            // Quantized straight from the table (no f32 copy of 200,064 rows for Phi-4).
+            Linear::from_weights_at(&vb.pp("lm_head"), embed_tokens.clone(), None)?
         } else {
             Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?
         };
