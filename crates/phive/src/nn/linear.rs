@@ -223,7 +223,6 @@ impl Linear {
         Ok(Self { weight, bias, in_dim, out_dim })
     }
 
-    /// Input features.
     /// Where the weight lives.
     pub fn device(&self) -> Device {
         match &self.weight {
@@ -232,6 +231,7 @@ impl Linear {
         }
     }
 
+    /// Input features.
     pub fn in_dim(&self) -> usize {
         self.in_dim
     }
