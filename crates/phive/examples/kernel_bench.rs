@@ -1,4 +1,5 @@
-//! Quantized matmul kernels side by side: phive's (each SIMD level this CPU has) against
+//! Quantized matmul kernels side by side: phive's (each SIMD level this CPU has, and Q4_K
+//! permuted into panels where the CPU has the panel kernel) against
 //! candle's, on the Phi-3.5 language model's projection shapes, for decode-sized and
 //! prefill-sized inputs. Reports the first call (candle repacks its weights then), the median
 //! of the following calls, weight GB/s and int8 GMAC/s.
@@ -12,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
-use phive::kernels::{quantized_matmul_with, BlockFormat, QuantizedMatrix, SimdLevel};
+use phive::kernels::{quantized_matmul_with, BlockFormat, PanelMatrix, QuantizedMatrix, SimdLevel};
 
 /// (name, output features, input features) of the Phi-3.5 decoder's projections.
 const SHAPES: &[(&str, usize, usize)] = &[
@@ -92,6 +93,15 @@ fn main() -> Result<()> {
             );
             let data = q.data()?;
             let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
+            if let Some(panels) = PanelMatrix::pack(matrix) {
+                report(
+                    "phive panels",
+                    time(reps, || {
+                        let _: () = drop(panels.matmul(&xs)?);
+                        Ok(())
+                    })?,
+                );
+            }
             for level in SimdLevel::available() {
                 if level == SimdLevel::Scalar && m > 8 {
                     continue;

@@ -97,6 +97,10 @@ pub fn quantize_checkpoint(options: &LoadOptions, output_dir: &Path) -> Result<Q
                 Ok(q) => q,
                 Err(q) => clone_qtensor(&q)?,
             },
+            panels @ LinearWeight::Panels(_) => {
+                let q = panels.to_qtensor()?.expect("panels are quantized");
+                Arc::try_unwrap(q).map_err(|_| Error::Internal("a fresh tensor is shared".into()))?
+            }
             LinearWeight::Half(t) => {
                 QTensor::quantize(&t, if t.dtype() == DType::F16 { GgmlDType::F16 } else { GgmlDType::BF16 })?
             }

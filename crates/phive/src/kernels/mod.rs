@@ -2,17 +2,22 @@
 //!
 //! [`quantized_matmul`] multiplies f32 activations by GGML k-quant weights (Q4_K, Q6_K) the way
 //! llama.cpp does: each activation row is quantized to 8-bit blocks (Q8_K) once, then integer
-//! dot products run straight on the weights' own block layout. Unlike candle's kernels, the
-//! weights are never repacked, so there is no slow first call and no second copy in memory.
+//! dot products run on the weights' blocks. Unlike candle's kernels, nothing is repacked on
+//! first use, so there is no slow first call and no second copy in memory.
 //! Every weight row is unpacked once per tile of [`TILE`] activation rows, so a batched decode
-//! step or a prefill chunk reads each weight byte once for several tokens.
+//! step or a prefill chunk reads each weight byte once for several tokens. On CPUs with
+//! AVX-512 VNNI, the weights are instead permuted once at load into panels of 16 rows
+//! ([`PanelMatrix`]), which one outer-product kernel multiplies with any number of rows.
 //!
 //! Each kernel has a plain scalar version, the reference its SIMD versions are tested against.
 
+mod panels;
 mod q4k;
 #[cfg(target_arch = "x86_64")]
 mod q4k_panel;
 mod q6k;
+#[cfg(target_arch = "x86_64")]
+mod q6k_panel;
 mod q8k;
 mod simd;
 #[cfg(target_arch = "x86_64")]
@@ -21,6 +26,7 @@ mod x86;
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
+pub use panels::PanelMatrix;
 pub use q8k::{BlockQ8K, Q8KRows};
 pub use simd::{simd_level, SimdLevel};
 
@@ -63,6 +69,14 @@ impl BlockFormat {
             GgmlDType::Q4K => Some(BlockFormat::Q4K),
             GgmlDType::Q6K => Some(BlockFormat::Q6K),
             _ => None,
+        }
+    }
+
+    /// The GGML type of this format.
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            BlockFormat::Q4K => GgmlDType::Q4K,
+            BlockFormat::Q6K => GgmlDType::Q6K,
         }
     }
 
@@ -117,20 +131,26 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
     let m = x.len() / k;
     let acts = Q8KRows::quantize(x, k);
     let mut out = vec![0f32; m * n];
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    // Whole panels of 16 weight rows first where the panel kernel applies; the rest by rows.
-    #[cfg(target_arch = "x86_64")]
-    let first_col = if w.format == BlockFormat::Q4K && level == SimdLevel::Avx512Vnni && m >= PANEL_MIN_ROWS {
-        panel_matmul(&acts, w, row_bytes, out_ptr)
-    } else {
-        0
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let first_col = 0;
-    let rows_per_task = rows_per_task(n - first_col, m);
-    (0..(n - first_col).div_ceil(rows_per_task)).into_par_iter().for_each(|task| {
-        let first = first_col + task * rows_per_task;
-        let last = (first + rows_per_task).min(n);
+    by_rows(level, &acts, w, OutPtr(out.as_mut_ptr()), n, 0);
+    Ok(out)
+}
+
+/// The rows of `w` dotted with every activation row, in parallel: row `i`'s results go to
+/// column `first_col + i` of `out` (`[m, width]` row-major).
+fn by_rows(
+    level: SimdLevel,
+    acts: &Q8KRows,
+    w: QuantizedMatrix,
+    out: OutPtr,
+    width: usize,
+    first_col: usize,
+) {
+    let m = acts.rows();
+    let row_bytes = w.cols / q8k::QK * w.format.block_bytes();
+    let rows_per_task = rows_per_task(w.rows, m);
+    (0..w.rows.div_ceil(rows_per_task)).into_par_iter().for_each(|task| {
+        let first = task * rows_per_task;
+        let last = (first + rows_per_task).min(w.rows);
         let mut results = [0f32; TILE];
         let mut tile: [&[BlockQ8K]; TILE] = [&[]; TILE];
         for r0 in (0..m).step_by(TILE) {
@@ -138,54 +158,17 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
             for (i, t) in tile.iter_mut().enumerate().take(count) {
                 *t = acts.row(r0 + i);
             }
-            for col in first..last {
-                let weights = &w.data[col * row_bytes..(col + 1) * row_bytes];
+            for row in first..last {
+                let weights = &w.data[row * row_bytes..(row + 1) * row_bytes];
                 w.format.dot_rows(level, weights, &tile[..count], &mut results[..count]);
                 for (i, v) in results[..count].iter().enumerate() {
-                    // SAFETY: `(r0 + i) * n + col < m * n`, and each task writes only its own
-                    // columns `first..last`, so no two tasks write the same element.
-                    unsafe { out_ptr.write((r0 + i) * n + col, *v) };
+                    // SAFETY: `(r0 + i) * width + first_col + row < m * width`, and each task
+                    // writes only its own rows' columns, so no two tasks write one element.
+                    unsafe { out.write((r0 + i) * width + first_col + row, *v) };
                 }
             }
         }
     });
-    Ok(out)
-}
-
-/// From this many activation rows on, Q4_K uses the panel kernel where the CPU has it: below,
-/// unpacking the panels (about 2.7 ms of the 4.0 ms an 8-row `gate_up` takes on a 2-vCPU Zen 5)
-/// costs more than it saves. Measured with `kernel_bench`: the row kernel wins at 4–6 rows on
-/// every projection, the two are level at 8 (BENCHMARKS.md).
-#[cfg(target_arch = "x86_64")]
-const PANEL_MIN_ROWS: usize = 8;
-
-/// The whole panels of `w` (the first `n / 16 · 16` output columns) with the panel kernel;
-/// returns the first column left for the row kernel.
-#[cfg(target_arch = "x86_64")]
-fn panel_matmul(acts: &Q8KRows, w: QuantizedMatrix, row_bytes: usize, out: OutPtr) -> usize {
-    use q4k_panel::{Panel, COLS};
-    let (m, n) = (acts.rows(), w.rows);
-    let blocks = w.cols / q8k::QK;
-    let rows: Vec<&[BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
-    let panels = n / COLS;
-    (0..panels).into_par_iter().for_each_init(
-        || (Panel::new(), vec![[0f32; COLS]; m]),
-        |(panel, results), p| {
-            // SAFETY: the caller checked the level (AVX-512 VNNI and F16C), `w.data` holds `n`
-            // rows of `row_bytes`, and every activation row has `blocks` blocks.
-            unsafe {
-                panel.fill(w.data, p * COLS, row_bytes, blocks);
-                panel.dot(&rows, results);
-            }
-            for (r, row) in results.iter().enumerate() {
-                for (c, v) in row.iter().enumerate() {
-                    // SAFETY: in bounds; panel `p` alone writes columns `16p..16p + 16`.
-                    unsafe { out.write(r * n + p * COLS + c, *v) };
-                }
-            }
-        },
-    );
-    panels * COLS
 }
 
 /// Weight rows per rayon task: several tasks per thread for balance, few enough rows that a

@@ -1,214 +1,154 @@
-//! Q4_K × Q8_K for many activation rows at once (prefill chunks, batched decode): an
-//! outer-product kernel over panels of 16 weight rows, for CPUs with AVX-512 VNNI.
+//! Q4_K × Q8_K for one panel of 16 weight rows ([`super::panels`]) and any number of
+//! activation rows: an outer-product kernel for CPUs with AVX-512 VNNI.
 //!
 //! The row kernel in [`super::q4k`] dots one weight row with a few activation rows, so every
-//! activation byte is loaded again for every weight row. Here the weights of 16 rows are first
-//! unpacked into a small panel (per block: 64 vectors, each holding 4 consecutive codes of all
-//! 16 rows), then each activation row broadcasts 4 of its bytes at a time against a whole
-//! vector: one `vpdpbusd` yields 4 multiply-adds for each of the 16 output columns. The panel is
-//! transient (a few kilobytes per block, rebuilt per call and reused by every activation row),
-//! so the weights stay in GGML's layout in memory: no repacked copy, no first-call cost.
+//! activation byte is loaded again for every weight row. Here one 64-byte line holds the same
+//! 4 codes bytes of all 16 rows (8 weights each, low and high nibbles), and each activation row
+//! broadcasts 4 of its bytes against it: one `vpdpbusd` yields 4 multiply-adds for each of the
+//! 16 output columns. The panel layout makes unpacking aligned loads, masks and shifts (no
+//! gathers, no transposes), cheap enough to do again for every [`ROWS`] activation rows.
 
 use std::arch::x86_64::*;
 
-use super::q4k::BLOCK_BYTES;
+use super::panels::{words, Line, COLS};
+use super::BlockFormat;
+
+/// Lines per block.
+const WORDS: usize = words(BlockFormat::Q4K);
 use super::q8k::BlockQ8K;
 
-/// Weight rows (output columns) per panel: one per 32-bit lane of a 512-bit vector.
-pub(super) const COLS: usize = 16;
+/// Activation rows that share each load of the panel's lines.
+const ROWS: usize = 8;
 
-/// Activation rows that share each load of the panel.
-const ROWS: usize = 4;
-
-/// The unpacked weights of [`COLS`] rows over every block of the input dimension.
-pub(super) struct Panel {
-    /// Per block, 64 vectors: vector `4j…` holds codes `4v..4v+4` of each row, row-major in
-    /// the lanes, for the 64 groups of 4 consecutive weights.
-    codes: Vec<__m512i>,
-    /// Per block and sub-block, the 16 rows' 6-bit scales (i32 lanes).
-    scales: Vec<__m512i>,
-    /// Per block and sub-block, the 16 rows' `dmin·m` (f32 lanes).
-    mins: Vec<__m512>,
-    /// Per block, the 16 rows' `d`.
-    d: Vec<__m512>,
+/// `out[r][c] = acts[r] · row c` of the panel whose lines are `panel`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VNNI and F16C; `panel` holds [`WORDS`] lines per block and
+/// every activation row has that many blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot(panel: &[Line], acts: &[&[BlockQ8K]], out: &mut [[f32; COLS]]) {
+    for (tile, dst) in acts.chunks(ROWS).zip(out.chunks_mut(ROWS)) {
+        match tile.len() {
+            1 => dot_rows::<1>(panel, tile, dst),
+            2 => dot_rows::<2>(panel, tile, dst),
+            3 => dot_rows::<3>(panel, tile, dst),
+            4 => dot_rows::<4>(panel, tile, dst),
+            5 => dot_rows::<5>(panel, tile, dst),
+            6 => dot_rows::<6>(panel, tile, dst),
+            7 => dot_rows::<7>(panel, tile, dst),
+            _ => dot_rows::<ROWS>(panel, tile, dst),
+        }
+    }
 }
 
-impl Panel {
-    /// An empty panel, to be filled by [`Panel::fill`] (allocated once per task).
-    pub(super) fn new() -> Panel {
-        Panel { codes: Vec::new(), scales: Vec::new(), mins: Vec::new(), d: Vec::new() }
-    }
-
-    /// Unpacks rows `first..first + 16` of `w` (row stride `row_bytes`, `blocks` blocks each).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F/BW/VNNI and F16C; `w` holds at least `first + 16` rows.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn fill(&mut self, w: &[u8], first: usize, row_bytes: usize, blocks: usize) {
-        debug_assert!(w.len() >= (first + COLS) * row_bytes);
-        // Sized once per shape (a task's panel is reused); every element is overwritten below.
-        self.codes.resize(64 * blocks, _mm512_setzero_si512());
-        self.scales.resize(8 * blocks, _mm512_setzero_si512());
-        self.mins.resize(8 * blocks, _mm512_setzero_ps());
-        self.d.resize(blocks, _mm512_setzero_ps());
-        let nibble = _mm512_set1_epi8(0x0F);
-        let byte = _mm512_set1_epi32(0xFF);
-        let row = |c: usize| w.as_ptr().add((first + c) * row_bytes);
-        let base = row(0);
-        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(row_bytes as i32));
-        for b in 0..blocks {
-            let at = b * BLOCK_BYTES;
-            // The first 16 bytes of each row's block (d, dmin, the scale bytes) as four words
-            // over the 16 rows: `header[k]` lane c is word k of row c.
-            let mut header = [_mm512_setzero_si512(); 4];
-            for (k, h) in header.iter_mut().enumerate() {
-                *h = _mm512_i32gather_epi32::<1>(offsets, base.add(at + 4 * k).cast());
-            }
-            let dd = header[0];
-            self.d[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
-            let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dd)));
-            // The twelve scale bytes, unpacked as in `q4k`, sixteen rows at a time.
-            let (w0, w1, w2) = (header[1], header[2], header[3]);
-            let low6 = _mm512_set1_epi32(0x3f3f_3f3f);
-            let low4 = _mm512_set1_epi32(0x0f0f_0f0f);
-            let top2 = _mm512_set1_epi32(0x0303_0303);
-            let sc_lo = _mm512_and_si512(w0, low6);
-            let sc_hi = _mm512_or_si512(
-                _mm512_and_si512(w2, low4),
-                _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w0), top2)),
-            );
-            let mn_lo = _mm512_and_si512(w1, low6);
-            let mn_hi = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi32::<4>(w2), low4),
-                _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w1), top2)),
-            );
-            for (half, (sc, mn)) in [(sc_lo, mn_lo), (sc_hi, mn_hi)].into_iter().enumerate() {
-                for (i, shift) in [0i32, 8, 16, 24].into_iter().enumerate() {
-                    let j = 8 * b + 4 * half + i;
-                    let count = _mm_cvtsi32_si128(shift);
-                    self.scales[j] = _mm512_and_si512(_mm512_srl_epi32(sc, count), byte);
-                    let m = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(mn, count), byte));
-                    self.mins[j] = _mm512_mul_ps(m, dmin);
-                }
-            }
-            // Codes: word `8i + g` of a row's 128 code bytes holds weights `4g..4g+4` of
-            // sub-block 2i (low nibbles) and of sub-block 2i+1 (high nibbles). Transposing the
-            // 16 rows × 32 words puts each word of all 16 rows in one vector.
-            let start = 64 * b;
-            for half in 0..2 {
-                let mut rows = [_mm512_setzero_si512(); COLS];
-                for (c, r) in rows.iter_mut().enumerate() {
-                    *r = _mm512_loadu_si512(row(c).add(at + 16 + 64 * half).cast());
-                }
-                let words = transpose16(rows);
-                for (k, v) in words.iter().enumerate() {
-                    let (i, g) = (2 * half + k / 8, k % 8);
-                    self.codes[start + 16 * i + g] = _mm512_and_si512(*v, nibble);
-                    self.codes[start + 16 * i + 8 + g] = _mm512_and_si512(_mm512_srli_epi32::<4>(*v), nibble);
-                }
-            }
+/// The 16 rows' `d`, `dmin`, eight 6-bit scales (i32 lanes) and eight 6-bit minimums (as
+/// i16 pairs `m[2k], m[2k+1]`, the operand of `vpdpwssd`) from a block's four header lines.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn header(h: [__m512i; 4]) -> (__m512, __m512, [__m512i; 8], [__m512i; 4]) {
+    let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+    let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(h[0])));
+    // The twelve scale bytes, unpacked as in `q4k`, sixteen rows at a time: each word of
+    // `sc_lo`/`sc_hi` holds scales 0–3/4–7 of its row, `mn_lo`/`mn_hi` the minimums.
+    let (w0, w1, w2) = (h[1], h[2], h[3]);
+    let low6 = _mm512_set1_epi32(0x3f3f_3f3f);
+    let low4 = _mm512_set1_epi32(0x0f0f_0f0f);
+    let top2 = _mm512_set1_epi32(0x0303_0303);
+    let sc_lo = _mm512_and_si512(w0, low6);
+    let sc_hi = _mm512_or_si512(
+        _mm512_and_si512(w2, low4),
+        _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w0), top2)),
+    );
+    let mn_lo = _mm512_and_si512(w1, low6);
+    let mn_hi = _mm512_or_si512(
+        _mm512_and_si512(_mm512_srli_epi32::<4>(w2), low4),
+        _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w1), top2)),
+    );
+    let byte = _mm512_set1_epi32(0xFF);
+    let mut scales = [_mm512_setzero_si512(); 8];
+    for (half, sc) in [sc_lo, sc_hi].into_iter().enumerate() {
+        for (i, shift) in [0i32, 8, 16, 24].into_iter().enumerate() {
+            scales[4 * half + i] = _mm512_and_si512(_mm512_srl_epi32(sc, _mm_cvtsi32_si128(shift)), byte);
         }
     }
+    // Bytes (m0, m1) of a word become the i16 pair (m0, m1).
+    let pair = |x: __m512i| {
+        _mm512_or_si512(
+            _mm512_and_si512(x, byte),
+            _mm512_slli_epi32::<8>(_mm512_and_si512(x, _mm512_set1_epi32(0xFF00))),
+        )
+    };
+    let mins = [
+        pair(mn_lo),
+        pair(_mm512_srli_epi32::<16>(mn_lo)),
+        pair(mn_hi),
+        pair(_mm512_srli_epi32::<16>(mn_hi)),
+    ];
+    (d, dmin, scales, mins)
+}
 
-    /// `out[r][c] = acts[r] · row c` for up to [`ROWS`] activation rows at a time.
-    ///
-    /// # Safety
-    /// As [`Panel::fill`]; every activation row has the panel's number of blocks.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn dot(&self, acts: &[&[BlockQ8K]], out: &mut [[f32; COLS]]) {
-        for (tile, dst) in acts.chunks(ROWS).zip(out.chunks_mut(ROWS)) {
-            match tile.len() {
-                1 => self.dot_rows::<1>(tile, dst),
-                2 => self.dot_rows::<2>(tile, dst),
-                3 => self.dot_rows::<3>(tile, dst),
-                _ => self.dot_rows::<ROWS>(tile, dst),
+/// [`dot`] for a tile of `R` activation rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &mut [[f32; COLS]]) {
+    let nibble = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (b, lines) in panel.chunks_exact(WORDS).enumerate() {
+        let load = |j: usize| _mm512_load_si512(lines.as_ptr().add(j).cast());
+        // Several rows take long enough over a block to fetch the next one (or the next
+        // panel's first) meanwhile; the hardware prefetcher alone leaves the loads waiting.
+        if R > 1 {
+            for j in 0..WORDS {
+                _mm_prefetch::<_MM_HINT_T0>(lines.as_ptr().wrapping_add(WORDS + j).cast());
             }
         }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn dot_rows<const R: usize>(&self, acts: &[&[BlockQ8K]], out: &mut [[f32; COLS]]) {
-        let mut acc = [_mm512_setzero_ps(); R];
-        for b in 0..self.d.len() {
-            let codes = &self.codes[64 * b..64 * b + 64];
-            let mut sumi = [_mm512_setzero_si512(); R];
-            let qs: [*const i8; R] = std::array::from_fn(|r| acts[r].get_unchecked(b).qs.as_ptr());
-            for j in 0..8 {
-                // Two accumulators per row (even and odd groups): `vpdpbusd` has a latency of
-                // several cycles, and one chain per row would leave the multipliers idle.
-                let mut even = [_mm512_setzero_si512(); R];
-                let mut odd = [_mm512_setzero_si512(); R];
-                for g in (0..8).step_by(2) {
-                    let (c0, c1) = (codes[8 * j + g], codes[8 * j + g + 1]);
-                    for r in 0..R {
-                        let q = qs[r].add(32 * j + 4 * g).cast::<i32>();
-                        let a0 = _mm512_set1_epi32(std::ptr::read_unaligned(q));
-                        let a1 = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(1)));
-                        even[r] = _mm512_dpbusd_epi32(even[r], c0, a0);
-                        odd[r] = _mm512_dpbusd_epi32(odd[r], c1, a1);
-                    }
-                }
-                let scale = self.scales[8 * b + j];
+        let (d, dmin, scales, mins) = header([load(0), load(1), load(2), load(3)]);
+        let blocks: [&BlockQ8K; R] = std::array::from_fn(|r| acts[r].get_unchecked(b));
+        let mut sumi = [_mm512_setzero_si512(); R];
+        for i in 0..4 {
+            // Run i (lines 4 + 8i …): low nibbles are sub-block 2i, high ones 2i + 1, which
+            // line up with activations 64i… and 64i + 32….
+            let mut lo = [_mm512_setzero_si512(); R];
+            let mut hi = [_mm512_setzero_si512(); R];
+            for g in 0..8 {
+                let v = load(4 + 8 * i + g);
+                let (codes_lo, codes_hi) =
+                    (_mm512_and_si512(v, nibble), _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibble));
                 for r in 0..R {
-                    let s = _mm512_add_epi32(even[r], odd[r]);
-                    sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(s, scale));
+                    let q = blocks[r].qs.as_ptr().add(64 * i + 4 * g).cast::<i32>();
+                    lo[r] =
+                        _mm512_dpbusd_epi32(lo[r], codes_lo, _mm512_set1_epi32(std::ptr::read_unaligned(q)));
+                    hi[r] = _mm512_dpbusd_epi32(
+                        hi[r],
+                        codes_hi,
+                        _mm512_set1_epi32(std::ptr::read_unaligned(q.add(8))),
+                    );
                 }
             }
-            let d = self.d[b];
             for r in 0..R {
-                let a = acts[r].get_unchecked(b);
-                acc[r] = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(sumi[r]),
-                    _mm512_mul_ps(d, _mm512_set1_ps(a.d)),
-                    acc[r],
+                let scaled = _mm512_add_epi32(
+                    _mm512_mullo_epi32(lo[r], scales[2 * i]),
+                    _mm512_mullo_epi32(hi[r], scales[2 * i + 1]),
                 );
-                for j in 0..8 {
-                    let m = self.mins[8 * b + j];
-                    acc[r] = _mm512_fnmadd_ps(m, _mm512_set1_ps(a.dsums[2 * j]), acc[r]);
-                    acc[r] = _mm512_fnmadd_ps(m, _mm512_set1_ps(a.dsums[2 * j + 1]), acc[r]);
-                }
+                sumi[r] = _mm512_add_epi32(sumi[r], scaled);
             }
         }
         for r in 0..R {
-            _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            let a = blocks[r];
+            // Σⱼ m[j]·(sum of activations j·32…): the activations' group sums in pairs
+            // (bsum32[2k], bsum32[2k+1]) against the minimum pairs.
+            let bsums = _mm256_loadu_si256(a.bsums.as_ptr().cast());
+            let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256::<1>(bsums));
+            let mut summ = _mm512_setzero_si512();
+            summ = _mm512_dpwssd_epi32(summ, mins[0], _mm512_set1_epi32(_mm_extract_epi32::<0>(pairs)));
+            summ = _mm512_dpwssd_epi32(summ, mins[1], _mm512_set1_epi32(_mm_extract_epi32::<1>(pairs)));
+            summ = _mm512_dpwssd_epi32(summ, mins[2], _mm512_set1_epi32(_mm_extract_epi32::<2>(pairs)));
+            summ = _mm512_dpwssd_epi32(summ, mins[3], _mm512_set1_epi32(_mm_extract_epi32::<3>(pairs)));
+            let ad = _mm512_set1_ps(a.d);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r]), _mm512_mul_ps(d, ad), acc[r]);
+            acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(dmin, ad), acc[r]);
         }
     }
-}
-
-/// Transposes a 16 × 16 matrix of 32-bit words held as 16 row vectors.
-///
-/// Three rounds of shuffles: words, then pairs of words within each 128-bit lane, then the
-/// lanes themselves.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
-    let mut a = [_mm512_setzero_si512(); 16];
-    for i in 0..8 {
-        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    for r in 0..R {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
     }
-    // b[4i + q], 128-bit lane L: column 4L + q of rows 4i..4i+4.
-    let mut b = [_mm512_setzero_si512(); 16];
-    for i in 0..4 {
-        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
-        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
-        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-    }
-    let mut out = [_mm512_setzero_si512(); 16];
-    for q in 0..4 {
-        let low_lanes =
-            (_mm512_shuffle_i32x4::<0x44>(b[q], b[4 + q]), _mm512_shuffle_i32x4::<0x44>(b[8 + q], b[12 + q]));
-        let high_lanes =
-            (_mm512_shuffle_i32x4::<0xEE>(b[q], b[4 + q]), _mm512_shuffle_i32x4::<0xEE>(b[8 + q], b[12 + q]));
-        out[q] = _mm512_shuffle_i32x4::<0x88>(low_lanes.0, low_lanes.1);
-        out[4 + q] = _mm512_shuffle_i32x4::<0xDD>(low_lanes.0, low_lanes.1);
-        out[8 + q] = _mm512_shuffle_i32x4::<0x88>(high_lanes.0, high_lanes.1);
-        out[12 + q] = _mm512_shuffle_i32x4::<0xDD>(high_lanes.0, high_lanes.1);
-    }
-    out
 }

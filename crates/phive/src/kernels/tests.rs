@@ -66,13 +66,17 @@ fn every_level_computes_the_exact_product_of_the_quantized_values() {
             let want = exact(&Q8KRows::quantize(&x, k), &w, n, k);
             let scale = want.iter().fold(0f64, |a, v| a.max(v.abs())).max(1e-3);
             let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
-            for level in SimdLevel::available() {
-                let got = quantized_matmul_with(level, &x, matrix).unwrap();
+            // Q4_K permuted into panels, where this CPU has the panel kernel.
+            let panels = PanelMatrix::pack(matrix).map(|p| p.matmul(&x).unwrap());
+            let levels = SimdLevel::available()
+                .into_iter()
+                .map(|level| (level.to_string(), quantized_matmul_with(level, &x, matrix).unwrap()));
+            for (kernel, got) in levels.chain(panels.map(|got| ("panels".to_string(), got))) {
                 assert_eq!(got.len(), m * n);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (*g as f64 - w).abs() <= 2e-5 * scale,
-                        "{format:?} {level} m={m} n={n} k={k} [{i}]: {g} vs {w}"
+                        "{format:?} {kernel} m={m} n={n} k={k} [{i}]: {g} vs {w}"
                     );
                 }
             }
@@ -104,7 +108,7 @@ fn product_is_close_to_the_f32_product_of_the_dequantized_weight() {
 fn extreme_codes_and_activations_do_not_overflow() {
     // Every activation at ±127 and weights at the ends of their range: the integer sums the
     // SIMD kernels form in 16-bit lanes reach their largest values.
-    let (n, k) = (3, 512);
+    let (n, k) = (19, 512);
     for (format, dtype) in formats() {
         let w: Vec<f32> = (0..n * k).map(|i| if (i / 7) % 3 == 0 { -1.0 } else { 1.0 }).collect();
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
@@ -114,10 +118,13 @@ fn extreme_codes_and_activations_do_not_overflow() {
         let x: Vec<f32> = (0..2 * k).map(|i| if i % 5 == 0 { -3.0 } else { 3.0 }).collect();
         let want = exact(&Q8KRows::quantize(&x, k), &values, n, k);
         let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
-        for level in SimdLevel::available() {
-            let got = quantized_matmul_with(level, &x, matrix).unwrap();
+        let panels = PanelMatrix::pack(matrix).map(|p| p.matmul(&x).unwrap());
+        let levels = SimdLevel::available()
+            .into_iter()
+            .map(|level| (level.to_string(), quantized_matmul_with(level, &x, matrix).unwrap()));
+        for (kernel, got) in levels.chain(panels.map(|got| ("panels".to_string(), got))) {
             for (g, w) in got.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0), "{format:?} {level}: {g} vs {w}");
+                assert!((*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0), "{format:?} {kernel}: {g} vs {w}");
             }
         }
     }

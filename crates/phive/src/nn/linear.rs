@@ -14,11 +14,11 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::{quantized_matmul, BlockFormat, QuantizedMatrix};
+use crate::kernels::{quantized_matmul, BlockFormat, PanelMatrix, QuantizedMatrix};
 use crate::quant::LoadContext;
 use crate::Result;
 
@@ -34,6 +34,10 @@ pub enum LinearWeight {
     /// GGML blocks (ISQ `Q4K`, `Q8_0`, ...) of an `[out, in]` weight, multiplied with f32
     /// activations by phive's kernels (Q4K, Q6K) or candle's (the other types).
     Quantized(Arc<QTensor>),
+    /// Q4_K or Q6_K blocks permuted into panels of 16 rows at load (where the CPU has the
+    /// panel kernels): the bytes of [`LinearWeight::Quantized`], multiplied faster at every
+    /// row count.
+    Panels(Arc<PanelMatrix>),
 }
 
 impl LinearWeight {
@@ -42,14 +46,31 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(t) | LinearWeight::Half(t) => t.elem_count() * t.dtype().size_in_bytes(),
             LinearWeight::Quantized(q) => q.storage_size_in_bytes(),
+            LinearWeight::Panels(p) => p.size_in_bytes(),
         }
+    }
+
+    /// The weight as GGML blocks: itself, or its panels put back in GGML's layout.
+    pub fn to_qtensor(&self) -> Result<Option<Arc<QTensor>>> {
+        Ok(match self {
+            LinearWeight::Dense(_) | LinearWeight::Half(_) => None,
+            LinearWeight::Quantized(q) => Some(q.clone()),
+            LinearWeight::Panels(p) => {
+                let data = std::borrow::Cow::Owned(p.to_ggml());
+                let storage = QStorage::from_data(data, &Device::Cpu, p.format().ggml())?;
+                Some(Arc::new(QTensor::new(storage, (p.rows(), p.cols()))?))
+            }
+        })
     }
 
     /// The weight as a dense f32 `[out, in]` tensor (dequantized if needed), for diagnostics.
     pub fn to_f32(&self) -> Result<Tensor> {
         Ok(match self {
             LinearWeight::Dense(t) | LinearWeight::Half(t) => t.to_dtype(DType::F32)?,
-            LinearWeight::Quantized(q) => q.dequantize(&candle_core::Device::Cpu)?,
+            LinearWeight::Quantized(q) => q.dequantize(&Device::Cpu)?,
+            LinearWeight::Panels(_) => {
+                self.to_qtensor()?.expect("panels are quantized").dequantize(&Device::Cpu)?
+            }
         })
     }
 }
@@ -204,6 +225,7 @@ impl Linear {
         let dims: Vec<usize> = match &weight {
             LinearWeight::Dense(t) | LinearWeight::Half(t) => t.dims().to_vec(),
             LinearWeight::Quantized(q) => q.shape().dims().to_vec(),
+            LinearWeight::Panels(p) => vec![p.rows(), p.cols()],
         };
         if dims != [out_dim, in_dim] {
             return Err(candle_core::Error::Msg(format!(
@@ -228,6 +250,7 @@ impl Linear {
         match &self.weight {
             LinearWeight::Dense(t) | LinearWeight::Half(t) => t.device().clone(),
             LinearWeight::Quantized(q) => q.device(),
+            LinearWeight::Panels(_) => Device::Cpu,
         }
     }
 
@@ -272,6 +295,7 @@ impl Linear {
             LinearWeight::Dense(w) => x2.to_dtype(w.dtype())?.matmul(&w.t()?)?,
             LinearWeight::Half(w) => crate::quant::matmul_half(&x2.to_dtype(DType::F32)?, w)?,
             LinearWeight::Quantized(q) => quantized_forward(&x2.to_dtype(DType::F32)?.contiguous()?, q)?,
+            LinearWeight::Panels(p) => panel_forward(&x2.to_dtype(DType::F32)?.contiguous()?, p)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
@@ -287,20 +311,36 @@ impl Linear {
 /// `x` `[rows, in]` (f32, contiguous) times a quantized weight: phive's own kernels for the
 /// formats they cover (no repacked copy, no slow first call), candle's for the others.
 fn quantized_forward(x: &Tensor, q: &QTensor) -> Result<Tensor> {
-    let format = BlockFormat::from_ggml(q.dtype());
-    let (storage, layout) = x.storage_and_layout();
-    let (Some(format), candle_core::Storage::Cpu(cpu)) = (format, &*storage) else {
-        drop(storage);
+    let Some(format) = BlockFormat::from_ggml(q.dtype()) else {
         return Ok(x.apply_op1_no_bwd(q)?);
     };
-    let (rows, cols) = x.dims2()?;
-    let (out_dim, _) = q.shape().dims2()?;
-    let start = layout.start_offset();
-    let xs = &cpu.as_slice::<f32>()?[start..start + rows * cols];
+    let (out_dim, cols) = q.shape().dims2()?;
     let data = q.data()?;
-    let matrix = QuantizedMatrix { data: &data, format, rows: out_dim, cols };
-    let y = quantized_matmul(xs, matrix)?;
-    Ok(Tensor::from_vec(y, (rows, out_dim), x.device())?)
+    let y = with_cpu_rows(x, |xs| {
+        quantized_matmul(xs, QuantizedMatrix { data: &data, format, rows: out_dim, cols })
+    })?;
+    match y {
+        Some(y) => Ok(Tensor::from_vec(y, (x.dim(0)?, out_dim), x.device())?),
+        None => Ok(x.apply_op1_no_bwd(q)?),
+    }
+}
+
+/// `x` `[rows, in]` (f32, contiguous, on the CPU like every panel weight) times `p`.
+fn panel_forward(x: &Tensor, p: &PanelMatrix) -> Result<Tensor> {
+    let y = with_cpu_rows(x, |xs| p.matmul(xs))?
+        .ok_or_else(|| candle_core::Error::Msg("a panel weight multiplies CPU activations only".into()))?;
+    Ok(Tensor::from_vec(y, (x.dim(0)?, p.rows()), x.device())?)
+}
+
+/// `f` over the values of `x` (f32, contiguous), borrowed in place; `None` if `x` is not in
+/// CPU memory.
+fn with_cpu_rows(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<Vec<f32>>) -> Result<Option<Vec<f32>>> {
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let start = layout.start_offset();
+    Ok(Some(f(&cpu.as_slice::<f32>()?[start..start + x.elem_count()])?))
 }
 
 #[cfg(test)]
@@ -330,24 +370,36 @@ mod tests {
                 IsqType::F16 => LinearWeight::Half(w.to_dtype(DType::F16).unwrap()),
                 t => LinearWeight::Quantized(Arc::new(quantize(&w, t.ggml()).unwrap())),
             };
-            let dense = weight.to_f32().unwrap();
-            let lin = Linear::from_parts(weight, Some(b.clone()), 512, 96).unwrap();
-            for m in [1, 4, 17, 64] {
-                let x = Tensor::randn(0f32, 1.0, (1, m, 512), &dev).unwrap();
-                let want = x.broadcast_matmul(&dense.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
-                let got = lin.forward(&x).unwrap();
-                let err = (got - &want)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .mean_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    .sqrt();
-                let scale = want.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-                // Only the activations' rounding (to Q8_0/Q8_K blocks) separates the two.
-                assert!(err / scale < 0.02, "{ty} m={m}: relative error {}", err / scale);
+            let mut weights = vec![(ty.to_string(), weight)];
+            let q = weights[0].1.to_qtensor().unwrap();
+            if let Some((q, format)) = q.and_then(|q| BlockFormat::from_ggml(q.dtype()).map(|f| (q, f))) {
+                let data = q.data().unwrap();
+                let matrix = QuantizedMatrix { data: &data, format, rows: 96, cols: 512 };
+                // Where this CPU has the panel kernels (elsewhere the blocks stay in GGML's layout).
+                if let Some(p) = PanelMatrix::pack(matrix) {
+                    weights.push((format!("{ty} panels"), LinearWeight::Panels(Arc::new(p))));
+                }
+            }
+            for (ty, weight) in weights {
+                let dense = weight.to_f32().unwrap();
+                let lin = Linear::from_parts(weight, Some(b.clone()), 512, 96).unwrap();
+                for m in [1, 4, 17, 64] {
+                    let x = Tensor::randn(0f32, 1.0, (1, m, 512), &dev).unwrap();
+                    let want = x.broadcast_matmul(&dense.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+                    let got = lin.forward(&x).unwrap();
+                    let err = (got - &want)
+                        .unwrap()
+                        .sqr()
+                        .unwrap()
+                        .mean_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        .sqrt();
+                    let scale = want.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+                    // Only the activations' rounding (to Q8_0/Q8_K blocks) separates the two.
+                    assert!(err / scale < 0.02, "{ty} m={m}: relative error {}", err / scale);
+                }
             }
         }
     }

@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::gguf::GgufStore;
 use super::{memory_stats, quantize, reset_peak_rss, IsqType, MemoryStats};
 use crate::checkpoint::weights::{WeightFiles, WeightFormat};
+use crate::kernels::{BlockFormat, PanelMatrix, QuantizedMatrix};
 use crate::nn::linear::LinearWeight;
 use crate::{Error, Result};
 
@@ -422,9 +423,18 @@ impl LoadContext {
     }
 
     /// A quantized weight on the model's device (its blocks are made or read on the CPU).
+    /// On the CPU, Q4_K and Q6_K are permuted into panels where the CPU has the panel kernels.
     fn on_device(&self, q: QTensor) -> Result<LinearWeight> {
         if self.device.is_cpu() {
-            return Ok(LinearWeight::Quantized(Arc::new(q)));
+            let (rows, cols) = q.shape().dims2()?;
+            let panels = match BlockFormat::from_ggml(q.dtype()) {
+                Some(format) => PanelMatrix::pack(QuantizedMatrix { data: &q.data()?, format, rows, cols }),
+                None => None,
+            };
+            return Ok(match panels {
+                Some(p) => LinearWeight::Panels(Arc::new(p)),
+                None => LinearWeight::Quantized(Arc::new(q)),
+            });
         }
         let storage = QStorage::from_data(q.data()?, &self.device, q.dtype())?;
         Ok(LinearWeight::Quantized(Arc::new(QTensor::new(storage, q.shape().clone())?)))
@@ -438,6 +448,7 @@ impl LoadContext {
                 t.elem_count() * t.dtype().size_in_bytes(),
             ),
             LinearWeight::Quantized(q) => (IsqType::from_ggml(q.dtype()), q.storage_size_in_bytes()),
+            LinearWeight::Panels(p) => (IsqType::from_ggml(p.format().ggml()), p.size_in_bytes()),
         };
         let mut s = self.lock();
         s.tensors += 1;

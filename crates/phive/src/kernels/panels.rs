@@ -1,0 +1,241 @@
+//! Q4_K and Q6_K weights stored once, at load, in the layout the panel kernels read.
+//!
+//! GGML stores a weight row after row, each row a run of blocks. A batched decode step or a
+//! prefill chunk multiplies many activation rows, and the fastest kernels for that
+//! ([`super::q4k_panel`], [`super::q6k_panel`]) want the same 4-byte word of 16 consecutive
+//! rows side by side in one 512-bit vector. Gathering and transposing those words on every call
+//! cost about two thirds of an 8-row step, so [`PanelMatrix`] does it once: for each panel of
+//! 16 rows and each block, one 64-byte line per word of the block, each line holding one word
+//! of that block of each of the 16 rows (in the order the kernel reads them). For Q4_K (144 bytes, 36 words) this is a permutation
+//! of the GGML bytes, the same memory; a Q6_K block (210 bytes) is padded to 53 words, 1% more.
+//! It is the only copy of the weight; rows past the last whole panel stay in GGML's layout.
+//! [`PanelMatrix::to_ggml`] undoes it for export and dequantization.
+
+use super::q8k::{BlockQ8K, Q8KRows, QK};
+use super::{by_rows, BlockFormat, OutPtr, QuantizedMatrix, SimdLevel};
+use crate::Result;
+
+/// Weight rows (output columns) per panel: one per 32-bit lane of a 512-bit vector.
+pub const COLS: usize = 16;
+
+/// 32-bit words per block, hence lines per block of a panel (a partial last word padded).
+pub(super) const fn words(format: BlockFormat) -> usize {
+    match format {
+        BlockFormat::Q4K => super::q4k::BLOCK_BYTES.div_ceil(4),
+        BlockFormat::Q6K => super::q6k::BLOCK_BYTES.div_ceil(4),
+    }
+}
+
+/// The word of a GGML block that line `j` of a panel block holds: the words in the order the
+/// kernel first reads them, which the hardware prefetcher follows. Q4_K's order is GGML's
+/// (header, then codes). Q6_K's puts the scales (words 48–51) and `d` (52) first, then each
+/// half of the block as its eight `ql`/`qh` word pairs read together, then its other eight
+/// `ql` words.
+fn source_word(format: BlockFormat, j: usize) -> usize {
+    match format {
+        BlockFormat::Q4K => j,
+        BlockFormat::Q6K => match j {
+            0..5 => 48 + j,
+            _ => {
+                let (half, k) = ((j - 5) / 24, (j - 5) % 24);
+                match k {
+                    0..16 if k.is_multiple_of(2) => 16 * half + k / 2,
+                    0..16 => 32 + 8 * half + k / 2,
+                    _ => 16 * half + k - 8,
+                }
+            }
+        },
+    }
+}
+
+/// 64 bytes: one 4-byte word of each of a panel's 16 rows, aligned for vector loads.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Line(pub(super) [u8; 64]);
+
+/// A `[rows, cols]` Q4_K or Q6_K weight in panels of [`COLS`] rows (see the module docs).
+pub struct PanelMatrix {
+    /// Panel after panel; within a panel, block after block; [`words`] lines per block.
+    lines: Vec<Line>,
+    /// The last `rows % 16` rows, in GGML's layout.
+    tail: Vec<u8>,
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+}
+
+impl std::fmt::Debug for PanelMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PanelMatrix([{}, {}] {:?})", self.rows, self.cols, self.format)
+    }
+}
+
+impl PanelMatrix {
+    /// `w` repacked into panels where this CPU has the panel kernels (AVX-512 VNNI); `None`
+    /// otherwise (the row kernels then read GGML's layout directly).
+    pub fn pack(w: QuantizedMatrix) -> Option<PanelMatrix> {
+        let usable = cfg!(target_arch = "x86_64") && super::simd_level() == SimdLevel::Avx512Vnni;
+        usable.then(|| Self::permute(w))
+    }
+
+    /// The permutation itself, whatever the CPU (its inverse is tested everywhere).
+    fn permute(w: QuantizedMatrix) -> PanelMatrix {
+        let (rows, cols, format) = (w.rows, w.cols, w.format);
+        assert_eq!(
+            w.data.len(),
+            rows * cols / QK * format.block_bytes(),
+            "a [{rows}, {cols}] {format:?} weight"
+        );
+        let panels = rows / COLS;
+        let mut lines = vec![Line([0; 64]); panels * cols / QK * words(format)];
+        for (i, line) in lines.iter_mut().enumerate() {
+            for (c, lane) in line.0.chunks_exact_mut(4).enumerate() {
+                let range = Self::ggml_bytes(format, cols, i, c);
+                lane[..range.len()].copy_from_slice(&w.data[range]);
+            }
+        }
+        let tail = w.data[panels * COLS * cols / QK * format.block_bytes()..].to_vec();
+        PanelMatrix { lines, tail, format, rows, cols }
+    }
+
+    /// Where lane `c` of line `i` comes from in GGML's layout: four bytes, fewer for the
+    /// padded last word of a block.
+    fn ggml_bytes(format: BlockFormat, cols: usize, i: usize, c: usize) -> std::ops::Range<usize> {
+        let (blocks, block_bytes, words) = (cols / QK, format.block_bytes(), words(format));
+        let (panel_block, word) = (i / words, i % words);
+        let (p, b) = (panel_block / blocks, panel_block % blocks);
+        let word = source_word(format, word);
+        let at = (p * COLS + c) * blocks * block_bytes + b * block_bytes + 4 * word;
+        at..at + 4.min(block_bytes - 4 * word)
+    }
+
+    /// The weight back in GGML's layout (export, dequantization).
+    pub fn to_ggml(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.rows * self.cols / QK * self.format.block_bytes()];
+        for (i, line) in self.lines.iter().enumerate() {
+            for (c, lane) in line.0.chunks_exact(4).enumerate() {
+                let range = Self::ggml_bytes(self.format, self.cols, i, c);
+                let n = range.len();
+                out[range].copy_from_slice(&lane[..n]);
+            }
+        }
+        let start = out.len() - self.tail.len();
+        out[start..].copy_from_slice(&self.tail);
+        out
+    }
+
+    /// The blocks' format.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the weight occupies (as in GGML's layout, plus Q6_K's padding).
+    pub fn size_in_bytes(&self) -> usize {
+        self.lines.len() * std::mem::size_of::<Line>() + self.tail.len()
+    }
+
+    /// `x` (`[m, cols]` row-major f32) times the weight transposed: `[m, rows]`.
+    pub fn matmul(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let (n, k) = (self.rows, self.cols);
+        if !x.len().is_multiple_of(k) {
+            return Err(candle_core::Error::Msg(format!(
+                "quantized matmul: {} activations for a [{n}, {k}] {:?} weight",
+                x.len(),
+                self.format
+            ))
+            .into());
+        }
+        let m = x.len() / k;
+        let acts = Q8KRows::quantize(x, k);
+        let mut out = vec![0f32; m * n];
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let panels = n / COLS;
+        self.panels_matmul(&acts, out_ptr);
+        let tail =
+            QuantizedMatrix { data: &self.tail, format: self.format, rows: n - panels * COLS, cols: k };
+        by_rows(SimdLevel::Avx512Vnni, &acts, tail, out_ptr, n, panels * COLS);
+        Ok(out)
+    }
+
+    /// The whole panels, in parallel, with the panel kernel.
+    #[cfg(target_arch = "x86_64")]
+    fn panels_matmul(&self, acts: &Q8KRows, out: OutPtr) {
+        use rayon::prelude::*;
+        let (m, n) = (acts.rows(), self.rows);
+        let panel_lines = self.cols / QK * words(self.format);
+        let rows: Vec<&[BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
+        self.lines.par_chunks(panel_lines).enumerate().for_each_init(
+            || vec![[0f32; COLS]; m],
+            |results, (p, panel)| {
+                // SAFETY: a `PanelMatrix` exists only where the CPU has AVX-512 VNNI and F16C
+                // (`pack`; tests check the level), and every activation row has the panel's
+                // number of blocks (`matmul` checked the width).
+                unsafe {
+                    match self.format {
+                        BlockFormat::Q4K => super::q4k_panel::dot(panel, &rows, results),
+                        BlockFormat::Q6K => super::q6k_panel::dot(panel, &rows, results),
+                    }
+                };
+                for (r, row) in results.iter().enumerate() {
+                    for (c, v) in row.iter().enumerate() {
+                        // SAFETY: in bounds; panel `p` alone writes columns `16p..16p + 16`.
+                        unsafe { out.write(r * n + p * COLS + c, *v) };
+                    }
+                }
+            },
+        );
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn panels_matmul(&self, _acts: &Q8KRows, _out: OutPtr) {
+        unreachable!("panels are packed only on x86-64 CPUs with AVX-512 VNNI")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_permutation_is_undone_exactly() {
+        for format in [BlockFormat::Q4K, BlockFormat::Q6K] {
+            for rows in [1, 16, 37, 48] {
+                let blocks = 3;
+                let data: Vec<u8> = (0..rows * blocks * format.block_bytes())
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+                    .collect();
+                let w = QuantizedMatrix { data: &data, format, rows, cols: blocks * QK };
+                let packed = PanelMatrix::permute(w);
+                let padding = rows / COLS * COLS * blocks * (4 * words(format) - format.block_bytes());
+                assert_eq!(packed.size_in_bytes(), data.len() + padding, "{format:?} {rows} rows");
+                assert_eq!(packed.to_ggml(), data, "{format:?} {rows} rows");
+            }
+        }
+    }
+
+    #[test]
+    fn word_j_of_sixteen_rows_shares_a_line() {
+        let (format, blocks) = (BlockFormat::Q6K, 2);
+        let block_bytes = format.block_bytes();
+        let row_bytes = blocks * block_bytes;
+        let data: Vec<u8> = (0..32 * row_bytes).map(|i| (i % 251) as u8).collect();
+        let packed = PanelMatrix::permute(QuantizedMatrix { data: &data, format, rows: 32, cols: 2 * QK });
+        // Panel 1, block 1, row 16 + 3: `d` (two bytes, then padding) in line 4, the first
+        // `qh` word in line 6, and the last `ql` word last.
+        let block = &packed.lines[(blocks + 1) * words(format)..(blocks + 2) * words(format)];
+        let at = 19 * row_bytes + block_bytes;
+        assert_eq!(&block[4].0[12..16], &[data[at + 208], data[at + 209], 0, 0]);
+        assert_eq!(&block[6].0[12..16], &data[at + 128..at + 132]);
+        assert_eq!(&block[52].0[12..16], &data[at + 124..at + 128]);
+    }
+}
