@@ -9,6 +9,8 @@
 //! AVX2 build of the same code is chosen at run time where the CPU has it (the sums are formed
 //! in the same order either way, so results do not depend on the CPU).
 
+use std::ops::RangeInclusive;
+
 use rayon::prelude::*;
 
 use super::kv_cache::KvPool;
@@ -64,44 +66,76 @@ pub fn decode_attention(
             let block = seq.blocks[p / g.block_size] as usize;
             ((block * g.kv_heads + head / group) * g.block_size + p % g.block_size) * d
         };
-        let query = &q[i * d..(i + 1) * d];
-        scores.clear();
-        scores.extend((first..=pos).map(|p| {
-            let at = block_at(p);
-            dot(query, &keys[at..at + d]) * scale
-        }));
+        let head = Head { query: &q[i * d..(i + 1) * d], keys, values, scale };
+        head.attend(first..=pos, block_at, scores, o);
+    });
+    Ok(out)
+}
+
+/// One query head against its sequence's keys and values in the pool.
+struct Head<'a> {
+    query: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// Adds `softmax(q·kₚ · scale) · vₚ` over `positions` to `out`, with the key and value of
+    /// position `p` at `at(p)` in the pool (`scores` is scratch). The AVX2 build is chosen
+    /// once per head, so the short dot products and updates inline into it.
+    fn attend(
+        &self,
+        positions: RangeInclusive<usize>,
+        at: impl Fn(usize) -> usize,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            return unsafe { self.attend_avx2(positions, at, scores, out) };
+        }
+        self.attend_lanes(positions, at, scores, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(
+        &self,
+        positions: RangeInclusive<usize>,
+        at: impl Fn(usize) -> usize,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        self.attend_lanes(positions, at, scores, out)
+    }
+
+    #[inline(always)]
+    fn attend_lanes(
+        &self,
+        positions: RangeInclusive<usize>,
+        at: impl Fn(usize) -> usize,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let d = self.query.len();
+        scores.resize(positions.clone().count(), 0.0);
+        for (s, p) in scores.iter_mut().zip(positions.clone()) {
+            let at = at(p);
+            *s = dot_lanes(self.query, &self.keys[at..at + d]) * self.scale;
+        }
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0f32;
         for s in scores.iter_mut() {
             *s = (*s - max).exp();
             sum += *s;
         }
-        for (p, &w) in (first..=pos).zip(scores.iter()) {
-            let at = block_at(p);
-            axpy(o, w / sum, &values[at..at + d]);
+        for (p, &w) in positions.zip(scores.iter()) {
+            let at = at(p);
+            axpy_lanes(out, w / sum, &self.values[at..at + d]);
         }
-    });
-    Ok(out)
-}
-
-/// `a · b` with eight lanes summed in a fixed order.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { dot_avx2(a, b) };
     }
-    dot_lanes(a, b)
-}
-
-/// `out += w · x`.
-fn axpy(out: &mut [f32], w: f32, x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: as in `dot`.
-        return unsafe { axpy_avx2(out, w, x) };
-    }
-    axpy_lanes(out, w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -109,18 +143,6 @@ fn avx2() -> bool {
     use std::sync::OnceLock;
     static AVX2: OnceLock<bool> = OnceLock::new();
     *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx2(out: &mut [f32], w: f32, x: &[f32]) {
-    axpy_lanes(out, w, x)
 }
 
 #[inline(always)]
