@@ -94,13 +94,6 @@ unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &m
     let mut acc = [_mm512_setzero_ps(); R];
     for (b, lines) in panel.chunks_exact(WORDS).enumerate() {
         let load = |j: usize| _mm512_load_si512(lines.as_ptr().add(j).cast());
-        // Several rows take long enough over a block to fetch the next one (or the next
-        // panel's first) meanwhile; the hardware prefetcher alone leaves the loads waiting.
-        if R > 1 {
-            for j in 0..WORDS {
-                _mm_prefetch::<_MM_HINT_T0>(lines.as_ptr().wrapping_add(WORDS + j).cast());
-            }
-        }
         let (d, dmin, scales, mins) = header([load(0), load(1), load(2), load(3)]);
         let blocks: [&BlockQ8K; R] = std::array::from_fn(|r| acts[r].get_unchecked(b));
         let mut sumi = [_mm512_setzero_si512(); R];
