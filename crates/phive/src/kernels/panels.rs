@@ -48,12 +48,33 @@ fn source_word(format: BlockFormat, j: usize) -> usize {
     }
 }
 
+/// Calls the panel kernel `$kernel::<R>(panel, tile, out)` for the activation rows `$acts` in
+/// tiles of up to 8 rows (each tile shares every load of the panel's lines), writing `$out`.
+macro_rules! by_row_tiles {
+    ($kernel:ident, $panel:expr, $acts:expr, $out:expr) => {
+        for (tile, dst) in $acts.chunks(8).zip($out.chunks_mut(8)) {
+            match tile.len() {
+                1 => $kernel::<1>($panel, tile, dst),
+                2 => $kernel::<2>($panel, tile, dst),
+                3 => $kernel::<3>($panel, tile, dst),
+                4 => $kernel::<4>($panel, tile, dst),
+                5 => $kernel::<5>($panel, tile, dst),
+                6 => $kernel::<6>($panel, tile, dst),
+                7 => $kernel::<7>($panel, tile, dst),
+                _ => $kernel::<8>($panel, tile, dst),
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use by_row_tiles;
+
 /// 64 bytes: one 4-byte word of each of a panel's 16 rows, aligned for vector loads.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(super) struct Line(pub(super) [u8; 64]);
 
-/// A `[rows, cols]` Q4_K or Q6_K weight in panels of [`COLS`] rows (see the module docs).
+/// A `[rows, cols]` Q4_K or Q6_K weight in panels of 16 rows (see the module docs).
 pub struct PanelMatrix {
     /// Panel after panel; within a panel, block after block; [`words`] lines per block.
     lines: Vec<Line>,

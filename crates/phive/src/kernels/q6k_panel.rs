@@ -12,15 +12,12 @@
 
 use std::arch::x86_64::*;
 
-use super::panels::{words, Line, COLS};
+use super::panels::{by_row_tiles, words, Line, COLS};
 use super::q8k::BlockQ8K;
 use super::BlockFormat;
 
 /// Lines per block.
 const WORDS: usize = words(BlockFormat::Q6K);
-
-/// Activation rows that share each load of the panel's lines.
-const ROWS: usize = 8;
 
 /// `out[r][c] = acts[r] · row c` of the panel whose lines are `panel`.
 ///
@@ -29,18 +26,7 @@ const ROWS: usize = 8;
 /// every activation row has that many blocks.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn dot(panel: &[Line], acts: &[&[BlockQ8K]], out: &mut [[f32; COLS]]) {
-    for (tile, dst) in acts.chunks(ROWS).zip(out.chunks_mut(ROWS)) {
-        match tile.len() {
-            1 => dot_rows::<1>(panel, tile, dst),
-            2 => dot_rows::<2>(panel, tile, dst),
-            3 => dot_rows::<3>(panel, tile, dst),
-            4 => dot_rows::<4>(panel, tile, dst),
-            5 => dot_rows::<5>(panel, tile, dst),
-            6 => dot_rows::<6>(panel, tile, dst),
-            7 => dot_rows::<7>(panel, tile, dst),
-            _ => dot_rows::<ROWS>(panel, tile, dst),
-        }
-    }
+    by_row_tiles!(dot_rows, panel, acts, out)
 }
 
 /// Bits `2k, 2k+1` of each `qh` byte moved to bits 4–5 (the code's top two bits).
