@@ -11,7 +11,7 @@
 //! It is the only copy of the weight; rows past the last whole panel stay in GGML's layout.
 //! [`PanelMatrix::to_ggml`] undoes it for export and dequantization.
 
-use super::q8k::{BlockQ8K, Q8KRows, QK};
+use super::q8k::{Q8KRows, QK};
 use super::{by_rows, BlockFormat, OutPtr, QuantizedMatrix, SimdLevel};
 use crate::Result;
 
@@ -50,6 +50,7 @@ fn source_word(format: BlockFormat, j: usize) -> usize {
 
 /// Calls the panel kernel `$kernel::<R>(panel, tile, out)` for the activation rows `$acts` in
 /// tiles of up to 8 rows (each tile shares every load of the panel's lines), writing `$out`.
+#[cfg(target_arch = "x86_64")]
 macro_rules! by_row_tiles {
     ($kernel:ident, $panel:expr, $acts:expr, $out:expr) => {
         for (tile, dst) in $acts.chunks(8).zip($out.chunks_mut(8)) {
@@ -194,7 +195,7 @@ impl PanelMatrix {
         use rayon::prelude::*;
         let (m, n) = (acts.rows(), self.rows);
         let panel_lines = self.cols / QK * words(self.format);
-        let rows: Vec<&[BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
+        let rows: Vec<&[super::BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
         self.lines.par_chunks(panel_lines).enumerate().for_each_init(
             || vec![[0f32; COLS]; m],
             |results, (p, panel)| {
