@@ -93,18 +93,19 @@ pub fn quantize_checkpoint(options: &LoadOptions, output_dir: &Path) -> Result<Q
     let mut quantized: BTreeMap<String, QTensor> = BTreeMap::new();
     for (name, weight) in recorded {
         let q = match weight {
-            LinearWeight::Quantized(q) => match Arc::try_unwrap(q) {
-                Ok(q) => q,
-                Err(q) => clone_qtensor(&q)?,
-            },
-            panels @ LinearWeight::Panels(_) => {
-                let q = panels.to_qtensor()?.expect("panels are quantized");
-                Arc::try_unwrap(q).map_err(|_| Error::Internal("a fresh tensor is shared".into()))?
-            }
             LinearWeight::Half(t) => {
                 QTensor::quantize(&t, if t.dtype() == DType::F16 { GgmlDType::F16 } else { GgmlDType::BF16 })?
             }
             LinearWeight::Dense(t) => QTensor::quantize(&t, GgmlDType::F32)?,
+            blocks => {
+                let q = blocks.to_qtensor()?.expect("quantized");
+                // The recorded weight is then the tensor's last owner, and it moves, not copies.
+                drop(blocks);
+                match Arc::try_unwrap(q) {
+                    Ok(q) => q,
+                    Err(q) => clone_qtensor(&q)?,
+                }
+            }
         };
         quantized.insert(name, q);
     }

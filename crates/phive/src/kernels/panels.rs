@@ -111,34 +111,36 @@ impl PanelMatrix {
         let panels = rows / COLS;
         let mut lines = vec![Line([0; 64]); panels * cols / QK * words(format)];
         for (i, line) in lines.iter_mut().enumerate() {
+            let (start, len, row_bytes) = Self::ggml_source(format, cols, i);
             for (c, lane) in line.0.chunks_exact_mut(4).enumerate() {
-                let range = Self::ggml_bytes(format, cols, i, c);
-                lane[..range.len()].copy_from_slice(&w.data[range]);
+                let at = start + c * row_bytes;
+                lane[..len].copy_from_slice(&w.data[at..at + len]);
             }
         }
         let tail = w.data[panels * COLS * cols / QK * format.block_bytes()..].to_vec();
         PanelMatrix { lines, tail, format, rows, cols }
     }
 
-    /// Where lane `c` of line `i` comes from in GGML's layout: four bytes, fewer for the
-    /// padded last word of a block.
-    fn ggml_bytes(format: BlockFormat, cols: usize, i: usize, c: usize) -> std::ops::Range<usize> {
+    /// Where line `i` comes from in GGML's layout: the offset of lane 0's bytes, how many
+    /// (four, fewer for the padded last word of a block), and the stride to the next lane's
+    /// (one weight row).
+    fn ggml_source(format: BlockFormat, cols: usize, i: usize) -> (usize, usize, usize) {
         let (blocks, block_bytes, words) = (cols / QK, format.block_bytes(), words(format));
+        let row_bytes = blocks * block_bytes;
         let (panel_block, word) = (i / words, i % words);
         let (p, b) = (panel_block / blocks, panel_block % blocks);
         let word = source_word(format, word);
-        let at = (p * COLS + c) * blocks * block_bytes + b * block_bytes + 4 * word;
-        at..at + 4.min(block_bytes - 4 * word)
+        (p * COLS * row_bytes + b * block_bytes + 4 * word, 4.min(block_bytes - 4 * word), row_bytes)
     }
 
     /// The weight back in GGML's layout (export, dequantization).
     pub fn to_ggml(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.rows * self.cols / QK * self.format.block_bytes()];
         for (i, line) in self.lines.iter().enumerate() {
+            let (start, len, row_bytes) = Self::ggml_source(self.format, self.cols, i);
             for (c, lane) in line.0.chunks_exact(4).enumerate() {
-                let range = Self::ggml_bytes(self.format, self.cols, i, c);
-                let n = range.len();
-                out[range].copy_from_slice(&lane[..n]);
+                let at = start + c * row_bytes;
+                out[at..at + len].copy_from_slice(&lane[..len]);
             }
         }
         let start = out.len() - self.tail.len();

@@ -41,6 +41,20 @@ pub enum LinearWeight {
 }
 
 impl LinearWeight {
+    /// GGML blocks in CPU memory, as the kernels multiply them fastest: permuted into panels
+    /// where the CPU has the panel kernels and the format has one, else as they are.
+    pub fn from_blocks(q: QTensor) -> Result<Self> {
+        let (rows, cols) = q.shape().dims2()?;
+        let panels = match BlockFormat::from_ggml(q.dtype()) {
+            Some(format) => PanelMatrix::pack(QuantizedMatrix { data: &q.data()?, format, rows, cols }),
+            None => None,
+        };
+        Ok(match panels {
+            Some(p) => LinearWeight::Panels(Arc::new(p)),
+            None => LinearWeight::Quantized(Arc::new(q)),
+        })
+    }
+
     /// Bytes the weight occupies.
     pub fn size_in_bytes(&self) -> usize {
         match self {
@@ -67,10 +81,7 @@ impl LinearWeight {
     pub fn to_f32(&self) -> Result<Tensor> {
         Ok(match self {
             LinearWeight::Dense(t) | LinearWeight::Half(t) => t.to_dtype(DType::F32)?,
-            LinearWeight::Quantized(q) => q.dequantize(&Device::Cpu)?,
-            LinearWeight::Panels(_) => {
-                self.to_qtensor()?.expect("panels are quantized").dequantize(&Device::Cpu)?
-            }
+            blocks => blocks.to_qtensor()?.expect("quantized").dequantize(&Device::Cpu)?,
         })
     }
 }
@@ -371,13 +382,11 @@ mod tests {
                 t => LinearWeight::Quantized(Arc::new(quantize(&w, t.ggml()).unwrap())),
             };
             let mut weights = vec![(ty.to_string(), weight)];
-            let q = weights[0].1.to_qtensor().unwrap();
-            if let Some((q, format)) = q.and_then(|q| BlockFormat::from_ggml(q.dtype()).map(|f| (q, f))) {
-                let data = q.data().unwrap();
-                let matrix = QuantizedMatrix { data: &data, format, rows: 96, cols: 512 };
-                // Where this CPU has the panel kernels (elsewhere the blocks stay in GGML's layout).
-                if let Some(p) = PanelMatrix::pack(matrix) {
-                    weights.push((format!("{ty} panels"), LinearWeight::Panels(Arc::new(p))));
+            // Q4K and Q6K in panels, where this CPU has the panel kernels.
+            if !matches!(ty, IsqType::BF16 | IsqType::F16) {
+                let blocks = LinearWeight::from_blocks(quantize(&w, ty.ggml()).unwrap()).unwrap();
+                if matches!(blocks, LinearWeight::Panels(_)) {
+                    weights.push((format!("{ty} panels"), blocks));
                 }
             }
             for (ty, weight) in weights {

@@ -120,7 +120,7 @@ impl Head<'_> {
         out: &mut [f32],
     ) {
         let d = self.query.len();
-        scores.resize(positions.clone().count(), 0.0);
+        scores.resize(positions.end() + 1 - positions.start(), 0.0);
         for (s, p) in scores.iter_mut().zip(positions.clone()) {
             let at = at(p);
             *s = dot_lanes(self.query, &self.keys[at..at + d]) * self.scale;

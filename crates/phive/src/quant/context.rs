@@ -23,7 +23,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::gguf::GgufStore;
 use super::{memory_stats, quantize, reset_peak_rss, IsqType, MemoryStats};
 use crate::checkpoint::weights::{WeightFiles, WeightFormat};
-use crate::kernels::{BlockFormat, PanelMatrix, QuantizedMatrix};
 use crate::nn::linear::LinearWeight;
 use crate::{Error, Result};
 
@@ -423,18 +422,10 @@ impl LoadContext {
     }
 
     /// A quantized weight on the model's device (its blocks are made or read on the CPU).
-    /// On the CPU, Q4_K and Q6_K are permuted into panels where the CPU has the panel kernels.
+    /// On the CPU, see [`LinearWeight::from_blocks`].
     fn on_device(&self, q: QTensor) -> Result<LinearWeight> {
         if self.device.is_cpu() {
-            let (rows, cols) = q.shape().dims2()?;
-            let panels = match BlockFormat::from_ggml(q.dtype()) {
-                Some(format) => PanelMatrix::pack(QuantizedMatrix { data: &q.data()?, format, rows, cols }),
-                None => None,
-            };
-            return Ok(match panels {
-                Some(p) => LinearWeight::Panels(Arc::new(p)),
-                None => LinearWeight::Quantized(Arc::new(q)),
-            });
+            return LinearWeight::from_blocks(q);
         }
         let storage = QStorage::from_data(q.data()?, &self.device, q.dtype())?;
         Ok(LinearWeight::Quantized(Arc::new(QTensor::new(storage, q.shape().clone())?)))
