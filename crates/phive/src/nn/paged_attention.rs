@@ -5,11 +5,9 @@
 //! memory as attention reads, so this kernel reads the blocks in place. It computes, per
 //! sequence and query head, `softmax(q·kⱼ · scale) · vⱼ` over the keys the causal (and sliding
 //! window) mask allows, with grouped-query heads mapped as Hugging Face's `repeat_kv` does.
-//! The inner loops keep eight independent accumulators so the compiler vectorizes them; an
-//! AVX2 build of the same code is chosen at run time where the CPU has it (the sums are formed
-//! in the same order either way, so results do not depend on the CPU).
-
-use std::ops::RangeInclusive;
+//! It reads each block's keys and values as contiguous runs; an AVX2 build of the arithmetic is
+//! chosen at run time where the CPU has it, forming the same sums in the same order, so results
+//! do not depend on the CPU.
 
 use rayon::prelude::*;
 
@@ -56,86 +54,165 @@ pub fn decode_attention(
     }
     let (keys, values) = pool.layer(layer);
     let group = heads / g.kv_heads;
+    let span = kv_heads_per_task(g.kv_heads, queries.len());
+    let tasks_per_row = g.kv_heads / span;
+    let head_stride = g.block_size * d;
     let mut out = vec![0f32; q.len()];
-    out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
-        let (row, head) = (i / heads, i % heads);
+    let task_len = span * group * d;
+    out.par_chunks_mut(task_len).enumerate().for_each_init(Scratch::default, |(runs, weights), (i, out)| {
+        let (row, first_kv_head) = (i / tasks_per_row, (i % tasks_per_row) * span);
         let seq = queries[row];
         let pos = seq.len - 1;
         let first = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let block_at = |p: usize| {
-            let block = seq.blocks[p / g.block_size] as usize;
-            ((block * g.kv_heads + head / group) * g.block_size + p % g.block_size) * d
-        };
-        let head = Head { query: &q[i * d..(i + 1) * d], keys, values, scale };
-        head.attend(first..=pos, block_at, scores, o);
+        runs.clear();
+        runs.extend((first / g.block_size..=pos / g.block_size).map(|b| {
+            let start = (b * g.block_size).max(first);
+            let end = ((b + 1) * g.block_size).min(pos + 1);
+            let slot = start - b * g.block_size;
+            let offset = ((seq.blocks[b] as usize * g.kv_heads + first_kv_head) * g.block_size + slot) * d;
+            Run { offset, count: end - start }
+        }));
+        let queries = &q[i * task_len..(i + 1) * task_len];
+        let task = Task { queries, keys, values, scale, kv_heads: span, head_dim: d, head_stride };
+        task.attend(runs, pos + 1 - first, weights, out);
     });
     Ok(out)
 }
 
-/// One query head against its sequence's keys and values in the pool.
-struct Head<'a> {
-    query: &'a [f32],
+/// How many consecutive KV heads one parallel task takes: as many as still leave two tasks
+/// per thread, because a block stores its heads one after another, so a task's reads are runs
+/// of `span` heads' keys, long enough for the hardware prefetcher.
+fn kv_heads_per_task(kv_heads: usize, rows: usize) -> usize {
+    let tasks_per_row = rayon::current_num_threads().div_ceil(rows);
+    (1..=kv_heads).rev().find(|&s| kv_heads.is_multiple_of(s) && kv_heads / s >= tasks_per_row).unwrap_or(1)
+}
+
+/// Per-thread scratch: the runs of one task and its weights.
+type Scratch = (Vec<Run>, Vec<f32>);
+
+/// Positions of one block that attention reads: `count` consecutive slots whose keys (and
+/// values) of the task's first KV head start at `offset` in the layer's store, `head_dim`
+/// floats apart; the next KV head's follow `head_stride` floats further.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    offset: usize,
+    count: usize,
+}
+
+/// Consecutive KV heads of one sequence, with the query heads that share them.
+struct Task<'a> {
+    /// The query heads' queries, `[kv_heads · group][head_dim]`.
+    queries: &'a [f32],
     keys: &'a [f32],
     values: &'a [f32],
     scale: f32,
+    kv_heads: usize,
+    head_dim: usize,
+    head_stride: usize,
 }
 
-impl Head<'_> {
-    /// Adds `softmax(q·kₚ · scale) · vₚ` over `positions` to `out`, with the key and value of
-    /// position `p` at `at(p)` in the pool (`scores` is scratch). The AVX2 build is chosen
-    /// once per head, so the short dot products and updates inline into it.
-    fn attend(
-        &self,
-        positions: RangeInclusive<usize>,
-        at: impl Fn(usize) -> usize,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            return unsafe { self.attend_avx2(positions, at, scores, out) };
+impl Task<'_> {
+    /// Writes `softmax(q·kₚ · scale) · vₚ` of every query head over the `positions` positions
+    /// of `runs` (in position order) to `out` (`weights` is scratch). Every dot product and
+    /// every output element is one chain of fused multiply-adds over 8 lanes (see [`dot`] and
+    /// [`accumulate`]); the AVX2 build forms the same chains, so results do not depend on the
+    /// CPU, nor on how heads are split into tasks.
+    fn attend(&self, runs: &[Run], positions: usize, weights: &mut Vec<f32>, out: &mut [f32]) {
+        let d = self.head_dim;
+        let query_heads = self.queries.len() / d;
+        let group = query_heads / self.kv_heads;
+        weights.clear();
+        weights.resize(query_heads * positions, 0.0);
+        let mut at = 0;
+        for run in runs {
+            for kv in 0..self.kv_heads {
+                let keys = self.rows(self.keys, run, kv);
+                for h in kv * group..(kv + 1) * group {
+                    let w = &mut weights[h * positions + at..h * positions + at + run.count];
+                    scores(&self.queries[h * d..(h + 1) * d], keys, self.scale, w);
+                }
+            }
+            at += run.count;
         }
-        self.attend_lanes(positions, at, scores, out)
+        for w in weights.chunks_exact_mut(positions) {
+            let max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut sum = 0f32;
+            for x in w.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            for x in w.iter_mut() {
+                *x /= sum;
+            }
+        }
+        out.fill(0.0);
+        let mut at = 0;
+        for run in runs {
+            for kv in 0..self.kv_heads {
+                let values = self.rows(self.values, run, kv);
+                for h in kv * group..(kv + 1) * group {
+                    let w = &weights[h * positions + at..h * positions + at + run.count];
+                    accumulate(&mut out[h * d..(h + 1) * d], w, values);
+                }
+            }
+            at += run.count;
+        }
     }
 
+    /// The keys (or values) of KV head `kv` of the task in `run`.
+    fn rows<'a>(&self, store: &'a [f32], run: &Run, kv: usize) -> &'a [f32] {
+        let start = run.offset + kv * self.head_stride;
+        &store[start..start + run.count * self.head_dim]
+    }
+}
+
+/// `q·kᵢ · scale` for each key `kᵢ` of `keys` (`head_dim`-long rows), into `scores`.
+fn scores(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(
-        &self,
-        positions: RangeInclusive<usize>,
-        at: impl Fn(usize) -> usize,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
-    ) {
-        self.attend_lanes(positions, at, scores, out)
+    if q.len().is_multiple_of(8) && avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time); rows are whole lanes.
+        return unsafe { x86::scores(q, keys, scale, scores) };
     }
+    scores_portable(q, keys, scale, scores)
+}
 
-    #[inline(always)]
-    fn attend_lanes(
-        &self,
-        positions: RangeInclusive<usize>,
-        at: impl Fn(usize) -> usize,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
-    ) {
-        let d = self.query.len();
-        scores.resize(positions.end() + 1 - positions.start(), 0.0);
-        for (s, p) in scores.iter_mut().zip(positions.clone()) {
-            let at = at(p);
-            *s = dot_lanes(self.query, &self.keys[at..at + d]) * self.scale;
-        }
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for (p, &w) in positions.zip(scores.iter()) {
-            let at = at(p);
-            axpy_lanes(out, w / sum, &self.values[at..at + d]);
+fn scores_portable(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
+    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
+        *s = dot(q, k) * scale;
+    }
+}
+
+/// `out += Σᵢ wᵢ · vᵢ` over the rows `vᵢ` of `values`, in row order.
+fn accumulate(out: &mut [f32], weights: &[f32], values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if out.len().is_multiple_of(8) && avx2() {
+        // SAFETY: as in `scores`.
+        return unsafe { x86::accumulate(out, weights, values) };
+    }
+    accumulate_portable(out, weights, values)
+}
+
+fn accumulate_portable(out: &mut [f32], weights: &[f32], values: &[f32]) {
+    for (&w, v) in weights.iter().zip(values.chunks_exact(out.len())) {
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o = w.mul_add(x, *o);
         }
     }
+}
+
+/// `q·k` as 8 lanes of fused multiply-add chains, summed as an AVX register would be
+/// (high half onto low, then pairs); a tail shorter than a lane is added last.
+fn dot(q: &[f32], k: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
+    let tail: f32 = qc.remainder().iter().zip(kc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in qc.zip(kc) {
+        for l in 0..8 {
+            lanes[l] = x[l].mul_add(y[l], lanes[l]);
+        }
+    }
+    let half = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    ((half[0] + half[2]) + (half[1] + half[3])) + tail
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -145,23 +222,86 @@ fn avx2() -> bool {
     *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+/// AVX2 builds of [`scores`] and [`accumulate`] for rows that are whole 8-float lanes: four
+/// keys at a time (four independent chains), and the output of up to 64 floats held in
+/// registers over a run of values.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+        let d = q.len();
+        let rows = keys.len() / d;
+        let (q, k) = (q.as_ptr(), keys.as_ptr());
+        let mut r = 0;
+        while r + 4 <= rows {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for c in (0..d).step_by(8) {
+                let qv = _mm256_loadu_ps(q.add(c));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((r + j) * d + c)), *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                out[r + j] = sum(*a) * scale;
+            }
+            r += 4;
+        }
+        for (r, score) in out.iter_mut().enumerate().take(rows).skip(r) {
+            let mut acc = _mm256_setzero_ps();
+            for c in (0..d).step_by(8) {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), _mm256_loadu_ps(k.add(r * d + c)), acc);
+            }
+            *score = sum(acc) * scale;
         }
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
 
-#[inline(always)]
-fn axpy_lanes(out: &mut [f32], w: f32, x: &[f32]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o += w * v;
+    /// The lanes of `a` summed in [`super::dot`]'s order.
+    #[inline(always)]
+    unsafe fn sum(a: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn accumulate(out: &mut [f32], weights: &[f32], values: &[f32]) {
+        let d = out.len();
+        let mut c = 0;
+        while c < d {
+            let (o, v) = (out.as_mut_ptr().add(c), values.as_ptr().add(c));
+            match ((d - c) / 8).min(8) {
+                8 => columns::<8>(o, weights, v, d),
+                7 => columns::<7>(o, weights, v, d),
+                6 => columns::<6>(o, weights, v, d),
+                5 => columns::<5>(o, weights, v, d),
+                4 => columns::<4>(o, weights, v, d),
+                3 => columns::<3>(o, weights, v, d),
+                2 => columns::<2>(o, weights, v, d),
+                _ => columns::<1>(o, weights, v, d),
+            }
+            c += 64;
+        }
+    }
+
+    /// `N` lanes of the output, starting at `out`, over every weighted row of `values`
+    /// (rows `stride` floats apart).
+    #[inline(always)]
+    unsafe fn columns<const N: usize>(out: *mut f32, weights: &[f32], values: *const f32, stride: usize) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(out.add(8 * j));
+        }
+        for (i, &w) in weights.iter().enumerate() {
+            let (w, row) = (_mm256_set1_ps(w), values.add(i * stride));
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * j)), *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(8 * j), *a);
+        }
     }
 }
 
@@ -205,5 +345,27 @@ mod tests {
             }
         }
         assert!(decode_attention(&[0.0; 3], &queries, &pool, 0, heads, scale, None).is_err());
+    }
+
+    /// The AVX2 builds form exactly the portable sums, so answers do not depend on the CPU.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_arithmetic_is_bitwise_the_portable_arithmetic() {
+        if !avx2() {
+            return;
+        }
+        let values =
+            |name: &str, n: usize| random_tensor(name, &(n,).into(), 1.0).unwrap().to_vec1::<f32>().unwrap();
+        for (d, keys) in [(96, 37), (128, 5), (8, 3)] {
+            let (q, k, w) = (values("q", d), values("k", d * keys), values("w", keys));
+            let (mut fast, mut slow) = (vec![0f32; keys], vec![0f32; keys]);
+            unsafe { x86::scores(&q, &k, 0.3, &mut fast) };
+            scores_portable(&q, &k, 0.3, &mut slow);
+            assert_eq!(fast, slow, "scores, head_dim {d}");
+            let (mut fast, mut slow) = (q.clone(), q.clone());
+            unsafe { x86::accumulate(&mut fast, &w, &k) };
+            accumulate_portable(&mut slow, &w, &k);
+            assert_eq!(fast, slow, "weighted values, head_dim {d}");
+        }
     }
 }
