@@ -207,6 +207,13 @@ def test_bad_in_situ_quant(isq):
     assert "unknown ISQ type" in str(info.value) and info.value.param == "in_situ_quant"
 
 
+@pytest.mark.parametrize("dtype", ["fp8", "bf16", ""])
+def test_bad_kv_cache_dtype(dtype):
+    with pytest.raises(InvalidRequestError) as info:
+        Runner(which=Which.VisionPlain(model_id=str(MODEL)), kv_cache_dtype=dtype)
+    assert "unknown KV cache dtype" in str(info.value) and info.value.param == "kv_cache_dtype"
+
+
 @pytest.mark.parametrize(
     "which_kwargs, runner_kwargs, name",
     [

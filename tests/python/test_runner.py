@@ -199,6 +199,18 @@ def test_runner_seed_is_the_default_request_seed():
     assert b.send_chat_completion_request(request).choices[0].message.content == first
 
 
+def test_f16_kv_cache_holds_twice_the_tokens_in_the_same_memory():
+    which = Which.VisionPlain(model_id=str(MODEL))
+    request = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+    blocks = {}
+    for dtype in ("f32", "f16"):
+        r = Runner(which=which, kv_cache_mem=0.01, kv_cache_dtype=dtype)
+        assert r.send_chat_completion_request(request).usage.completion_tokens == 8
+        stats = r.stats()
+        blocks[dtype] = stats["kv_blocks_free"] + stats["kv_blocks_used"]
+    assert blocks["f16"] == 2 * blocks["f32"]
+
+
 def test_runner_properties(runner):
     assert runner.architecture is VisionArchitecture.Phi3V
     assert runner.model_id == str(MODEL)

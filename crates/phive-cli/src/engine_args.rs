@@ -2,6 +2,7 @@
 
 use clap::Args;
 use phive::engine::{Engine, EngineConfig};
+use phive::KvDtype;
 
 /// How the batching engine is sized.
 #[derive(Args, Debug, Clone)]
@@ -30,6 +31,15 @@ pub struct EngineArgs {
     /// what follows the part seen before; the answers are the same either way.
     #[arg(long, global = true, env = "PHIVE_NO_PREFIX_CACHE")]
     no_prefix_cache: bool,
+    /// How the KV cache stores keys and values: f32 keeps them exactly; f16 holds twice the
+    /// tokens in the same memory and decodes faster over long contexts (each cached key and
+    /// value keeps 11 significant bits, so answers can differ slightly from f32's).
+    #[arg(long, global = true, value_name = "f32|f16", default_value = "f32", value_parser = parse_kv_dtype, env = "PHIVE_KV_CACHE_DTYPE")]
+    kv_cache_dtype: KvDtype,
+}
+
+fn parse_kv_dtype(s: &str) -> Result<KvDtype, String> {
+    s.parse().map_err(|e: phive::Error| e.to_string())
 }
 
 impl EngineArgs {
@@ -52,6 +62,7 @@ impl EngineArgs {
             max_queue: self.max_queue as usize,
             kv_cache_bytes,
             prefix_cache: !self.no_prefix_cache,
+            kv_cache_dtype: self.kv_cache_dtype,
         })
     }
 }
@@ -62,8 +73,9 @@ pub fn summary(engine: &Engine) -> String {
     let blocks = stats.kv_blocks_free + stats.kv_blocks_used;
     let bytes = stats.kv_block_bytes * blocks;
     format!(
-        "kv cache: {:.2} GiB, {} tokens in {blocks} blocks of {}, prefix cache {}",
+        "kv cache: {:.2} GiB of {}, {} tokens in {blocks} blocks of {}, prefix cache {}",
         bytes as f64 / (1u64 << 30) as f64,
+        engine.config().kv_cache_dtype,
         engine.kv_capacity_tokens(),
         stats.kv_block_size,
         if engine.config().prefix_cache { "on" } else { "off" }

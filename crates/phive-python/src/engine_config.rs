@@ -2,6 +2,7 @@
 //! and the engine statistics it reports.
 
 use phive::engine::{EngineConfig, EngineStats, Histogram};
+use phive::KvDtype;
 
 use crate::{Failure, Fallible};
 
@@ -41,6 +42,7 @@ pub(crate) fn engine_config(
     kv_cache_mem: Option<f64>,
     media_cache_mem: Option<f64>,
     prefix_cache: bool,
+    kv_cache_dtype: Option<&str>,
 ) -> Fallible<EngineConfig> {
     for (name, value) in
         [("max_seqs", max_seqs), ("max_queue", max_queue), ("max_batched_tokens", max_batched_tokens)]
@@ -61,6 +63,12 @@ pub(crate) fn engine_config(
             format!("media_cache_mem must be a number of GiB >= 0 (0 turns the cache off), got {gib}"),
         ));
     }
+    let kv_cache_dtype = match kv_cache_dtype {
+        Some(name) => {
+            name.parse().map_err(|e: phive::Error| Failure::invalid("kv_cache_dtype", e.to_string()))?
+        }
+        None => KvDtype::F32,
+    };
     let defaults = EngineConfig::default();
     Ok(EngineConfig {
         max_num_seqs: max_seqs.unwrap_or(defaults.max_num_seqs),
@@ -70,5 +78,6 @@ pub(crate) fn engine_config(
         media_cache_bytes: media_cache_mem
             .map_or(defaults.media_cache_bytes, |gib| (gib * (1u64 << 30) as f64) as u64),
         prefix_cache,
+        kv_cache_dtype,
     })
 }

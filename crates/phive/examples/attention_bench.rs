@@ -4,13 +4,13 @@
 //! over all layers and the KV bytes read per second.
 //!
 //! ```sh
-//! cargo run --release -p phive --example attention_bench -- [--context 1024,2048] [--rows 1,8]
+//! cargo run --release -p phive --example attention_bench -- [--context 1024,2048] [--rows 1,8] [--kv-dtype f32,f16]
 //! ```
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use phive::nn::kv_cache::{KvGeometry, KvPool};
+use phive::nn::kv_cache::{KvDtype, KvGeometry, KvPool};
 use phive::nn::paged_attention::{decode_attention, DecodeQuery};
 
 const LAYERS: usize = 32;
@@ -24,23 +24,25 @@ fn list(v: &str) -> Result<Vec<usize>> {
 
 fn main() -> Result<()> {
     let (mut contexts, mut rows) = (vec![1024, 2048], vec![1, 8]);
+    let mut dtypes = vec![KvDtype::F32, KvDtype::F16];
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--context" => contexts = list(&value)?,
             "--rows" => rows = list(&value)?,
+            "--kv-dtype" => dtypes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
-    let g = KvGeometry { num_layers: LAYERS, kv_heads: HEADS, head_dim: HEAD_DIM, block_size: 16 };
-    println!("| sequences | context | step ms (32 layers) | KV GB/s |");
-    println!("| --- | --- | --- | --- |");
-    for &context in &contexts {
+    println!("| KV dtype | sequences | context | step ms (32 layers) | KV GB/s |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (&dtype, &context) in dtypes.iter().flat_map(|d| contexts.iter().map(move |c| (d, c))) {
+        let g = KvGeometry { num_layers: LAYERS, kv_heads: HEADS, head_dim: HEAD_DIM, block_size: 16, dtype };
         for &n in &rows {
             let per_seq = g.blocks_for(context);
             if n * per_seq * g.bytes_per_block() > 8 << 30 {
-                println!("| {n} | {context} | skipped: over 8 GiB of KV | |");
+                println!("| {dtype} | {n} | {context} | skipped: over 8 GiB of KV | |");
                 continue;
             }
             let mut pool = KvPool::new(g, n * per_seq);
@@ -66,8 +68,8 @@ fn main() -> Result<()> {
                 }
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            let bytes = (2 * LAYERS * n * context * HEADS * HEAD_DIM * 4) as f64;
-            println!("| {n} | {context} | {:.2} | {:.1} |", best * 1e3, bytes / best / 1e9);
+            let bytes = (2 * LAYERS * n * context * HEADS * HEAD_DIM * dtype.size()) as f64;
+            println!("| {dtype} | {n} | {context} | {:.2} | {:.1} |", best * 1e3, bytes / best / 1e9);
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 //! prefills, against the same request alone. Requests go straight to the engine (no HTTP), as every front end submits them.
 //!
 //! ```sh
-//! cargo run --release -p phive --example batch_bench -- --model /tmp/phi35-real --isq q4k
+//! cargo run --release -p phive --example batch_bench -- --model /tmp/phi35-real --isq q4k [--kv-cache-dtype f16]
 //! ```
 
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use phive::engine::{Engine, EngineConfig, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
 use phive::prompt::{ChatMessage, MessagePart};
 use phive::IsqType;
+use phive::KvDtype;
 
 use phive::bench::{follow, percentile, picture, run_together, steady_decode_rate, CpuInfo};
 
@@ -27,6 +28,7 @@ struct Args {
     max_batched_tokens: usize,
     /// Also measure a short request's TTFT during an image prefill.
     interference: bool,
+    kv_cache_dtype: KvDtype,
 }
 
 fn parse_args() -> Result<Args> {
@@ -37,6 +39,7 @@ fn parse_args() -> Result<Args> {
         streams: vec![1, 2, 4, 8, 16],
         decode: 64,
         max_batched_tokens: EngineConfig::default().max_batched_tokens,
+        kv_cache_dtype: KvDtype::F32,
         interference: true,
     };
     while let Some(flag) = it.next() {
@@ -48,6 +51,7 @@ fn parse_args() -> Result<Args> {
             "--decode-tokens" => a.decode = value()?.parse()?,
             "--max-batched-tokens" => a.max_batched_tokens = value()?.parse()?,
             "--no-interference" => a.interference = false,
+            "--kv-cache-dtype" => a.kv_cache_dtype = value()?.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -76,7 +80,11 @@ fn main() -> Result<()> {
         args.isq,
         pipeline.load_time().as_secs_f64()
     );
-    let config = EngineConfig { max_batched_tokens: args.max_batched_tokens, ..Default::default() };
+    let config = EngineConfig {
+        max_batched_tokens: args.max_batched_tokens,
+        kv_cache_dtype: args.kv_cache_dtype,
+        ..Default::default()
+    };
     let engine = Arc::new(Engine::new(pipeline, config));
     let pipeline = engine.pipeline();
     let params = GenerationParams { max_tokens: Some(args.decode), ..Default::default() };

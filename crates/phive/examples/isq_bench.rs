@@ -5,7 +5,8 @@
 //! cargo run --release -p phive --example isq_bench -- --model DIR --isq f32 --write-reference /tmp/ref.safetensors
 //! cargo run --release -p phive --example isq_bench -- --model DIR --isq q4k --reference /tmp/ref.safetensors
 //! ```
-//! Run each type in its own process: the peak RSS is the process's `VmHWM`.
+//! Run each type in its own process: the peak RSS is the process's `VmHWM`. `--kv-dtype f16`
+//! stores the speed runs' KV cache in f16.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use phive::bench::percentile;
 use phive::checkpoint::Checkpoint;
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
+use phive::nn::kv_cache::{KvCache, KvDtype, KvGeometry};
 use phive::nn::linear::LoadVb;
 use phive::quant::{memory_stats, IsqType, LoadContext, TensorRole};
 
@@ -34,6 +36,7 @@ struct Args {
     write_reference: Option<PathBuf>,
     prefill: usize,
     decode: usize,
+    kv_dtype: KvDtype,
 }
 
 fn parse_args() -> Result<Args> {
@@ -45,6 +48,7 @@ fn parse_args() -> Result<Args> {
         write_reference: None,
         prefill: 512,
         decode: 32,
+        kv_dtype: KvDtype::F32,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -58,6 +62,7 @@ fn parse_args() -> Result<Args> {
             "--write-reference" => a.write_reference = Some(value()?.into()),
             "--prefill-tokens" => a.prefill = value()?.parse()?,
             "--decode-tokens" => a.decode = value()?.parse()?,
+            "--kv-dtype" => a.kv_dtype = value()?.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -120,7 +125,8 @@ fn main() -> Result<()> {
 
     // Prefill: one prompt of `prefill` tokens (deterministic ids in the text vocabulary).
     let ids: Vec<u32> = (0..args.prefill).map(|i| (1000 + (i * 7919) % 30000) as u32).collect();
-    let mut cache = model.new_cache();
+    let geometry = model.decoder().kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE).with_dtype(args.kv_dtype);
+    let mut cache = KvCache::new(geometry);
     let t = Instant::now();
     let logits = forward_logits(&model, &ids, &mut cache, &[ids.len() - 1])?;
     let prefill_s = t.elapsed().as_secs_f64();

@@ -31,6 +31,7 @@ pub use api::{FunctionDefinition, Tool, ToolChoice};
 pub use device::{DeviceChoice, ModelDType};
 pub use engine::Grammar;
 pub use error::{Error, Result};
+pub use nn::kv_cache::KvDtype;
 pub use quant::IsqType;
 pub use sdk::{
     ChatStream, Images, Model, RequestBuilder, RequestLike, Response, TextMessageRole, VisionArchitecture,

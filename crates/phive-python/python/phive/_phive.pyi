@@ -23,6 +23,7 @@ class NativeEngine:
         kv_cache_mem: Optional[float] = None,
         media_cache_mem: Optional[float] = None,
         prefix_cache: bool = True,
+        kv_cache_dtype: Optional[str] = None,
         max_images: Optional[int] = None,
         num_crops: Optional[int] = None,
         dynamic_hd: Optional[int] = None,

@@ -382,7 +382,9 @@ class Runner:
     encoded images and audio kept across requests (default 0.5; 0 turns it off);
     ``no_prefix_cache`` (phive; or mistral.rs's ``prefix_cache_n=0``) stops reusing the KV of
     prompt prefixes seen before (exact either way; ``usage.prompt_tokens_details.cached_tokens``
-    says how many prompt tokens were reused);
+    says how many prompt tokens were reused); ``kv_cache_dtype`` (phive) is ``"f32"`` (the default,
+    exact) or ``"f16"`` (twice the tokens in the same memory, faster decoding over long contexts;
+    each cached key and value keeps 11 significant bits);
     ``max_queue`` (phive) bounds waiting requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
     requests that set none. ``in_situ_quant`` ("Q4K", "Q6K", "Q8_0", "BF16"... or a bit width
     such as "4") quantizes the language model's linear layers while loading; ``isq_encoders``
@@ -428,6 +430,7 @@ class Runner:
         kv_cache_mem: Optional[float] = None,
         media_cache_mem: Optional[float] = None,
         no_prefix_cache: bool = False,
+        kv_cache_dtype: Optional[str] = None,
         num_crops: Optional[int] = None,
         dynamic_hd: Optional[int] = None,
         device: Optional[str] = None,
@@ -468,6 +471,7 @@ class Runner:
             kv_cache_mem=kv_cache_mem,
             media_cache_mem=media_cache_mem,
             prefix_cache=not no_prefix_cache and prefix_cache_n != 0,
+            kv_cache_dtype=kv_cache_dtype,
             max_images=max_images,
             num_crops=num_crops,
             dynamic_hd=dynamic_hd,

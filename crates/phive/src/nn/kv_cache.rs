@@ -14,9 +14,56 @@
 //! [`KvCache`] is one sequence over a private, growing pool: the single-sequence API that the
 //! model tests and benchmarks use; it runs the same batched code path as the engine.
 
+use std::fmt;
+use std::str::FromStr;
+
 use candle_core::{Device, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::Result;
+
+/// How the pool stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// The model's f32 keys and values, exactly (what the reference comparisons use).
+    #[default]
+    F32,
+    /// IEEE half precision: half the memory, and half the bytes a long-context decode step
+    /// reads; each key and value keeps 11 significant bits (attention computes in f32).
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes of one stored number.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
+
+impl FromStr for KvDtype {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            _ => Err(crate::Error::InvalidRequest(format!("unknown KV cache dtype {s:?}: use f32 or f16"))),
+        }
+    }
+}
+
+impl fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        })
+    }
+}
 
 /// Shape of the KV memory of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +76,8 @@ pub struct KvGeometry {
     pub head_dim: usize,
     /// Positions per block.
     pub block_size: usize,
+    /// How keys and values are stored.
+    pub dtype: KvDtype,
 }
 
 impl KvGeometry {
@@ -36,14 +85,19 @@ impl KvGeometry {
     /// large enough that block tables stay short.
     pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
-    /// Floats of one block in one layer's K (or V) store.
+    /// The same shape stored as `dtype`.
+    pub fn with_dtype(self, dtype: KvDtype) -> Self {
+        Self { dtype, ..self }
+    }
+
+    /// Numbers of one block in one layer's K (or V) store.
     fn block_elems(&self) -> usize {
         self.kv_heads * self.block_size * self.head_dim
     }
 
-    /// Bytes one block takes over all layers, keys and values (f32).
+    /// Bytes one block takes over all layers, keys and values.
     pub fn bytes_per_block(&self) -> usize {
-        2 * self.num_layers * self.block_elems() * std::mem::size_of::<f32>()
+        2 * self.num_layers * self.block_elems() * self.dtype.size()
     }
 
     /// Blocks needed to hold `positions` positions.
@@ -60,15 +114,80 @@ impl KvGeometry {
 pub struct KvPool {
     geometry: KvGeometry,
     num_blocks: usize,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    keys: Vec<Store>,
+    values: Vec<Store>,
+}
+
+/// One layer's keys (or values), `[block][kv_head][slot][head_dim]`.
+#[derive(Debug)]
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Store {
+    fn zeros(dtype: KvDtype, len: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => Store::F32(vec![0.0; len]),
+            KvDtype::F16 => Store::F16(vec![f16::ZERO; len]),
+        }
+    }
+
+    /// Stores `src` from `at` on, rounded to the store's type.
+    fn set(&mut self, at: usize, src: &[f32]) {
+        match self {
+            Store::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            Store::F16(v) => v[at..at + src.len()].convert_from_f32_slice(src),
+        }
+    }
+
+    /// Appends `len` numbers from `at` on, as f32.
+    fn read_into(&self, at: usize, len: usize, out: &mut Vec<f32>) {
+        match self {
+            Store::F32(v) => out.extend_from_slice(&v[at..at + len]),
+            Store::F16(v) => out.extend(v[at..at + len].iter().map(|x| x.to_f32())),
+        }
+    }
+
+    fn copy_within(&mut self, src: std::ops::Range<usize>, dst: usize) {
+        match self {
+            Store::F32(v) => v.copy_within(src, dst),
+            Store::F16(v) => v.copy_within(src, dst),
+        }
+    }
+
+    fn resize(&mut self, len: usize) {
+        match self {
+            Store::F32(v) => v.resize(len, 0.0),
+            Store::F16(v) => v.resize(len, f16::ZERO),
+        }
+    }
+}
+
+/// One layer's key and value stores, `[block][kv_head][slot][head_dim]`, in their type.
+#[derive(Debug, Clone, Copy)]
+pub enum KvLayer<'a> {
+    /// Stored as f32.
+    F32 {
+        /// Keys.
+        keys: &'a [f32],
+        /// Values.
+        values: &'a [f32],
+    },
+    /// Stored as f16.
+    F16 {
+        /// Keys.
+        keys: &'a [f16],
+        /// Values.
+        values: &'a [f16],
+    },
 }
 
 impl KvPool {
     /// A pool of `num_blocks` blocks.
     pub fn new(geometry: KvGeometry, num_blocks: usize) -> Self {
         let elems = num_blocks * geometry.block_elems();
-        let store = || (0..geometry.num_layers).map(|_| vec![0f32; elems]).collect();
+        let store = || (0..geometry.num_layers).map(|_| Store::zeros(geometry.dtype, elems)).collect();
         Self { geometry, num_blocks, keys: store(), values: store() }
     }
 
@@ -118,8 +237,8 @@ impl KvPool {
             for h in 0..g.kv_heads {
                 let dst = self.offset(block, h, p % g.block_size);
                 let src = i * row + h * g.head_dim;
-                self.keys[layer][dst..dst + g.head_dim].copy_from_slice(&k[src..src + g.head_dim]);
-                self.values[layer][dst..dst + g.head_dim].copy_from_slice(&v[src..src + g.head_dim]);
+                self.keys[layer].set(dst, &k[src..src + g.head_dim]);
+                self.values[layer].set(dst, &v[src..src + g.head_dim]);
             }
         }
         Ok(())
@@ -142,8 +261,8 @@ impl KvPool {
             while p < len {
                 let n = (len - p).min(g.block_size);
                 let start = self.offset(blocks[p / g.block_size], h, 0);
-                k.extend_from_slice(&self.keys[layer][start..start + n * g.head_dim]);
-                v.extend_from_slice(&self.values[layer][start..start + n * g.head_dim]);
+                self.keys[layer].read_into(start, n * g.head_dim, &mut k);
+                self.values[layer].read_into(start, n * g.head_dim, &mut v);
                 p += n;
             }
         }
@@ -151,9 +270,13 @@ impl KvPool {
         Ok((Tensor::from_vec(k, shape, device)?, Tensor::from_vec(v, shape, device)?))
     }
 
-    /// Key and value stores of one layer, `[block][kv_head][slot][head_dim]`.
-    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        (&self.keys[layer], &self.values[layer])
+    /// Key and value stores of one layer.
+    pub fn layer(&self, layer: usize) -> KvLayer<'_> {
+        match (&self.keys[layer], &self.values[layer]) {
+            (Store::F32(keys), Store::F32(values)) => KvLayer::F32 { keys, values },
+            (Store::F16(keys), Store::F16(values)) => KvLayer::F16 { keys, values },
+            _ => unreachable!("a pool's stores share one type"),
+        }
     }
 
     /// Copies block `src` into block `dst` in every layer (copy-on-write of a shared block).
@@ -172,7 +295,7 @@ impl KvPool {
         }
         let elems = num_blocks * self.geometry.block_elems();
         for store in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            store.resize(elems, 0.0);
+            store.resize(elems);
         }
         self.num_blocks = num_blocks;
     }
@@ -234,7 +357,7 @@ mod tests {
     use super::*;
 
     fn geometry() -> KvGeometry {
-        KvGeometry { num_layers: 2, kv_heads: 2, head_dim: 3, block_size: 4 }
+        KvGeometry { num_layers: 2, kv_heads: 2, head_dim: 3, block_size: 4, dtype: KvDtype::F32 }
     }
 
     #[test]
@@ -254,7 +377,7 @@ mod tests {
         assert_eq!(got.to_vec3::<f32>().unwrap(), want.to_vec3::<f32>().unwrap());
         assert_eq!(gv.sum_all().unwrap().to_scalar::<f32>().unwrap(), -(0..60).sum::<i32>() as f32);
         // Layer 0 was not touched.
-        assert!(pool.layer(0).0.iter().all(|&x| x == 0.0));
+        assert!(matches!(pool.layer(0), KvLayer::F32 { keys, .. } if keys.iter().all(|&x| x == 0.0)));
         // Copy-on-write copies every layer's block.
         pool.copy_block(4, 0);
         let (ck, _) = pool.gather(1, &[0], 4, &Device::Cpu).unwrap();

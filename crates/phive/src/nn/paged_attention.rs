@@ -11,7 +11,9 @@
 
 use rayon::prelude::*;
 
-use super::kv_cache::KvPool;
+use half::f16;
+
+use super::kv_cache::{KvGeometry, KvLayer, KvPool};
 use crate::Result;
 
 /// One sequence's decode query.
@@ -52,31 +54,57 @@ pub fn decode_attention(
         ))
         .into());
     }
-    let (keys, values) = pool.layer(layer);
-    let group = heads / g.kv_heads;
-    let span = kv_heads_per_task(g.kv_heads, queries.len());
-    let tasks_per_row = g.kv_heads / span;
-    let head_stride = g.block_size * d;
-    let mut out = vec![0f32; q.len()];
-    let task_len = span * group * d;
-    out.par_chunks_mut(task_len).enumerate().for_each_init(Scratch::default, |(runs, weights), (i, out)| {
-        let (row, first_kv_head) = (i / tasks_per_row, (i % tasks_per_row) * span);
-        let seq = queries[row];
-        let pos = seq.len - 1;
-        let first = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        runs.clear();
-        runs.extend((first / g.block_size..=pos / g.block_size).map(|b| {
-            let start = (b * g.block_size).max(first);
-            let end = ((b + 1) * g.block_size).min(pos + 1);
-            let slot = start - b * g.block_size;
-            let offset = ((seq.blocks[b] as usize * g.kv_heads + first_kv_head) * g.block_size + slot) * d;
-            Run { offset, count: end - start }
-        }));
-        let queries = &q[i * task_len..(i + 1) * task_len];
-        let task = Task { queries, keys, values, scale, kv_heads: span, head_dim: d, head_stride };
-        task.attend(runs, pos + 1 - first, weights, out);
-    });
-    Ok(out)
+    let batch = Batch { q, queries, heads, scale, sliding_window, geometry: g };
+    Ok(match pool.layer(layer) {
+        KvLayer::F32 { keys, values } => batch.attend(keys, values),
+        KvLayer::F16 { keys, values } => batch.attend(keys, values),
+    })
+}
+
+/// The decode queries of one step and how to attend them.
+struct Batch<'a> {
+    q: &'a [f32],
+    queries: &'a [DecodeQuery<'a>],
+    heads: usize,
+    scale: f32,
+    sliding_window: Option<usize>,
+    geometry: KvGeometry,
+}
+
+impl Batch<'_> {
+    /// Attention over one layer's `keys` and `values` stores (already validated).
+    fn attend<E: Stored>(&self, keys: &[E], values: &[E]) -> Vec<f32> {
+        let (g, q, scale) = (self.geometry, self.q, self.scale);
+        let d = g.head_dim;
+        let group = self.heads / g.kv_heads;
+        let span = kv_heads_per_task(g.kv_heads, self.queries.len());
+        let tasks_per_row = g.kv_heads / span;
+        let head_stride = g.block_size * d;
+        let mut out = vec![0f32; q.len()];
+        let task_len = span * group * d;
+        out.par_chunks_mut(task_len).enumerate().for_each_init(
+            Scratch::default,
+            |(runs, weights), (i, out)| {
+                let (row, first_kv_head) = (i / tasks_per_row, (i % tasks_per_row) * span);
+                let seq = self.queries[row];
+                let pos = seq.len - 1;
+                let first = self.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                runs.clear();
+                runs.extend((first / g.block_size..=pos / g.block_size).map(|b| {
+                    let start = (b * g.block_size).max(first);
+                    let end = ((b + 1) * g.block_size).min(pos + 1);
+                    let slot = start - b * g.block_size;
+                    let offset =
+                        ((seq.blocks[b] as usize * g.kv_heads + first_kv_head) * g.block_size + slot) * d;
+                    Run { offset, count: end - start }
+                }));
+                let queries = &q[i * task_len..(i + 1) * task_len];
+                let task = Task { queries, keys, values, scale, kv_heads: span, head_dim: d, head_stride };
+                task.attend(runs, pos + 1 - first, weights, out);
+            },
+        );
+        out
+    }
 }
 
 /// How many consecutive KV heads one parallel task takes: as many as still leave two tasks
@@ -100,18 +128,18 @@ struct Run {
 }
 
 /// Consecutive KV heads of one sequence, with the query heads that share them.
-struct Task<'a> {
+struct Task<'a, E> {
     /// The query heads' queries, `[kv_heads · group][head_dim]`.
     queries: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [E],
+    values: &'a [E],
     scale: f32,
     kv_heads: usize,
     head_dim: usize,
     head_stride: usize,
 }
 
-impl Task<'_> {
+impl<E: Stored> Task<'_, E> {
     /// Writes `softmax(q·kₚ · scale) · vₚ` of every query head over the `positions` positions
     /// of `runs` (in position order) to `out` (`weights` is scratch). Every dot product and
     /// every output element is one chain of fused multiply-adds over 8 lanes (see [`dot`] and
@@ -160,14 +188,14 @@ impl Task<'_> {
     }
 
     /// The keys (or values) of KV head `kv` of the task in `run`.
-    fn rows<'a>(&self, store: &'a [f32], run: &Run, kv: usize) -> &'a [f32] {
+    fn rows<'a>(&self, store: &'a [E], run: &Run, kv: usize) -> &'a [E] {
         let start = run.offset + kv * self.head_stride;
         &store[start..start + run.count * self.head_dim]
     }
 }
 
 /// `q·kᵢ · scale` for each key `kᵢ` of `keys` (`head_dim`-long rows), into `scores`.
-fn scores(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
+fn scores<E: Stored>(q: &[f32], keys: &[E], scale: f32, scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if q.len().is_multiple_of(8) && avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time); rows are whole lanes.
@@ -176,14 +204,14 @@ fn scores(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
     scores_portable(q, keys, scale, scores)
 }
 
-fn scores_portable(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
+fn scores_portable<E: Stored>(q: &[f32], keys: &[E], scale: f32, scores: &mut [f32]) {
     for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
         *s = dot(q, k) * scale;
     }
 }
 
 /// `out += Σᵢ wᵢ · vᵢ` over the rows `vᵢ` of `values`, in row order.
-fn accumulate(out: &mut [f32], weights: &[f32], values: &[f32]) {
+fn accumulate<E: Stored>(out: &mut [f32], weights: &[f32], values: &[E]) {
     #[cfg(target_arch = "x86_64")]
     if out.len().is_multiple_of(8) && avx2() {
         // SAFETY: as in `scores`.
@@ -192,34 +220,64 @@ fn accumulate(out: &mut [f32], weights: &[f32], values: &[f32]) {
     accumulate_portable(out, weights, values)
 }
 
-fn accumulate_portable(out: &mut [f32], weights: &[f32], values: &[f32]) {
+fn accumulate_portable<E: Stored>(out: &mut [f32], weights: &[f32], values: &[E]) {
     for (&w, v) in weights.iter().zip(values.chunks_exact(out.len())) {
         for (o, &x) in out.iter_mut().zip(v) {
-            *o = w.mul_add(x, *o);
+            *o = w.mul_add(x.widen(), *o);
         }
     }
 }
 
 /// `q·k` as 8 lanes of fused multiply-add chains, summed as an AVX register would be
 /// (high half onto low, then pairs); a tail shorter than a lane is added last.
-fn dot(q: &[f32], k: &[f32]) -> f32 {
+fn dot<E: Stored>(q: &[f32], k: &[E]) -> f32 {
     let mut lanes = [0f32; 8];
     let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
-    let tail: f32 = qc.remainder().iter().zip(kc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = qc.remainder().iter().zip(kc.remainder()).map(|(x, y)| x * y.widen()).sum();
     for (x, y) in qc.zip(kc) {
         for l in 0..8 {
-            lanes[l] = x[l].mul_add(y[l], lanes[l]);
+            lanes[l] = x[l].mul_add(y[l].widen(), lanes[l]);
         }
     }
     let half = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
     ((half[0] + half[2]) + (half[1] + half[3])) + tail
 }
 
+/// A number type the pool stores, widened exactly to f32 for the arithmetic.
+trait Stored: Copy + Send + Sync {
+    /// Whether this is `f16` (else `f32`): the AVX2 code picks its load by this constant.
+    const HALF: bool;
+
+    fn widen(self) -> f32;
+}
+
+impl Stored for f32 {
+    const HALF: bool = false;
+
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Stored for f16 {
+    const HALF: bool = true;
+
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
     use std::sync::OnceLock;
     static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    *AVX2.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
 }
 
 /// AVX2 builds of [`scores`] and [`accumulate`] for rows that are whole 8-float lanes: four
@@ -229,8 +287,21 @@ fn avx2() -> bool {
 mod x86 {
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    use super::Stored;
+
+    /// Eight consecutive stored numbers from `p`, widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<E: Stored>(p: *const E) -> __m256 {
+        if E::HALF {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_ps(p.cast())
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores<E: Stored>(q: &[f32], keys: &[E], scale: f32, out: &mut [f32]) {
         let d = q.len();
         let rows = keys.len() / d;
         let (q, k) = (q.as_ptr(), keys.as_ptr());
@@ -240,7 +311,7 @@ mod x86 {
             for c in (0..d).step_by(8) {
                 let qv = _mm256_loadu_ps(q.add(c));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((r + j) * d + c)), *a);
+                    *a = _mm256_fmadd_ps(qv, load8(k.add((r + j) * d + c)), *a);
                 }
             }
             for (j, a) in acc.iter().enumerate() {
@@ -251,14 +322,15 @@ mod x86 {
         for (r, score) in out.iter_mut().enumerate().take(rows).skip(r) {
             let mut acc = _mm256_setzero_ps();
             for c in (0..d).step_by(8) {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), _mm256_loadu_ps(k.add(r * d + c)), acc);
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), load8(k.add(r * d + c)), acc);
             }
             *score = sum(acc) * scale;
         }
     }
 
     /// The lanes of `a` summed in [`super::dot`]'s order.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn sum(a: __m256) -> f32 {
         let half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
         let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
@@ -266,20 +338,20 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn accumulate(out: &mut [f32], weights: &[f32], values: &[f32]) {
+    pub(super) unsafe fn accumulate<E: Stored>(out: &mut [f32], weights: &[f32], values: &[E]) {
         let d = out.len();
         let mut c = 0;
         while c < d {
             let (o, v) = (out.as_mut_ptr().add(c), values.as_ptr().add(c));
             match ((d - c) / 8).min(8) {
-                8 => columns::<8>(o, weights, v, d),
-                7 => columns::<7>(o, weights, v, d),
-                6 => columns::<6>(o, weights, v, d),
-                5 => columns::<5>(o, weights, v, d),
-                4 => columns::<4>(o, weights, v, d),
-                3 => columns::<3>(o, weights, v, d),
-                2 => columns::<2>(o, weights, v, d),
-                _ => columns::<1>(o, weights, v, d),
+                8 => columns::<8, E>(o, weights, v, d),
+                7 => columns::<7, E>(o, weights, v, d),
+                6 => columns::<6, E>(o, weights, v, d),
+                5 => columns::<5, E>(o, weights, v, d),
+                4 => columns::<4, E>(o, weights, v, d),
+                3 => columns::<3, E>(o, weights, v, d),
+                2 => columns::<2, E>(o, weights, v, d),
+                _ => columns::<1, E>(o, weights, v, d),
             }
             c += 64;
         }
@@ -287,8 +359,14 @@ mod x86 {
 
     /// `N` lanes of the output, starting at `out`, over every weighted row of `values`
     /// (rows `stride` floats apart).
-    #[inline(always)]
-    unsafe fn columns<const N: usize>(out: *mut f32, weights: &[f32], values: *const f32, stride: usize) {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn columns<const N: usize, E: Stored>(
+        out: *mut f32,
+        weights: &[f32],
+        values: *const E,
+        stride: usize,
+    ) {
         let mut acc = [_mm256_setzero_ps(); N];
         for (j, a) in acc.iter_mut().enumerate() {
             *a = _mm256_loadu_ps(out.add(8 * j));
@@ -296,7 +374,7 @@ mod x86 {
         for (i, &w) in weights.iter().enumerate() {
             let (w, row) = (_mm256_set1_ps(w), values.add(i * stride));
             for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * j)), *a);
+                *a = _mm256_fmadd_ps(w, load8(row.add(8 * j)), *a);
             }
         }
         for (j, a) in acc.iter().enumerate() {
@@ -309,7 +387,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::nn::attention::{attention, AttnMask};
-    use crate::nn::kv_cache::KvGeometry;
+    use crate::nn::kv_cache::{KvDtype, KvGeometry};
     use crate::nn::test_util::{max_abs_diff, random_tensor};
     use candle_core::{Device, Tensor};
 
@@ -317,7 +395,7 @@ mod tests {
     #[test]
     fn matches_dense_attention_per_sequence() {
         let (heads, kv_heads, d) = (6, 2, 12);
-        let g = KvGeometry { num_layers: 1, kv_heads, head_dim: d, block_size: 4 };
+        let g = KvGeometry { num_layers: 1, kv_heads, head_dim: d, block_size: 4, dtype: KvDtype::F32 };
         let mut pool = KvPool::new(g, 16);
         let tables: [Vec<u32>; 3] = [vec![3, 9, 1], vec![0], vec![15, 2, 4, 5, 6]];
         let lens = [11usize, 1, 18];
@@ -366,6 +444,44 @@ mod tests {
             unsafe { x86::accumulate(&mut fast, &w, &k) };
             accumulate_portable(&mut slow, &w, &k);
             assert_eq!(fast, slow, "weighted values, head_dim {d}");
+            let k16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
+            let (mut fast, mut slow) = (vec![0f32; keys], vec![0f32; keys]);
+            unsafe { x86::scores(&q, &k16, 0.3, &mut fast) };
+            scores_portable(&q, &k16, 0.3, &mut slow);
+            assert_eq!(fast, slow, "f16 scores, head_dim {d}");
+            let (mut fast, mut slow) = (q.clone(), q.clone());
+            unsafe { x86::accumulate(&mut fast, &w, &k16) };
+            accumulate_portable(&mut slow, &w, &k16);
+            assert_eq!(fast, slow, "f16 weighted values, head_dim {d}");
         }
+    }
+
+    /// An f16 pool attends exactly as an f32 pool holding the same numbers rounded to f16:
+    /// only the storage changes, not the arithmetic.
+    #[test]
+    fn f16_pool_is_the_f32_arithmetic_on_rounded_keys_and_values() {
+        let (heads, kv_heads, d) = (8, 4, 16);
+        let g = KvGeometry { num_layers: 1, kv_heads, head_dim: d, block_size: 4, dtype: KvDtype::F32 };
+        let (mut exact, mut half) = (KvPool::new(g, 8), KvPool::new(g.with_dtype(KvDtype::F16), 8));
+        let blocks = [5u32, 2, 7, 0];
+        let len = 14;
+        let flat = |name: &str| {
+            random_tensor(name, &(len * kv_heads * d,).into(), 3.0).unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (k, v) = (flat("k"), flat("v"));
+        let round = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+        exact.write(0, &blocks, 0, &round(&k), &round(&v)).unwrap();
+        half.write(0, &blocks, 0, &k, &v).unwrap();
+        let q = random_tensor("q", &(heads * d,).into(), 1.0).unwrap().to_vec1::<f32>().unwrap();
+        let queries = [DecodeQuery { blocks: &blocks, len }];
+        for window in [None, Some(6)] {
+            let want = decode_attention(&q, &queries, &exact, 0, heads, 0.25, window).unwrap();
+            let got = decode_attention(&q, &queries, &half, 0, heads, 0.25, window).unwrap();
+            assert_eq!(got, want, "window {window:?}");
+        }
+        let (gk, _) = half.gather(0, &blocks, len, &Device::Cpu).unwrap();
+        let (wk, _) = exact.gather(0, &blocks, len, &Device::Cpu).unwrap();
+        assert_eq!(max_abs_diff(&gk, &wk), 0.0);
+        assert_eq!(half.geometry().bytes_per_block() * 2, exact.geometry().bytes_per_block());
     }
 }

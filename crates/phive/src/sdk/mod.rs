@@ -18,7 +18,7 @@ use crate::engine::{Completion, Engine, EngineConfig, Event, RequestHandle};
 use crate::models::PreprocessOptions;
 use crate::pipeline::{LoadOptions, Pipeline};
 use crate::quant::IsqType;
-use crate::{Error, ModelDType, Result};
+use crate::{Error, KvDtype, ModelDType, Result};
 
 pub use request::{Images, RequestBuilder, RequestLike, TextMessageRole, VisionMessages};
 
@@ -147,6 +147,14 @@ impl VisionModelBuilder {
     /// the running limit can use).
     pub fn with_kv_cache_bytes(mut self, bytes: u64) -> Self {
         self.engine.kv_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// How the KV cache stores keys and values (default [`KvDtype::F32`], exact).
+    /// [`KvDtype::F16`] holds twice the tokens in the same memory and decodes faster over long
+    /// contexts; each cached key and value keeps 11 significant bits.
+    pub fn with_kv_cache_dtype(mut self, dtype: KvDtype) -> Self {
+        self.engine.kv_cache_dtype = dtype;
         self
     }
 

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::activation::Activation;
 use super::attention::{attention, AttnMask};
-use super::kv_cache::{KvCache, KvGeometry, KvPool};
+use super::kv_cache::{KvCache, KvDtype, KvGeometry, KvPool};
 use super::linear::{Linear, LoadVb, WeightFootprint};
 use super::lora::{AdapterSegment, LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
@@ -343,13 +343,15 @@ impl Phi3Decoder {
         Ok(hidden.unsqueeze(0)?)
     }
 
-    /// The shape of this decoder's KV memory with blocks of `block_size` positions.
+    /// The shape of this decoder's KV memory with blocks of `block_size` positions, in f32
+    /// (choose another type with [`KvGeometry::with_dtype`]).
     pub fn kv_geometry(&self, block_size: usize) -> KvGeometry {
         KvGeometry {
             num_layers: self.layers.len(),
             kv_heads: self.cfg.num_key_value_heads,
             head_dim: self.cfg.head_dim(),
             block_size,
+            dtype: KvDtype::F32,
         }
     }
 
@@ -387,7 +389,7 @@ impl Phi3Decoder {
             ))
             .into());
         }
-        let want = self.kv_geometry(kv.geometry().block_size);
+        let want = self.kv_geometry(kv.geometry().block_size).with_dtype(kv.geometry().dtype);
         if kv.geometry() != want {
             return Err(candle_core::Error::Msg(format!(
                 "kv pool {:?} does not fit the decoder ({want:?})",
