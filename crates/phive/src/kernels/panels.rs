@@ -148,6 +148,25 @@ impl PanelMatrix {
         out
     }
 
+    /// Row `row`'s blocks in GGML's layout (one row of [`PanelMatrix::to_ggml`]).
+    pub fn row_ggml(&self, row: usize) -> Vec<u8> {
+        let row_bytes = self.cols / QK * self.format.block_bytes();
+        let panels = self.rows / COLS;
+        if row >= panels * COLS {
+            let at = (row - panels * COLS) * row_bytes;
+            return self.tail[at..at + row_bytes].to_vec();
+        }
+        let (panel, lane) = (row / COLS, row % COLS);
+        let per_panel = self.cols / QK * words(self.format);
+        let mut out = vec![0u8; row_bytes];
+        for (i, line) in self.lines.iter().enumerate().skip(panel * per_panel).take(per_panel) {
+            let (start, len, _) = Self::ggml_source(self.format, self.cols, i);
+            let at = start - panel * COLS * row_bytes;
+            out[at..at + len].copy_from_slice(&line.0[4 * lane..4 * lane + len]);
+        }
+        out
+    }
+
     /// The blocks' format.
     pub fn format(&self) -> BlockFormat {
         self.format
@@ -243,6 +262,10 @@ mod tests {
                 let padding = rows / COLS * COLS * blocks * (4 * words(format) - format.block_bytes());
                 assert_eq!(packed.size_in_bytes(), data.len() + padding, "{format:?} {rows} rows");
                 assert_eq!(packed.to_ggml(), data, "{format:?} {rows} rows");
+                let row_bytes = blocks * format.block_bytes();
+                for (row, want) in data.chunks_exact(row_bytes).enumerate() {
+                    assert_eq!(packed.row_ggml(row), want, "{format:?} row {row} of {rows}");
+                }
             }
         }
     }

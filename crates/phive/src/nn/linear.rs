@@ -11,9 +11,11 @@
 //! context is passed explicitly, not installed per thread, so a load's settings are visible in
 //! every signature that depends on them.
 
+use std::borrow::Cow;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -70,11 +72,54 @@ impl LinearWeight {
             LinearWeight::Dense(_) | LinearWeight::Half(_) => None,
             LinearWeight::Quantized(q) => Some(q.clone()),
             LinearWeight::Panels(p) => {
-                let data = std::borrow::Cow::Owned(p.to_ggml());
+                let data = Cow::Owned(p.to_ggml());
                 let storage = QStorage::from_data(data, &Device::Cpu, p.format().ggml())?;
                 Some(Arc::new(QTensor::new(storage, (p.rows(), p.cols()))?))
             }
         })
+    }
+
+    /// Whether [`LinearWeight::rows_f32`] can read this weight: GGML blocks in CPU memory.
+    pub fn has_cpu_blocks(&self) -> bool {
+        match self {
+            LinearWeight::Panels(_) => true,
+            LinearWeight::Quantized(q) => q.device().is_cpu(),
+            LinearWeight::Dense(_) | LinearWeight::Half(_) => false,
+        }
+    }
+
+    /// Rows `ids` of a weight held as CPU blocks, dequantized to f32 `[ids.len(), in]`: a tied
+    /// embedding table read from its quantized `lm_head`, as GGML's `get_rows` does. Errors
+    /// for other weights and rows out of range.
+    pub fn rows_f32(&self, ids: &[u32]) -> Result<Tensor> {
+        let (rows, cols, dtype) = match self {
+            LinearWeight::Panels(p) => (p.rows(), p.cols(), p.format().ggml()),
+            LinearWeight::Quantized(q) if q.device().is_cpu() => {
+                let (rows, cols) = q.shape().dims2()?;
+                (rows, cols, q.dtype())
+            }
+            _ => return Err(candle_core::Error::Msg("rows_f32 reads CPU blocks only".into()).into()),
+        };
+        // GGML's layout as it is (empty for panels, which put each row back together).
+        let ggml = match self {
+            LinearWeight::Quantized(q) => q.data()?,
+            _ => Cow::Borrowed(&[][..]),
+        };
+        let row_bytes = ggml.len() / rows;
+        let mut out = Vec::with_capacity(ids.len() * cols);
+        for &id in ids {
+            let id = id as usize;
+            if id >= rows {
+                return Err(candle_core::Error::Msg(format!("row {id} of a {rows}-row weight")).into());
+            }
+            let row = match self {
+                LinearWeight::Panels(p) => Cow::Owned(p.row_ggml(id)),
+                _ => Cow::Borrowed(&ggml[id * row_bytes..(id + 1) * row_bytes]),
+            };
+            let blocks = qtensor_from_ggml(dtype, &row, vec![1, cols], &Device::Cpu)?;
+            out.extend(blocks.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?)
     }
 
     /// The weight as a dense f32 `[out, in]` tensor (dequantized if needed), for diagnostics.
@@ -357,6 +402,7 @@ fn with_cpu_rows(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<Vec<f32>>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::test_util::max_abs_diff;
     use crate::quant::{quantize, IsqType};
     use candle_core::Device;
 
@@ -391,6 +437,14 @@ mod tests {
             }
             for (ty, weight) in weights {
                 let dense = weight.to_f32().unwrap();
+                if weight.has_cpu_blocks() {
+                    // Rows read one by one (a tied embedding) are the rows of the whole.
+                    let ids = [95u32, 0, 17, 16, 95];
+                    let got = weight.rows_f32(&ids).unwrap();
+                    let want = dense.index_select(&Tensor::new(&ids[..], &dev).unwrap(), 0).unwrap();
+                    assert_eq!(max_abs_diff(&got, &want), 0.0, "{ty} rows");
+                    assert!(weight.rows_f32(&[96]).is_err());
+                }
                 let lin = Linear::from_parts(weight, Some(b.clone()), 512, 96).unwrap();
                 for m in [1, 4, 17, 64] {
                     let x = Tensor::randn(0f32, 1.0, (1, m, 512), &dev).unwrap();

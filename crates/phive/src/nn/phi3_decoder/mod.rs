@@ -118,10 +118,9 @@ struct DecoderLayer {
 #[derive(Debug, Clone)]
 pub struct Phi3Decoder {
     cfg: Phi3DecoderConfig,
-    /// The embedding table, in the model's dtype or, where the checkpoint stores it in half
-    /// precision and the model computes in f32, in that half precision: looked-up rows widen
-    /// exactly, and the table (200,064 rows for Phi-4) takes half the memory.
-    embed_tokens: Tensor,
+    /// Where token embeddings come from.
+    embed_tokens: Embeddings,
+    device: Device,
     /// The dtype of the weights and activations.
     dtype: DType,
     layers: Vec<DecoderLayer>,
@@ -130,6 +129,19 @@ pub struct Phi3Decoder {
     rotary: RotaryEmbedding,
     /// Names of the loaded adapters (each present on at least one projection).
     adapters: Vec<String>,
+}
+
+/// The token embedding table.
+#[derive(Debug, Clone)]
+enum Embeddings {
+    /// The table, in the model's dtype or, where the checkpoint stores it in half precision and
+    /// the model computes in f32, in that half precision: looked-up rows widen exactly, and the
+    /// table takes half the memory.
+    Table(Tensor),
+    /// Tied to an `lm_head` quantized on the CPU: rows are dequantized from its blocks (as
+    /// GGML's `get_rows` reads a quantized `token_embd`), so the table is not kept twice:
+    /// Phi-4's 200,064 rows would take 1.2 GB in bf16 beside its 0.5 GB Q6_K `lm_head`.
+    LmHead,
 }
 
 impl Phi3Decoder {
@@ -155,7 +167,22 @@ impl Phi3Decoder {
         let qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
         let vm = vb.pp("model");
         let dtype = vb.dtype();
-        let embed_tokens = vm.pp("embed_tokens").get_compact((cfg.vocab_size, h), "weight")?;
+        let table = vm.pp("embed_tokens").get_compact((cfg.vocab_size, h), "weight")?;
+        let device = table.device().clone();
+        // A tied head is made first, so the table can go before the layers load.
+        let tied_head = if cfg.tie_word_embeddings {
+            // Quantized straight from the table (no f32 copy of 200,064 rows for Phi-4).
+            Some(Linear::from_weights_at(&vb.pp("lm_head"), table.clone(), None)?)
+        } else {
+            None
+        };
+        let embed_tokens = match &tied_head {
+            Some(head) if head.weight().has_cpu_blocks() => {
+                drop(table);
+                Embeddings::LmHead
+            }
+            _ => Embeddings::Table(table),
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let vl = vm.pp(format!("layers.{i}"));
@@ -175,11 +202,9 @@ impl Phi3Decoder {
             });
         }
         let norm = RmsNorm::load(&vm.pp("norm"), h, cfg.rms_norm_eps)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            // Quantized straight from the table (no f32 copy of 200,064 rows for Phi-4).
-            Linear::from_weights_at(&vb.pp("lm_head"), embed_tokens.clone(), None)?
-        } else {
-            Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?
+        let lm_head = match tied_head {
+            Some(head) => head,
+            None => Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?,
         };
         let rotary = RotaryEmbedding::new(&cfg.rope)?;
         for spec in adapters {
@@ -200,7 +225,7 @@ impl Phi3Decoder {
             }
         }
         let adapters = adapters.iter().map(|s| s.name.clone()).collect();
-        Ok(Self { cfg: cfg.clone(), embed_tokens, dtype, layers, norm, lm_head, rotary, adapters })
+        Ok(Self { cfg: cfg.clone(), embed_tokens, device, dtype, layers, norm, lm_head, rotary, adapters })
     }
 
     /// Names of the LoRA adapters loaded with [`Phi3Decoder::new_with_adapters`].
@@ -233,7 +258,7 @@ impl Phi3Decoder {
 
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
-        self.embed_tokens.device()
+        &self.device
     }
 
     /// The precision of the weights and activations.
@@ -306,8 +331,13 @@ impl Phi3Decoder {
                 self.cfg.vocab_size
             )));
         }
-        let ids = Tensor::from_slice(ids, ids.len(), self.device())?;
-        Ok(self.embed_tokens.index_select(&ids, 0)?.to_dtype(self.dtype)?)
+        let rows = match &self.embed_tokens {
+            Embeddings::Table(table) => {
+                table.index_select(&Tensor::from_slice(ids, ids.len(), &self.device)?, 0)?
+            }
+            Embeddings::LmHead => self.lm_head.weight().rows_f32(ids)?,
+        };
+        Ok(rows.to_dtype(self.dtype)?)
     }
 
     /// Runs all layers over `embeds` `[1, seq, hidden]` at positions `cache.len()..`, appends the
