@@ -434,25 +434,21 @@ mod tests {
         }
         let values =
             |name: &str, n: usize| random_tensor(name, &(n,).into(), 1.0).unwrap().to_vec1::<f32>().unwrap();
+        fn same<E: Stored>(q: &[f32], k: &[E], w: &[f32], what: &str) {
+            let (mut fast, mut slow) = (vec![0f32; w.len()], vec![0f32; w.len()]);
+            unsafe { x86::scores(q, k, 0.3, &mut fast) };
+            scores_portable(q, k, 0.3, &mut slow);
+            assert_eq!(fast, slow, "scores, {what}");
+            let (mut fast, mut slow) = (q.to_vec(), q.to_vec());
+            unsafe { x86::accumulate(&mut fast, w, k) };
+            accumulate_portable(&mut slow, w, k);
+            assert_eq!(fast, slow, "weighted values, {what}");
+        }
         for (d, keys) in [(96, 37), (128, 5), (8, 3)] {
             let (q, k, w) = (values("q", d), values("k", d * keys), values("w", keys));
-            let (mut fast, mut slow) = (vec![0f32; keys], vec![0f32; keys]);
-            unsafe { x86::scores(&q, &k, 0.3, &mut fast) };
-            scores_portable(&q, &k, 0.3, &mut slow);
-            assert_eq!(fast, slow, "scores, head_dim {d}");
-            let (mut fast, mut slow) = (q.clone(), q.clone());
-            unsafe { x86::accumulate(&mut fast, &w, &k) };
-            accumulate_portable(&mut slow, &w, &k);
-            assert_eq!(fast, slow, "weighted values, head_dim {d}");
+            same(&q, &k, &w, &format!("f32, head_dim {d}"));
             let k16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
-            let (mut fast, mut slow) = (vec![0f32; keys], vec![0f32; keys]);
-            unsafe { x86::scores(&q, &k16, 0.3, &mut fast) };
-            scores_portable(&q, &k16, 0.3, &mut slow);
-            assert_eq!(fast, slow, "f16 scores, head_dim {d}");
-            let (mut fast, mut slow) = (q.clone(), q.clone());
-            unsafe { x86::accumulate(&mut fast, &w, &k16) };
-            accumulate_portable(&mut slow, &w, &k16);
-            assert_eq!(fast, slow, "f16 weighted values, head_dim {d}");
+            same(&q, &k16, &w, &format!("f16, head_dim {d}"));
         }
     }
 
