@@ -204,7 +204,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         },
         date: report::now_utc(),
         machine,
-        workload: Workload { prompt_tokens, decode_tokens, concurrency: levels, images: args.images.clone() },
+        workload: Workload {
+            prompt_tokens,
+            decode_tokens,
+            concurrency: levels,
+            images: args.images.clone(),
+            kv_cache_dtype: Some(engine.config().kv_cache_dtype.to_string()),
+        },
         load: LoadFigures {
             seconds: load_seconds,
             peak_rss_bytes: (peak_rss > 0).then_some(peak_rss),
@@ -323,8 +329,10 @@ fn table(r: &BenchReport) -> String {
         None => out += "peak:     not measured (--no-peak)\n",
     }
     out += &format!(
-        "workload: {} prompt tokens and {} decode tokens per request\n\n",
-        r.workload.prompt_tokens, r.workload.decode_tokens
+        "workload: {} prompt tokens and {} decode tokens per request{}\n\n",
+        r.workload.prompt_tokens,
+        r.workload.decode_tokens,
+        r.workload.kv_cache_dtype.as_ref().map_or(String::new(), |d| format!(", KV cache in {d}"))
     );
     out += "| concurrency | TTFT p50 s | TTFT p99 s | prefill tok/s | prefill GFLOP/s (% f32 peak) | decode tok/s per stream | decode tok/s aggregate | ITL p50 / p99 ms | decode GB/s (% peak) |\n";
     out += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";

@@ -57,6 +57,7 @@ fn json_report_has_every_figure() {
     positive(&r["model"]["lm_weight_bytes"], "lm_weight_bytes");
     assert_eq!(r["workload"]["prompt_tokens"], 40);
     assert_eq!(r["workload"]["decode_tokens"], 4);
+    assert_eq!(r["workload"]["kv_cache_dtype"], "f32");
     positive(&r["load"]["seconds"], "load seconds");
     positive(&r["load"]["peak_rss_bytes"], "peak RSS");
     positive(&r["load"]["first_request_ttft_s"], "first request's TTFT");
@@ -97,13 +98,25 @@ fn json_report_has_every_figure() {
 fn no_peak_leaves_the_roofline_out() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let args =
-        ["--prompt-tokens", "24", "--decode-tokens", "2", "--no-peak", "--json", json.to_str().unwrap()];
+    let json_path = json.to_str().unwrap();
+    let args = [
+        "--prompt-tokens",
+        "24",
+        "--decode-tokens",
+        "2",
+        "--no-peak",
+        "--kv-cache-dtype",
+        "f16",
+        "--json",
+        json_path,
+    ];
     let output = bench(&args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(r["peak"].is_null());
     assert_eq!(r["workload"]["concurrency"], serde_json::json!([1]));
+    assert_eq!(r["workload"]["kv_cache_dtype"], "f16");
+    assert!(String::from_utf8_lossy(&output.stdout).contains(", KV cache in f16"));
     assert!(r["levels"][0]["decode_pct_of_peak"].is_null());
     positive(&r["levels"][0]["decode_gb_s"], "decode GB/s");
 }

@@ -80,6 +80,9 @@ pub struct Workload {
     pub concurrency: Vec<usize>,
     /// Images whose time to first token was measured.
     pub images: Vec<String>,
+    /// How the KV cache stored keys and values (`f32`, `f16`), where the engine says.
+    #[serde(default)]
+    pub kv_cache_dtype: Option<String>,
 }
 
 /// Loading the model.
