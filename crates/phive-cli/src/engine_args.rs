@@ -34,7 +34,7 @@ pub struct EngineArgs {
     /// How the KV cache stores keys and values: f32 keeps them exactly; f16 holds twice the
     /// tokens in the same memory and decodes faster over long contexts (each cached key and
     /// value keeps 11 significant bits, so answers can differ slightly from f32's).
-    #[arg(long, global = true, value_name = "f32|f16", default_value = "f32", value_parser = parse_kv_dtype, env = "PHIVE_KV_CACHE_DTYPE")]
+    #[arg(long, global = true, value_name = "f32|f16", default_value_t = KvDtype::default(), value_parser = parse_kv_dtype, env = "PHIVE_KV_CACHE_DTYPE")]
     kv_cache_dtype: KvDtype,
 }
 

@@ -2,7 +2,6 @@
 //! and the engine statistics it reports.
 
 use phive::engine::{EngineConfig, EngineStats, Histogram};
-use phive::KvDtype;
 
 use crate::{Failure, Fallible};
 
@@ -63,13 +62,13 @@ pub(crate) fn engine_config(
             format!("media_cache_mem must be a number of GiB >= 0 (0 turns the cache off), got {gib}"),
         ));
     }
+    let defaults = EngineConfig::default();
     let kv_cache_dtype = match kv_cache_dtype {
         Some(name) => {
             name.parse().map_err(|e: phive::Error| Failure::invalid("kv_cache_dtype", e.to_string()))?
         }
-        None => KvDtype::F32,
+        None => defaults.kv_cache_dtype,
     };
-    let defaults = EngineConfig::default();
     Ok(EngineConfig {
         max_num_seqs: max_seqs.unwrap_or(defaults.max_num_seqs),
         max_queue: max_queue.unwrap_or(defaults.max_queue),

@@ -6,8 +6,9 @@
 //! rows side by side in one 512-bit vector. Gathering and transposing those words on every call
 //! cost about two thirds of an 8-row step, so [`PanelMatrix`] does it once: for each panel of
 //! 16 rows and each block, one 64-byte line per word of the block, each line holding one word
-//! of that block of each of the 16 rows (in the order the kernel reads them). For Q4_K (144 bytes, 36 words) this is a permutation
-//! of the GGML bytes, the same memory; a Q6_K block (210 bytes) is padded to 53 words, 1% more.
+//! of that block of each of the 16 rows (in the order the kernel reads them). For Q4_K (144
+//! bytes, 36 words) this is a permutation of the GGML bytes, the same memory; a Q6_K block (210
+//! bytes) is padded to 53 words, 1% more.
 //! It is the only copy of the weight; rows past the last whole panel stay in GGML's layout.
 //! [`PanelMatrix::to_ggml`] undoes it for export and dequantization.
 
@@ -157,7 +158,7 @@ impl PanelMatrix {
             return self.tail[at..at + row_bytes].to_vec();
         }
         let (panel, lane) = (row / COLS, row % COLS);
-        let per_panel = self.cols / QK * words(self.format);
+        let per_panel = self.panel_lines();
         let mut out = vec![0u8; row_bytes];
         for (i, line) in self.lines.iter().enumerate().skip(panel * per_panel).take(per_panel) {
             let (start, len, _) = Self::ggml_source(self.format, self.cols, i);
@@ -165,6 +166,11 @@ impl PanelMatrix {
             out[at..at + len].copy_from_slice(&line.0[4 * lane..4 * lane + len]);
         }
         out
+    }
+
+    /// Lines of one panel: one per word of each of its blocks.
+    fn panel_lines(&self) -> usize {
+        self.cols / QK * words(self.format)
     }
 
     /// The blocks' format.
@@ -215,7 +221,7 @@ impl PanelMatrix {
     fn panels_matmul(&self, acts: &Q8KRows, out: OutPtr) {
         use rayon::prelude::*;
         let (m, n) = (acts.rows(), self.rows);
-        let panel_lines = self.cols / QK * words(self.format);
+        let panel_lines = self.panel_lines();
         let rows: Vec<&[super::BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
         self.lines.par_chunks(panel_lines).enumerate().for_each_init(
             || vec![[0f32; COLS]; m],

@@ -11,11 +11,11 @@
 use std::arch::x86_64::*;
 
 use super::panels::{by_row_tiles, words, Line, COLS};
+use super::q8k::BlockQ8K;
 use super::BlockFormat;
 
 /// Lines per block.
 const WORDS: usize = words(BlockFormat::Q4K);
-use super::q8k::BlockQ8K;
 
 /// `out[r][c] = acts[r] · row c` of the panel whose lines are `panel`.
 ///

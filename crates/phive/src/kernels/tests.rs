@@ -45,6 +45,19 @@ fn formats() -> [(BlockFormat, GgmlDType); 2] {
     [(BlockFormat::Q4K, GgmlDType::Q4K), (BlockFormat::Q6K, GgmlDType::Q6K)]
 }
 
+/// `x` times `w` by each SIMD level this CPU has, and by the panels where it has the panel
+/// kernels, each named.
+fn every_kernel(x: &[f32], w: QuantizedMatrix) -> Vec<(String, Vec<f32>)> {
+    let mut out: Vec<(String, Vec<f32>)> = SimdLevel::available()
+        .into_iter()
+        .map(|level| (level.to_string(), quantized_matmul_with(level, x, w).unwrap()))
+        .collect();
+    if let Some(panels) = PanelMatrix::pack(w) {
+        out.push(("panels".to_string(), panels.matmul(x).unwrap()));
+    }
+    out
+}
+
 #[test]
 fn every_level_computes_the_exact_product_of_the_quantized_values() {
     for (format, dtype) in formats() {
@@ -66,12 +79,7 @@ fn every_level_computes_the_exact_product_of_the_quantized_values() {
             let want = exact(&Q8KRows::quantize(&x, k), &w, n, k);
             let scale = want.iter().fold(0f64, |a, v| a.max(v.abs())).max(1e-3);
             let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
-            // Q4_K permuted into panels, where this CPU has the panel kernel.
-            let panels = PanelMatrix::pack(matrix).map(|p| p.matmul(&x).unwrap());
-            let levels = SimdLevel::available()
-                .into_iter()
-                .map(|level| (level.to_string(), quantized_matmul_with(level, &x, matrix).unwrap()));
-            for (kernel, got) in levels.chain(panels.map(|got| ("panels".to_string(), got))) {
+            for (kernel, got) in every_kernel(&x, matrix) {
                 assert_eq!(got.len(), m * n);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -118,11 +126,7 @@ fn extreme_codes_and_activations_do_not_overflow() {
         let x: Vec<f32> = (0..2 * k).map(|i| if i % 5 == 0 { -3.0 } else { 3.0 }).collect();
         let want = exact(&Q8KRows::quantize(&x, k), &values, n, k);
         let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
-        let panels = PanelMatrix::pack(matrix).map(|p| p.matmul(&x).unwrap());
-        let levels = SimdLevel::available()
-            .into_iter()
-            .map(|level| (level.to_string(), quantized_matmul_with(level, &x, matrix).unwrap()));
-        for (kernel, got) in levels.chain(panels.map(|got| ("panels".to_string(), got))) {
+        for (kernel, got) in every_kernel(&x, matrix) {
             for (g, w) in got.iter().zip(&want) {
                 assert!((*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0), "{format:?} {kernel}: {g} vs {w}");
             }

@@ -90,6 +90,11 @@ impl KvGeometry {
         Self { dtype, ..self }
     }
 
+    /// Offset of `(block, head, slot)` in a layer's K (or V) store.
+    pub(crate) fn offset(&self, block: u32, head: usize, slot: usize) -> usize {
+        ((block as usize * self.kv_heads + head) * self.block_size + slot) * self.head_dim
+    }
+
     /// Numbers of one block in one layer's K (or V) store.
     fn block_elems(&self) -> usize {
         self.kv_heads * self.block_size * self.head_dim
@@ -201,12 +206,6 @@ impl KvPool {
         self.num_blocks
     }
 
-    /// Offset of `(block, head, slot)` in a layer store.
-    fn offset(&self, block: u32, head: usize, slot: usize) -> usize {
-        let g = &self.geometry;
-        ((block as usize * g.kv_heads + head) * g.block_size + slot) * g.head_dim
-    }
-
     /// Writes keys and values `[n, kv_heads, head_dim]` (row-major slices) of positions
     /// `position..position + n` of the sequence with block table `blocks` into layer `layer`.
     pub fn write(
@@ -235,7 +234,7 @@ impl KvPool {
                 return Err(candle_core::Error::Msg(format!("kv block {block} is outside the pool")).into());
             }
             for h in 0..g.kv_heads {
-                let dst = self.offset(block, h, p % g.block_size);
+                let dst = g.offset(block, h, p % g.block_size);
                 let src = i * row + h * g.head_dim;
                 self.keys[layer].set(dst, &k[src..src + g.head_dim]);
                 self.values[layer].set(dst, &v[src..src + g.head_dim]);
@@ -260,7 +259,7 @@ impl KvPool {
             let mut p = 0;
             while p < len {
                 let n = (len - p).min(g.block_size);
-                let start = self.offset(blocks[p / g.block_size], h, 0);
+                let start = g.offset(blocks[p / g.block_size], h, 0);
                 self.keys[layer].read_into(start, n * g.head_dim, &mut k);
                 self.values[layer].read_into(start, n * g.head_dim, &mut v);
                 p += n;

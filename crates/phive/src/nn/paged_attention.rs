@@ -93,9 +93,7 @@ impl Batch<'_> {
                 runs.extend((first / g.block_size..=pos / g.block_size).map(|b| {
                     let start = (b * g.block_size).max(first);
                     let end = ((b + 1) * g.block_size).min(pos + 1);
-                    let slot = start - b * g.block_size;
-                    let offset =
-                        ((seq.blocks[b] as usize * g.kv_heads + first_kv_head) * g.block_size + slot) * d;
+                    let offset = g.offset(seq.blocks[b], first_kv_head, start - b * g.block_size);
                     Run { offset, count: end - start }
                 }));
                 let queries = &q[i * task_len..(i + 1) * task_len];
@@ -107,8 +105,8 @@ impl Batch<'_> {
     }
 }
 
-/// How many consecutive KV heads one parallel task takes: as many as still leave two tasks
-/// per thread, because a block stores its heads one after another, so a task's reads are runs
+/// How many consecutive KV heads one parallel task takes: as many as still leave one task per
+/// thread, because a block stores its heads one after another, so a task's reads are runs
 /// of `span` heads' keys, long enough for the hardware prefetcher.
 fn kv_heads_per_task(kv_heads: usize, rows: usize) -> usize {
     let tasks_per_row = rayon::current_num_threads().div_ceil(rows);
@@ -151,12 +149,14 @@ impl<E: Stored> Task<'_, E> {
         let group = query_heads / self.kv_heads;
         weights.clear();
         weights.resize(query_heads * positions, 0.0);
+        // Query head `h`'s weights of the `n` positions from position index `at` on.
+        let of = |h: usize, at: usize, n: usize| h * positions + at..h * positions + at + n;
         let mut at = 0;
         for run in runs {
             for kv in 0..self.kv_heads {
                 let keys = self.rows(self.keys, run, kv);
                 for h in kv * group..(kv + 1) * group {
-                    let w = &mut weights[h * positions + at..h * positions + at + run.count];
+                    let w = &mut weights[of(h, at, run.count)];
                     scores(&self.queries[h * d..(h + 1) * d], keys, self.scale, w);
                 }
             }
@@ -179,7 +179,7 @@ impl<E: Stored> Task<'_, E> {
             for kv in 0..self.kv_heads {
                 let values = self.rows(self.values, run, kv);
                 for h in kv * group..(kv + 1) * group {
-                    let w = &weights[h * positions + at..h * positions + at + run.count];
+                    let w = &weights[of(h, at, run.count)];
                     accumulate(&mut out[h * d..(h + 1) * d], w, values);
                 }
             }
