@@ -9,8 +9,11 @@
 //! AVX-512 VNNI, the weights are instead permuted once at load into panels of 16 rows
 //! ([`PanelMatrix`]), which one outer-product kernel multiplies with any number of rows.
 //!
+//! [`elementwise`] holds the vectorised `exp`, softmax and GELU maps of the vision towers.
+//!
 //! Each kernel has a plain scalar version, the reference its SIMD versions are tested against.
 
+pub mod elementwise;
 mod panels;
 mod q4k;
 #[cfg(target_arch = "x86_64")]

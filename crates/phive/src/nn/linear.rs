@@ -349,7 +349,12 @@ impl Linear {
         // has the input's dtype either way (no-op conversions when they agree).
         let y = match &self.weight {
             LinearWeight::Dense(w) => x2.to_dtype(w.dtype())?.matmul(&w.t()?)?,
-            LinearWeight::Half(w) => crate::quant::matmul_half(&x2.to_dtype(DType::F32)?, w)?,
+            // The half path adds the bias itself, in place.
+            LinearWeight::Half(w) => {
+                return Ok(crate::quant::matmul_half(&x2.to_dtype(DType::F32)?, w, self.bias.as_ref())?
+                    .to_dtype(x.dtype())?
+                    .reshape(out_dims(lead, self.out_dim))?);
+            }
             LinearWeight::Quantized(q) => quantized_forward(&x2.to_dtype(DType::F32)?.contiguous()?, q)?,
             LinearWeight::Panels(p) => panel_forward(&x2.to_dtype(DType::F32)?.contiguous()?, p)?,
         };
@@ -357,11 +362,15 @@ impl Linear {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         };
-        let y = y.to_dtype(x.dtype())?;
-        let mut out_dims = lead.to_vec();
-        out_dims.push(self.out_dim);
-        Ok(y.reshape(out_dims)?)
+        Ok(y.to_dtype(x.dtype())?.reshape(out_dims(lead, self.out_dim))?)
     }
+}
+
+/// The output shape of a linear layer: the input's leading dimensions, then `out`.
+fn out_dims(lead: &[usize], out: usize) -> Vec<usize> {
+    let mut dims = lead.to_vec();
+    dims.push(out);
+    dims
 }
 
 /// `x` `[rows, in]` (f32, contiguous) times a quantized weight: phive's own kernels for the

@@ -1,9 +1,10 @@
 //! Layers shared by the Phi models: the [`linear::Linear`] projection (the one place weight
 //! matmuls happen), norms, activations, rotary embeddings (LongRoPE, partial rotary), attention
-//! with a KV cache, and the Phi-3 decoder stack.
+//! with a KV cache, the towers' bidirectional attention, and the Phi-3 decoder stack.
 
 pub mod activation;
 pub mod attention;
+pub mod encoder_attention;
 pub mod kv_cache;
 pub mod linear;
 pub mod lora;

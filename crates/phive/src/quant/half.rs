@@ -19,21 +19,39 @@ const ROW_KERNEL_MAX_M: usize = 8;
 /// Output features per rayon task in the row kernel.
 const ROWS_PER_TASK: usize = 64;
 
-/// `x` `[m, k]` f32 (contiguous) times `w` `[n, k]` f16/bf16, transposed: `[m, n]` f32.
-pub(crate) fn matmul_half(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// `x` `[m, k]` f32 (contiguous) times `w` `[n, k]` f16/bf16, transposed, plus `bias` `[n]` when
+/// given: `[m, n]` f32. The bias is added in place to the product (the same sums as adding it
+/// as a tensor, without a second output of the product's size).
+pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let (n, wk) = w.dims2()?;
     if wk != k {
         return Err(candle_core::Error::Msg(format!("half matmul: x has {k} features, weight {wk}")).into());
     }
     if !w.is_contiguous() || !x.device().is_cpu() {
-        return Ok(x.matmul(&w.to_dtype(DType::F32)?.t()?)?);
+        let y = x.matmul(&w.to_dtype(DType::F32)?.t()?)?;
+        return Ok(match bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+            None => y,
+        });
     }
+    let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1()).transpose()?;
     if m > ROW_KERNEL_MAX_M {
         // Widened on all cores with SIMD conversions (candle's `to_dtype` is one element at a
         // time on one core: for an encoder's layers that was seconds per image).
-        let wide = Tensor::from_vec(widen(w)?, (n, k), x.device())?;
-        return Ok(x.matmul(&wide.t()?)?);
+        let wide = widen(w)?;
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
+        };
+        let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
+        let mut out = gemm_nt(xs, &wide, m, n, k);
+        if let Some(b) = &bias {
+            out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+        }
+        drop(storage);
+        return Ok(Tensor::from_vec(out, (m, n), x.device())?);
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1::<f32>()?;
     let (storage, layout) = w.storage_and_layout();
@@ -56,9 +74,46 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         _ => return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into()),
     }
     drop(storage);
+    if let Some(b) = &bias {
+        out_t.chunks_mut(m).zip(b).for_each(|(col, b)| col.iter_mut().for_each(|y| *y += b));
+    }
     // out_t is [n, m]; m ≤ 8, so the transpose is cheap.
     let out = Tensor::from_vec(out_t, (n, m), x.device())?;
     Ok(out.t()?.contiguous()?)
+}
+
+/// `x` `[m, k]` times `w` `[n, k]` transposed, row-major `[m, n]`, on all cores: the gemm call
+/// candle's f32 matmul makes for `x.matmul(&w.t())`, so the sums are the same.
+fn gemm_nt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: `x` holds m·k values (row stride k), `w` n·k (read as its transpose: column
+    // stride k), `out` m·n (row stride n).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    };
+    out
 }
 
 /// The values of a contiguous f16/bf16 CPU tensor as f32, converted in parallel chunks.
@@ -233,10 +288,15 @@ mod tests {
             for m in [1, 3, 8, 9, 40] {
                 let x = Tensor::randn(0f32, 1.0, (m, 100), &dev).unwrap();
                 let want = x.matmul(&wf.t().unwrap()).unwrap();
-                let got = matmul_half(&x, &wh).unwrap();
+                let got = matmul_half(&x, &wh, None).unwrap();
                 assert_eq!(got.dims(), &[m, 70]);
                 let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(d < 1e-3, "{dt:?} m={m}: {d}");
+                // The bias is added to the product's own sums, whatever the path.
+                let b = Tensor::randn(0f32, 1.0, 70, &dev).unwrap();
+                let biased = matmul_half(&x, &wh, Some(&b)).unwrap();
+                let want = matmul_half(&x, &wh, None).unwrap().broadcast_add(&b).unwrap();
+                assert_eq!(biased.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap(), "{dt:?} m={m}");
             }
         }
     }

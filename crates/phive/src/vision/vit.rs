@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use serde::Deserialize;
 
 use crate::nn::activation::Activation;
-use crate::nn::attention::{attention, AttnMask};
+use crate::nn::encoder_attention::encoder_attention;
 use crate::nn::linear::{Linear, LoadVb};
 use crate::nn::norm::LayerNorm;
 use crate::{Error, Result};
@@ -180,21 +180,16 @@ impl EncoderLayer {
         act: &Activation,
         keys: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (n, t, c) = x.dims3()?;
-        let hd = c / heads;
+        let c = x.dim(2)?;
         let h = self.layer_norm1.forward(x)?;
-        let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((n, t, heads, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = split(self.q_proj.forward(&h)?)?;
-        let mut k = split(self.k_proj.forward(&h)?)?;
-        let mut v = split(self.v_proj.forward(&h)?)?;
+        let q = self.q_proj.forward(&h)?;
+        let mut k = self.k_proj.forward(&h)?;
+        let mut v = self.v_proj.forward(&h)?;
         if let Some(idx) = keys {
-            k = k.index_select(idx, 2)?;
-            v = v.index_select(idx, 2)?;
+            k = k.index_select(idx, 1)?;
+            v = v.index_select(idx, 1)?;
         }
-        let o = attention(&q, &k, &v, (hd as f64).powf(-0.5), AttnMask::None)?;
-        let o = o.transpose(1, 2)?.reshape((n, t, c))?;
+        let o = encoder_attention(&q, &k, &v, heads, ((c / heads) as f64).powf(-0.5))?;
         let x = (x + self.out_proj.forward(&o)?)?;
         let h = self.layer_norm2.forward(&x)?;
         let h = self.fc2.forward(&act.forward(&self.fc1.forward(&h)?)?)?;
