@@ -152,14 +152,22 @@ impl SiglipVisionTower {
     }
 
     /// `hidden_states[layer_idx]` for the index this tower was built for, `[n, g², hidden]`.
-    /// Crops run one at a time (each with its own key mask), so attention memory stays at one
-    /// crop's `heads × g² × g²` scores.
+    /// Crops with the same patch mask run as one batch (an image's full crops share one), so
+    /// each layer's weights are read once per batch; a mask with padding makes its crops'
+    /// padded patches drop out as keys.
     pub fn forward(&self, pixel_values: &Tensor, patch_mask: &Tensor) -> Result<Tensor> {
         let (n, mask) = self.check_inputs(pixel_values, patch_mask)?;
         let x = self.embed(pixel_values, n, &mask)?;
         let gg = self.cfg.num_patches();
-        let mut outs = Vec::with_capacity(n);
+        let mut groups: Vec<(&[u8], Vec<u32>)> = Vec::new();
         for (k, m) in mask.chunks_exact(gg).enumerate() {
+            match groups.iter_mut().find(|(g, _)| *g == m) {
+                Some((_, crops)) => crops.push(k as u32),
+                None => groups.push((m, vec![k as u32])),
+            }
+        }
+        let mut outs: Vec<Option<Tensor>> = vec![None; n];
+        for (m, crops) in &groups {
             // Masked keys get weight exactly 0 in the reference's softmax: dropping them is
             // the same computation.
             let keys = if m.iter().all(|&v| v != 0) {
@@ -168,12 +176,15 @@ impl SiglipVisionTower {
                 let idx: Vec<u32> = (0..gg as u32).filter(|&i| m[i as usize] != 0).collect();
                 Some(Tensor::from_vec(idx.clone(), idx.len(), x.device())?)
             };
-            let mut h = x.narrow(0, k, 1)?;
+            let mut h = x.index_select(&Tensor::from_slice(crops, crops.len(), x.device())?, 0)?;
             for layer in &self.layers {
                 h = layer.forward(&h, self.cfg.num_attention_heads, &self.act, keys.as_ref())?;
             }
-            outs.push(h);
+            for (j, &k) in crops.iter().enumerate() {
+                outs[k as usize] = Some(h.narrow(0, j, 1)?);
+            }
         }
+        let outs: Vec<Tensor> = outs.into_iter().map(|o| o.expect("every crop is in a group")).collect();
         Ok(Tensor::cat(&outs, 0)?)
     }
 }
