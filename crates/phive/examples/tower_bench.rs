@@ -23,6 +23,9 @@ use phive::quant::{IsqType, LoadContext};
 use phive::vision::vit::{hidden_state_index, VitConfig};
 use phive::vision::{phi3v_hd, phi4mm_hd};
 
+/// One forward pass of the tower over the prepared image.
+type Pass = Box<dyn Fn() -> phive::Result<()>>;
+
 /// Multiply-adds of `layers` encoder layers and the patch embedding over one crop of `t` tokens.
 fn crop_macs<T>(v: &VitConfig<T>, layers: usize, t: usize) -> usize {
     let (c, i) = (v.hidden_size, v.intermediate_size);
@@ -52,31 +55,30 @@ fn main() -> Result<()> {
     let (vb, ctx) = LoadContext::open(&ck.weights, Some(IsqType::Q4K), false, &Device::Cpu)?;
     let vb = LoadVb::new(vb, &ctx);
     // The tower's forward pass, its name, crops and GFLOP per pass.
-    let (name, crops, gflop, run): (&str, usize, f64, Box<dyn Fn() -> phive::Result<()>>) =
-        match ck.architecture {
-            Architecture::Phi3V => {
-                let cfg = Phi3VConfig::from_json(&ck.config)?;
-                let model = Phi3V::new(&cfg, vb)?;
-                let prep = phi3v_hd::Phi3VImageProcessorConfig::from_file(&preprocessor)?;
-                let img = phi3v_hd::preprocess(&picture, &prep)?;
-                let v = cfg.vision_config();
-                let layers = hidden_state_index(cfg.img_processor.layer_idx, v.num_hidden_layers)?;
-                let n = img.num_crops();
-                let gflop = 2.0 * (n * crop_macs(&v, layers, v.num_patches() + 1)) as f64 / 1e9;
-                ("CLIP", n, gflop, Box::new(move || model.clip_features(&img.pixel_values).map(drop)))
-            }
-            Architecture::Phi4MM => {
-                let cfg = Phi4MMConfig::from_json(&ck.config)?;
-                let model = Phi4MM::new(&cfg, vb)?;
-                let prep = phi4mm_hd::Phi4MMImageProcessorConfig::from_file(&preprocessor)?;
-                let img = phi4mm_hd::preprocess(&picture, &prep)?;
-                let v = cfg.vision_config();
-                let layers = hidden_state_index(cfg.img_processor().layer_idx, v.num_hidden_layers)?;
-                let n = img.num_crops();
-                let gflop = 2.0 * (n * crop_macs(&v, layers, v.num_patches())) as f64 / 1e9;
-                ("SigLIP", n, gflop, Box::new(move || model.siglip_features(&img).map(drop)))
-            }
-        };
+    let (name, crops, gflop, run): (&str, usize, f64, Pass) = match ck.architecture {
+        Architecture::Phi3V => {
+            let cfg = Phi3VConfig::from_json(&ck.config)?;
+            let model = Phi3V::new(&cfg, vb)?;
+            let prep = phi3v_hd::Phi3VImageProcessorConfig::from_file(&preprocessor)?;
+            let img = phi3v_hd::preprocess(&picture, &prep)?;
+            let v = cfg.vision_config();
+            let layers = hidden_state_index(cfg.img_processor.layer_idx, v.num_hidden_layers)?;
+            let n = img.num_crops();
+            let gflop = 2.0 * (n * crop_macs(&v, layers, v.num_patches() + 1)) as f64 / 1e9;
+            ("CLIP", n, gflop, Box::new(move || model.clip_features(&img.pixel_values).map(drop)))
+        }
+        Architecture::Phi4MM => {
+            let cfg = Phi4MMConfig::from_json(&ck.config)?;
+            let model = Phi4MM::new(&cfg, vb)?;
+            let prep = phi4mm_hd::Phi4MMImageProcessorConfig::from_file(&preprocessor)?;
+            let img = phi4mm_hd::preprocess(&picture, &prep)?;
+            let v = cfg.vision_config();
+            let layers = hidden_state_index(cfg.img_processor().layer_idx, v.num_hidden_layers)?;
+            let n = img.num_crops();
+            let gflop = 2.0 * (n * crop_macs(&v, layers, v.num_patches())) as f64 / 1e9;
+            ("SigLIP", n, gflop, Box::new(move || model.siglip_features(&img).map(drop)))
+        }
+    };
     drop(ctx.finish());
     let peak = matmul_flops(1024, Duration::from_millis(500))? / 1e9;
     println!("{name}: {crops} crops of {image}: {gflop:.1} GFLOP per pass");
