@@ -14,6 +14,7 @@
 //! Each kernel has a plain scalar version, the reference its SIMD versions are tested against.
 
 pub mod elementwise;
+pub(crate) mod gemm;
 mod panels;
 mod q4k;
 #[cfg(target_arch = "x86_64")]

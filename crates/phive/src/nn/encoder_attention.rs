@@ -7,11 +7,11 @@
 //! `exp`, and the product with V is written straight into the heads' columns of the output.
 
 use candle_core::Tensor;
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::attention::{attention, AttnMask};
 use crate::kernels::elementwise::softmax_in_place;
+use crate::kernels::gemm::{product, SharedOut, Strided};
 use crate::{Error, Result};
 
 /// `softmax(q kᵀ · scale) v` per head, with every key visible. `q` is `[n, t, c]`, `k` and `v`
@@ -82,81 +82,43 @@ fn per_head(q: &[f32], k: &[f32], v: &[f32], sh: Shape, scale: f32) -> Vec<f32> 
     let Shape { n, t, s, heads, d } = sh;
     let c = heads * d;
     let mut out = vec![0f32; n * t * c];
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_at = SharedOut::new(&mut out);
     (0..n * heads).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
         let (item, head) = (task / heads, task % heads);
         scores.resize(t * s, 0.0);
         let (qb, kb) = (item * t * c + head * d, item * s * c + head * d);
-        // SAFETY: every pointer and stride below stays inside its slice: rows of `c` floats,
-        // `d` columns from `head·d`; each task writes only its own head's columns of `out`.
+        // SAFETY: rows of `c` floats, `d` columns from `head·d`, inside each item's slice; the
+        // scores buffer holds `t` rows of `s`.
         unsafe {
-            // scores[i][j] = scale · Σ q[i][x]·k[j][x]
-            gemm::gemm(
+            product(
                 t,
                 s,
                 d,
                 scores.as_mut_ptr(),
-                1,
-                s as isize,
-                false,
-                q[qb..].as_ptr(),
-                1,
-                c as isize,
-                k[kb..].as_ptr(),
-                c as isize,
-                1,
-                0.0,
+                s,
+                Strided::rows(q[qb..].as_ptr(), c),
+                Strided::transposed(k[kb..].as_ptr(), c),
                 scale,
                 false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
+            )
+        };
         scores.chunks_exact_mut(s).for_each(softmax_in_place);
-        let ob = item * t * c + head * d;
-        // SAFETY: as above.
+        // SAFETY: as above; each task writes only its own head's columns of `out`.
         unsafe {
-            gemm::gemm(
+            product(
                 t,
                 d,
                 s,
-                out_ptr.at(ob),
-                1,
-                c as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                s as isize,
-                v[kb..].as_ptr(),
-                1,
-                c as isize,
-                0.0,
+                out_at.at(item * t * c + head * d),
+                c,
+                Strided::rows(scores.as_ptr(), s),
+                Strided::rows(v[kb..].as_ptr(), c),
                 1.0,
                 false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
+            )
+        };
     });
     out
-}
-
-/// The output buffer, shared by tasks that write disjoint columns of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-// SAFETY: tasks write disjoint elements (their own head's columns) and the buffer outlives them.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The element at `offset`.
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the buffer.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 #[cfg(test)]

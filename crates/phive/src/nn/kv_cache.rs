@@ -256,17 +256,32 @@ impl KvPool {
         let mut k = Vec::with_capacity(g.kv_heads * len * g.head_dim);
         let mut v = Vec::with_capacity(k.capacity());
         for h in 0..g.kv_heads {
-            let mut p = 0;
-            while p < len {
-                let n = (len - p).min(g.block_size);
-                let start = g.offset(blocks[p / g.block_size], h, 0);
-                self.keys[layer].read_into(start, n * g.head_dim, &mut k);
-                self.values[layer].read_into(start, n * g.head_dim, &mut v);
-                p += n;
-            }
+            self.read_head(layer, blocks, len, h, &mut k, &mut v);
         }
         let shape = (1, g.kv_heads, len, g.head_dim);
         Ok((Tensor::from_vec(k, shape, device)?, Tensor::from_vec(v, shape, device)?))
+    }
+
+    /// Appends KV head `head`'s keys to `k` and values to `v` for positions `0..len` of the
+    /// sequence with block table `blocks`: `[len, head_dim]` each, as f32.
+    pub(crate) fn read_head(
+        &self,
+        layer: usize,
+        blocks: &[u32],
+        len: usize,
+        head: usize,
+        k: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) {
+        let g = self.geometry;
+        let mut p = 0;
+        while p < len {
+            let n = (len - p).min(g.block_size);
+            let start = g.offset(blocks[p / g.block_size], head, 0);
+            self.keys[layer].read_into(start, n * g.head_dim, k);
+            self.values[layer].read_into(start, n * g.head_dim, v);
+            p += n;
+        }
     }
 
     /// Key and value stores of one layer.

@@ -1,6 +1,7 @@
 //! Layers shared by the Phi models: the [`linear::Linear`] projection (the one place weight
 //! matmuls happen), norms, activations, rotary embeddings (LongRoPE, partial rotary), attention
-//! with a KV cache, the towers' bidirectional attention, and the Phi-3 decoder stack.
+//! over the paged KV cache (prefill chunks and decode steps), the towers' bidirectional
+//! attention, and the Phi-3 decoder stack.
 
 pub mod activation;
 pub mod attention;
@@ -11,6 +12,7 @@ pub mod lora;
 pub mod norm;
 pub mod paged_attention;
 pub mod phi3_decoder;
+pub mod prefill_attention;
 pub mod rotary;
 
 #[cfg(test)]

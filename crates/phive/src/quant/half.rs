@@ -12,10 +12,16 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::kernels::gemm::{product, SharedOut, Strided};
 use crate::Result;
 
 /// Above this many activation rows, widen the whole weight and use candle's f32 gemm.
 const ROW_KERNEL_MAX_M: usize = 8;
+/// Up to this many rows, each task widens a panel of the weight into a buffer it reuses
+/// ([`panels_kernel`]); above, the whole weight is widened once per call.
+const PANEL_KERNEL_MAX_M: usize = 64;
+/// Floats in one widened panel (256 KB: it stays in the core's L2 while the rows use it).
+const PANEL_FLOATS: usize = 64 * 1024;
 /// Output features per rayon task in the row kernel.
 const ROWS_PER_TASK: usize = 64;
 
@@ -37,16 +43,30 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
     }
     let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1()).transpose()?;
     if m > ROW_KERNEL_MAX_M {
-        // Widened on all cores with SIMD conversions (candle's `to_dtype` is one element at a
-        // time on one core: for an encoder's layers that was seconds per image).
-        let wide = widen(w)?;
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*storage else {
             return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
         };
         let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-        let mut out = gemm_nt(xs, &wide, m, n, k);
+        let mut out = if m > PANEL_KERNEL_MAX_M {
+            // Widened on all cores with SIMD conversions (candle's `to_dtype` is one element
+            // at a time on one core: for an encoder's layers that was seconds per image).
+            gemm_nt(xs, &widen(w)?, m, n, k)
+        } else {
+            let (w_storage, w_layout) = w.storage_and_layout();
+            let (start, len) = (w_layout.start_offset(), n * k);
+            let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
+                return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
+            };
+            match w.dtype() {
+                DType::BF16 => panels_kernel(&w_cpu.as_slice::<bf16>()?[start..start + len], xs, m, n, k),
+                DType::F16 => panels_kernel(&w_cpu.as_slice::<f16>()?[start..start + len], xs, m, n, k),
+                other => {
+                    return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into())
+                }
+            }
+        };
         if let Some(b) = &bias {
             out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
         }
@@ -61,11 +81,11 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
         candle_core::Storage::Cpu(cpu) => match w.dtype() {
             DType::BF16 => {
                 let ws = &cpu.as_slice::<bf16>()?[start..start + n * k];
-                rows_kernel(ws, &xs, m, k, &mut out_t, true, |src, dst| src.convert_to_f32_slice(dst));
+                rows_kernel(ws, &xs, m, k, &mut out_t, true, Widen::widen);
             }
             DType::F16 => {
                 let ws = &cpu.as_slice::<f16>()?[start..start + n * k];
-                rows_kernel(ws, &xs, m, k, &mut out_t, false, |src, dst| src.convert_to_f32_slice(dst));
+                rows_kernel(ws, &xs, m, k, &mut out_t, false, Widen::widen);
             }
             other => {
                 return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into());
@@ -86,44 +106,82 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
 /// candle's f32 matmul makes for `x.matmul(&w.t())`, so the sums are the same.
 fn gemm_nt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: `x` holds m·k values (row stride k), `w` n·k (read as its transpose: column
-    // stride k), `out` m·n (row stride n).
+    // SAFETY: `x` holds m·k values (rows k apart), `w` n·k (read as its transpose), `out` m·n.
     unsafe {
-        gemm::gemm(
+        product(
             m,
             n,
             k,
             out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
+            n,
+            Strided::rows(x.as_ptr(), k),
+            Strided::transposed(w.as_ptr(), k),
             1.0,
-            false,
-            false,
-            false,
-            parallelism,
+            true,
         )
     };
     out
 }
 
+/// `x` `[m, k]` times `w` `[n, k]` (half) transposed, row-major `[m, n]`, for a prefill chunk's
+/// or a batch's few rows: widening the whole weight per call would write (and page-fault) a
+/// full f32 copy that these rows use once (Phi-4's LoRA matrices, 46 MB per layer per chunk).
+/// Instead each task widens a panel of weight rows into its own reused buffer and multiplies
+/// it with all rows of `x`.
+fn panels_kernel<T: Widen>(ws: &[T], xs: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let rows = (PANEL_FLOATS / k.max(1)).clamp(8, 128);
+    let mut out = vec![0f32; m * n];
+    let shared = SharedOut::new(&mut out);
+    (0..n.div_ceil(rows)).into_par_iter().for_each_init(Vec::new, |panel: &mut Vec<f32>, p| {
+        let (first, count) = (p * rows, rows.min(n - p * rows));
+        panel.resize(count * k, 0.0);
+        T::widen(&ws[first * k..(first + count) * k], panel);
+        // SAFETY: `xs` holds m rows of k, `panel` count rows of k; this task writes only the
+        // output columns `first..first + count` of the m rows (n apart).
+        unsafe {
+            product(
+                m,
+                count,
+                k,
+                shared.at(first),
+                n,
+                Strided::rows(xs.as_ptr(), k),
+                Strided::transposed(panel.as_ptr(), k),
+                1.0,
+                false,
+            )
+        };
+    });
+    out
+}
+
+/// Half-precision values widened to f32, exactly.
+trait Widen: Sized + Sync {
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl Widen for bf16 {
+    /// A shift the compiler vectorises (`half` converts bf16 one value at a time, with a branch
+    /// for NaNs; a NaN stays a NaN here too).
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits((s.to_bits() as u32) << 16);
+        }
+    }
+}
+
+impl Widen for f16 {
+    /// `half`'s conversion, with F16C where the CPU has it.
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+}
+
 /// The values of a contiguous f16/bf16 CPU tensor as f32, converted in parallel chunks.
 fn widen(w: &Tensor) -> Result<Vec<f32>> {
-    fn convert<T: Sync>(src: &[T], out: &mut [f32])
-    where
-        [T]: HalfFloatSliceExt,
-    {
+    fn convert<T: Widen>(src: &[T], out: &mut [f32]) {
         const CHUNK: usize = 1 << 16;
-        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| s.convert_to_f32_slice(o));
+        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| T::widen(s, o));
     }
     let (storage, layout) = w.storage_and_layout();
     let (start, len) = (layout.start_offset(), w.elem_count());
@@ -281,12 +339,13 @@ mod tests {
     #[test]
     fn matches_f32_matmul_for_decode_and_prefill_sizes() {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (70, 100), &dev).unwrap();
+        // 1,100 features: the panel kernel's panels hold 59 weight rows, so 70 rows end ragged.
+        let w = Tensor::randn(0f32, 1.0, (70, 1100), &dev).unwrap();
         for dt in [DType::BF16, DType::F16] {
             let wh = w.to_dtype(dt).unwrap();
             let wf = wh.to_dtype(DType::F32).unwrap();
-            for m in [1, 3, 8, 9, 40] {
-                let x = Tensor::randn(0f32, 1.0, (m, 100), &dev).unwrap();
+            for m in [1, 3, 8, 9, 40, 65] {
+                let x = Tensor::randn(0f32, 1.0, (m, 1100), &dev).unwrap();
                 let want = x.matmul(&wf.t().unwrap()).unwrap();
                 let got = matmul_half(&x, &wh, None).unwrap();
                 assert_eq!(got.dims(), &[m, 70]);

@@ -20,6 +20,7 @@ use super::linear::{Linear, LoadVb, WeightFootprint};
 use super::lora::{AdapterSegment, LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
 use super::paged_attention::{decode_attention, DecodeQuery};
+use super::prefill_attention::{prefill_attention, PrefillChunk};
 use super::rotary::{RopeTables, RotaryConfig, RotaryEmbedding};
 use crate::{Error, Result};
 
@@ -492,6 +493,18 @@ impl Phi3Decoder {
                 decode_q.extend_from_slice(&q_all[at * width..(at + 1) * width]);
                 decode.push(DecodeQuery { blocks: row.blocks, len: row.position + 1 });
                 decode_at.push(at);
+            } else if q.device().is_cpu() {
+                let chunk = PrefillChunk { blocks: row.blocks, position: row.position, len: row.len };
+                let o = prefill_attention(
+                    &q_all[at * width..(at + row.len) * width],
+                    chunk,
+                    kv,
+                    layer,
+                    nh,
+                    scale as f32,
+                    self.cfg.sliding_window,
+                )?;
+                out[at * width..(at + row.len) * width].copy_from_slice(&o);
             } else {
                 let (k, v) = kv.gather(layer, row.blocks, row.position + row.len, q.device())?;
                 let qr = q.narrow(1, at, row.len)?.transpose(1, 2)?;

@@ -1,0 +1,181 @@
+//! Causal attention for a prefill chunk, over the keys of the paged KV pool.
+//!
+//! A chunk of `len` queries of one sequence at positions `position..position + len` attends to
+//! all `position + len` keys. Gathering them into one tensor per layer allocated and copied the
+//! whole sequence's K/V for every chunk (tens of MB, page faults included). Here one task per KV
+//! head copies that head's keys and values into buffers the task reuses (cache-sized), computes
+//! the scores of its query heads with one product each, takes the masked softmax in place with
+//! the vectorised `exp`, and writes the product with V straight into the output rows.
+
+use rayon::prelude::*;
+
+use super::kv_cache::KvPool;
+use crate::kernels::elementwise::softmax_in_place;
+use crate::kernels::gemm::{product, SharedOut, Strided};
+use crate::Result;
+
+/// One sequence's prefill chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefillChunk<'a> {
+    /// The sequence's block table.
+    pub blocks: &'a [u32],
+    /// Position of the chunk's first query.
+    pub position: usize,
+    /// Queries in the chunk.
+    pub len: usize,
+}
+
+/// Attention of the chunk's queries `q` `[len, heads, head_dim]` (row-major) over layer
+/// `layer` of `pool`, each query seeing the keys up to its own position (and, with a sliding
+/// window `w`, only the last `w` of them, Hugging Face's convention); returns
+/// `[len, heads, head_dim]`. Query head `h` uses KV head `h / (heads / kv_heads)`.
+pub fn prefill_attention(
+    q: &[f32],
+    chunk: PrefillChunk,
+    pool: &KvPool,
+    layer: usize,
+    heads: usize,
+    scale: f32,
+    sliding_window: Option<usize>,
+) -> Result<Vec<f32>> {
+    let g = pool.geometry();
+    let (d, len) = (g.head_dim, chunk.len);
+    let keys = chunk.position + len;
+    if q.len() != len * heads * d || g.kv_heads == 0 || !heads.is_multiple_of(g.kv_heads) || len == 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "prefill attention: {} query values for {len} rows of {heads} heads x {d}",
+            q.len()
+        ))
+        .into());
+    }
+    if g.blocks_for(keys) > chunk.blocks.len() {
+        return Err(candle_core::Error::Msg(format!(
+            "prefill attention over {keys} keys with {} blocks",
+            chunk.blocks.len()
+        ))
+        .into());
+    }
+    let group = heads / g.kv_heads;
+    let width = heads * d;
+    let mut out = vec![0f32; len * width];
+    let out_at = SharedOut::new(&mut out);
+    (0..g.kv_heads).into_par_iter().for_each_init(Buffers::default, |buf, kv_head| {
+        buf.keys.clear();
+        buf.values.clear();
+        pool.read_head(layer, chunk.blocks, keys, kv_head, &mut buf.keys, &mut buf.values);
+        buf.scores.resize(len * keys, 0.0);
+        for h in kv_head * group..(kv_head + 1) * group {
+            // SAFETY: `q` holds `len` rows of `width` values, the head's `d` columns start at
+            // `h·d`; the key and score buffers hold `keys` rows of `d` and `len` rows of `keys`.
+            unsafe {
+                product(
+                    len,
+                    keys,
+                    d,
+                    buf.scores.as_mut_ptr(),
+                    keys,
+                    Strided::rows(q[h * d..].as_ptr(), width),
+                    Strided::transposed(buf.keys.as_ptr(), d),
+                    scale,
+                    false,
+                )
+            };
+            for (r, row) in buf.scores.chunks_exact_mut(keys).enumerate() {
+                let last = chunk.position + r;
+                let first = sliding_window.map_or(0, |w| (last + 1).saturating_sub(w));
+                row[..first].fill(0.0);
+                row[last + 1..].fill(0.0);
+                softmax_in_place(&mut row[first..=last]);
+            }
+            // SAFETY: the output's rows are `width` apart and this head's `d` columns belong to
+            // this task alone; the value buffer holds `keys` rows of `d`.
+            unsafe {
+                product(
+                    len,
+                    d,
+                    keys,
+                    out_at.at(h * d),
+                    width,
+                    Strided::rows(buf.scores.as_ptr(), keys),
+                    Strided::rows(buf.values.as_ptr(), d),
+                    1.0,
+                    false,
+                )
+            };
+        }
+    });
+    Ok(out)
+}
+
+/// A task's reused memory: one KV head's keys and values, and one query head's scores.
+#[derive(Default)]
+struct Buffers {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::attention::{attention, AttnMask};
+    use crate::nn::kv_cache::{KvDtype, KvGeometry};
+    use candle_core::{Device, Tensor};
+
+    /// The chunk's output equals the general causal kernel over the gathered keys, with
+    /// grouped-query heads, scattered blocks, a chunk that starts mid-block, a sliding window,
+    /// and an f16 pool.
+    #[test]
+    fn matches_attention_over_the_gathered_cache() {
+        let (heads, kv_heads, d, bs) = (6, 2, 8, 4);
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            for (position, len, window) in [(0, 7, None), (5, 6, None), (9, 5, Some(6)), (3, 1, None)] {
+                let geometry = KvGeometry { num_layers: 1, kv_heads, head_dim: d, block_size: bs, dtype };
+                let keys = position + len;
+                let blocks: Vec<u32> =
+                    (0..geometry.blocks_for(keys) as u32).rev().map(|b| b * 2 + 1).collect();
+                let mut pool = KvPool::new(geometry, 2 * blocks.len() + 2);
+                let kv = |seed: usize| -> Vec<f32> {
+                    (0..keys * kv_heads * d)
+                        .map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0)
+                        .collect()
+                };
+                pool.write(0, &blocks, 0, &kv(1), &kv(2)).unwrap();
+                let q: Vec<f32> =
+                    (0..len * heads * d).map(|i| ((i * 104_729) % 997) as f32 / 400.0 - 1.2).collect();
+                let scale = 0.3;
+                let got = prefill_attention(
+                    &q,
+                    PrefillChunk { blocks: &blocks, position, len },
+                    &pool,
+                    0,
+                    heads,
+                    scale,
+                    window,
+                )
+                .unwrap();
+                let (k, v) = pool.gather(0, &blocks, keys, &Device::Cpu).unwrap();
+                let qt = Tensor::from_vec(q.clone(), (1, len, heads, d), &Device::Cpu)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap();
+                let mask = AttnMask::Causal { offset: position, sliding_window: window };
+                let want = attention(&qt, &k, &v, scale as f64, mask)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(err < 1e-5, "{dtype} position {position} len {len} window {window:?}: {err}");
+            }
+        }
+        let geometry =
+            KvGeometry { num_layers: 1, kv_heads, head_dim: d, block_size: bs, dtype: KvDtype::F32 };
+        let pool = KvPool::new(geometry, 2);
+        let chunk = PrefillChunk { blocks: &[0, 1], position: 6, len: 4 };
+        assert!(prefill_attention(&vec![0.0; 4 * heads * d], chunk, &pool, 0, heads, 1.0, None).is_err());
+    }
+}
