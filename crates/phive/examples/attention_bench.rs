@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use phive::nn::kv_cache::{KvDtype, KvGeometry, KvPool};
-use phive::nn::paged_attention::{decode_attention, DecodeQuery};
+use phive::nn::paged_attention::{decode_attention, DecodeQuery, PagedLayer};
 
 const LAYERS: usize = 32;
 const HEADS: usize = 32;
@@ -64,7 +64,11 @@ fn main() -> Result<()> {
             for _ in 0..STEPS {
                 let t = Instant::now();
                 for layer in 0..LAYERS {
-                    std::hint::black_box(decode_attention(&q, &queries, &pool, layer, HEADS, scale, None)?);
+                    std::hint::black_box(decode_attention(
+                        &q,
+                        &queries,
+                        PagedLayer { pool: &pool, layer, heads: HEADS, scale, sliding_window: None },
+                    )?);
                 }
                 best = best.min(t.elapsed().as_secs_f64());
             }

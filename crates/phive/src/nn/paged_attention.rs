@@ -25,17 +25,26 @@ pub struct DecodeQuery<'a> {
     pub len: usize,
 }
 
+/// One layer of the paged pool as attention reads it: the layer, the query heads (a multiple of
+/// the pool's KV heads), the score scale and Hugging Face's sliding window.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedLayer<'a> {
+    /// The pool.
+    pub pool: &'a KvPool,
+    /// Which of its layers.
+    pub layer: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Factor of the scores (`1/√head_dim`).
+    pub scale: f32,
+    /// Keys a query sees at most (the last ones), if the model limits them.
+    pub sliding_window: Option<usize>,
+}
+
 /// Attention of `q` `[rows, heads, head_dim]` (row-major) for the sequences in `queries` over
-/// layer `layer` of `pool`; returns `[rows, heads, head_dim]`.
-pub fn decode_attention(
-    q: &[f32],
-    queries: &[DecodeQuery],
-    pool: &KvPool,
-    layer: usize,
-    heads: usize,
-    scale: f32,
-    sliding_window: Option<usize>,
-) -> Result<Vec<f32>> {
+/// `at`; returns `[rows, heads, head_dim]`.
+pub fn decode_attention(q: &[f32], queries: &[DecodeQuery], at: PagedLayer) -> Result<Vec<f32>> {
+    let PagedLayer { pool, layer, heads, scale, sliding_window } = at;
     let g = pool.geometry();
     let d = g.head_dim;
     if q.len() != queries.len() * heads * d || g.kv_heads == 0 || !heads.is_multiple_of(g.kv_heads) {
@@ -411,7 +420,12 @@ mod tests {
         let scale = 1.0 / (d as f32).sqrt();
         for window in [None, Some(5)] {
             let qv = q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let got = decode_attention(&qv, &queries, &pool, 0, heads, scale, window).unwrap();
+            let got = decode_attention(
+                &qv,
+                &queries,
+                PagedLayer { pool: &pool, layer: 0, heads, scale, sliding_window: window },
+            )
+            .unwrap();
             let got = Tensor::from_vec(got, (3, heads, d), &Device::Cpu).unwrap();
             for (r, s) in queries.iter().enumerate() {
                 let (k, v) = pool.gather(0, s.blocks, s.len, &Device::Cpu).unwrap();
@@ -422,7 +436,12 @@ mod tests {
                 assert!(diff < 1e-5, "row {r} window {window:?}: {diff}");
             }
         }
-        assert!(decode_attention(&[0.0; 3], &queries, &pool, 0, heads, scale, None).is_err());
+        assert!(decode_attention(
+            &[0.0; 3],
+            &queries,
+            PagedLayer { pool: &pool, layer: 0, heads, scale, sliding_window: None }
+        )
+        .is_err());
     }
 
     /// The AVX2 builds form exactly the portable sums, so answers do not depend on the CPU.
@@ -471,8 +490,18 @@ mod tests {
         let q = random_tensor("q", &(heads * d,).into(), 1.0).unwrap().to_vec1::<f32>().unwrap();
         let queries = [DecodeQuery { blocks: &blocks, len }];
         for window in [None, Some(6)] {
-            let want = decode_attention(&q, &queries, &exact, 0, heads, 0.25, window).unwrap();
-            let got = decode_attention(&q, &queries, &half, 0, heads, 0.25, window).unwrap();
+            let want = decode_attention(
+                &q,
+                &queries,
+                PagedLayer { pool: &exact, layer: 0, heads, scale: 0.25, sliding_window: window },
+            )
+            .unwrap();
+            let got = decode_attention(
+                &q,
+                &queries,
+                PagedLayer { pool: &half, layer: 0, heads, scale: 0.25, sliding_window: window },
+            )
+            .unwrap();
             assert_eq!(got, want, "window {window:?}");
         }
         let (gk, _) = half.gather(0, &blocks, len, &Device::Cpu).unwrap();

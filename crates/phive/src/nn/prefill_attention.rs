@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::kv_cache::KvPool;
+use super::paged_attention::PagedLayer;
 use crate::kernels::elementwise::softmax_in_place;
 use crate::kernels::gemm::{product, SharedOut, Strided};
 use crate::Result;
@@ -25,19 +25,12 @@ pub struct PrefillChunk<'a> {
     pub len: usize,
 }
 
-/// Attention of the chunk's queries `q` `[len, heads, head_dim]` (row-major) over layer
-/// `layer` of `pool`, each query seeing the keys up to its own position (and, with a sliding
-/// window `w`, only the last `w` of them, Hugging Face's convention); returns
-/// `[len, heads, head_dim]`. Query head `h` uses KV head `h / (heads / kv_heads)`.
-pub fn prefill_attention(
-    q: &[f32],
-    chunk: PrefillChunk,
-    pool: &KvPool,
-    layer: usize,
-    heads: usize,
-    scale: f32,
-    sliding_window: Option<usize>,
-) -> Result<Vec<f32>> {
+/// Attention of the chunk's queries `q` `[len, heads, head_dim]` (row-major) over `at`, each
+/// query seeing the keys up to its own position (and, with a sliding window `w`, only the last
+/// `w` of them, Hugging Face's convention); returns `[len, heads, head_dim]`. Query head `h`
+/// uses KV head `h / (heads / kv_heads)`.
+pub fn prefill_attention(q: &[f32], chunk: PrefillChunk, at: PagedLayer) -> Result<Vec<f32>> {
+    let PagedLayer { pool, layer, heads, scale, sliding_window } = at;
     let g = pool.geometry();
     let (d, len) = (g.head_dim, chunk.len);
     let keys = chunk.position + len;
@@ -119,7 +112,7 @@ struct Buffers {
 mod tests {
     use super::*;
     use crate::nn::attention::{attention, AttnMask};
-    use crate::nn::kv_cache::{KvDtype, KvGeometry};
+    use crate::nn::kv_cache::{KvDtype, KvGeometry, KvPool};
     use candle_core::{Device, Tensor};
 
     /// The chunk's output equals the general causal kernel over the gathered keys, with
@@ -144,16 +137,9 @@ mod tests {
                 let q: Vec<f32> =
                     (0..len * heads * d).map(|i| ((i * 104_729) % 997) as f32 / 400.0 - 1.2).collect();
                 let scale = 0.3;
-                let got = prefill_attention(
-                    &q,
-                    PrefillChunk { blocks: &blocks, position, len },
-                    &pool,
-                    0,
-                    heads,
-                    scale,
-                    window,
-                )
-                .unwrap();
+                let chunk = PrefillChunk { blocks: &blocks, position, len };
+                let at = PagedLayer { pool: &pool, layer: 0, heads, scale, sliding_window: window };
+                let got = prefill_attention(&q, chunk, at).unwrap();
                 let (k, v) = pool.gather(0, &blocks, keys, &Device::Cpu).unwrap();
                 let qt = Tensor::from_vec(q.clone(), (1, len, heads, d), &Device::Cpu)
                     .unwrap()
@@ -176,6 +162,7 @@ mod tests {
             KvGeometry { num_layers: 1, kv_heads, head_dim: d, block_size: bs, dtype: KvDtype::F32 };
         let pool = KvPool::new(geometry, 2);
         let chunk = PrefillChunk { blocks: &[0, 1], position: 6, len: 4 };
-        assert!(prefill_attention(&vec![0.0; 4 * heads * d], chunk, &pool, 0, heads, 1.0, None).is_err());
+        let at = PagedLayer { pool: &pool, layer: 0, heads, scale: 1.0, sliding_window: None };
+        assert!(prefill_attention(&vec![0.0; 4 * heads * d], chunk, at).is_err());
     }
 }

@@ -19,7 +19,7 @@ use super::kv_cache::{KvCache, KvDtype, KvGeometry, KvPool};
 use super::linear::{Linear, LoadVb, WeightFootprint};
 use super::lora::{AdapterSegment, LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
-use super::paged_attention::{decode_attention, DecodeQuery};
+use super::paged_attention::{decode_attention, DecodeQuery, PagedLayer};
 use super::prefill_attention::{prefill_attention, PrefillChunk};
 use super::rotary::{RopeTables, RotaryConfig, RotaryEmbedding};
 use crate::{Error, Result};
@@ -483,6 +483,13 @@ impl Phi3Decoder {
         let q = &q.to_dtype(DType::F32)?;
         let q_all = q.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; q_all.len()];
+        let paged = PagedLayer {
+            pool: kv,
+            layer,
+            heads: nh,
+            scale: scale as f32,
+            sliding_window: self.cfg.sliding_window,
+        };
         // Decode rows (one query each) go through the paged kernel together.
         let mut decode_q = Vec::new();
         let mut decode = Vec::new();
@@ -495,15 +502,7 @@ impl Phi3Decoder {
                 decode_at.push(at);
             } else if q.device().is_cpu() {
                 let chunk = PrefillChunk { blocks: row.blocks, position: row.position, len: row.len };
-                let o = prefill_attention(
-                    &q_all[at * width..(at + row.len) * width],
-                    chunk,
-                    kv,
-                    layer,
-                    nh,
-                    scale as f32,
-                    self.cfg.sliding_window,
-                )?;
+                let o = prefill_attention(&q_all[at * width..(at + row.len) * width], chunk, paged)?;
                 out[at * width..(at + row.len) * width].copy_from_slice(&o);
             } else {
                 let (k, v) = kv.gather(layer, row.blocks, row.position + row.len, q.device())?;
@@ -516,8 +515,7 @@ impl Phi3Decoder {
             at += row.len;
         }
         if !decode.is_empty() {
-            let o =
-                decode_attention(&decode_q, &decode, kv, layer, nh, scale as f32, self.cfg.sliding_window)?;
+            let o = decode_attention(&decode_q, &decode, paged)?;
             for (i, &at) in decode_at.iter().enumerate() {
                 out[at * width..(at + 1) * width].copy_from_slice(&o[i * width..(i + 1) * width]);
             }
