@@ -3,7 +3,7 @@
 //! A CLIP layer over five crops has 80 (crop, head) pairs whose 577×577 score matrices together
 //! take 106 MB. Built as tensors, that is a fresh allocation (page faults), a softmax pass and
 //! two transposing copies per layer. On the CPU, each pair is instead one task: its scores go to
-//! a buffer the task reuses (1.3 MB, cache-sized), the softmax runs in place with the vectorised
+//! its thread's reused buffer (1.3 MB, cache-sized), the softmax runs in place with the vectorised
 //! `exp`, and the product with V is written straight into the heads' columns of the output.
 
 use candle_core::Tensor;
@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::attention::{attention, AttnMask};
 use crate::kernels::elementwise::softmax_in_place;
-use crate::kernels::gemm::{product, SharedOut, Strided};
+use crate::kernels::gemm::{product, with_scratch, SharedOut, Strided};
 use crate::{Error, Result};
 
 /// `softmax(q kᵀ · scale) v` per head, with every key visible. `q` is `[n, t, c]`, `k` and `v`
@@ -83,40 +83,42 @@ fn per_head(q: &[f32], k: &[f32], v: &[f32], sh: Shape, scale: f32) -> Vec<f32> 
     let c = heads * d;
     let mut out = vec![0f32; n * t * c];
     let out_at = SharedOut::new(&mut out);
-    (0..n * heads).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
-        let (item, head) = (task / heads, task % heads);
-        scores.resize(t * s, 0.0);
-        let (qb, kb) = (item * t * c + head * d, item * s * c + head * d);
-        // SAFETY: rows of `c` floats, `d` columns from `head·d`, inside each item's slice; the
-        // scores buffer holds `t` rows of `s`.
-        unsafe {
-            product(
-                t,
-                s,
-                d,
-                scores.as_mut_ptr(),
-                s,
-                Strided::rows(q[qb..].as_ptr(), c),
-                Strided::transposed(k[kb..].as_ptr(), c),
-                scale,
-                false,
-            )
-        };
-        scores.chunks_exact_mut(s).for_each(softmax_in_place);
-        // SAFETY: as above; each task writes only its own head's columns of `out`.
-        unsafe {
-            product(
-                t,
-                d,
-                s,
-                out_at.at(item * t * c + head * d),
-                c,
-                Strided::rows(scores.as_ptr(), s),
-                Strided::rows(v[kb..].as_ptr(), c),
-                1.0,
-                false,
-            )
-        };
+    (0..n * heads).into_par_iter().for_each(|task| {
+        with_scratch(|[scores, _, _]| {
+            let (item, head) = (task / heads, task % heads);
+            scores.resize(t * s, 0.0);
+            let (qb, kb) = (item * t * c + head * d, item * s * c + head * d);
+            // SAFETY: rows of `c` floats, `d` columns from `head·d`, inside each item's slice; the
+            // scores buffer holds `t` rows of `s`.
+            unsafe {
+                product(
+                    t,
+                    s,
+                    d,
+                    scores.as_mut_ptr(),
+                    s,
+                    Strided::rows(q[qb..].as_ptr(), c),
+                    Strided::transposed(k[kb..].as_ptr(), c),
+                    scale,
+                    false,
+                )
+            };
+            scores.chunks_exact_mut(s).for_each(softmax_in_place);
+            // SAFETY: as above; each task writes only its own head's columns of `out`.
+            unsafe {
+                product(
+                    t,
+                    d,
+                    s,
+                    out_at.at(item * t * c + head * d),
+                    c,
+                    Strided::rows(scores.as_ptr(), s),
+                    Strided::rows(v[kb..].as_ptr(), c),
+                    1.0,
+                    false,
+                )
+            };
+        })
     });
     out
 }

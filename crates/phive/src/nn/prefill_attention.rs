@@ -3,7 +3,7 @@
 //! A chunk of `len` queries of one sequence at positions `position..position + len` attends to
 //! all `position + len` keys. Gathering them into one tensor per layer allocated and copied the
 //! whole sequence's K/V for every chunk (tens of MB, page faults included). Here one task per KV
-//! head copies that head's keys and values into buffers the task reuses (cache-sized), computes
+//! head copies that head's keys and values into its thread's reused buffers (cache-sized), computes
 //! the scores of its query heads with one product each, takes the masked softmax in place with
 //! the vectorised `exp`, and writes the product with V straight into the output rows.
 
@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::paged_attention::PagedLayer;
 use crate::kernels::elementwise::softmax_in_place;
-use crate::kernels::gemm::{product, SharedOut, Strided};
+use crate::kernels::gemm::{product, with_scratch, SharedOut, Strided};
 use crate::Result;
 
 /// One sequence's prefill chunk.
@@ -52,60 +52,54 @@ pub fn prefill_attention(q: &[f32], chunk: PrefillChunk, at: PagedLayer) -> Resu
     let width = heads * d;
     let mut out = vec![0f32; len * width];
     let out_at = SharedOut::new(&mut out);
-    (0..g.kv_heads).into_par_iter().for_each_init(Buffers::default, |buf, kv_head| {
-        buf.keys.clear();
-        buf.values.clear();
-        pool.read_head(layer, chunk.blocks, keys, kv_head, &mut buf.keys, &mut buf.values);
-        buf.scores.resize(len * keys, 0.0);
-        for h in kv_head * group..(kv_head + 1) * group {
-            // SAFETY: `q` holds `len` rows of `width` values, the head's `d` columns start at
-            // `h·d`; the key and score buffers hold `keys` rows of `d` and `len` rows of `keys`.
-            unsafe {
-                product(
-                    len,
-                    keys,
-                    d,
-                    buf.scores.as_mut_ptr(),
-                    keys,
-                    Strided::rows(q[h * d..].as_ptr(), width),
-                    Strided::transposed(buf.keys.as_ptr(), d),
-                    scale,
-                    false,
-                )
-            };
-            for (r, row) in buf.scores.chunks_exact_mut(keys).enumerate() {
-                let last = chunk.position + r;
-                let first = sliding_window.map_or(0, |w| (last + 1).saturating_sub(w));
-                row[..first].fill(0.0);
-                row[last + 1..].fill(0.0);
-                softmax_in_place(&mut row[first..=last]);
+    (0..g.kv_heads).into_par_iter().for_each(|kv_head| {
+        with_scratch(|[key_buf, value_buf, scores]| {
+            key_buf.clear();
+            value_buf.clear();
+            pool.read_head(layer, chunk.blocks, keys, kv_head, key_buf, value_buf);
+            scores.resize(len * keys, 0.0);
+            for h in kv_head * group..(kv_head + 1) * group {
+                // SAFETY: `q` holds `len` rows of `width` values, the head's `d` columns start at
+                // `h·d`; the key and score buffers hold `keys` rows of `d` and `len` rows of `keys`.
+                unsafe {
+                    product(
+                        len,
+                        keys,
+                        d,
+                        scores.as_mut_ptr(),
+                        keys,
+                        Strided::rows(q[h * d..].as_ptr(), width),
+                        Strided::transposed(key_buf.as_ptr(), d),
+                        scale,
+                        false,
+                    )
+                };
+                for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+                    let last = chunk.position + r;
+                    let first = sliding_window.map_or(0, |w| (last + 1).saturating_sub(w));
+                    row[..first].fill(0.0);
+                    row[last + 1..].fill(0.0);
+                    softmax_in_place(&mut row[first..=last]);
+                }
+                // SAFETY: the output's rows are `width` apart and this head's `d` columns belong to
+                // this task alone; the value buffer holds `keys` rows of `d`.
+                unsafe {
+                    product(
+                        len,
+                        d,
+                        keys,
+                        out_at.at(h * d),
+                        width,
+                        Strided::rows(scores.as_ptr(), keys),
+                        Strided::rows(value_buf.as_ptr(), d),
+                        1.0,
+                        false,
+                    )
+                };
             }
-            // SAFETY: the output's rows are `width` apart and this head's `d` columns belong to
-            // this task alone; the value buffer holds `keys` rows of `d`.
-            unsafe {
-                product(
-                    len,
-                    d,
-                    keys,
-                    out_at.at(h * d),
-                    width,
-                    Strided::rows(buf.scores.as_ptr(), keys),
-                    Strided::rows(buf.values.as_ptr(), d),
-                    1.0,
-                    false,
-                )
-            };
-        }
+        })
     });
     Ok(out)
-}
-
-/// A task's reused memory: one KV head's keys and values, and one query head's scores.
-#[derive(Default)]
-struct Buffers {
-    keys: Vec<f32>,
-    values: Vec<f32>,
-    scores: Vec<f32>,
 }
 
 #[cfg(test)]

@@ -12,12 +12,12 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::kernels::gemm::{product, SharedOut, Strided};
+use crate::kernels::gemm::{product, with_scratch, SharedOut, Strided};
 use crate::Result;
 
 /// Above this many activation rows, widen the whole weight and use candle's f32 gemm.
 const ROW_KERNEL_MAX_M: usize = 8;
-/// Up to this many rows, each task widens a panel of the weight into a buffer it reuses
+/// Up to this many rows, each task widens a panel of the weight into its thread's reused buffer
 /// ([`panels_kernel`]); above, the whole weight is widened once per call.
 const PANEL_KERNEL_MAX_M: usize = 64;
 /// Floats in one widened panel (256 KB: it stays in the core's L2 while the rows use it).
@@ -126,31 +126,33 @@ fn gemm_nt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 /// `x` `[m, k]` times `w` `[n, k]` (half) transposed, row-major `[m, n]`, for a prefill chunk's
 /// or a batch's few rows: widening the whole weight per call would write (and page-fault) a
 /// full f32 copy that these rows use once (Phi-4's LoRA matrices, 46 MB per layer per chunk).
-/// Instead each task widens a panel of weight rows into its own reused buffer and multiplies
+/// Instead each task widens a panel of weight rows into its thread's reused buffer and multiplies
 /// it with all rows of `x`.
 fn panels_kernel<T: Widen>(ws: &[T], xs: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let rows = (PANEL_FLOATS / k.max(1)).clamp(8, 128);
     let mut out = vec![0f32; m * n];
     let shared = SharedOut::new(&mut out);
-    (0..n.div_ceil(rows)).into_par_iter().for_each_init(Vec::new, |panel: &mut Vec<f32>, p| {
-        let (first, count) = (p * rows, rows.min(n - p * rows));
-        panel.resize(count * k, 0.0);
-        T::widen(&ws[first * k..(first + count) * k], panel);
-        // SAFETY: `xs` holds m rows of k, `panel` count rows of k; this task writes only the
-        // output columns `first..first + count` of the m rows (n apart).
-        unsafe {
-            product(
-                m,
-                count,
-                k,
-                shared.at(first),
-                n,
-                Strided::rows(xs.as_ptr(), k),
-                Strided::transposed(panel.as_ptr(), k),
-                1.0,
-                false,
-            )
-        };
+    (0..n.div_ceil(rows)).into_par_iter().for_each(|p| {
+        with_scratch(|[panel, _, _]| {
+            let (first, count) = (p * rows, rows.min(n - p * rows));
+            panel.resize(count * k, 0.0);
+            T::widen(&ws[first * k..(first + count) * k], panel);
+            // SAFETY: `xs` holds m rows of k, `panel` count rows of k; this task writes only the
+            // output columns `first..first + count` of the m rows (n apart).
+            unsafe {
+                product(
+                    m,
+                    count,
+                    k,
+                    shared.at(first),
+                    n,
+                    Strided::rows(xs.as_ptr(), k),
+                    Strided::transposed(panel.as_ptr(), k),
+                    1.0,
+                    false,
+                )
+            };
+        })
     });
     out
 }
