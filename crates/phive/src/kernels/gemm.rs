@@ -1,5 +1,8 @@
 //! f32 matrix products on the `gemm` crate (the one candle's CPU matmul calls), for kernels that
-//! work around a product: reused buffers, strided heads, a bias added in place.
+//! work around a product: reused buffers, strided heads, a bias added in place, and one
+//! attention head built from two products.
+
+use super::elementwise::softmax_in_place;
 
 /// A matrix in memory: element `(i, j)` at `ptr + i·row + j·col`.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +23,62 @@ impl Strided {
     pub fn transposed(ptr: *const f32, stride: usize) -> Self {
         Self { ptr, row: 1, col: stride as isize }
     }
+}
+
+/// One attention head: `out = softmax(scale · q kᵀ) v` with `q` `[queries, dim]` and `k`, `v`
+/// `[keys, dim]` (row-major, rows `stride` apart each), query row `r` seeing only the keys in
+/// `visible(r)` (the others weigh exactly 0). The scores go to `scores`, a buffer the caller
+/// reuses; `out` is row-major with rows `out_stride` apart.
+///
+/// # Safety
+/// As [`product`]: the operands must hold the rows their shapes and strides address, and no
+/// other thread may touch `out`'s `queries × dim` elements meanwhile.
+#[allow(clippy::too_many_arguments)] // a head's shape, operands and mask
+pub(crate) unsafe fn attend_head(
+    (queries, keys, dim): (usize, usize, usize),
+    q: (*const f32, usize),
+    k: (*const f32, usize),
+    v: (*const f32, usize),
+    scale: f32,
+    visible: impl Fn(usize) -> std::ops::Range<usize>,
+    scores: &mut Vec<f32>,
+    (out, out_stride): (*mut f32, usize),
+) {
+    scores.resize(queries * keys, 0.0);
+    // SAFETY: the caller's contract; `scores` holds `queries` rows of `keys`.
+    unsafe {
+        product(
+            queries,
+            keys,
+            dim,
+            scores.as_mut_ptr(),
+            keys,
+            Strided::rows(q.0, q.1),
+            Strided::transposed(k.0, k.1),
+            scale,
+            false,
+        )
+    };
+    for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+        let seen = visible(r);
+        row[..seen.start].fill(0.0);
+        row[seen.end..].fill(0.0);
+        softmax_in_place(&mut row[seen]);
+    }
+    // SAFETY: as above.
+    unsafe {
+        product(
+            queries,
+            dim,
+            keys,
+            out,
+            out_stride,
+            Strided::rows(scores.as_ptr(), keys),
+            Strided::rows(v.0, v.1),
+            1.0,
+            false,
+        )
+    };
 }
 
 /// Three f32 buffers a kernel's task may fill and reuse.

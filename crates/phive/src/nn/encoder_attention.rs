@@ -10,8 +10,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::attention::{attention, AttnMask};
-use crate::kernels::elementwise::softmax_in_place;
-use crate::kernels::gemm::{product, with_scratch, SharedOut, Strided};
+use crate::kernels::gemm::{attend_head, with_scratch, SharedOut};
 use crate::{Error, Result};
 
 /// `softmax(q kᵀ · scale) v` per head, with every key visible. `q` is `[n, t, c]`, `k` and `v`
@@ -86,36 +85,19 @@ fn per_head(q: &[f32], k: &[f32], v: &[f32], sh: Shape, scale: f32) -> Vec<f32> 
     (0..n * heads).into_par_iter().for_each(|task| {
         with_scratch(|[scores, _, _]| {
             let (item, head) = (task / heads, task % heads);
-            scores.resize(t * s, 0.0);
             let (qb, kb) = (item * t * c + head * d, item * s * c + head * d);
-            // SAFETY: rows of `c` floats, `d` columns from `head·d`, inside each item's slice; the
-            // scores buffer holds `t` rows of `s`.
+            // SAFETY: rows of `c` floats, `d` columns from `head·d`, inside each item's slice;
+            // each task writes only its own head's columns of `out`.
             unsafe {
-                product(
-                    t,
-                    s,
-                    d,
-                    scores.as_mut_ptr(),
-                    s,
-                    Strided::rows(q[qb..].as_ptr(), c),
-                    Strided::transposed(k[kb..].as_ptr(), c),
+                attend_head(
+                    (t, s, d),
+                    (q[qb..].as_ptr(), c),
+                    (k[kb..].as_ptr(), c),
+                    (v[kb..].as_ptr(), c),
                     scale,
-                    false,
-                )
-            };
-            scores.chunks_exact_mut(s).for_each(softmax_in_place);
-            // SAFETY: as above; each task writes only its own head's columns of `out`.
-            unsafe {
-                product(
-                    t,
-                    d,
-                    s,
-                    out_at.at(item * t * c + head * d),
-                    c,
-                    Strided::rows(scores.as_ptr(), s),
-                    Strided::rows(v[kb..].as_ptr(), c),
-                    1.0,
-                    false,
+                    |_| 0..s,
+                    scores,
+                    (out_at.at(qb), c),
                 )
             };
         })

@@ -10,8 +10,7 @@
 use rayon::prelude::*;
 
 use super::paged_attention::PagedLayer;
-use crate::kernels::elementwise::softmax_in_place;
-use crate::kernels::gemm::{product, with_scratch, SharedOut, Strided};
+use crate::kernels::gemm::{attend_head, with_scratch, SharedOut};
 use crate::Result;
 
 /// One sequence's prefill chunk.
@@ -57,43 +56,25 @@ pub fn prefill_attention(q: &[f32], chunk: PrefillChunk, at: PagedLayer) -> Resu
             key_buf.clear();
             value_buf.clear();
             pool.read_head(layer, chunk.blocks, keys, kv_head, key_buf, value_buf);
-            scores.resize(len * keys, 0.0);
+            // Query `r` sits at `position + r`: it sees the keys up to there, within the window.
+            let visible = |r: usize| {
+                let last = chunk.position + r;
+                sliding_window.map_or(0, |w| (last + 1).saturating_sub(w))..last + 1
+            };
             for h in kv_head * group..(kv_head + 1) * group {
                 // SAFETY: `q` holds `len` rows of `width` values, the head's `d` columns start at
-                // `h·d`; the key and score buffers hold `keys` rows of `d` and `len` rows of `keys`.
+                // `h·d`; the key and value buffers hold `keys` rows of `d`; this head's output
+                // columns belong to this task alone.
                 unsafe {
-                    product(
-                        len,
-                        keys,
-                        d,
-                        scores.as_mut_ptr(),
-                        keys,
-                        Strided::rows(q[h * d..].as_ptr(), width),
-                        Strided::transposed(key_buf.as_ptr(), d),
+                    attend_head(
+                        (len, keys, d),
+                        (q[h * d..].as_ptr(), width),
+                        (key_buf.as_ptr(), d),
+                        (value_buf.as_ptr(), d),
                         scale,
-                        false,
-                    )
-                };
-                for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
-                    let last = chunk.position + r;
-                    let first = sliding_window.map_or(0, |w| (last + 1).saturating_sub(w));
-                    row[..first].fill(0.0);
-                    row[last + 1..].fill(0.0);
-                    softmax_in_place(&mut row[first..=last]);
-                }
-                // SAFETY: the output's rows are `width` apart and this head's `d` columns belong to
-                // this task alone; the value buffer holds `keys` rows of `d`.
-                unsafe {
-                    product(
-                        len,
-                        d,
-                        keys,
-                        out_at.at(h * d),
-                        width,
-                        Strided::rows(scores.as_ptr(), keys),
-                        Strided::rows(value_buf.as_ptr(), d),
-                        1.0,
-                        false,
+                        visible,
+                        scores,
+                        (out_at.at(h * d), width),
                     )
                 };
             }

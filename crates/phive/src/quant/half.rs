@@ -4,8 +4,9 @@
 //! (about 25 ms for one 3072×3072 decode matmul, 30× slower than f32), and its f16 gemm rounds
 //! the activations to f16. Here, for the few rows of a decode step, each weight row is widened
 //! into an L1-resident buffer and dotted with the f32 activations, so the memory traffic is the
-//! 2-byte weight; for prefill-sized inputs the weight is widened once per call and the f32 gemm
-//! amortises that over the rows.
+//! 2-byte weight; for a prefill chunk's or a batch's few dozen rows each task widens a panel of
+//! weight rows into a reused buffer; for encoder-sized inputs the weight is widened once per call
+//! and the f32 gemm amortises that over the rows.
 
 use candle_core::{DType, Tensor};
 use half::slice::HalfFloatSliceExt;
@@ -15,7 +16,7 @@ use rayon::prelude::*;
 use crate::kernels::gemm::{product, with_scratch, SharedOut, Strided};
 use crate::Result;
 
-/// Above this many activation rows, widen the whole weight and use candle's f32 gemm.
+/// Up to this many activation rows, the row kernel dots each weight row straight from storage.
 const ROW_KERNEL_MAX_M: usize = 8;
 /// Up to this many rows, each task widens a panel of the weight into its thread's reused buffer
 /// ([`panels_kernel`]); above, the whole weight is widened once per call.
@@ -54,18 +55,10 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
             // at a time on one core: for an encoder's layers that was seconds per image).
             gemm_nt(xs, &widen(w)?, m, n, k)
         } else {
-            let (w_storage, w_layout) = w.storage_and_layout();
-            let (start, len) = (w_layout.start_offset(), n * k);
-            let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
-                return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
-            };
-            match w.dtype() {
-                DType::BF16 => panels_kernel(&w_cpu.as_slice::<bf16>()?[start..start + len], xs, m, n, k),
-                DType::F16 => panels_kernel(&w_cpu.as_slice::<f16>()?[start..start + len], xs, m, n, k),
-                other => {
-                    return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into())
-                }
-            }
+            with_half_values(w, |values| match values {
+                HalfValues::Bf16(ws) => panels_kernel(ws, xs, m, n, k),
+                HalfValues::F16(ws) => panels_kernel(ws, xs, m, n, k),
+            })?
         };
         if let Some(b) = &bias {
             out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
@@ -74,26 +67,11 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
         return Ok(Tensor::from_vec(out, (m, n), x.device())?);
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1::<f32>()?;
-    let (storage, layout) = w.storage_and_layout();
-    let start = layout.start_offset();
     let mut out_t = vec![0f32; n * m];
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => match w.dtype() {
-            DType::BF16 => {
-                let ws = &cpu.as_slice::<bf16>()?[start..start + n * k];
-                rows_kernel(ws, &xs, m, k, &mut out_t, true, Widen::widen);
-            }
-            DType::F16 => {
-                let ws = &cpu.as_slice::<f16>()?[start..start + n * k];
-                rows_kernel(ws, &xs, m, k, &mut out_t, false, Widen::widen);
-            }
-            other => {
-                return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into());
-            }
-        },
-        _ => return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into()),
-    }
-    drop(storage);
+    with_half_values(w, |values| match values {
+        HalfValues::Bf16(ws) => rows_kernel(ws, &xs, m, k, &mut out_t, true, Widen::widen),
+        HalfValues::F16(ws) => rows_kernel(ws, &xs, m, k, &mut out_t, false, Widen::widen),
+    })?;
     if let Some(b) = &bias {
         out_t.chunks_mut(m).zip(b).for_each(|(col, b)| col.iter_mut().for_each(|y| *y += b));
     }
@@ -185,18 +163,32 @@ fn widen(w: &Tensor) -> Result<Vec<f32>> {
         const CHUNK: usize = 1 << 16;
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| T::widen(s, o));
     }
+    let mut out = vec![0f32; w.elem_count()];
+    with_half_values(w, |values| match values {
+        HalfValues::Bf16(src) => convert(src, &mut out),
+        HalfValues::F16(src) => convert(src, &mut out),
+    })?;
+    Ok(out)
+}
+
+/// The values of a contiguous f16/bf16 CPU tensor, borrowed in their type.
+enum HalfValues<'a> {
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+/// `f` over the values of `w` (a contiguous f16/bf16 CPU tensor); an error for other tensors.
+fn with_half_values<R>(w: &Tensor, f: impl FnOnce(HalfValues) -> R) -> Result<R> {
     let (storage, layout) = w.storage_and_layout();
     let (start, len) = (layout.start_offset(), w.elem_count());
-    let mut out = vec![0f32; len];
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
     };
-    match w.dtype() {
-        DType::BF16 => convert(&cpu.as_slice::<bf16>()?[start..start + len], &mut out),
-        DType::F16 => convert(&cpu.as_slice::<f16>()?[start..start + len], &mut out),
+    Ok(match w.dtype() {
+        DType::BF16 => f(HalfValues::Bf16(&cpu.as_slice::<bf16>()?[start..start + len])),
+        DType::F16 => f(HalfValues::F16(&cpu.as_slice::<f16>()?[start..start + len])),
         other => return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into()),
-    }
-    Ok(out)
+    })
 }
 
 /// The decode kernel: AVX2/FMA (runtime-detected) widening and dotting 8 weights at a time
