@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::panels::{by_row_tiles, words, Line, COLS};
+use super::panels::{by_row_tiles, prefetch_ahead, words, Line, COLS};
 use super::q8k::BlockQ8K;
 use super::BlockFormat;
 
@@ -79,7 +79,10 @@ unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &m
     let nibble = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); R];
     for (b, lines) in panel.chunks_exact(WORDS).enumerate() {
-        let load = |j: usize| _mm512_load_si512(lines.as_ptr().add(j).cast());
+        let load = |j: usize| {
+            prefetch_ahead::<R, WORDS>(lines, j);
+            _mm512_load_si512(lines.as_ptr().add(j).cast())
+        };
         let (d, dmin, scales, mins) = header([load(0), load(1), load(2), load(3)]);
         let blocks: [&BlockQ8K; R] = std::array::from_fn(|r| acts[r].get_unchecked(b));
         let mut sumi = [_mm512_setzero_si512(); R];
@@ -113,15 +116,14 @@ unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &m
         }
         for r in 0..R {
             let a = blocks[r];
-            // Σⱼ m[j]·(sum of activations j·32…): the activations' group sums in pairs
-            // (bsum32[2k], bsum32[2k+1]) against the minimum pairs.
-            let bsums = _mm256_loadu_si256(a.bsums.as_ptr().cast());
-            let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256::<1>(bsums));
+            // Σⱼ m[j]·(sum of activations j·32…): the activations' sub-block sums in pairs
+            // (sub_sums[2k], sub_sums[2k+1]), broadcast from memory, against the minimum pairs.
+            let pairs = a.sub_sums.as_ptr().cast::<i32>();
             let mut summ = _mm512_setzero_si512();
-            summ = _mm512_dpwssd_epi32(summ, mins[0], _mm512_set1_epi32(_mm_extract_epi32::<0>(pairs)));
-            summ = _mm512_dpwssd_epi32(summ, mins[1], _mm512_set1_epi32(_mm_extract_epi32::<1>(pairs)));
-            summ = _mm512_dpwssd_epi32(summ, mins[2], _mm512_set1_epi32(_mm_extract_epi32::<2>(pairs)));
-            summ = _mm512_dpwssd_epi32(summ, mins[3], _mm512_set1_epi32(_mm_extract_epi32::<3>(pairs)));
+            for (k, m) in mins.iter().enumerate() {
+                summ =
+                    _mm512_dpwssd_epi32(summ, *m, _mm512_set1_epi32(std::ptr::read_unaligned(pairs.add(k))));
+            }
             let ad = _mm512_set1_ps(a.d);
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r]), _mm512_mul_ps(d, ad), acc[r]);
             acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(dmin, ad), acc[r]);

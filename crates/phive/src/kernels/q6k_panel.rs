@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::panels::{by_row_tiles, words, Line, COLS};
+use super::panels::{by_row_tiles, prefetch_ahead, words, Line, COLS};
 use super::q8k::BlockQ8K;
 use super::BlockFormat;
 
@@ -55,7 +55,13 @@ unsafe fn quarter<const K: usize, const R: usize>(
     scales: &[__m512i; 16],
     sumi: &mut [__m512i; R],
 ) {
-    let load = |j: usize| _mm512_load_si512(lines.as_ptr().add(j).cast());
+    // Quarters 0 and 1 load each of the half's lines first; 2 and 3 load them again.
+    let load = |j: usize| {
+        if K < 2 {
+            prefetch_ahead::<R, WORDS>(lines, j);
+        }
+        _mm512_load_si512(lines.as_ptr().add(j).cast())
+    };
     let low4 = _mm512_set1_epi8(0x0F);
     let base = 5 + 24 * half;
     for group in 0..2 {
@@ -87,7 +93,10 @@ unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &m
     );
     let mut acc = [_mm512_setzero_ps(); R];
     for (b, lines) in panel.chunks_exact(WORDS).enumerate() {
-        let load = |j: usize| _mm512_load_si512(lines.as_ptr().add(j).cast());
+        let load = |j: usize| {
+            prefetch_ahead::<R, WORDS>(lines, j);
+            _mm512_load_si512(lines.as_ptr().add(j).cast())
+        };
         let blocks: [&BlockQ8K; R] = std::array::from_fn(|r| acts[r].get_unchecked(b));
         // The sixteen scales of the 16 rows, sign-extended to i32 lanes.
         let scale_words = [load(0), load(1), load(2), load(3)];

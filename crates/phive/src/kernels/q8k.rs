@@ -21,13 +21,17 @@ pub struct BlockQ8K {
     pub qs: [i8; QK],
     /// `bsums[g] = Σ qs[16g..16g+16]`.
     pub bsums: [i16; QK / 16],
+    /// `sub_sums[j] = Σ qs[32j..32j+32]`: the sums of Q4_K's 32-value sub-blocks, stored so
+    /// that each adjacent pair is one 32-bit word the panel kernel broadcasts from memory.
+    pub sub_sums: [i16; QK / 32],
     /// `d · bsums[g]`: the group sums as the values they stand for, so the SIMD kernels fold
     /// a weight block's offsets in with one multiply-add per block and row.
     pub dsums: [f32; QK / 16],
 }
 
 impl BlockQ8K {
-    const ZERO: BlockQ8K = BlockQ8K { d: 0.0, qs: [0; QK], bsums: [0; QK / 16], dsums: [0.0; QK / 16] };
+    const ZERO: BlockQ8K =
+        BlockQ8K { d: 0.0, qs: [0; QK], bsums: [0; QK / 16], sub_sums: [0; QK / 32], dsums: [0.0; QK / 16] };
 
     /// Quantizes 256 values: the largest magnitude maps to ±127, the rest round to nearest
     /// (half away from zero), as GGML's reference quantizer does.
@@ -59,6 +63,9 @@ impl BlockQ8K {
         for ((s, f), g) in b.bsums.iter_mut().zip(&mut b.dsums).zip(b.qs.chunks_exact(16)) {
             *s = g.iter().map(|&q| q as i16).sum();
             *f = b.d * *s as f32;
+        }
+        for (j, s) in b.sub_sums.iter_mut().enumerate() {
+            *s = b.bsums[2 * j] + b.bsums[2 * j + 1];
         }
         b
     }
@@ -117,6 +124,10 @@ mod tests {
                 let sum: i32 = b.qs[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
                 assert_eq!(b.bsums[g] as i32, sum);
                 assert_eq!(b.dsums[g], b.d * sum as f32);
+            }
+            for j in 0..8 {
+                let sum: i32 = b.qs[32 * j..32 * j + 32].iter().map(|&q| q as i32).sum();
+                assert_eq!(b.sub_sums[j] as i32, sum);
             }
         }
     }
