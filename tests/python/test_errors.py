@@ -214,6 +214,13 @@ def test_bad_kv_cache_dtype(dtype):
     assert "unknown KV cache dtype" in str(info.value) and info.value.param == "kv_cache_dtype"
 
 
+@pytest.mark.parametrize("kwargs", [{"gpu_memory_utilization": 0.0}, {"gpu_memory_utilization": 1.5}, {"pa_gpu_mem_usage": -1.0}])
+def test_bad_gpu_memory_utilization(kwargs):
+    with pytest.raises(InvalidRequestError) as info:
+        Runner(which=Which.VisionPlain(model_id=str(MODEL)), **kwargs)
+    assert "fraction in (0, 1]" in str(info.value) and info.value.param == "gpu_memory_utilization"
+
+
 @pytest.mark.parametrize(
     "which_kwargs, runner_kwargs, name",
     [

@@ -109,7 +109,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     config.media_cache_bytes = 0;
     let widest = levels.iter().copied().max().unwrap_or(1);
     config.max_num_seqs = config.max_num_seqs.max(widest);
-    let engine = Arc::new(Engine::new(pipeline, config));
+    let engine = Arc::new(Engine::new(pipeline, config)?);
     eprintln!("{}", crate::engine_args::summary(&engine));
     let needed = widest * (prompt_tokens + decode_tokens);
     if engine.kv_capacity_tokens() < needed {

@@ -112,7 +112,7 @@ impl Conversation {
 pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let pipeline = args.load.load()?;
     let takes_audio = pipeline.accepts_audio();
-    let engine = Engine::new(pipeline, args.engine.config()?);
+    let engine = Engine::new(pipeline, args.engine.config()?)?;
     eprintln!("{}", crate::engine_args::summary(&engine));
     eprintln!("{HELP}");
     let params = args.sampling.params();

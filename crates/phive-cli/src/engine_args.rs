@@ -36,6 +36,10 @@ pub struct EngineArgs {
     /// value keeps 11 significant bits, so answers can differ slightly from f32's).
     #[arg(long, global = true, value_name = "f32|f16", default_value_t = KvDtype::default(), value_parser = parse_kv_dtype, env = "PHIVE_KV_CACHE_DTYPE")]
     kv_cache_dtype: KvDtype,
+    /// With --device cuda: the share of the GPU's memory phive may fill, between 0 and 1; the
+    /// KV cache gets what the weights leave of it (unless --kv-cache-mem sets its size).
+    #[arg(long, global = true, value_name = "FRACTION", default_value_t = EngineConfig::default().gpu_memory_utilization, env = "PHIVE_GPU_MEMORY_UTILIZATION")]
+    gpu_memory_utilization: f64,
 }
 
 fn parse_kv_dtype(s: &str) -> Result<KvDtype, String> {
@@ -55,7 +59,12 @@ impl EngineArgs {
         if !(self.media_cache_mem.is_finite() && self.media_cache_mem >= 0.0) {
             anyhow::bail!("--media-cache-mem must be a number of GiB >= 0, got {}", self.media_cache_mem);
         }
+        let share = self.gpu_memory_utilization;
+        if !(share > 0.0 && share <= 1.0) {
+            anyhow::bail!("--gpu-memory-utilization must be a fraction in (0, 1], got {share}");
+        }
         Ok(EngineConfig {
+            gpu_memory_utilization: share,
             media_cache_bytes: (self.media_cache_mem * (1u64 << 30) as f64) as u64,
             max_num_seqs: self.max_num_seqs as usize,
             max_batched_tokens: self.max_batched_tokens as usize,

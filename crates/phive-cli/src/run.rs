@@ -69,7 +69,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let params = args.sampling.params();
     let request_start = Instant::now();
     let prepared = pipeline.prepare_media(&messages, &images, &audios)?;
-    let engine = Engine::new(pipeline, args.engine.config()?);
+    let engine = Engine::new(pipeline, args.engine.config()?)?;
     eprintln!("{}", crate::engine_args::summary(&engine));
     let handle = engine.submit(prepared, params, 1)?;
     let mut stdout = std::io::stdout().lock();

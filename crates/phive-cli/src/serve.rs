@@ -198,7 +198,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("{}", pipeline.load_report());
     }
 
-    let engine = Arc::new(Engine::new(pipeline, engine_config.clone()));
+    let engine = Arc::new(Engine::new(pipeline, engine_config.clone())?);
     eprintln!("{}", crate::engine_args::summary(&engine));
     let media = MediaPolicy {
         max_bytes: opts.max_image_bytes,

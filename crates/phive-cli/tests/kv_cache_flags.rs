@@ -1,6 +1,6 @@
 //! `--kv-cache-dtype` on `phive run`: f16 holds twice the tokens of f32 in the same
 //! `--kv-cache-mem`, the load summary says which is in use, and an unknown type stops before
-//! loading, naming the choices.
+//! loading, naming the choices; so does a GPU memory share outside (0, 1].
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,4 +36,18 @@ fn f16_holds_twice_the_tokens_of_f32() {
 fn an_unknown_type_is_a_startup_error() {
     let (ok, err) = run(&["--kv-cache-dtype", "fp8"]);
     assert!(!ok && err.contains("unknown KV cache dtype \"fp8\": use f32 or f16"), "{err}");
+}
+
+#[test]
+fn a_gpu_memory_share_outside_zero_to_one_is_a_startup_error() {
+    for share in ["0", "1.5", "nan"] {
+        let (ok, err) = run(&["--gpu-memory-utilization", share]);
+        assert!(
+            !ok && err.contains("--gpu-memory-utilization must be a fraction in (0, 1]"),
+            "{share}: {err}"
+        );
+    }
+    // On the CPU the share is accepted and has nothing to size.
+    let (ok, err) = run(&["--gpu-memory-utilization", "0.5"]);
+    assert!(ok, "{err}");
 }

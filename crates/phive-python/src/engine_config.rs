@@ -33,16 +33,30 @@ fn max_observed(h: &Histogram) -> u64 {
     top.map_or(0, |i| h.bounds.get(i).copied().unwrap_or(f64::INFINITY).min(u64::MAX as f64) as u64)
 }
 
-/// The engine configuration of the `Runner`'s keyword arguments (unset ones keep defaults).
-pub(crate) fn engine_config(
-    max_seqs: Option<usize>,
-    max_queue: Option<usize>,
-    max_batched_tokens: Option<usize>,
-    kv_cache_mem: Option<f64>,
-    media_cache_mem: Option<f64>,
-    prefix_cache: bool,
-    kv_cache_dtype: Option<&str>,
-) -> Fallible<EngineConfig> {
+/// The `Runner`'s keyword arguments that size the engine (unset ones keep defaults).
+pub(crate) struct EngineKwargs {
+    pub max_seqs: Option<usize>,
+    pub max_queue: Option<usize>,
+    pub max_batched_tokens: Option<usize>,
+    pub kv_cache_mem: Option<f64>,
+    pub media_cache_mem: Option<f64>,
+    pub prefix_cache: bool,
+    pub kv_cache_dtype: Option<String>,
+    pub gpu_memory_utilization: Option<f64>,
+}
+
+/// The engine configuration of the `Runner`'s keyword arguments, validated.
+pub(crate) fn engine_config(kwargs: EngineKwargs) -> Fallible<EngineConfig> {
+    let EngineKwargs {
+        max_seqs,
+        max_queue,
+        max_batched_tokens,
+        kv_cache_mem,
+        media_cache_mem,
+        prefix_cache,
+        kv_cache_dtype,
+        gpu_memory_utilization,
+    } = kwargs;
     for (name, value) in
         [("max_seqs", max_seqs), ("max_queue", max_queue), ("max_batched_tokens", max_batched_tokens)]
     {
@@ -62,8 +76,14 @@ pub(crate) fn engine_config(
             format!("media_cache_mem must be a number of GiB >= 0 (0 turns the cache off), got {gib}"),
         ));
     }
+    if let Some(share) = gpu_memory_utilization.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+        return Err(Failure::invalid(
+            "gpu_memory_utilization",
+            format!("gpu_memory_utilization must be a fraction in (0, 1], got {share}"),
+        ));
+    }
     let defaults = EngineConfig::default();
-    let kv_cache_dtype = match kv_cache_dtype {
+    let kv_cache_dtype = match kv_cache_dtype.as_deref() {
         Some(name) => {
             name.parse().map_err(|e: phive::Error| Failure::invalid("kv_cache_dtype", e.to_string()))?
         }
@@ -78,5 +98,6 @@ pub(crate) fn engine_config(
             .map_or(defaults.media_cache_bytes, |gib| (gib * (1u64 << 30) as f64) as u64),
         prefix_cache,
         kv_cache_dtype,
+        gpu_memory_utilization: gpu_memory_utilization.unwrap_or(defaults.gpu_memory_utilization),
     })
 }

@@ -30,7 +30,7 @@ use pyo3::types::PyDict;
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
-use engine_config::{engine_config, stats_counts};
+use engine_config::{engine_config, stats_counts, EngineKwargs};
 
 /// How long a waiting thread keeps the GIL released before it checks for signals (Ctrl-C).
 const POLL: Duration = Duration::from_millis(50);
@@ -254,7 +254,7 @@ impl NativeEngine {
     /// `num_crops` (Phi-3.5-vision) / `dynamic_hd` (Phi-4-multimodal) replace the checkpoint's
     /// crop limit.
     #[new]
-    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, device=None, dtype=None, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, kv_cache_dtype=None, max_images=None, num_crops=None, dynamic_hd=None))]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, device=None, dtype=None, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, kv_cache_dtype=None, gpu_memory_utilization=None, max_images=None, num_crops=None, dynamic_hd=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -272,13 +272,13 @@ impl NativeEngine {
         media_cache_mem: Option<f64>,
         prefix_cache: bool,
         kv_cache_dtype: Option<String>,
+        gpu_memory_utilization: Option<f64>,
         max_images: Option<usize>,
         num_crops: Option<usize>,
         dynamic_hd: Option<usize>,
     ) -> PyResult<Self> {
         let preprocess = PreprocessOptions { num_crops, dynamic_hd };
-        let kv_cache_dtype = kv_cache_dtype.as_deref();
-        engine_config(
+        let kwargs = EngineKwargs {
             max_seqs,
             max_queue,
             max_batched_tokens,
@@ -286,12 +286,14 @@ impl NativeEngine {
             media_cache_mem,
             prefix_cache,
             kv_cache_dtype,
-        )
-        .and_then(|config| {
-            let load = LoadRequest { model, revision, arch, isq, isq_encoders, device, dtype };
-            Self::load(py, load, preprocess, config, max_images)
-        })
-        .map_err(|f| f.into_py(py))
+            gpu_memory_utilization,
+        };
+        engine_config(kwargs)
+            .and_then(|config| {
+                let load = LoadRequest { model, revision, arch, isq, isq_encoders, device, dtype };
+                Self::load(py, load, preprocess, config, max_images)
+            })
+            .map_err(|f| f.into_py(py))
     }
 
     /// Where the model came from (a folder, or `org/name@revision`).
@@ -458,7 +460,7 @@ impl NativeEngine {
             None => RequestLimits::default(),
         };
         Ok(NativeEngine {
-            engine: Arc::new(Engine::new(pipeline, config.clone())),
+            engine: Arc::new(Engine::new(pipeline, config.clone())?),
             model_id,
             architecture,
             isq,

@@ -85,7 +85,7 @@ fn main() -> Result<()> {
         kv_cache_dtype: args.kv_cache_dtype,
         ..Default::default()
     };
-    let engine = Arc::new(Engine::new(pipeline, config));
+    let engine = Arc::new(Engine::new(pipeline, config)?);
     let pipeline = engine.pipeline();
     let params = GenerationParams { max_tokens: Some(args.decode), ..Default::default() };
 

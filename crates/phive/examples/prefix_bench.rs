@@ -46,18 +46,17 @@ fn parse_args() -> Result<Args> {
 }
 
 /// The engine over `pipeline` with both caches on or both off.
-fn engine(pipeline: Pipeline, caches: bool) -> Arc<Engine> {
+fn engine(pipeline: Pipeline, caches: bool) -> Result<Arc<Engine>> {
     let config = if caches {
         EngineConfig::default()
     } else {
         EngineConfig { prefix_cache: false, media_cache_bytes: 0, ..Default::default() }
     };
-    let engine = Arc::new(Engine::new(pipeline, config));
+    let engine = Arc::new(Engine::new(pipeline, config)?);
     // Warm-up: the first use of each quantized weight repacks it.
-    let warm = engine.pipeline().prepare(&[ChatMessage::text("user", "Hello there.")], &[]).expect("prompt");
-    run_together(&engine, vec![warm], &GenerationParams { max_tokens: Some(4), ..Default::default() })
-        .expect("warm-up");
-    engine
+    let warm = engine.pipeline().prepare(&[ChatMessage::text("user", "Hello there.")], &[])?;
+    run_together(&engine, vec![warm], &GenerationParams { max_tokens: Some(4), ..Default::default() })?;
+    Ok(engine)
 }
 
 /// A chat's first and second turn about the picture: their times to first token, and the
@@ -127,7 +126,7 @@ fn main() -> Result<()> {
         args.isq,
         pipeline.load_time().as_secs_f64()
     );
-    let engines = [("on", engine(pipeline, true)), ("off", engine(load()?, false))];
+    let engines = [("on", engine(pipeline, true)?), ("off", engine(load()?, false)?)];
 
     println!("\n| caches | turn 1 TTFT s | turn 2 TTFT s | turn 2 / turn 1 | turn 2 cached tokens |");
     println!("| --- | --- | --- | --- | --- |");

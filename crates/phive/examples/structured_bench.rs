@@ -55,7 +55,7 @@ fn decode_rate(traces: &[Trace]) -> f64 {
 fn main() -> Result<()> {
     let args = args()?;
     let options = LoadOptions { model: args.model.clone(), isq: args.isq, ..Default::default() };
-    let engine = Arc::new(Engine::new(Pipeline::load(&options)?, EngineConfig::default()));
+    let engine = Arc::new(Engine::new(Pipeline::load(&options)?, EngineConfig::default())?);
     let digits = serde_json::json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
         "minItems": args.tokens, "maxItems": args.tokens});
     let free = GenerationParams { max_tokens: Some(args.tokens), ..Default::default() };

@@ -69,6 +69,18 @@ impl ModelDType {
     }
 }
 
+/// Free and total bytes of the GPU's memory; `None` on the CPU (or when the driver does not
+/// say).
+pub fn gpu_memory(device: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(gpu) = device {
+        let (free, total) = gpu.cuda_stream().context().mem_get_info().ok()?;
+        return Some((free as u64, total as u64));
+    }
+    let _ = device;
+    None
+}
+
 /// What the load summary says about `device`: `cpu`, or the GPU's ordinal, name and memory
 /// in use (everything on it, this process's weights and caches included).
 pub fn describe(device: &Device) -> String {
@@ -77,9 +89,9 @@ pub fn describe(device: &Device) -> String {
         let stream = gpu.cuda_stream();
         let context = stream.context();
         let name = context.name().unwrap_or_else(|_| "unknown GPU".into());
-        return match context.mem_get_info() {
-            Ok((free, total)) => {
-                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        return match gpu_memory(device) {
+            Some((free, total)) => {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 format!(
                     "cuda:{} ({name}, {:.1} of {:.1} GiB in use)",
                     context.ordinal(),
@@ -87,7 +99,7 @@ pub fn describe(device: &Device) -> String {
                     gib(total)
                 )
             }
-            Err(_) => format!("cuda:{} ({name})", context.ordinal()),
+            None => format!("cuda:{} ({name})", context.ordinal()),
         };
     }
     match device {

@@ -16,7 +16,7 @@ const LOGPROB_TOL: f32 = 0.05;
 
 fn engine(dir: &Path, dtype: ModelDType) -> Engine {
     let options = LoadOptions { model: dir.to_string_lossy().into_owned(), dtype, ..Default::default() };
-    Engine::new(Pipeline::load(&options).unwrap(), EngineConfig::default())
+    Engine::new(Pipeline::load(&options).unwrap(), EngineConfig::default()).unwrap()
 }
 
 fn greedy(engine: &Engine, prepared: PreparedPrompt) -> Completion {

@@ -21,7 +21,7 @@ fn options(dir: &Path, isq: Option<IsqType>) -> LoadOptions {
 }
 
 fn load(dir: &Path, isq: Option<IsqType>) -> Engine {
-    Engine::new(Pipeline::load(&options(dir, isq)).unwrap(), EngineConfig::default())
+    Engine::new(Pipeline::load(&options(dir, isq)).unwrap(), EngineConfig::default()).unwrap()
 }
 
 /// The model itself (for raw logits), loaded the way the pipeline does.

@@ -20,7 +20,7 @@ fn load() -> Pipeline {
 
 #[test]
 fn every_golden_case_reproduces_ids_and_greedy_tokens() {
-    let engine = Engine::new(load(), EngineConfig::default());
+    let engine = Engine::new(load(), EngineConfig::default()).unwrap();
     let pipeline = engine.pipeline();
     let goldens = common::golden_json("phi3v/generation.json");
     for case in goldens["cases"].as_array().unwrap() {
@@ -57,7 +57,7 @@ fn engine_serves_queued_requests_and_reports_queue_full() {
     let prepared = || pipeline.prepare(&messages, &images).unwrap();
     let first = prepared();
     let second = prepared();
-    let engine = Engine::new(load(), EngineConfig { max_queue: 2, ..Default::default() });
+    let engine = Engine::new(load(), EngineConfig { max_queue: 2, ..Default::default() }).unwrap();
     let params = GenerationParams { max_tokens: Some(16), ..Default::default() };
     let a = engine.submit(first, params.clone(), 1).unwrap();
     let b = engine.submit(second, params.clone(), 2).unwrap();
@@ -93,7 +93,7 @@ fn dropping_a_handle_cancels_generation() {
         sampling: phive::engine::SamplingParams { logit_bias: banned, ..Default::default() },
         ..Default::default()
     };
-    let engine = Engine::new(pipeline, EngineConfig::default());
+    let engine = Engine::new(pipeline, EngineConfig::default()).unwrap();
     let mut handle = engine.submit(prepared, params, 1).unwrap();
     // Wait for the first delta, then walk away.
     match handle.next_blocking() {
@@ -144,7 +144,7 @@ fn ignore_eos_decodes_past_the_stop_token() {
         ignore_eos,
         ..Default::default()
     };
-    let engine = Engine::new(load(), EngineConfig::default());
+    let engine = Engine::new(load(), EngineConfig::default()).unwrap();
     let stopped = common::complete(&engine, prepared(), &params(false));
     assert_eq!((stopped.tokens.as_slice(), stopped.finish_reason), (&[eos][..], FinishReason::Stop));
     let ignored = common::complete(&engine, prepared(), &params(true));

@@ -24,6 +24,7 @@ class NativeEngine:
         media_cache_mem: Optional[float] = None,
         prefix_cache: bool = True,
         kv_cache_dtype: Optional[str] = None,
+        gpu_memory_utilization: Optional[float] = None,
         max_images: Optional[int] = None,
         num_crops: Optional[int] = None,
         dynamic_hd: Optional[int] = None,

@@ -384,7 +384,9 @@ class Runner:
     prompt prefixes seen before (exact either way; ``usage.prompt_tokens_details.cached_tokens``
     says how many prompt tokens were reused); ``kv_cache_dtype`` (phive) is ``"f32"`` (the default,
     exact) or ``"f16"`` (twice the tokens in the same memory, faster decoding over long contexts;
-    each cached key and value keeps 11 significant bits);
+    each cached key and value keeps 11 significant bits); ``gpu_memory_utilization`` (phive; or
+    mistral.rs's ``pa_gpu_mem_usage``) is, with ``device="cuda"``, the share of the GPU's memory
+    phive may fill, the KV cache getting what the weights leave (default 0.9);
     ``max_queue`` (phive) bounds waiting requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by
     requests that set none. ``in_situ_quant`` ("Q4K", "Q6K", "Q8_0", "BF16"... or a bit width
     such as "4") quantizes the language model's linear layers while loading; ``isq_encoders``
@@ -431,6 +433,7 @@ class Runner:
         media_cache_mem: Optional[float] = None,
         no_prefix_cache: bool = False,
         kv_cache_dtype: Optional[str] = None,
+        gpu_memory_utilization: Optional[float] = None,
         num_crops: Optional[int] = None,
         dynamic_hd: Optional[int] = None,
         device: Optional[str] = None,
@@ -472,6 +475,7 @@ class Runner:
             media_cache_mem=media_cache_mem,
             prefix_cache=not no_prefix_cache and prefix_cache_n != 0,
             kv_cache_dtype=kv_cache_dtype,
+            gpu_memory_utilization=gpu_memory_utilization if gpu_memory_utilization is not None else pa_gpu_mem_usage,
             max_images=max_images,
             num_crops=num_crops,
             dynamic_hd=dynamic_hd,

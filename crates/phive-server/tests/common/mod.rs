@@ -87,7 +87,7 @@ pub fn start_with_shutdown_timeout(
         ..Default::default()
     })
     .unwrap();
-    let engine = Arc::new(Engine::new(pipeline, engine_config));
+    let engine = Arc::new(Engine::new(pipeline, engine_config).unwrap());
     let server = Server::new(engine, config);
     let state = Arc::clone(server.state());
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

@@ -29,7 +29,7 @@ pub fn run_step(
     plan: &StepPlan,
 ) -> Result<StepOutput> {
     for &(src, dst) in &plan.copies {
-        pool.copy_block(src, dst);
+        pool.copy_block(src, dst)?;
     }
     let mut embeds = Vec::with_capacity(plan.rows.len());
     let mut rows = Vec::with_capacity(plan.rows.len());

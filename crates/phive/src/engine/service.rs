@@ -22,6 +22,8 @@ use super::sequence::{Request, Sequence};
 use super::stats::EngineStats;
 use super::{Completion, Delta, FinishReason, GenerationParams};
 use crate::fault::{inject, Fault};
+use candle_core::Device;
+
 use crate::nn::kv_cache::{KvDtype, KvGeometry, KvPool};
 use crate::pipeline::{Pipeline, PreparedPrompt};
 use crate::{Error, Result};
@@ -46,6 +48,9 @@ pub struct EngineConfig {
     /// How the KV cache stores keys and values: f32 (exact, the default) or f16 (twice the
     /// tokens in the same memory, and faster decoding over long contexts).
     pub kv_cache_dtype: KvDtype,
+    /// On a GPU, the share of its memory phive may fill (weights, then the KV cache in what is
+    /// left) when `kv_cache_bytes` is not set; between 0 and 1.
+    pub gpu_memory_utilization: f64,
 }
 
 /// Default media cache: 512 MiB holds the features of about 50 full-resolution Phi-3.5 images.
@@ -61,6 +66,7 @@ impl Default for EngineConfig {
             media_cache_bytes: DEFAULT_MEDIA_CACHE_BYTES,
             prefix_cache: true,
             kv_cache_dtype: KvDtype::F32,
+            gpu_memory_utilization: 0.9,
         }
     }
 }
@@ -146,12 +152,21 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Sizes the KV pool and starts the engine loop serving `pipeline`.
-    pub fn new(pipeline: Pipeline, config: EngineConfig) -> Self {
+    /// Sizes the KV pool, makes it on the model's device and starts the engine loop serving
+    /// `pipeline`. Fails when the pool does not fit the device.
+    pub fn new(pipeline: Pipeline, config: EngineConfig) -> Result<Self> {
         let geometry =
             pipeline.model().kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE).with_dtype(config.kv_cache_dtype);
         let context = pipeline.context_length();
-        let num_blocks = pool_blocks(&config, geometry, context);
+        let device = pipeline.model().device().clone();
+        let num_blocks = pool_blocks(&config, geometry, context, &device);
+        let pool = KvPool::for_device(geometry, num_blocks, &device).map_err(|e| {
+            Error::Device(format!(
+                "cannot make a KV cache of {num_blocks} blocks ({:.2} GiB) on {}: {e} (lower --kv-cache-mem)",
+                (num_blocks * geometry.bytes_per_block()) as f64 / (1u64 << 30) as f64,
+                crate::device::describe(&device)
+            ))
+        })?;
         let max_seq_len = context.min(num_blocks * geometry.block_size);
         let mut stats = EngineStats {
             kv_block_size: geometry.block_size,
@@ -186,10 +201,10 @@ impl Engine {
             .name("phive-engine".into())
             .spawn(move || {
                 let scheduler = Scheduler::new(limits, num_blocks, hasher);
-                EngineLoop::new(loop_shared, scheduler, geometry, num_blocks, encoder).run(receiver);
+                EngineLoop::new(loop_shared, scheduler, pool, encoder).run(receiver);
             })
             .expect("spawning the engine thread");
-        Engine { shared, config, inbox: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) }
+        Ok(Engine { shared, config, inbox: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) })
     }
 
     /// The configuration it runs with.
@@ -331,13 +346,21 @@ fn stopped() -> Error {
     )
 }
 
-/// Blocks in the KV pool: the configured bytes, or the default share of available memory.
-fn pool_blocks(config: &EngineConfig, geometry: KvGeometry, context: usize) -> usize {
+/// Blocks in the KV pool: the configured bytes, or by default 40% of the host memory available
+/// at start, or on a GPU what is left of `gpu_memory_utilization` of its memory after the
+/// weights (vLLM's convention); never more than `max_num_seqs` full-context sequences need.
+fn pool_blocks(config: &EngineConfig, geometry: KvGeometry, context: usize, device: &Device) -> usize {
     let per_block = geometry.bytes_per_block() as u64;
     let full = (geometry.blocks_for(context) * config.max_num_seqs.max(1)) as u64;
     let bytes = config.kv_cache_bytes.unwrap_or_else(|| {
-        let available = crate::quant::available_memory_bytes().unwrap_or(4 << 30);
-        (available / 5 * 2).min(full * per_block)
+        let available = match crate::device::gpu_memory(device) {
+            Some((free, total)) => {
+                let budget = (total as f64 * config.gpu_memory_utilization.clamp(0.0, 1.0)) as u64;
+                budget.saturating_sub(total.saturating_sub(free))
+            }
+            None => crate::quant::available_memory_bytes().unwrap_or(4 << 30) / 5 * 2,
+        };
+        available.min(full * per_block)
     });
     ((bytes / per_block.max(1)) as usize).max(1)
 }
@@ -355,14 +378,8 @@ struct EngineLoop {
 }
 
 impl EngineLoop {
-    fn new(
-        shared: Arc<Shared>,
-        scheduler: Scheduler,
-        geometry: KvGeometry,
-        num_blocks: usize,
-        encoder: Encoder,
-    ) -> Self {
-        Self { shared, scheduler, pool: KvPool::new(geometry, num_blocks), encoder, encoding: 0, open: true }
+    fn new(shared: Arc<Shared>, scheduler: Scheduler, pool: KvPool, encoder: Encoder) -> Self {
+        Self { shared, scheduler, pool, encoder, encoding: 0, open: true }
     }
 
     fn run(mut self, inbox: mpsc::Receiver<Message>) {

@@ -11,6 +11,9 @@
 //! a block are contiguous: the decode kernel streams them, and gathering a sequence for a
 //! prefill chunk copies `block_size · head_dim` runs.
 //!
+//! On a GPU the pool's memory is device tensors instead ([`super::kv_tensors`]), written and
+//! read by device operations; [`KvPool::for_device`] picks the memory for the model's device.
+//!
 //! [`KvCache`] is one sequence over a private, growing pool: the single-sequence API that the
 //! model tests and benchmarks use; it runs the same batched code path as the engine.
 
@@ -21,6 +24,7 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::kv_tensors::KvTensors;
 use crate::Result;
 
 /// How the pool stores keys and values.
@@ -113,14 +117,23 @@ impl KvGeometry {
 
 /// The KV memory of every sequence: `num_blocks` blocks per layer.
 ///
-/// The stores are zero-initialised allocations, so the operating system backs only the pages
-/// that sequences have written: a large pool costs resident memory only as it fills.
+/// In host memory, the stores are zero-initialised allocations, so the operating system backs
+/// only the pages that sequences have written: a large pool costs resident memory only as it
+/// fills.
 #[derive(Debug)]
 pub struct KvPool {
     geometry: KvGeometry,
     num_blocks: usize,
-    keys: Vec<Store>,
-    values: Vec<Store>,
+    memory: Memory,
+}
+
+/// Where a pool's numbers live.
+#[derive(Debug)]
+enum Memory {
+    /// Host memory, one store per layer for keys and one for values.
+    Host { keys: Vec<Store>, values: Vec<Store> },
+    /// Tensors on the model's device.
+    Tensors(KvTensors),
 }
 
 /// One layer's keys (or values), `[block][kv_head][slot][head_dim]`.
@@ -143,14 +156,6 @@ impl Store {
         match self {
             Store::F32(v) => v[at..at + src.len()].copy_from_slice(src),
             Store::F16(v) => v[at..at + src.len()].convert_from_f32_slice(src),
-        }
-    }
-
-    /// Appends `len` numbers from `at` on, as f32.
-    fn read_into(&self, at: usize, len: usize, out: &mut Vec<f32>) {
-        match self {
-            Store::F32(v) => out.extend_from_slice(&v[at..at + len]),
-            Store::F16(v) => out.extend(v[at..at + len].iter().map(|x| x.to_f32())),
         }
     }
 
@@ -188,12 +193,77 @@ pub enum KvLayer<'a> {
     },
 }
 
+impl KvLayer<'_> {
+    /// Appends KV head `head`'s keys to `k` and values to `v` for positions `0..len` of the
+    /// sequence with block table `blocks`: `[len, head_dim]` each, as f32.
+    pub(crate) fn read_head(
+        &self,
+        g: KvGeometry,
+        blocks: &[u32],
+        len: usize,
+        head: usize,
+        k: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) {
+        let mut p = 0;
+        while p < len {
+            let n = (len - p).min(g.block_size);
+            let run =
+                g.offset(blocks[p / g.block_size], head, 0)..g.offset(blocks[p / g.block_size], head, n);
+            match self {
+                KvLayer::F32 { keys, values } => {
+                    k.extend_from_slice(&keys[run.clone()]);
+                    v.extend_from_slice(&values[run]);
+                }
+                KvLayer::F16 { keys, values } => {
+                    k.extend(keys[run.clone()].iter().map(|x| x.to_f32()));
+                    v.extend(values[run].iter().map(|x| x.to_f32()));
+                }
+            }
+            p += n;
+        }
+    }
+}
+
 impl KvPool {
-    /// A pool of `num_blocks` blocks.
+    /// A pool of `num_blocks` blocks in host memory.
     pub fn new(geometry: KvGeometry, num_blocks: usize) -> Self {
         let elems = num_blocks * geometry.block_elems();
         let store = || (0..geometry.num_layers).map(|_| Store::zeros(geometry.dtype, elems)).collect();
-        Self { geometry, num_blocks, keys: store(), values: store() }
+        Self { geometry, num_blocks, memory: Memory::Host { keys: store(), values: store() } }
+    }
+
+    /// A pool of `num_blocks` blocks as tensors on `device` (any device: tests run the GPU's
+    /// code path on the CPU this way).
+    pub fn on_device(geometry: KvGeometry, num_blocks: usize, device: &Device) -> Result<Self> {
+        let tensors = KvTensors::zeros(geometry, num_blocks, device)?;
+        Ok(Self { geometry, num_blocks, memory: Memory::Tensors(tensors) })
+    }
+
+    /// The pool for a model on `device`: host memory for the CPU's kernels, device tensors
+    /// anywhere else.
+    pub fn for_device(geometry: KvGeometry, num_blocks: usize, device: &Device) -> Result<Self> {
+        if device.is_cpu() {
+            Ok(Self::new(geometry, num_blocks))
+        } else {
+            Self::on_device(geometry, num_blocks, device)
+        }
+    }
+
+    /// The device tensors, where the pool keeps its numbers on a device.
+    pub fn tensors(&self) -> Option<&KvTensors> {
+        match &self.memory {
+            Memory::Tensors(t) => Some(t),
+            Memory::Host { .. } => None,
+        }
+    }
+
+    /// The host stores, or an error for a pool of device tensors.
+    fn host_mut(&mut self) -> Result<(&mut [Store], &mut [Store])> {
+        match &mut self.memory {
+            Memory::Host { keys, values } => Ok((keys, values)),
+            Memory::Tensors(_) => Err(on_device_error()),
+        }
     }
 
     /// The shape of the memory.
@@ -227,24 +297,25 @@ impl KvPool {
             ))
             .into());
         }
+        if let Some(block) = blocks.iter().find(|&&b| b as usize >= self.num_blocks) {
+            return Err(candle_core::Error::Msg(format!("kv block {block} is outside the pool")).into());
+        }
+        let (keys, values) = self.host_mut()?;
         for i in 0..n {
             let p = position + i;
             let block = blocks[p / g.block_size];
-            if block as usize >= self.num_blocks {
-                return Err(candle_core::Error::Msg(format!("kv block {block} is outside the pool")).into());
-            }
             for h in 0..g.kv_heads {
                 let dst = g.offset(block, h, p % g.block_size);
                 let src = i * row + h * g.head_dim;
-                self.keys[layer].set(dst, &k[src..src + g.head_dim]);
-                self.values[layer].set(dst, &v[src..src + g.head_dim]);
+                keys[layer].set(dst, &k[src..src + g.head_dim]);
+                values[layer].set(dst, &v[src..src + g.head_dim]);
             }
         }
         Ok(())
     }
 
     /// Keys and values `[1, kv_heads, len, head_dim]` of the first `len` positions of a sequence,
-    /// copied out of its blocks (for attention over a prefill chunk).
+    /// copied out of its blocks (a reference for the attention kernels' tests).
     pub fn gather(
         &self,
         layer: usize,
@@ -253,66 +324,67 @@ impl KvPool {
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
         let g = self.geometry;
+        let stores = self.layer(layer)?;
         let mut k = Vec::with_capacity(g.kv_heads * len * g.head_dim);
         let mut v = Vec::with_capacity(k.capacity());
         for h in 0..g.kv_heads {
-            self.read_head(layer, blocks, len, h, &mut k, &mut v);
+            stores.read_head(g, blocks, len, h, &mut k, &mut v);
         }
         let shape = (1, g.kv_heads, len, g.head_dim);
         Ok((Tensor::from_vec(k, shape, device)?, Tensor::from_vec(v, shape, device)?))
     }
 
-    /// Appends KV head `head`'s keys to `k` and values to `v` for positions `0..len` of the
-    /// sequence with block table `blocks`: `[len, head_dim]` each, as f32.
-    pub(crate) fn read_head(
-        &self,
-        layer: usize,
-        blocks: &[u32],
-        len: usize,
-        head: usize,
-        k: &mut Vec<f32>,
-        v: &mut Vec<f32>,
-    ) {
-        let g = self.geometry;
-        let mut p = 0;
-        while p < len {
-            let n = (len - p).min(g.block_size);
-            let start = g.offset(blocks[p / g.block_size], head, 0);
-            self.keys[layer].read_into(start, n * g.head_dim, k);
-            self.values[layer].read_into(start, n * g.head_dim, v);
-            p += n;
-        }
-    }
-
-    /// Key and value stores of one layer.
-    pub fn layer(&self, layer: usize) -> KvLayer<'_> {
-        match (&self.keys[layer], &self.values[layer]) {
-            (Store::F32(keys), Store::F32(values)) => KvLayer::F32 { keys, values },
-            (Store::F16(keys), Store::F16(values)) => KvLayer::F16 { keys, values },
-            _ => unreachable!("a pool's stores share one type"),
+    /// Key and value stores of one layer in host memory (an error for a pool of device tensors,
+    /// which the CPU's kernels cannot read).
+    pub fn layer(&self, layer: usize) -> Result<KvLayer<'_>> {
+        match &self.memory {
+            Memory::Host { keys, values } => Ok(match (&keys[layer], &values[layer]) {
+                (Store::F32(keys), Store::F32(values)) => KvLayer::F32 { keys, values },
+                (Store::F16(keys), Store::F16(values)) => KvLayer::F16 { keys, values },
+                _ => unreachable!("a pool's stores share one type"),
+            }),
+            Memory::Tensors(_) => Err(on_device_error()),
         }
     }
 
     /// Copies block `src` into block `dst` in every layer (copy-on-write of a shared block).
-    pub fn copy_block(&mut self, src: u32, dst: u32) {
+    pub fn copy_block(&mut self, src: u32, dst: u32) -> Result<()> {
+        let block_size = self.geometry.block_size;
         let n = self.geometry.block_elems();
         let (s, d) = (src as usize * n, dst as usize * n);
-        for store in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            store.copy_within(s..s + n, d);
+        match &mut self.memory {
+            Memory::Host { keys, values } => {
+                for store in keys.iter_mut().chain(values.iter_mut()) {
+                    store.copy_within(s..s + n, d);
+                }
+                Ok(())
+            }
+            Memory::Tensors(t) => t.copy_block(block_size, src, dst),
         }
     }
 
     /// Grows the pool to at least `num_blocks` blocks, keeping the contents.
-    fn grow(&mut self, num_blocks: usize) {
+    fn grow(&mut self, num_blocks: usize) -> Result<()> {
         if num_blocks <= self.num_blocks {
-            return;
+            return Ok(());
         }
         let elems = num_blocks * self.geometry.block_elems();
-        for store in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            store.resize(elems);
+        match &mut self.memory {
+            Memory::Host { keys, values } => {
+                for store in keys.iter_mut().chain(values.iter_mut()) {
+                    store.resize(elems);
+                }
+            }
+            Memory::Tensors(t) => t.grow(self.geometry.block_size, num_blocks)?,
         }
         self.num_blocks = num_blocks;
+        Ok(())
     }
+}
+
+fn on_device_error() -> crate::Error {
+    candle_core::Error::Msg("the KV pool is on a device; the CPU's attention kernels cannot read it".into())
+        .into()
 }
 
 /// The KV cache of one sequence on a private pool whose blocks are `0, 1, 2, …` in order.
@@ -321,6 +393,8 @@ impl KvPool {
 #[derive(Debug)]
 pub struct KvCache {
     pool: KvPool,
+    /// Where the pool's memory is made when the first positions arrive.
+    device: Device,
     blocks: Vec<u32>,
     len: usize,
 }
@@ -328,7 +402,12 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache.
     pub fn new(geometry: KvGeometry) -> Self {
-        Self { pool: KvPool::new(geometry, 0), blocks: Vec::new(), len: 0 }
+        Self { pool: KvPool::new(geometry, 0), device: Device::Cpu, blocks: Vec::new(), len: 0 }
+    }
+
+    /// An empty cache whose pool suits a model on `device` ([`KvPool::for_device`]).
+    pub fn for_device(geometry: KvGeometry, device: &Device) -> Self {
+        Self { device: device.clone(), ..Self::new(geometry) }
     }
 
     /// Number of cached positions (the position of the next token).
@@ -348,16 +427,21 @@ impl KvCache {
 
     /// Makes room for `n` more positions and returns the block table and the pool to write
     /// them through; call [`KvCache::advance`] once they are written.
-    pub(crate) fn reserve(&mut self, n: usize) -> (&[u32], &mut KvPool) {
+    pub(crate) fn reserve(&mut self, n: usize) -> Result<(&[u32], &mut KvPool)> {
         let needed = self.pool.geometry.blocks_for(self.len + n);
         if needed > self.pool.num_blocks {
             // Grow geometrically so a long decode does not copy the pool every block.
-            self.pool.grow(needed.max(2 * self.pool.num_blocks));
+            let blocks = needed.max(2 * self.pool.num_blocks);
+            if self.pool.num_blocks == 0 {
+                self.pool = KvPool::for_device(self.pool.geometry, blocks, &self.device)?;
+            } else {
+                self.pool.grow(blocks)?;
+            }
         }
         while self.blocks.len() < needed {
             self.blocks.push(self.blocks.len() as u32);
         }
-        (&self.blocks, &mut self.pool)
+        Ok((&self.blocks, &mut self.pool))
     }
 
     /// Records that `n` more positions are cached.
@@ -391,9 +475,11 @@ mod tests {
         assert_eq!(got.to_vec3::<f32>().unwrap(), want.to_vec3::<f32>().unwrap());
         assert_eq!(gv.sum_all().unwrap().to_scalar::<f32>().unwrap(), -(0..60).sum::<i32>() as f32);
         // Layer 0 was not touched.
-        assert!(matches!(pool.layer(0), KvLayer::F32 { keys, .. } if keys.iter().all(|&x| x == 0.0)));
+        assert!(
+            matches!(pool.layer(0).unwrap(), KvLayer::F32 { keys, .. } if keys.iter().all(|&x| x == 0.0))
+        );
         // Copy-on-write copies every layer's block.
-        pool.copy_block(4, 0);
+        pool.copy_block(4, 0).unwrap();
         let (ck, _) = pool.gather(1, &[0], 4, &Device::Cpu).unwrap();
         let (ok, _) = pool.gather(1, &[4], 4, &Device::Cpu).unwrap();
         assert_eq!(
@@ -414,7 +500,7 @@ mod tests {
     fn cache_grows_with_its_sequence() {
         let mut c = KvCache::new(geometry());
         assert!(c.is_empty());
-        let (blocks, _) = c.reserve(9);
+        let (blocks, _) = c.reserve(9).unwrap();
         assert_eq!(blocks, &[0, 1, 2]);
         c.advance(9);
         assert_eq!(c.len(), 9);

@@ -7,6 +7,7 @@ pub mod activation;
 pub mod attention;
 pub mod encoder_attention;
 pub mod kv_cache;
+pub mod kv_tensors;
 pub mod linear;
 pub mod lora;
 pub mod norm;
@@ -14,6 +15,7 @@ pub mod paged_attention;
 pub mod phi3_decoder;
 pub mod prefill_attention;
 pub mod rotary;
+pub mod tensor_attention;
 
 #[cfg(test)]
 pub(crate) mod test_util;

@@ -64,7 +64,7 @@ pub fn decode_attention(q: &[f32], queries: &[DecodeQuery], at: PagedLayer) -> R
         .into());
     }
     let batch = Batch { q, queries, heads, scale, sliding_window, geometry: g };
-    Ok(match pool.layer(layer) {
+    Ok(match pool.layer(layer)? {
         KvLayer::F32 { keys, values } => batch.attend(keys, values),
         KvLayer::F16 { keys, values } => batch.attend(keys, values),
     })

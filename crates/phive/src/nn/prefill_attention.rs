@@ -47,6 +47,7 @@ pub fn prefill_attention(q: &[f32], chunk: PrefillChunk, at: PagedLayer) -> Resu
         ))
         .into());
     }
+    let stores = pool.layer(layer)?;
     let group = heads / g.kv_heads;
     let width = heads * d;
     let mut out = vec![0f32; len * width];
@@ -55,7 +56,7 @@ pub fn prefill_attention(q: &[f32], chunk: PrefillChunk, at: PagedLayer) -> Resu
         with_scratch(|[key_buf, value_buf, scores]| {
             key_buf.clear();
             value_buf.clear();
-            pool.read_head(layer, chunk.blocks, keys, kv_head, key_buf, value_buf);
+            stores.read_head(g, chunk.blocks, keys, kv_head, key_buf, value_buf);
             // Query `r` sits at `position + r`: it sees the keys up to there, within the window.
             let visible = |r: usize| {
                 let last = chunk.position + r;

@@ -158,6 +158,14 @@ impl VisionModelBuilder {
         self
     }
 
+    /// On a GPU, the share of its memory phive may fill (default 0.9): the KV cache gets what
+    /// the weights leave of it, unless [`Self::with_kv_cache_bytes`] sets its size. `build`
+    /// refuses a share outside `(0, 1]`.
+    pub fn with_gpu_memory_utilization(mut self, share: f64) -> Self {
+        self.engine.gpu_memory_utilization = share;
+        self
+    }
+
     /// mistral.rs's switch for the prefix cache: `None` or `Some(0)` turns it off, any count
     /// keeps it on (phive's cache is bounded by the KV memory, not by a number of prefixes).
     /// On by default: a prompt that starts like an earlier one (the next turn of a chat, a
@@ -169,6 +177,12 @@ impl VisionModelBuilder {
 
     /// Loads the model on a background thread.
     pub async fn build(self) -> Result<Model> {
+        let share = self.engine.gpu_memory_utilization;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(Error::InvalidRequest(format!(
+                "gpu_memory_utilization must be a fraction in (0, 1], got {share}"
+            )));
+        }
         if self.logging {
             // An application that installed its own subscriber keeps it.
             let _ = tracing_subscriber::fmt()
@@ -202,7 +216,7 @@ impl VisionModelBuilder {
             pipeline.architecture().name(),
             pipeline.load_time().as_secs_f64()
         );
-        Ok(Model { engine: Arc::new(Engine::new(pipeline, engine_config)), id: model_id })
+        Ok(Model { engine: Arc::new(Engine::new(pipeline, engine_config)?), id: model_id })
     }
 }
 

@@ -14,14 +14,15 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::activation::Activation;
-use super::attention::{attention, AttnMask};
 use super::kv_cache::{KvCache, KvDtype, KvGeometry, KvPool};
+use super::kv_tensors::KvTensors;
 use super::linear::{Linear, LoadVb, WeightFootprint};
 use super::lora::{AdapterSegment, LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
 use super::paged_attention::{decode_attention, DecodeQuery, PagedLayer};
 use super::prefill_attention::{prefill_attention, PrefillChunk};
 use super::rotary::{RopeTables, RotaryConfig, RotaryEmbedding};
+use super::tensor_attention::{RowSpan, TensorBatch};
 use crate::{Error, Result};
 
 /// Geometry of a Phi-3 style decoder, independent of the config.json flavour it came from.
@@ -269,7 +270,7 @@ impl Phi3Decoder {
 
     /// An empty single-sequence KV cache for this decoder.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE))
+        KvCache::for_device(self.kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE), &self.device)
     }
 
     /// Input embeddings `[1, seq, hidden]`: the token embeddings, with each `(start, features)`
@@ -367,7 +368,7 @@ impl Phi3Decoder {
             .into());
         }
         let position = cache.len();
-        let (blocks, pool) = cache.reserve(s);
+        let (blocks, pool) = cache.reserve(s)?;
         let row = BatchRow { len: s, position, prompt_len: position + s, blocks, adapter };
         let hidden = self.forward_batch(&embeds.squeeze(0)?, &[row], pool)?;
         cache.advance(s);
@@ -398,10 +399,24 @@ impl Phi3Decoder {
         let spans: Vec<(usize, usize, usize)> =
             rows.iter().map(|r| (r.position, r.len, r.prompt_len)).collect();
         let tables = self.rotary.batch_tables(&spans, embeds.device())?;
+        let on_device = match kv.tensors() {
+            Some(tensors) => {
+                let spans: Vec<RowSpan> = rows
+                    .iter()
+                    .map(|r| RowSpan { blocks: r.blocks, position: r.position, len: r.len })
+                    .collect();
+                Some(TensorBatch::new(kv.geometry(), &spans, self.cfg.sliding_window, tensors.device())?)
+            }
+            None => None,
+        };
         let mut x = embeds.contiguous()?;
         for (i, layer) in self.layers.iter().enumerate() {
             let normed = layer.input_layernorm.forward(&x)?;
-            let a = self.attn(layer, &normed, &tables, rows, &segments, kv, i)?;
+            let a = if let (Some(batch), Some(tensors)) = (&on_device, kv.tensors()) {
+                self.attn_on_device(layer, &normed, &tables, (batch, tensors), &segments, i)?
+            } else {
+                self.attn(layer, &normed, &tables, rows, &segments, kv, i)?
+            };
             x = (x + a)?;
             let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?, &segments)?;
             x = (x + m)?;
@@ -427,6 +442,20 @@ impl Phi3Decoder {
                 kv.geometry()
             ))
             .into());
+        }
+        let g = kv.geometry();
+        for row in rows {
+            if g.blocks_for(row.position + row.len) > row.blocks.len()
+                || row.blocks.iter().any(|&b| b as usize >= kv.num_blocks())
+            {
+                return Err(candle_core::Error::Msg(format!(
+                    "a row of {} positions with blocks {:?} does not fit a pool of {} blocks",
+                    row.position + row.len,
+                    row.blocks,
+                    kv.num_blocks()
+                ))
+                .into());
+            }
         }
         for name in rows.iter().filter_map(|r| r.adapter) {
             if !self.adapters.iter().any(|a| a == name) {
@@ -474,6 +503,31 @@ impl Phi3Decoder {
         layer.o_proj.forward_segments(&out, segments)
     }
 
+    /// [`Phi3Decoder::attn`] over a pool of device tensors: the keys, values and attention stay
+    /// on the model's device.
+    fn attn_on_device(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        tables: &RopeTables,
+        (batch, tensors): (&TensorBatch, &KvTensors),
+        segments: &[AdapterSegment],
+        index: usize,
+    ) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim());
+        let qkv = layer.qkv_proj.forward_segments(x, segments)?;
+        let heads = |start: usize, n: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(1, start * hd, n * hd)?.reshape((1, t, n, hd))?)
+        };
+        let q = tables.apply(&heads(0, nh)?)?.reshape((t, nh, hd))?;
+        let k = tables.apply(&heads(nh, nkv)?)?.reshape((t, nkv * hd))?;
+        let v = heads(nh + nkv, nkv)?.reshape((t, nkv * hd))?;
+        batch.write(tensors, index, &k, &v)?;
+        let out = batch.attend(&q, tensors, index, 1.0 / (hd as f64).sqrt())?;
+        layer.o_proj.forward_segments(&out.to_dtype(x.dtype())?, segments)
+    }
+
     /// Attention output `[tokens, heads · head_dim]` (row-major) for the packed queries `q`
     /// `[1, tokens, heads, head_dim]` of `rows`, whose keys are already in `kv`.
     fn attend(&self, q: &Tensor, rows: &[BatchRow], kv: &KvPool, layer: usize) -> Result<Vec<f32>> {
@@ -500,16 +554,9 @@ impl Phi3Decoder {
                 decode_q.extend_from_slice(&q_all[at * width..(at + 1) * width]);
                 decode.push(DecodeQuery { blocks: row.blocks, len: row.position + 1 });
                 decode_at.push(at);
-            } else if q.device().is_cpu() {
+            } else {
                 let chunk = PrefillChunk { blocks: row.blocks, position: row.position, len: row.len };
                 let o = prefill_attention(&q_all[at * width..(at + row.len) * width], chunk, paged)?;
-                out[at * width..(at + row.len) * width].copy_from_slice(&o);
-            } else {
-                let (k, v) = kv.gather(layer, row.blocks, row.position + row.len, q.device())?;
-                let qr = q.narrow(1, at, row.len)?.transpose(1, 2)?;
-                let mask = AttnMask::Causal { offset: row.position, sliding_window: self.cfg.sliding_window };
-                let o =
-                    attention(&qr, &k, &v, scale, mask)?.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?;
                 out[at * width..(at + row.len) * width].copy_from_slice(&o);
             }
             at += row.len;

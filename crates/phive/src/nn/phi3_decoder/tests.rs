@@ -105,6 +105,78 @@ fn batched_rows_equal_each_sequence_alone() {
     assert!(max_abs_diff(&got.narrow(0, 1, 5).unwrap(), &plain) > 1e-3);
 }
 
+/// The GPU's code path (a pool of device tensors, attention in tensor operations), run on the
+/// CPU, gives what the CPU's kernels give: prefill chunks, decode rows of different lengths
+/// together, a sliding window, grouped KV heads, f16 storage, and a block copied for a fork.
+#[test]
+fn a_pool_of_device_tensors_gives_the_kernels_results() {
+    for (kv_heads, window, dtype) in
+        [(4, None, KvDtype::F32), (2, Some(5), KvDtype::F32), (2, None, KvDtype::F16)]
+    {
+        let d =
+            Phi3Decoder::new(&Phi3DecoderConfig { sliding_window: window, ..cfg(kv_heads) }, &random_vb(0.2))
+                .unwrap();
+        let geometry = d.kv_geometry(4).with_dtype(dtype);
+        let mut host = KvPool::new(geometry, 16);
+        let mut tensors = KvPool::on_device(geometry, 16, &Device::Cpu).unwrap();
+        assert!(host.tensors().is_none() && tensors.tensors().is_some());
+        let embed = |n: usize, m: usize| -> Tensor {
+            let ids: Vec<u32> = (0..n).map(|i| (i * m % 50) as u32).collect();
+            d.embed_tokens(&ids).unwrap()
+        };
+        let (ta, tb, tc, fork) = ([0u32, 1, 4], [2u32, 3], [5u32, 9, 10], [7u32, 1, 4]);
+        let row = |len, position, blocks| BatchRow {
+            len,
+            position,
+            prompt_len: position + len,
+            blocks,
+            adapter: None,
+        };
+        let steps: Vec<(Tensor, Vec<BatchRow>)> = vec![
+            (
+                Tensor::cat(&[embed(7, 3), embed(6, 11)], 0).unwrap(),
+                vec![row(7, 0, &ta[..]), row(6, 0, &tc[..])],
+            ),
+            (embed(9, 7), vec![row(1, 7, &ta[..]), row(5, 0, &tb[..]), row(3, 6, &tc[..])]),
+            (embed(3, 5), vec![row(1, 8, &ta[..]), row(1, 5, &tb[..]), row(1, 9, &tc[..])]),
+            (
+                Tensor::cat(&[embed(1, 13), embed(1, 13)], 0).unwrap(),
+                vec![row(1, 9, &ta[..]), row(1, 9, &fork[..])],
+            ),
+        ];
+        for (i, (embeds, rows)) in steps.iter().enumerate() {
+            if i == 3 {
+                host.copy_block(0, 7).unwrap();
+                tensors.copy_block(0, 7).unwrap();
+            }
+            let want = d.forward_batch(embeds, rows, &mut host).unwrap();
+            let got = d.forward_batch(embeds, rows, &mut tensors).unwrap();
+            // Both round the stored keys to the same halves; sums over them in another order
+            // differ a little more than over f32 keys.
+            let tolerance = if dtype == KvDtype::F16 { 5e-5 } else { 1e-5 };
+            let diff = max_abs_diff(&want, &got);
+            assert!(diff < tolerance, "kv heads {kv_heads}, window {window:?}, {dtype}, step {i}: {diff}");
+            if i == 3 {
+                // The fork sees its parent's keys through the copied block.
+                assert_eq!(max_abs_diff(&got.narrow(0, 0, 1).unwrap(), &got.narrow(0, 1, 1).unwrap()), 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_outside_the_pool_are_errors_on_either_memory() {
+    let d = Phi3Decoder::new(&cfg(2), &random_vb(0.2)).unwrap();
+    let geometry = d.kv_geometry(4);
+    let e = d.embed_tokens(&[1, 2, 3, 4, 5]).unwrap();
+    for mut pool in [KvPool::new(geometry, 4), KvPool::on_device(geometry, 4, &Device::Cpu).unwrap()] {
+        let row = |blocks| BatchRow { len: 5, position: 0, prompt_len: 5, blocks, adapter: None };
+        assert!(d.forward_batch(&e, &[row(&[0u32][..])], &mut pool).is_err(), "too few blocks");
+        assert!(d.forward_batch(&e, &[row(&[0u32, 9][..])], &mut pool).is_err(), "a block past the pool");
+        assert!(d.forward_batch(&e, &[row(&[0u32, 3][..])], &mut pool).is_ok());
+    }
+}
+
 #[test]
 fn missing_tensor_is_a_named_error() {
     let vb = random_vb_missing(0.2, &["model.layers.1.mlp.down_proj.weight"]);
