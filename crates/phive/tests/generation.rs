@@ -5,7 +5,9 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
-use phive::engine::{check_lengths, Delta, FinishReason, Generation, GenerationParams};
+use phive::engine::{
+    check_lengths, Delta, FinishReason, Generation, GenerationParams, SamplingParams, Scores,
+};
 use phive::prompt::PromptTokens;
 
 fn tokenizer() -> tokenizers::Tokenizer {
@@ -38,7 +40,7 @@ fn run(
     let reason = loop {
         let token = script[step.min(script.len() - 1)];
         step += 1;
-        let advance = generation.advance(&logits_for(token), &tok, &[END, 32000])?;
+        let advance = generation.advance(&Scores::Logits(logits_for(token)), &tok, &[END, 32000])?;
         if let Some(delta) = &advance.delta {
             if on_delta(delta).is_break() {
                 break FinishReason::Cancelled;
@@ -53,6 +55,47 @@ fn run(
         let _ = on_delta(&delta);
     }
     Ok(completion)
+}
+
+/// A greedy choice handed only the argmax (as the engine does on a GPU) streams what it
+/// streams when handed the logits; a choice that needs more than the argmax refuses it.
+#[test]
+fn greedy_choices_take_the_argmax_alone() {
+    let tok = tokenizer();
+    let prompt = PromptTokens { ids: vec![1, 450, 4799], media: vec![] };
+    let mut script = ids("The sky is blue.");
+    script.push(END);
+    let texts: Vec<String> = [false, true]
+        .into_iter()
+        .map(|argmax| {
+            let mut g = Generation::new(&prompt, &GenerationParams::default(), None, 4096, Instant::now());
+            g.mark_scheduled(0);
+            assert!(g.picks_argmax());
+            let mut text = String::new();
+            for &token in &script {
+                let scores = if argmax { Scores::Argmax(token) } else { Scores::Logits(logits_for(token)) };
+                let step = g.advance(&scores, &tok, &[END]).unwrap();
+                text.extend(step.delta.map(|d| d.text));
+                if step.finished.is_some() {
+                    break;
+                }
+            }
+            text
+        })
+        .collect();
+    assert_eq!(texts[0], "The sky is blue.");
+    assert_eq!(texts[0], texts[1]);
+    let sampling = |s: SamplingParams| GenerationParams { sampling: s, ..Default::default() };
+    for params in [
+        GenerationParams { logprobs: Some(2), ..Default::default() },
+        sampling(SamplingParams { temperature: Some(0.7), ..Default::default() }),
+        sampling(SamplingParams { repetition_penalty: Some(1.3), ..Default::default() }),
+        sampling(SamplingParams { presence_penalty: Some(0.5), ..Default::default() }),
+    ] {
+        let mut g = Generation::new(&prompt, &params, None, 4096, Instant::now());
+        assert!(!g.picks_argmax(), "{params:?}");
+        assert!(g.advance(&Scores::Argmax(450), &tok, &[END]).is_err());
+    }
 }
 
 fn ids(text: &str) -> Vec<u32> {

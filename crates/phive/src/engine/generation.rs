@@ -166,6 +166,16 @@ pub struct Advance {
     pub finished: Option<FinishReason>,
 }
 
+/// What a forward pass hands one choice for its next token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scores {
+    /// The logits over the vocabulary.
+    Logits(Vec<f32>),
+    /// Only their argmax, computed where the logits are (on a GPU, so that one id crosses to
+    /// the host instead of the vocabulary's logits); for choices that [`Generation::picks_argmax`].
+    Argmax(u32),
+}
+
 /// The output state of one choice: sampler, grammar, stop strings, detokenizer, text so far.
 pub struct Generation {
     params: GenerationParams,
@@ -259,25 +269,41 @@ impl Generation {
         &self.tokens
     }
 
+    /// Whether the next token is the argmax of the raw logits ([`Scores::Argmax`] is then all
+    /// [`Generation::advance`] needs): greedy, with no bias, penalty, grammar or log-probabilities.
+    pub fn picks_argmax(&self) -> bool {
+        self.sampler.is_plain_greedy() && self.constraint.is_none() && self.params.logprobs.is_none()
+    }
+
     /// Samples the next token from `logits` and works out what to stream.
     pub fn advance(
         &mut self,
-        logits: &[f32],
+        scores: &Scores,
         tokenizer: &tokenizers::Tokenizer,
         stop_token_ids: &[u32],
     ) -> Result<Advance> {
         let biased;
-        let logits = match self.sampler.has_bias() {
-            true => {
-                let mut copy = logits.to_vec();
-                self.sampler.apply_bias(&mut copy);
-                biased = copy;
-                &biased[..]
+        let (token, logits) = match scores {
+            Scores::Argmax(token) if self.picks_argmax() => (*token, None),
+            Scores::Argmax(_) => {
+                return Err(Error::Internal(
+                    "a sampling choice was given only the argmax of its logits".into(),
+                ))
             }
-            false => logits,
+            Scores::Logits(logits) => {
+                let logits = match self.sampler.has_bias() {
+                    true => {
+                        let mut copy = logits.to_vec();
+                        self.sampler.apply_bias(&mut copy);
+                        biased = copy;
+                        &biased[..]
+                    }
+                    false => &logits[..],
+                };
+                let allowed = self.constraint.as_mut().map(Constraint::allowed).transpose()?;
+                (self.sampler.sample(logits, &self.context, allowed.as_ref()), Some(logits))
+            }
         };
-        let allowed = self.constraint.as_mut().map(Constraint::allowed).transpose()?;
-        let token = self.sampler.sample(logits, &self.context, allowed.as_ref());
         if let Some(constraint) = &mut self.constraint {
             constraint.accept(token);
         }
@@ -292,7 +318,7 @@ impl Generation {
         if !self.params.ignore_eos && stop_token_ids.contains(&token) {
             return done(None);
         }
-        if let Some(top) = self.params.logprobs {
+        if let (Some(top), Some(logits)) = (self.params.logprobs, logits) {
             let previous = &self.tokens[..self.tokens.len() - 1];
             let context = &previous[previous.len().saturating_sub(LOGPROB_CONTEXT)..];
             let lp = token_logprob(logits, token, top, tokenizer, context);

@@ -30,8 +30,8 @@ mod vocab;
 
 pub use detokenizer::IncrementalDetokenizer;
 pub use generation::{
-    check_lengths, Advance, Completion, Delta, FinishReason, Generation, GenerationParams, ToolCallSyntax,
-    Usage,
+    check_lengths, Advance, Completion, Delta, FinishReason, Generation, GenerationParams, Scores,
+    ToolCallSyntax, Usage,
 };
 pub use grammar::{with_layout, Grammar};
 pub use logprobs::{TokenLogprob, TopLogprob};

@@ -1,9 +1,11 @@
 //! Runs one planned step on the model: builds the packed batch (token and media embeddings,
 //! per-row positions, block tables and adapters), runs one forward pass for all rows, and
-//! returns the logits of every row that reached the end of its tokens.
+//! returns the scores of every row that reached the end of its tokens: the logits, or only
+//! their argmax for greedy rows (computed on the model's device).
 
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 
+use super::generation::Scores;
 use super::scheduler::{ScheduledRow, StepPlan};
 use super::sequence::Sequence;
 use crate::models::LoadedModel;
@@ -13,9 +15,9 @@ use crate::{Error, Result};
 
 /// What a step produced for its rows.
 pub struct StepOutput {
-    /// `(row, logits)` for the rows whose sequence has fed all its tokens: the next token is
-    /// sampled from these.
-    pub logits: Vec<(ScheduledRow, Vec<f32>)>,
+    /// `(row, scores)` for the rows whose sequence has fed all its tokens: the next token is
+    /// chosen from these.
+    pub scores: Vec<(ScheduledRow, Scores)>,
     /// Rows that could not be built (their request's media failed to encode), with the error;
     /// the other rows ran without them.
     pub failed: Vec<(ScheduledRow, Error)>,
@@ -44,7 +46,7 @@ pub fn run_step(
         }
     }
     if rows.is_empty() {
-        return Ok(StepOutput { logits: Vec::new(), failed });
+        return Ok(StepOutput { scores: Vec::new(), failed });
     }
     let batch: Vec<BatchRow> = rows
         .iter()
@@ -72,12 +74,45 @@ pub fn run_step(
             sampled.push(*row);
         }
     }
-    let mut logits = Vec::with_capacity(sampled.len());
-    if !last_rows.is_empty() {
-        let all = model.logits(&hidden, &last_rows)?.to_vec2::<f32>()?;
-        logits.extend(sampled.into_iter().zip(all));
+    let scores = if last_rows.is_empty() {
+        Vec::new()
+    } else {
+        let logits = model.logits(&hidden, &last_rows)?;
+        let argmax: Vec<bool> = sampled.iter().map(|r| running[r.index].generation.picks_argmax()).collect();
+        sampled.into_iter().zip(scores(&logits, &argmax)?).collect()
+    };
+    Ok(StepOutput { scores, failed })
+}
+
+/// Each row of `logits` (`[rows, vocab]`) as it leaves the device: only its argmax where
+/// `argmax[row]`, else all of it.
+fn scores(logits: &Tensor, argmax: &[bool]) -> Result<Vec<Scores>> {
+    let pick = |want: bool| -> Result<Option<Tensor>> {
+        let rows: Vec<u32> = (0..argmax.len() as u32).filter(|&r| argmax[r as usize] == want).collect();
+        Ok(match rows.len() {
+            0 => None,
+            n if n == argmax.len() => Some(logits.clone()),
+            n => Some(logits.index_select(&Tensor::from_vec(rows, n, logits.device())?, 0)?),
+        })
+    };
+    let mut ids = match pick(true)? {
+        Some(t) => t.argmax(D::Minus1)?.to_vec1::<u32>()?,
+        None => Vec::new(),
     }
-    Ok(StepOutput { logits, failed })
+    .into_iter();
+    let mut full = match pick(false)? {
+        Some(t) => t.to_vec2::<f32>()?,
+        None => Vec::new(),
+    }
+    .into_iter();
+    argmax
+        .iter()
+        .map(|&a| match a {
+            true => ids.next().map(Scores::Argmax),
+            false => full.next().map(Scores::Logits),
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::Internal("fewer scores than rows came back from the device".into()))
 }
 
 /// Embeddings `[len, hidden]` of the next `len` tokens of `seq`, with the features of the media

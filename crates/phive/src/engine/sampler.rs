@@ -120,6 +120,17 @@ impl Sampler {
         !self.params.logit_bias.is_empty()
     }
 
+    /// Whether the next token is the raw logits' argmax whatever the context: greedy, with no
+    /// bias and no penalty (a grammar is the caller's to check).
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.is_greedy()
+            && !self.has_bias()
+            && p.repetition_penalty.is_none_or(|r| r == 1.0)
+            && p.frequency_penalty.unwrap_or(0.0) == 0.0
+            && p.presence_penalty.unwrap_or(0.0) == 0.0
+    }
+
     /// Picks the next token from `logits` (already biased); `context` is every text token so far
     /// (prompt and completion), which the repetition penalty looks at; tokens outside `allowed`
     /// (a grammar's mask) are never picked.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::encoder::{Encoder, Message};
-use super::generation::check_lengths;
+use super::generation::{check_lengths, Scores};
 use super::grammar::{Grammar, GrammarCompiler};
 use super::health::{contain, AliveGuard};
 use super::media_cache::MediaCache;
@@ -471,16 +471,16 @@ impl EngineLoop {
                     request.send(Event::Error(e));
                     request.cancel.store(true, Ordering::Relaxed);
                 }
-                for (row, logits) in &output.logits {
+                for (row, scores) in &output.scores {
                     let sequence = &mut self.scheduler.running[row.index];
                     for choice in 1..=std::mem::take(&mut sequence.forks_pending) {
                         let mut fork = sequence.fork(sequence.id, choice, self.shared.max_seq_len);
-                        match advance(&mut fork, logits, &pipeline) {
+                        match advance(&mut fork, scores, &pipeline) {
                             Some(reason) => complete(fork, reason, &pipeline),
                             None => forks.push(fork),
                         }
                     }
-                    if let Some(reason) = advance(sequence, logits, &pipeline) {
+                    if let Some(reason) = advance(sequence, scores, &pipeline) {
                         finished.push((row.index, reason));
                     }
                 }
@@ -520,13 +520,13 @@ impl EngineLoop {
     }
 }
 
-/// Samples `sequence`'s next token from `logits` and streams what it adds; returns why it
+/// Chooses `sequence`'s next token from `scores` and streams what it adds; returns why it
 /// finished, if it did. A failure (or a panic) fails the sequence's request alone.
-fn advance(sequence: &mut Sequence, logits: &[f32], pipeline: &Pipeline) -> Option<FinishReason> {
+fn advance(sequence: &mut Sequence, scores: &Scores, pipeline: &Pipeline) -> Option<FinishReason> {
     let tokenizer = pipeline.tokenizer();
     let advanced = contain("generating a token", || {
         inject(Fault::Row, &sequence.request.prepared.text);
-        sequence.generation.advance(logits, tokenizer, pipeline.stop_token_ids())
+        sequence.generation.advance(scores, tokenizer, pipeline.stop_token_ids())
     });
     match advanced.and_then(|result| result) {
         Ok(step) => {

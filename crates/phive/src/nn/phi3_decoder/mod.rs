@@ -15,13 +15,10 @@ use candle_core::{DType, Device, Tensor};
 
 use super::activation::Activation;
 use super::kv_cache::{KvCache, KvDtype, KvGeometry, KvPool};
-use super::kv_tensors::KvTensors;
 use super::linear::{Linear, LoadVb, WeightFootprint};
 use super::lora::{AdapterSegment, LoraLinear, LoraSpec};
 use super::norm::RmsNorm;
-use super::paged_attention::{decode_attention, DecodeQuery, PagedLayer};
-use super::prefill_attention::{prefill_attention, PrefillChunk};
-use super::rotary::{RopeTables, RotaryConfig, RotaryEmbedding};
+use super::rotary::{RotaryConfig, RotaryEmbedding};
 use super::tensor_attention::{RowSpan, TensorBatch};
 use crate::{Error, Result};
 
@@ -468,108 +465,6 @@ impl Phi3Decoder {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)] // one layer's inputs; a struct would only rename them
-    fn attn(
-        &self,
-        layer: &DecoderLayer,
-        x: &Tensor,
-        tables: &RopeTables,
-        rows: &[BatchRow],
-        segments: &[AdapterSegment],
-        kv: &mut KvPool,
-        index: usize,
-    ) -> Result<Tensor> {
-        let t = x.dim(0)?;
-        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim());
-        let qkv = layer.qkv_proj.forward_segments(x, segments)?;
-        let heads = |start: usize, n: usize| -> Result<Tensor> {
-            Ok(qkv.narrow(1, start * hd, n * hd)?.reshape((1, t, n, hd))?)
-        };
-        let q = tables.apply(&heads(0, nh)?)?;
-        // The KV pool and attention are f32 whatever the model's dtype.
-        let host =
-            |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?) };
-        let k = host(tables.apply(&heads(nh, nkv)?)?)?;
-        let v = host(heads(nh + nkv, nkv)?)?;
-        let kv_row = nkv * hd;
-        let mut at = 0;
-        for row in rows {
-            let range = at * kv_row..(at + row.len) * kv_row;
-            kv.write(index, row.blocks, row.position, &k[range.clone()], &v[range])?;
-            at += row.len;
-        }
-        let out = self.attend(&q, rows, kv, index)?;
-        let out = Tensor::from_vec(out, (t, nh * hd), x.device())?.to_dtype(x.dtype())?;
-        layer.o_proj.forward_segments(&out, segments)
-    }
-
-    /// [`Phi3Decoder::attn`] over a pool of device tensors: the keys, values and attention stay
-    /// on the model's device.
-    fn attn_on_device(
-        &self,
-        layer: &DecoderLayer,
-        x: &Tensor,
-        tables: &RopeTables,
-        (batch, tensors): (&TensorBatch, &KvTensors),
-        segments: &[AdapterSegment],
-        index: usize,
-    ) -> Result<Tensor> {
-        let t = x.dim(0)?;
-        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim());
-        let qkv = layer.qkv_proj.forward_segments(x, segments)?;
-        let heads = |start: usize, n: usize| -> Result<Tensor> {
-            Ok(qkv.narrow(1, start * hd, n * hd)?.reshape((1, t, n, hd))?)
-        };
-        let q = tables.apply(&heads(0, nh)?)?.reshape((t, nh, hd))?;
-        let k = tables.apply(&heads(nh, nkv)?)?.reshape((t, nkv * hd))?;
-        let v = heads(nh + nkv, nkv)?.reshape((t, nkv * hd))?;
-        batch.write(tensors, index, &k, &v)?;
-        let out = batch.attend(&q, tensors, index, 1.0 / (hd as f64).sqrt())?;
-        layer.o_proj.forward_segments(&out.to_dtype(x.dtype())?, segments)
-    }
-
-    /// Attention output `[tokens, heads · head_dim]` (row-major) for the packed queries `q`
-    /// `[1, tokens, heads, head_dim]` of `rows`, whose keys are already in `kv`.
-    fn attend(&self, q: &Tensor, rows: &[BatchRow], kv: &KvPool, layer: usize) -> Result<Vec<f32>> {
-        let (nh, hd) = (self.cfg.num_attention_heads, self.cfg.head_dim());
-        let scale = 1.0 / (hd as f64).sqrt();
-        let width = nh * hd;
-        let q = &q.to_dtype(DType::F32)?;
-        let q_all = q.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; q_all.len()];
-        let paged = PagedLayer {
-            pool: kv,
-            layer,
-            heads: nh,
-            scale: scale as f32,
-            sliding_window: self.cfg.sliding_window,
-        };
-        // Decode rows (one query each) go through the paged kernel together.
-        let mut decode_q = Vec::new();
-        let mut decode = Vec::new();
-        let mut decode_at = Vec::new();
-        let mut at = 0;
-        for row in rows {
-            if row.len == 1 {
-                decode_q.extend_from_slice(&q_all[at * width..(at + 1) * width]);
-                decode.push(DecodeQuery { blocks: row.blocks, len: row.position + 1 });
-                decode_at.push(at);
-            } else {
-                let chunk = PrefillChunk { blocks: row.blocks, position: row.position, len: row.len };
-                let o = prefill_attention(&q_all[at * width..(at + row.len) * width], chunk, paged)?;
-                out[at * width..(at + row.len) * width].copy_from_slice(&o);
-            }
-            at += row.len;
-        }
-        if !decode.is_empty() {
-            let o = decode_attention(&decode_q, &decode, paged)?;
-            for (i, &at) in decode_at.iter().enumerate() {
-                out[at * width..(at + 1) * width].copy_from_slice(&o[i * width..(i + 1) * width]);
-            }
-        }
-        Ok(out)
-    }
-
     fn mlp(&self, layer: &DecoderLayer, x: &Tensor, segments: &[AdapterSegment]) -> Result<Tensor> {
         let gu = layer.gate_up_proj.forward_segments(x, segments)?;
         let n = self.cfg.intermediate_size;
@@ -608,5 +503,6 @@ impl Phi3Decoder {
     }
 }
 
+mod attention;
 #[cfg(test)]
 mod tests;
