@@ -152,7 +152,10 @@ def main():
         t0 = time.perf_counter()
         times, usage = [], None
         for chunk in runner.send_chat_completion_request(req):
-            if chunk.choices and chunk.choices[0].delta.content:
+            # One streamed chunk per token. A random-weight checkpoint's tokens may decode to no
+            # text (special or partial tokens), so count chunks, not text; the last chunk only
+            # carries the finish reason.
+            if chunk.choices and (chunk.choices[0].delta.content is not None or chunk.choices[0].finish_reason is None):
                 times.append(time.perf_counter())
             if chunk.usage is not None:
                 usage = chunk.usage
@@ -203,7 +206,9 @@ def main():
     images = []
     for img in a.image:
         parts = [{"type": "image_url", "image_url": {"url": os.path.abspath(img)}}]
-        question = ("<|image_1|>\n" if a.arch == "phi3v" else "") + IMAGE_QUESTION
+        # Both models' chat formats place an image with this tag; mistral.rs 0.9.5 requires it
+        # for Phi-4-multimodal as well.
+        question = "<|image_1|>\n" + IMAGE_QUESTION
         parts.append({"type": "text", "text": question})
         t0, times, usage = request(parts, 1)
         images.append({
