@@ -159,7 +159,7 @@ impl Engine {
             pipeline.model().kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE).with_dtype(config.kv_cache_dtype);
         let context = pipeline.context_length();
         let device = pipeline.model().device().clone();
-        let num_blocks = pool_blocks(&config, geometry, context, &device);
+        let num_blocks = pool_blocks(&config, geometry, context, &device)?;
         let pool = KvPool::for_device(geometry, num_blocks, &device).map_err(|e| {
             Error::Device(format!(
                 "cannot make a KV cache of {num_blocks} blocks ({:.2} GiB) on {}: {e} (lower --kv-cache-mem)",
@@ -348,21 +348,36 @@ fn stopped() -> Error {
 
 /// Blocks in the KV pool: the configured bytes, or by default 40% of the host memory available
 /// at start, or on a GPU what is left of `gpu_memory_utilization` of its memory after the
-/// weights (vLLM's convention); never more than `max_num_seqs` full-context sequences need.
-fn pool_blocks(config: &EngineConfig, geometry: KvGeometry, context: usize, device: &Device) -> usize {
+/// weights (vLLM's convention); never more than `max_num_seqs` full-context sequences need. An
+/// error where the GPU's share leaves no room for a single block.
+fn pool_blocks(
+    config: &EngineConfig,
+    geometry: KvGeometry,
+    context: usize,
+    device: &Device,
+) -> Result<usize> {
     let per_block = geometry.bytes_per_block() as u64;
     let full = (geometry.blocks_for(context) * config.max_num_seqs.max(1)) as u64;
-    let bytes = config.kv_cache_bytes.unwrap_or_else(|| {
-        let available = match crate::device::gpu_memory(device) {
-            Some((free, total)) => {
-                let budget = (total as f64 * config.gpu_memory_utilization.clamp(0.0, 1.0)) as u64;
-                budget.saturating_sub(total.saturating_sub(free))
+    let available = match (config.kv_cache_bytes, crate::device::gpu_memory(device)) {
+        (Some(bytes), _) => bytes,
+        (None, Some((free, total))) => {
+            let share = config.gpu_memory_utilization.clamp(0.0, 1.0);
+            let left = ((total as f64 * share) as u64).saturating_sub(total.saturating_sub(free));
+            if left < per_block {
+                return Err(Error::Device(format!(
+                    "{:.1} of the GPU's {:.1} GiB are in use after loading, more than \
+                     --gpu-memory-utilization {share} leaves for a KV cache; raise it or set --kv-cache-mem",
+                    (total - free) as f64 / (1u64 << 30) as f64,
+                    total as f64 / (1u64 << 30) as f64
+                )));
             }
-            None => crate::quant::available_memory_bytes().unwrap_or(4 << 30) / 5 * 2,
-        };
-        available.min(full * per_block)
-    });
-    ((bytes / per_block.max(1)) as usize).max(1)
+            left.min(full * per_block)
+        }
+        (None, None) => {
+            (crate::quant::available_memory_bytes().unwrap_or(4 << 30) / 5 * 2).min(full * per_block)
+        }
+    };
+    Ok(((available / per_block.max(1)) as usize).max(1))
 }
 
 /// The loop thread's state.

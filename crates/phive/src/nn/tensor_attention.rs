@@ -137,9 +137,10 @@ impl TensorBatch {
         let mut outs = Vec::with_capacity(self.rows.len());
         for row in &self.rows {
             outs.push(match row {
-                RowAttention::Decode { index } => {
-                    decoded.as_ref().expect("decode rows").narrow(0, *index, 1)?
-                }
+                RowAttention::Decode { index } => match &decoded {
+                    Some(all) => all.narrow(0, *index, 1)?,
+                    None => return Err(crate::Error::Internal("a decode row without a decode batch".into())),
+                },
                 RowAttention::Chunk { at, len, position, slots } => {
                     let (k, v) = kv.gather(layer, slots, q.dtype())?;
                     let qr = q.narrow(0, *at, *len)?.unsqueeze(0)?.transpose(1, 2)?;
