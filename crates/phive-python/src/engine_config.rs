@@ -46,58 +46,49 @@ pub(crate) struct EngineKwargs {
 }
 
 /// The engine configuration of the `Runner`'s keyword arguments, validated.
-pub(crate) fn engine_config(kwargs: EngineKwargs) -> Fallible<EngineConfig> {
-    let EngineKwargs {
-        max_seqs,
-        max_queue,
-        max_batched_tokens,
-        kv_cache_mem,
-        media_cache_mem,
-        prefix_cache,
-        kv_cache_dtype,
-        gpu_memory_utilization,
-    } = kwargs;
+pub(crate) fn engine_config(k: EngineKwargs) -> Fallible<EngineConfig> {
     for (name, value) in
-        [("max_seqs", max_seqs), ("max_queue", max_queue), ("max_batched_tokens", max_batched_tokens)]
+        [("max_seqs", k.max_seqs), ("max_queue", k.max_queue), ("max_batched_tokens", k.max_batched_tokens)]
     {
         if value == Some(0) {
             return Err(Failure::invalid(name, format!("{name} must be at least 1")));
         }
     }
-    if let Some(gib) = kv_cache_mem.filter(|g| !(g.is_finite() && *g > 0.0)) {
+    if let Some(gib) = k.kv_cache_mem.filter(|g| !(g.is_finite() && *g > 0.0)) {
         return Err(Failure::invalid(
             "kv_cache_mem",
             format!("kv_cache_mem must be a positive number of GiB, got {gib}"),
         ));
     }
-    if let Some(gib) = media_cache_mem.filter(|g| !(g.is_finite() && *g >= 0.0)) {
+    if let Some(gib) = k.media_cache_mem.filter(|g| !(g.is_finite() && *g >= 0.0)) {
         return Err(Failure::invalid(
             "media_cache_mem",
             format!("media_cache_mem must be a number of GiB >= 0 (0 turns the cache off), got {gib}"),
         ));
     }
-    if let Some(share) = gpu_memory_utilization.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+    if let Some(share) = k.gpu_memory_utilization.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
         return Err(Failure::invalid(
             "gpu_memory_utilization",
             format!("gpu_memory_utilization must be a fraction in (0, 1], got {share}"),
         ));
     }
     let defaults = EngineConfig::default();
-    let kv_cache_dtype = match kv_cache_dtype.as_deref() {
+    let kv_cache_dtype = match k.kv_cache_dtype.as_deref() {
         Some(name) => {
             name.parse().map_err(|e: phive::Error| Failure::invalid("kv_cache_dtype", e.to_string()))?
         }
         None => defaults.kv_cache_dtype,
     };
     Ok(EngineConfig {
-        max_num_seqs: max_seqs.unwrap_or(defaults.max_num_seqs),
-        max_queue: max_queue.unwrap_or(defaults.max_queue),
-        max_batched_tokens: max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
-        kv_cache_bytes: kv_cache_mem.map(|gib| (gib * (1u64 << 30) as f64) as u64),
-        media_cache_bytes: media_cache_mem
+        max_num_seqs: k.max_seqs.unwrap_or(defaults.max_num_seqs),
+        max_queue: k.max_queue.unwrap_or(defaults.max_queue),
+        max_batched_tokens: k.max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
+        kv_cache_bytes: k.kv_cache_mem.map(|gib| (gib * (1u64 << 30) as f64) as u64),
+        media_cache_bytes: k
+            .media_cache_mem
             .map_or(defaults.media_cache_bytes, |gib| (gib * (1u64 << 30) as f64) as u64),
-        prefix_cache,
+        prefix_cache: k.prefix_cache,
         kv_cache_dtype,
-        gpu_memory_utilization: gpu_memory_utilization.unwrap_or(defaults.gpu_memory_utilization),
+        gpu_memory_utilization: k.gpu_memory_utilization.unwrap_or(defaults.gpu_memory_utilization),
     })
 }
