@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use candle_core::Device;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::encoder::{Encoder, Message};
@@ -22,8 +23,6 @@ use super::sequence::{Request, Sequence};
 use super::stats::EngineStats;
 use super::{Completion, Delta, FinishReason, GenerationParams};
 use crate::fault::{inject, Fault};
-use candle_core::Device;
-
 use crate::nn::kv_cache::{KvDtype, KvGeometry, KvPool};
 use crate::pipeline::{Pipeline, PreparedPrompt};
 use crate::{Error, Result};

@@ -75,7 +75,7 @@ pub(super) use by_row_tiles;
 /// lines), asks for the same line two blocks ahead into L2. With 4 or more rows, multiplying a
 /// block takes about as long as memory takes to deliver one, and the hardware prefetcher alone
 /// leaves the kernel waiting on its loads: with this, an 8-row tile reads Q4_K weights from
-/// memory at 240–260 int8 GMAC/s instead of 170–190 (Zen 4). Smaller tiles wait less on memory
+/// memory at 260–280 int8 GMAC/s instead of 170–190 (Zen 4). Smaller tiles wait less on memory
 /// than the prefetches cost them (one row: about 10% slower with them); the nearer L1 hint
 /// evicts the activation rows that every panel reads again, and a burst of a whole block's
 /// prefetches at once stalls on the outstanding misses.

@@ -208,8 +208,8 @@ impl KvLayer<'_> {
         let mut p = 0;
         while p < len {
             let n = (len - p).min(g.block_size);
-            let run =
-                g.offset(blocks[p / g.block_size], head, 0)..g.offset(blocks[p / g.block_size], head, n);
+            let start = g.offset(blocks[p / g.block_size], head, 0);
+            let run = start..start + n * g.head_dim;
             match self {
                 KvLayer::F32 { keys, values } => {
                     k.extend_from_slice(&keys[run.clone()]);
@@ -266,6 +266,20 @@ impl KvPool {
         }
     }
 
+    /// Checks that the block table `blocks` covers positions `0..end` with blocks of this pool.
+    pub fn check_table(&self, blocks: &[u32], end: usize) -> Result<()> {
+        if self.geometry.blocks_for(end) > blocks.len()
+            || blocks.iter().any(|&b| b as usize >= self.num_blocks)
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "{end} positions in blocks {blocks:?} do not fit a pool of {} blocks",
+                self.num_blocks
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     /// The shape of the memory.
     pub fn geometry(&self) -> KvGeometry {
         self.geometry
@@ -289,17 +303,15 @@ impl KvPool {
         let g = self.geometry;
         let row = g.kv_heads * g.head_dim;
         let n = k.len() / row.max(1);
-        if k.len() != n * row || v.len() != k.len() || g.blocks_for(position + n) > blocks.len() {
+        if k.len() != n * row || v.len() != k.len() {
             return Err(candle_core::Error::Msg(format!(
-                "kv write of {} keys at position {position} does not fit {} blocks",
-                k.len() / row.max(1),
-                blocks.len()
+                "kv write of {} key and {} value numbers in rows of {row}",
+                k.len(),
+                v.len()
             ))
             .into());
         }
-        if let Some(block) = blocks.iter().find(|&&b| b as usize >= self.num_blocks) {
-            return Err(candle_core::Error::Msg(format!("kv block {block} is outside the pool")).into());
-        }
+        self.check_table(blocks, position + n)?;
         let (keys, values) = self.host_mut()?;
         for i in 0..n {
             let p = position + i;

@@ -10,7 +10,7 @@
 //! device operations per layer whatever the number of sequences. Prefill chunks attend one by
 //! one over their sequence's gathered keys with the causal mask.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::attention::{attention, AttnMask};
 use super::kv_cache::KvGeometry;
@@ -51,8 +51,8 @@ enum RowAttention {
 }
 
 /// The decode rows of a batch: their query tokens, pool rows `[rows · longest]` (padding reads
-/// row 0) and the additive mask `[rows, 1, 1, longest]` (0, or −∞ past a row's keys and outside
-/// its sliding window).
+/// row 0) and the additive mask `[rows, 1, 1, longest]` in the queries' dtype (0, or −∞ past a
+/// row's keys and outside its sliding window).
 #[derive(Debug)]
 struct DecodeRows {
     tokens: Tensor,
@@ -62,12 +62,13 @@ struct DecodeRows {
 
 impl TensorBatch {
     /// The indices of `rows` (packed in this order along the token axis) for a pool of shape
-    /// `geometry` on `device`.
+    /// `geometry` on `device`, for queries in `dtype`.
     pub fn new(
         geometry: KvGeometry,
         rows: &[RowSpan],
         sliding_window: Option<usize>,
         device: &Device,
+        dtype: DType,
     ) -> Result<Self> {
         let width = geometry.kv_heads * geometry.head_dim;
         let mut write_slots = Vec::new();
@@ -91,7 +92,7 @@ impl TensorBatch {
         let decode = if decode_spans.is_empty() {
             None
         } else {
-            Some(DecodeRows::new(geometry, &decode_spans, decode_tokens, sliding_window, device)?)
+            Some(DecodeRows::new(geometry, &decode_spans, decode_tokens, sliding_window, device, dtype)?)
         };
         Ok(Self {
             write_index: slot_index(&write_slots, width, device)?,
@@ -128,7 +129,7 @@ impl TensorBatch {
                     heads / kv_heads,
                     d,
                 ))?;
-                let scores = q.matmul(&k.t()?)?.broadcast_add(&rows.mask.to_dtype(q.dtype())?)?;
+                let scores = q.matmul(&k.t()?)?.broadcast_add(&rows.mask)?;
                 let probs = candle_nn::ops::softmax_last_dim(&scores)?;
                 Some(probs.matmul(&v)?.reshape((b, heads * d))?)
             }
@@ -161,6 +162,7 @@ impl DecodeRows {
         tokens: Vec<u32>,
         sliding_window: Option<usize>,
         device: &Device,
+        dtype: DType,
     ) -> Result<Self> {
         let longest = spans.iter().map(|r| r.position + 1).max().unwrap_or(1);
         let (mut slots, mut mask) = (Vec::new(), Vec::new());
@@ -176,7 +178,7 @@ impl DecodeRows {
         Ok(Self {
             tokens: Tensor::from_vec(tokens, b, device)?,
             slots: Tensor::from_vec(slots, b * longest, device)?,
-            mask: Tensor::from_vec(mask, (b, 1, 1, longest), device)?,
+            mask: Tensor::from_vec(mask, (b, 1, 1, longest), device)?.to_dtype(dtype)?,
         })
     }
 }

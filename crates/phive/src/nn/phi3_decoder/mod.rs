@@ -402,7 +402,13 @@ impl Phi3Decoder {
                     .iter()
                     .map(|r| RowSpan { blocks: r.blocks, position: r.position, len: r.len })
                     .collect();
-                Some(TensorBatch::new(kv.geometry(), &spans, self.cfg.sliding_window, tensors.device())?)
+                Some(TensorBatch::new(
+                    kv.geometry(),
+                    &spans,
+                    self.cfg.sliding_window,
+                    tensors.device(),
+                    self.dtype,
+                )?)
             }
             None => None,
         };
@@ -440,19 +446,8 @@ impl Phi3Decoder {
             ))
             .into());
         }
-        let g = kv.geometry();
         for row in rows {
-            if g.blocks_for(row.position + row.len) > row.blocks.len()
-                || row.blocks.iter().any(|&b| b as usize >= kv.num_blocks())
-            {
-                return Err(candle_core::Error::Msg(format!(
-                    "a row of {} positions with blocks {:?} does not fit a pool of {} blocks",
-                    row.position + row.len,
-                    row.blocks,
-                    kv.num_blocks()
-                ))
-                .into());
-            }
+            kv.check_table(row.blocks, row.position + row.len)?;
         }
         for name in rows.iter().filter_map(|r| r.adapter) {
             if !self.adapters.iter().any(|a| a == name) {
