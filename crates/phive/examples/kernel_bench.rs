@@ -96,26 +96,29 @@ fn main() -> Result<()> {
             );
             let data = q.data()?;
             let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
+            let panel_levels = SimdLevel::available().into_iter().filter(|l| *l >= SimdLevel::Avx512Vnni);
             if let Some(panels) = PanelMatrix::pack(matrix) {
-                report(
-                    "phive panels",
-                    time(reps, || {
-                        let _: () = drop(panels.matmul(&xs)?);
-                        Ok(())
-                    })?,
-                );
-                // Calls rotating over copies larger than the last-level cache together: the
-                // weights come from memory, as in a model's forward pass.
+                // Calls rotating over copies larger than the last-level cache: the weights come
+                // from memory, as in a model's forward pass.
                 let copies: Vec<PanelMatrix> =
                     (0..COLD_COPIES).filter_map(|_| PanelMatrix::pack(matrix)).collect();
-                let mut next = copies.iter().cycle();
-                report(
-                    "phive panels, from memory",
-                    time(reps, || {
-                        let _: () = drop(next.next().expect("copies").matmul(&xs)?);
-                        Ok(())
-                    })?,
-                );
+                for level in panel_levels {
+                    report(
+                        &format!("phive panels {level}"),
+                        time(reps, || {
+                            let _: () = drop(panels.matmul_with(level, &xs)?);
+                            Ok(())
+                        })?,
+                    );
+                    let mut next = copies.iter().cycle();
+                    report(
+                        &format!("phive panels {level}, from memory"),
+                        time(reps, || {
+                            let _: () = drop(next.next().expect("copies").matmul_with(level, &xs)?);
+                            Ok(())
+                        })?,
+                    );
+                }
             }
             for level in SimdLevel::available() {
                 if level == SimdLevel::Scalar && m > 8 {

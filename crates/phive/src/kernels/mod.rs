@@ -13,10 +13,14 @@
 //!
 //! Each kernel has a plain scalar version, the reference its SIMD versions are tested against.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod elementwise;
 pub(crate) mod gemm;
 mod panels;
 mod q4k;
+#[cfg(target_arch = "x86_64")]
+mod q4k_amx;
 #[cfg(target_arch = "x86_64")]
 mod q4k_panel;
 mod q6k;

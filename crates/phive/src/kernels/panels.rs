@@ -116,7 +116,7 @@ impl PanelMatrix {
     /// `w` repacked into panels where this CPU has the panel kernels (AVX-512 VNNI); `None`
     /// otherwise (the row kernels then read GGML's layout directly).
     pub fn pack(w: QuantizedMatrix) -> Option<PanelMatrix> {
-        let usable = cfg!(target_arch = "x86_64") && super::simd_level() == SimdLevel::Avx512Vnni;
+        let usable = cfg!(target_arch = "x86_64") && super::simd_level() >= SimdLevel::Avx512Vnni;
         usable.then(|| Self::permute(w))
     }
 
@@ -214,6 +214,12 @@ impl PanelMatrix {
 
     /// `x` (`[m, cols]` row-major f32) times the weight transposed: `[m, rows]`.
     pub fn matmul(&self, x: &[f32]) -> Result<Vec<f32>> {
+        self.matmul_with(super::simd_level(), x)
+    }
+
+    /// [`PanelMatrix::matmul`] with AMX tiles ([`SimdLevel::Amx`]) or without (any lower
+    /// level): tests compare the two on one machine.
+    pub fn matmul_with(&self, level: SimdLevel, x: &[f32]) -> Result<Vec<f32>> {
         let (n, k) = (self.rows, self.cols);
         if !x.len().is_multiple_of(k) {
             return Err(candle_core::Error::Msg(format!(
@@ -228,44 +234,83 @@ impl PanelMatrix {
         let mut out = vec![0f32; m * n];
         let out_ptr = OutPtr(out.as_mut_ptr());
         let panels = n / COLS;
-        self.panels_matmul(&acts, out_ptr);
+        self.panels_matmul(level, &acts, out_ptr);
         let tail =
             QuantizedMatrix { data: &self.tail, format: self.format, rows: n - panels * COLS, cols: k };
         by_rows(SimdLevel::Avx512Vnni, &acts, tail, out_ptr, n, panels * COLS);
         Ok(out)
     }
 
-    /// The whole panels, in parallel, with the panel kernel.
+    /// The whole panels, in parallel, with the panel kernels: for Q4_K on a CPU with AMX, the
+    /// tile kernel takes the activation rows in steps of 16 and the VNNI kernel the rest (both
+    /// give the same bits).
     #[cfg(target_arch = "x86_64")]
-    fn panels_matmul(&self, acts: &Q8KRows, out: OutPtr) {
+    fn panels_matmul(&self, level: SimdLevel, acts: &Q8KRows, out: OutPtr) {
         use rayon::prelude::*;
-        let (m, n) = (acts.rows(), self.rows);
-        let panel_lines = self.panel_lines();
+        let m = acts.rows();
         let rows: Vec<&[super::BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
-        self.lines.par_chunks(panel_lines).enumerate().for_each_init(
-            || vec![[0f32; COLS]; m],
+        let step = super::q4k_amx::STEP_ROWS;
+        let tiled = match (level, self.format) {
+            (SimdLevel::Amx, BlockFormat::Q4K) => m / step * step,
+            _ => 0,
+        };
+        if tiled > 0 {
+            self.tiles_matmul(&rows[..tiled], out);
+        }
+        let rest = &rows[tiled..];
+        if rest.is_empty() {
+            return;
+        }
+        self.lines.par_chunks(self.panel_lines()).enumerate().for_each_init(
+            || vec![[0f32; COLS]; rest.len()],
             |results, (p, panel)| {
                 // SAFETY: a `PanelMatrix` exists only where the CPU has AVX-512 VNNI and F16C
                 // (`pack`; tests check the level), and every activation row has the panel's
                 // number of blocks (`matmul` checked the width).
                 unsafe {
                     match self.format {
-                        BlockFormat::Q4K => super::q4k_panel::dot(panel, &rows, results),
-                        BlockFormat::Q6K => super::q6k_panel::dot(panel, &rows, results),
+                        BlockFormat::Q4K => super::q4k_panel::dot(panel, rest, results),
+                        BlockFormat::Q6K => super::q6k_panel::dot(panel, rest, results),
                     }
                 };
-                for (r, row) in results.iter().enumerate() {
-                    for (c, v) in row.iter().enumerate() {
-                        // SAFETY: in bounds; panel `p` alone writes columns `16p..16p + 16`.
-                        unsafe { out.write(r * n + p * COLS + c, *v) };
-                    }
-                }
+                self.write_panel(results, tiled, p, out);
             },
         );
     }
 
+    /// Q4_K panels times `rows` (a multiple of 16 of them) on AMX tiles, in chunks of rows
+    /// that stay in the L2 cache while every panel passes over them.
+    #[cfg(target_arch = "x86_64")]
+    fn tiles_matmul(&self, rows: &[&[super::BlockQ8K]], out: OutPtr) {
+        use super::q4k_amx::PackedRows;
+        use rayon::prelude::*;
+        let chunk = PackedRows::chunk_rows(self.cols);
+        for (c, chunk_rows) in rows.chunks(chunk).enumerate() {
+            let packed = PackedRows::new(chunk_rows);
+            self.lines.par_chunks(self.panel_lines()).enumerate().for_each_init(
+                || vec![[0f32; COLS]; chunk_rows.len()],
+                |results, (p, panel)| {
+                    // SAFETY: the caller holds the AMX level, which `amx::usable` set and which
+                    // includes AVX-512 VNNI; every row has the panel's number of blocks.
+                    unsafe { super::q4k_amx::dot(panel, &packed, results) };
+                    self.write_panel(results, c * chunk, p, out);
+                },
+            );
+        }
+    }
+
+    /// Writes panel `p`'s results for the activation rows from `first_row` on into `out`.
+    fn write_panel(&self, results: &[[f32; COLS]], first_row: usize, p: usize, out: OutPtr) {
+        for (r, row) in results.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                // SAFETY: in bounds; panel `p` alone writes columns `16p..16p + 16`.
+                unsafe { out.write((first_row + r) * self.rows + p * COLS + c, *v) };
+            }
+        }
+    }
+
     #[cfg(not(target_arch = "x86_64"))]
-    fn panels_matmul(&self, _acts: &Q8KRows, _out: OutPtr) {
+    fn panels_matmul(&self, _level: SimdLevel, _acts: &Q8KRows, _out: OutPtr) {
         unreachable!("panels are packed only on x86-64 CPUs with AVX-512 VNNI")
     }
 }

@@ -64,7 +64,9 @@ unsafe fn packed_scales_and_mins(p: *const u8) -> [u32; 4] {
 pub(super) fn dot_rows(level: SimdLevel, w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512Vnni => super::for_tile!(acts, out, |a| unsafe { avx512::dot(w, a) }),
+        SimdLevel::Avx512Vnni | SimdLevel::Amx => {
+            super::for_tile!(acts, out, |a| unsafe { avx512::dot(w, a) })
+        }
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => super::for_tile!(acts, out, |a| unsafe { avx2::dot(w, a) }),
         _ => {

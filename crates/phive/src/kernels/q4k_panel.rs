@@ -31,7 +31,7 @@ pub(super) unsafe fn dot(panel: &[Line], acts: &[&[BlockQ8K]], out: &mut [[f32; 
 /// i16 pairs `m[2k], m[2k+1]`, the operand of `vpdpwssd`) from a block's four header lines.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn header(h: [__m512i; 4]) -> (__m512, __m512, [__m512i; 8], [__m512i; 4]) {
+pub(super) unsafe fn header(h: [__m512i; 4]) -> (__m512, __m512, [__m512i; 8], [__m512i; 4]) {
     let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
     let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(h[0])));
     // The twelve scale bytes, unpacked as in `q4k`, sixteen rows at a time: each word of

@@ -32,7 +32,9 @@ fn d_of(blk: &[u8]) -> f32 {
 pub(super) fn dot_rows(level: SimdLevel, w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512Vnni => super::for_tile!(acts, out, |a| unsafe { avx512::dot(w, a) }),
+        SimdLevel::Avx512Vnni | SimdLevel::Amx => {
+            super::for_tile!(acts, out, |a| unsafe { avx512::dot(w, a) })
+        }
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => super::for_tile!(acts, out, |a| unsafe { avx2::dot(w, a) }),
         _ => {

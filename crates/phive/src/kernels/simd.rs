@@ -2,8 +2,8 @@
 //!
 //! phive runs on CPUs that differ from machine to machine (AVX2-only Zen 3, AVX-512 VNNI Zen 5,
 //! Xeons with AMX), so one build carries every variant and picks here, never at compile time.
-//! `PHIVE_SIMD=scalar|avx2|avx512vnni` caps the level (for comparing variants on one machine);
-//! it never raises it above what the CPU has.
+//! `PHIVE_SIMD=scalar|avx2|avx512vnni|amx` caps the level (for comparing variants on one
+//! machine); it never raises it above what the CPU has.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -17,6 +17,9 @@ pub enum SimdLevel {
     Avx2,
     /// AVX-512 F/BW/VL with VNNI: 512-bit int8 dot products (`vpdpbusd`).
     Avx512Vnni,
+    /// AVX-512 VNNI plus AMX-INT8 tiles, which multiply prefill's many activation rows
+    /// (the VNNI kernels still serve the rest).
+    Amx,
 }
 
 impl SimdLevel {
@@ -26,13 +29,14 @@ impl SimdLevel {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx512Vnni => "avx512vnni",
+            SimdLevel::Amx => "amx",
         }
     }
 
     /// Every level this CPU can run (for tests that compare variants).
     pub fn available() -> Vec<SimdLevel> {
         let top = detected();
-        [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512Vnni]
+        [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512Vnni, SimdLevel::Amx]
             .into_iter()
             .filter(|l| *l <= top)
             .collect()
@@ -53,6 +57,7 @@ pub fn simd_level() -> SimdLevel {
         match std::env::var("PHIVE_SIMD").ok().as_deref() {
             Some("scalar") => SimdLevel::Scalar,
             Some("avx2") => top.min(SimdLevel::Avx2),
+            Some("avx512vnni") => top.min(SimdLevel::Avx512Vnni),
             _ => top,
         }
     })
@@ -69,6 +74,9 @@ fn detected() -> SimdLevel {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni");
+        if avx2 && vnni && super::amx::usable() {
+            return SimdLevel::Amx;
+        }
         if avx2 && vnni {
             return SimdLevel::Avx512Vnni;
         }

@@ -45,15 +45,17 @@ fn formats() -> [(BlockFormat, GgmlDType); 2] {
     [(BlockFormat::Q4K, GgmlDType::Q4K), (BlockFormat::Q6K, GgmlDType::Q6K)]
 }
 
-/// `x` times `w` by each SIMD level this CPU has, and by the panels where it has the panel
-/// kernels, each named.
+/// `x` times `w` by each SIMD level this CPU has, and by the panels (with each level that has
+/// panel kernels) where it has them, each named.
 fn every_kernel(x: &[f32], w: QuantizedMatrix) -> Vec<(String, Vec<f32>)> {
     let mut out: Vec<(String, Vec<f32>)> = SimdLevel::available()
         .into_iter()
         .map(|level| (level.to_string(), quantized_matmul_with(level, x, w).unwrap()))
         .collect();
     if let Some(panels) = PanelMatrix::pack(w) {
-        out.push(("panels".to_string(), panels.matmul(x).unwrap()));
+        for level in SimdLevel::available().into_iter().filter(|l| *l >= SimdLevel::Avx512Vnni) {
+            out.push((format!("panels {level}"), panels.matmul_with(level, x).unwrap()));
+        }
     }
     out
 }
@@ -73,6 +75,9 @@ fn every_level_computes_the_exact_product_of_the_quantized_values() {
             (17, 37, 512),
             (6, 32, 256),
             (8, 48, 256),
+            // Steps of 32 rows for the AMX kernel, with a remainder (70 = 2·32 + 6) or none.
+            (70, 37, 512),
+            (64, 48, 768),
         ] {
             let (data, w) = quantized_weight(n, k, dtype, (m * 31 + n * 7 + k) as u64);
             let x = pseudo_random(m * k, n as u64 + 5, 2.0);
@@ -90,6 +95,27 @@ fn every_level_computes_the_exact_product_of_the_quantized_values() {
             }
         }
     }
+}
+
+/// The AMX kernel folds the sub-block scales into the weights and sums whole blocks; the VNNI
+/// kernel scales each sub-block's sum. Both must form the same integers and the same float
+/// steps, so that a row's result never depends on how many rows it was batched with.
+#[test]
+fn the_amx_kernel_matches_the_vnni_kernel_bit_for_bit() {
+    if !SimdLevel::available().contains(&SimdLevel::Amx) {
+        eprintln!("no AMX on this CPU: nothing to compare");
+        return;
+    }
+    let (m, n, k) = (96, 64, 1024);
+    let (data, _) = quantized_weight(n, k, GgmlDType::Q4K, 9);
+    let panels =
+        PanelMatrix::pack(QuantizedMatrix { data: &data, format: BlockFormat::Q4K, rows: n, cols: k })
+            .expect("panels on a CPU with AMX");
+    let x = pseudo_random(m * k, 13, 3.0);
+    let tiles = panels.matmul_with(SimdLevel::Amx, &x).unwrap();
+    let vnni = panels.matmul_with(SimdLevel::Avx512Vnni, &x).unwrap();
+    let differ = tiles.iter().zip(&vnni).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differ, 0, "{differ} of {} results differ", m * n);
 }
 
 #[test]

@@ -1,0 +1,250 @@
+//! Q4_K × Q8_K for one panel of 16 weight rows and 16 activation rows at a time, on AMX tiles
+//! ([`super::amx`]): the prefill kernel of Xeons that have them.
+//!
+//! A tile multiply sums 64 products per output without a break, but Q4_K scales its codes per
+//! sub-block of 32. So the scales go into the weights before the multiply: with the 6-bit
+//! scale split as `sc = 16·h + l`, the bytes `q·l` (at most 225) and `q·h` (at most 45) fit
+//! the unsigned operand, and two multiplies over the whole block give `Σ l·q·a` and
+//! `Σ h·q·a`, whose sum `lo + 16·hi` is the VNNI kernel's integer `Σ sc·(q·a)` exactly. The
+//! minimums and the float steps are then those of [`super::q4k_panel`], in the same order,
+//! so this kernel's results are bit for bit the VNNI kernel's, whichever one a row meets.
+//!
+//! Work overlaps across the two kinds of unit: a block's scaled weights (8 KiB) are readied
+//! by the vector units while the tiles multiply the previous block, and the tiles multiply
+//! the next 16 rows (two sets of accumulator tiles, alternating) while the vector units turn
+//! the last 16 rows' sums into floats.
+
+use std::arch::x86_64::*;
+
+use super::amx::{tile_dot_su, tile_load, tile_store, tile_zero, TileConfig};
+use super::panels::{prefetch_ahead, words, Line, COLS};
+use super::q4k_panel::header;
+use super::q8k::BlockQ8K;
+use super::BlockFormat;
+
+/// Lines per block.
+const WORDS: usize = words(BlockFormat::Q4K);
+
+/// Activation rows per tile, the kernel's step.
+pub(super) const STEP_ROWS: usize = 16;
+
+/// One tile's bytes: 16 rows of 64.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Tile([[u8; 64]; 16]);
+
+/// A block of the panel made ready for the tiles: for each run of 64 inputs, the codes times
+/// the low and the high part of their sub-block's scale, and the header's other values.
+struct ScaledBlock {
+    low: [Tile; 4],
+    high: [Tile; 4],
+    d: __m512,
+    dmin: __m512,
+    /// The minimums as i16 pairs (see [`header`]).
+    mins: [__m512i; 4],
+}
+
+impl ScaledBlock {
+    fn new() -> Box<ScaledBlock> {
+        // SAFETY: every field is plain bytes, valid when zero.
+        unsafe { Box::new(std::mem::zeroed()) }
+    }
+}
+
+/// Activation rows laid out for tile loads: for each block, each row's 256 codes on their
+/// own 64-byte lines (a tile row is then one aligned line), and beside them the scale and
+/// sub-block sums the float steps read. A chunk of rows small enough to stay in the core's
+/// L2 cache is packed once and serves every panel.
+pub(super) struct PackedRows {
+    /// `[block][row][run]`: the 64 codes of run `i` of a row's block.
+    codes: Vec<Line>,
+    /// `[block][row]`: the block's `d`.
+    scales: Vec<f32>,
+    /// `[block][row]`: the block's 32-value sums.
+    sub_sums: Vec<[i16; 8]>,
+    rows: usize,
+}
+
+impl PackedRows {
+    /// Rows per chunk for `cols` inputs: about 1 MiB of codes, in steps of [`STEP_ROWS`].
+    pub(super) fn chunk_rows(cols: usize) -> usize {
+        ((1 << 20) / cols / STEP_ROWS).max(1) * STEP_ROWS
+    }
+
+    /// Packs the activation rows `rows` (a multiple of [`STEP_ROWS`] of them).
+    pub(super) fn new(rows: &[&[BlockQ8K]]) -> PackedRows {
+        debug_assert!(rows.len().is_multiple_of(STEP_ROWS));
+        let blocks = rows.first().map_or(0, |r| r.len());
+        let count = rows.len();
+        let mut codes = vec![Line([0; 64]); blocks * count * 4];
+        let mut scales = vec![0f32; blocks * count];
+        let mut sub_sums = vec![[0i16; 8]; blocks * count];
+        for (r, row) in rows.iter().enumerate() {
+            for (b, block) in row.iter().enumerate() {
+                let at = b * count + r;
+                for (i, line) in codes[4 * at..4 * at + 4].iter_mut().enumerate() {
+                    line.0.copy_from_slice(bytemuck::cast_slice(&block.qs[64 * i..64 * i + 64]));
+                }
+                scales[at] = block.d;
+                sub_sums[at] = block.sub_sums;
+            }
+        }
+        PackedRows { codes, scales, sub_sums, rows: count }
+    }
+}
+
+/// `out[r][c] = row r of acts · row c` of the panel `panel`.
+///
+/// # Safety
+/// [`super::amx::usable`] returned true and the CPU has AVX-512 F/BW/VNNI and F16C; `panel`
+/// holds [`WORDS`] lines per block, as many blocks as `acts` has, and `out` has a slot per row.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot(panel: &[Line], acts: &PackedRows, out: &mut [[f32; COLS]]) {
+    debug_assert!(out.len() == acts.rows);
+    TileConfig::FULL.load();
+    out.fill([0.0; COLS]);
+    let blocks: Vec<&[Line]> = panel.chunks_exact(WORDS).collect();
+    let steps = acts.rows / STEP_ROWS;
+    let mut scaled = [ScaledBlock::new(), ScaledBlock::new()];
+    let mut sums = [Tile([[0; 64]; 16]); 2];
+    // The codes of step `j` (block `j / steps`, rows `16·(j % steps)…`).
+    let codes = |j: usize| &acts.codes[4 * ((j / steps) * acts.rows + (j % steps) * STEP_ROWS)..];
+    prepare(blocks[0], &mut scaled[0]);
+    multiply_step::<0>(&scaled[0], codes(0));
+    let last = blocks.len() * steps - 1;
+    for j in 0..=last {
+        let (b, step) = (j / steps, j % steps);
+        if step == 0 && b + 1 < blocks.len() {
+            // The vector units ready the next block while the tiles multiply this one.
+            prepare(blocks[b + 1], &mut scaled[(b + 1) % 2]);
+        }
+        // Step j + 1 goes to the tiles before step j's sums are read back, so the tiles
+        // multiply while the vector units finish step j.
+        if j < last {
+            let next = &scaled[((j + 1) / steps) % 2];
+            match j % 2 {
+                0 => multiply_step::<1>(next, codes(j + 1)),
+                _ => multiply_step::<0>(next, codes(j + 1)),
+            }
+        }
+        match j % 2 {
+            0 => store_sums::<0>(&mut sums),
+            _ => store_sums::<1>(&mut sums),
+        }
+        let block = &scaled[b % 2];
+        let first = b * acts.rows + step * STEP_ROWS;
+        let dst = &mut out[step * STEP_ROWS..(step + 1) * STEP_ROWS];
+        for (r, acc) in dst.iter_mut().enumerate() {
+            let lanes = |t: usize| _mm512_load_si512(sums[t].0[r].as_ptr().cast());
+            let sumi = _mm512_add_epi32(lanes(0), _mm512_slli_epi32::<4>(lanes(1)));
+            // As in the VNNI kernel: Σⱼ m[j]·(activations' sub-block sum j), then the block's
+            // two float terms.
+            let pairs = acts.sub_sums.get_unchecked(first + r).as_ptr().cast::<i32>();
+            let mut summ = _mm512_setzero_si512();
+            for (k, m) in block.mins.iter().enumerate() {
+                summ =
+                    _mm512_dpwssd_epi32(summ, *m, _mm512_set1_epi32(std::ptr::read_unaligned(pairs.add(k))));
+            }
+            let ad = _mm512_set1_ps(*acts.scales.get_unchecked(first + r));
+            let mut v = _mm512_loadu_ps(acc.as_ptr());
+            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(block.d, ad), v);
+            v = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(block.dmin, ad), v);
+            _mm512_storeu_ps(acc.as_mut_ptr(), v);
+        }
+    }
+    super::amx::release();
+}
+
+/// Readies a block's lines for the tiles: its header, and its codes scaled (see
+/// [`scale_codes`]).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn prepare(lines: &[Line], scaled: &mut ScaledBlock) {
+    let load = |j: usize| {
+        prefetch_ahead::<STEP_ROWS, WORDS>(lines, j);
+        _mm512_load_si512(lines.as_ptr().add(j).cast())
+    };
+    let (d, dmin, scales, mins) = header([load(0), load(1), load(2), load(3)]);
+    (scaled.d, scaled.dmin, scaled.mins) = (d, dmin, mins);
+    scale_codes(lines, &scales, scaled);
+}
+
+/// Fills `scaled` from a block's code lines: run `i`'s tile has, in rows 0–7, the low nibbles
+/// of lines `4 + 8i …` (sub-block `2i`) and in rows 8–15 their high nibbles (sub-block
+/// `2i + 1`), each byte multiplied by the low (`low`) or high (`high`) part of its row's scale.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn scale_codes(lines: &[Line], scales: &[__m512i; 8], scaled: &mut ScaledBlock) {
+    let nibble = _mm512_set1_epi8(0x0F);
+    // A scale (one per 32-bit lane) in bytes 0 and 2, or 1 and 3: `vpmaddubsw` then yields the
+    // even or the odd bytes' products as 16-bit lanes.
+    let even_bytes = |s: __m512i| _mm512_or_si512(s, _mm512_slli_epi32::<16>(s));
+    let times = |codes: __m512i, s: __m512i| {
+        let even = even_bytes(s);
+        let odd = _mm512_slli_epi32::<8>(even);
+        _mm512_or_si512(
+            _mm512_maddubs_epi16(codes, even),
+            _mm512_slli_epi16::<8>(_mm512_maddubs_epi16(codes, odd)),
+        )
+    };
+    for i in 0..4 {
+        let parts = |s: __m512i| (_mm512_and_si512(s, _mm512_set1_epi32(15)), _mm512_srli_epi32::<4>(s));
+        let (lo_l, lo_h) = parts(scales[2 * i]);
+        let (hi_l, hi_h) = parts(scales[2 * i + 1]);
+        for g in 0..8 {
+            prefetch_ahead::<STEP_ROWS, WORDS>(lines, 4 + 8 * i + g);
+            let v = _mm512_load_si512(lines.as_ptr().add(4 + 8 * i + g).cast());
+            let (codes_lo, codes_hi) =
+                (_mm512_and_si512(v, nibble), _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibble));
+            let store = |tile: &mut Tile, row: usize, x: __m512i| {
+                _mm512_store_si512(tile.0[row].as_mut_ptr().cast(), x)
+            };
+            store(&mut scaled.low[i], g, times(codes_lo, lo_l));
+            store(&mut scaled.low[i], 8 + g, times(codes_hi, hi_l));
+            store(&mut scaled.high[i], g, times(codes_lo, lo_h));
+            store(&mut scaled.high[i], 8 + g, times(codes_hi, hi_h));
+        }
+    }
+}
+
+/// 16 packed activation rows (their lines from `codes` on, for one block) against the scaled
+/// block, into tile set `SET`: tiles `2·SET` (times the low parts) and `2·SET + 1` (the high
+/// parts), 32-bit; its activation tile is `4 + SET`. Tiles 6 and 7 hold the weights.
+#[inline]
+unsafe fn multiply_step<const SET: usize>(scaled: &ScaledBlock, codes: &[Line]) {
+    // A row's four runs are consecutive lines, so a tile of one run steps 256 bytes per row.
+    let rows = codes.as_ptr();
+    if SET == 0 {
+        tile_zero!(0);
+        tile_zero!(1);
+    } else {
+        tile_zero!(2);
+        tile_zero!(3);
+    }
+    for i in 0..4 {
+        tile_load!(6, scaled.low[i].0.as_ptr(), 64usize);
+        tile_load!(7, scaled.high[i].0.as_ptr(), 64usize);
+        if SET == 0 {
+            tile_load!(4, rows.add(i), 256usize);
+            tile_dot_su!(0, 4, 6);
+            tile_dot_su!(1, 4, 7);
+        } else {
+            tile_load!(5, rows.add(i), 256usize);
+            tile_dot_su!(2, 5, 6);
+            tile_dot_su!(3, 5, 7);
+        }
+    }
+}
+
+/// Tile set `SET` (see [`multiply_step`]) into `sums`: [low, high].
+#[inline]
+unsafe fn store_sums<const SET: usize>(sums: &mut [Tile; 2]) {
+    let (low, high) = (sums[0].0.as_mut_ptr(), sums[1].0.as_mut_ptr());
+    if SET == 0 {
+        tile_store!(0, low, 64usize);
+        tile_store!(1, high, 64usize);
+    } else {
+        tile_store!(2, low, 64usize);
+        tile_store!(3, high, 64usize);
+    }
+}
