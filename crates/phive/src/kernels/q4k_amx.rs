@@ -2,10 +2,10 @@
 //! ([`super::amx`]): the prefill kernel of Xeons that have them.
 //!
 //! A tile multiply sums 64 products per output without a break, but Q4_K scales its codes per
-//! sub-block of 32. So the scales go into the weights before the multiply: with the 6-bit
-//! scale split as `sc = 16·h + l`, the bytes `q·l` (at most 225) and `q·h` (at most 45) fit
-//! the unsigned operand, and two multiplies over the whole block give `Σ l·q·a` and
-//! `Σ h·q·a`, whose sum `lo + 16·hi` is the VNNI kernel's integer `Σ sc·(q·a)` exactly. The
+//! sub-block of 32. So the scales go into the weights before the multiply: each code times its
+//! sub-block's 6-bit scale (at most 945) is split into its low byte and its high byte (at most
+//! 3), both valid unsigned operands, and two multiplies over the whole block give `Σ lo·a` and
+//! `Σ hi·a`, whose sum `lo + 256·hi` is the VNNI kernel's integer `Σ sc·(q·a)` exactly. The
 //! minimums and the float steps are then those of [`super::q4k_panel`], in the same order,
 //! so this kernel's results are bit for bit the VNNI kernel's, whichever one a row meets.
 //!
@@ -33,8 +33,8 @@ pub(super) const STEP_ROWS: usize = 16;
 #[repr(C, align(64))]
 struct Tile([[u8; 64]; 16]);
 
-/// A block of the panel made ready for the tiles: for each run of 64 inputs, the codes times
-/// the low and the high part of their sub-block's scale, and the header's other values.
+/// A block of the panel made ready for the tiles: for each run of 64 inputs, the low and the
+/// high bytes of the codes times their sub-block's scale, and the header's other values.
 struct ScaledBlock {
     low: [Tile; 4],
     high: [Tile; 4],
@@ -136,7 +136,7 @@ pub(super) unsafe fn dot(panel: &[Line], acts: &PackedRows, out: &mut [[f32; COL
         let dst = &mut out[step * STEP_ROWS..(step + 1) * STEP_ROWS];
         for (r, acc) in dst.iter_mut().enumerate() {
             let lanes = |t: usize| _mm512_load_si512(sums[t].0[r].as_ptr().cast());
-            let sumi = _mm512_add_epi32(lanes(0), _mm512_slli_epi32::<4>(lanes(1)));
+            let sumi = _mm512_add_epi32(lanes(0), _mm512_slli_epi32::<8>(lanes(1)));
             // As in the VNNI kernel: Σⱼ m[j]·(activations' sub-block sum j), then the block's
             // two float terms.
             let pairs = acts.sub_sums.get_unchecked(first + r).as_ptr().cast::<i32>();
@@ -169,47 +169,48 @@ unsafe fn prepare(lines: &[Line], scaled: &mut ScaledBlock) {
     scale_codes(lines, &scales, scaled);
 }
 
-/// Fills `scaled` from a block's code lines: run `i`'s tile has, in rows 0–7, the low nibbles
-/// of lines `4 + 8i …` (sub-block `2i`) and in rows 8–15 their high nibbles (sub-block
-/// `2i + 1`), each byte multiplied by the low (`low`) or high (`high`) part of its row's scale.
+/// Fills `scaled` from a block's code lines: run `i`'s tiles have, in rows 0–7, the low
+/// nibbles of lines `4 + 8i …` (sub-block `2i`) and in rows 8–15 their high nibbles (sub-block
+/// `2i + 1`), each code times its row's scale (at most 15 · 63 = 945), split into its low byte
+/// (`low`) and its high byte (`high`, at most 3).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 #[inline]
 unsafe fn scale_codes(lines: &[Line], scales: &[__m512i; 8], scaled: &mut ScaledBlock) {
     let nibble = _mm512_set1_epi8(0x0F);
-    // A scale (one per 32-bit lane) in bytes 0 and 2, or 1 and 3: `vpmaddubsw` then yields the
-    // even or the odd bytes' products as 16-bit lanes.
-    let even_bytes = |s: __m512i| _mm512_or_si512(s, _mm512_slli_epi32::<16>(s));
-    let times = |codes: __m512i, s: __m512i| {
-        let even = even_bytes(s);
-        let odd = _mm512_slli_epi32::<8>(even);
-        _mm512_or_si512(
-            _mm512_maddubs_epi16(codes, even),
-            _mm512_slli_epi16::<8>(_mm512_maddubs_epi16(codes, odd)),
-        )
+    let low_bytes = _mm512_set1_epi16(0x00FF);
+    // `vpmaddubsw` against a scale in bytes 0 and 2 of each 32-bit lane (`even`) yields the
+    // even bytes' products as 16-bit lanes; in bytes 1 and 3 (`odd`), the odd bytes'.
+    let split = |codes: __m512i, even: __m512i| {
+        let e = _mm512_maddubs_epi16(codes, even);
+        let o = _mm512_maddubs_epi16(codes, _mm512_slli_epi32::<8>(even));
+        // Low bytes: (e & 0x00FF) | (o << 8). High bytes: (e >> 8) | (o & 0xFF00).
+        let low = _mm512_ternarylogic_epi32::<0xEC>(e, _mm512_slli_epi16::<8>(o), low_bytes);
+        let high = _mm512_ternarylogic_epi32::<0xF4>(_mm512_srli_epi16::<8>(e), o, low_bytes);
+        (low, high)
     };
+    let store =
+        |tile: &mut Tile, row: usize, x: __m512i| _mm512_store_si512(tile.0[row].as_mut_ptr().cast(), x);
     for i in 0..4 {
-        let parts = |s: __m512i| (_mm512_and_si512(s, _mm512_set1_epi32(15)), _mm512_srli_epi32::<4>(s));
-        let (lo_l, lo_h) = parts(scales[2 * i]);
-        let (hi_l, hi_h) = parts(scales[2 * i + 1]);
+        let even = |s: __m512i| _mm512_or_si512(s, _mm512_slli_epi32::<16>(s));
+        let (scale_lo, scale_hi) = (even(scales[2 * i]), even(scales[2 * i + 1]));
         for g in 0..8 {
             prefetch_ahead::<STEP_ROWS, WORDS>(lines, 4 + 8 * i + g);
             let v = _mm512_load_si512(lines.as_ptr().add(4 + 8 * i + g).cast());
             let (codes_lo, codes_hi) =
                 (_mm512_and_si512(v, nibble), _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibble));
-            let store = |tile: &mut Tile, row: usize, x: __m512i| {
-                _mm512_store_si512(tile.0[row].as_mut_ptr().cast(), x)
-            };
-            store(&mut scaled.low[i], g, times(codes_lo, lo_l));
-            store(&mut scaled.low[i], 8 + g, times(codes_hi, hi_l));
-            store(&mut scaled.high[i], g, times(codes_lo, lo_h));
-            store(&mut scaled.high[i], 8 + g, times(codes_hi, hi_h));
+            let (low, high) = split(codes_lo, scale_lo);
+            store(&mut scaled.low[i], g, low);
+            store(&mut scaled.high[i], g, high);
+            let (low, high) = split(codes_hi, scale_hi);
+            store(&mut scaled.low[i], 8 + g, low);
+            store(&mut scaled.high[i], 8 + g, high);
         }
     }
 }
 
 /// 16 packed activation rows (their lines from `codes` on, for one block) against the scaled
-/// block, into tile set `SET`: tiles `2·SET` (times the low parts) and `2·SET + 1` (the high
-/// parts), 32-bit; its activation tile is `4 + SET`. Tiles 6 and 7 hold the weights.
+/// block, into tile set `SET`: tiles `2·SET` (against the low bytes) and `2·SET + 1` (the
+/// high bytes), 32-bit; its activation tile is `4 + SET`. Tiles 6 and 7 hold the weights.
 #[inline]
 unsafe fn multiply_step<const SET: usize>(scaled: &ScaledBlock, codes: &[Line]) {
     // A row's four runs are consecutive lines, so a tile of one run steps 256 bytes per row.
