@@ -7,7 +7,9 @@
 //! Every weight row is unpacked once per tile of [`TILE`] activation rows, so a batched decode
 //! step or a prefill chunk reads each weight byte once for several tokens. On CPUs with
 //! AVX-512 VNNI, the weights are instead permuted once at load into panels of 16 rows
-//! ([`PanelMatrix`]), which one outer-product kernel multiplies with any number of rows.
+//! ([`PanelMatrix`]), which one outer-product kernel multiplies with any number of rows. On
+//! CPUs with AMX tiles as well, Q4_K panels multiplied with 32 or more activation rows take
+//! them 16 at a time through a tile kernel whose results are bit for bit the VNNI kernel's.
 //!
 //! [`elementwise`] holds the vectorised `exp`, softmax and GELU maps of the vision towers.
 //!

@@ -28,6 +28,11 @@ const WORDS: usize = words(BlockFormat::Q4K);
 /// Activation rows per tile, the kernel's step.
 pub(super) const STEP_ROWS: usize = 16;
 
+/// Fewest activation rows worth the tiles. Readying a block's weights costs about what
+/// multiplying 16 rows does, so at 16 rows this kernel ran at 0.8–1.07× the VNNI one, at 32 at
+/// 1.24–1.42× and beyond (Xeon, `kernel_bench`, BENCHMARKS.md).
+pub(super) const MIN_ROWS: usize = 32;
+
 /// One tile's bytes: 16 rows of 64.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
