@@ -6,7 +6,7 @@
 //! sub-block's 6-bit scale (at most 945) is split into its low byte and its high byte (at most
 //! 3), both valid unsigned operands, and two multiplies over the whole block give `Σ lo·a` and
 //! `Σ hi·a`, whose sum `lo + 256·hi` is the VNNI kernel's integer `Σ sc·(q·a)` exactly. The
-//! minimums and the float steps are then those of [`super::q4k_panel`], in the same order,
+//! minimums and the float steps are then the VNNI kernel's own ([`super::q4k_panel::add_block`]),
 //! so this kernel's results are bit for bit the VNNI kernel's, whichever one a row meets.
 //!
 //! Work overlaps across the two kinds of unit: a block's scaled weights (8 KiB) are readied
@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 
 use super::amx::{tile_dot_su, tile_load, tile_store, tile_zero, TileConfig};
 use super::panels::{prefetch_ahead, words, Line, COLS};
-use super::q4k_panel::header;
+use super::q4k_panel::{add_block, header};
 use super::q8k::BlockQ8K;
 use super::BlockFormat;
 
@@ -142,18 +142,16 @@ pub(super) unsafe fn dot(panel: &[Line], acts: &PackedRows, out: &mut [[f32; COL
         for (r, acc) in dst.iter_mut().enumerate() {
             let lanes = |t: usize| _mm512_load_si512(sums[t].0[r].as_ptr().cast());
             let sumi = _mm512_add_epi32(lanes(0), _mm512_slli_epi32::<8>(lanes(1)));
-            // As in the VNNI kernel: Σⱼ m[j]·(activations' sub-block sum j), then the block's
-            // two float terms.
-            let pairs = acts.sub_sums.get_unchecked(first + r).as_ptr().cast::<i32>();
-            let mut summ = _mm512_setzero_si512();
-            for (k, m) in block.mins.iter().enumerate() {
-                summ =
-                    _mm512_dpwssd_epi32(summ, *m, _mm512_set1_epi32(std::ptr::read_unaligned(pairs.add(k))));
-            }
-            let ad = _mm512_set1_ps(*acts.scales.get_unchecked(first + r));
-            let mut v = _mm512_loadu_ps(acc.as_ptr());
-            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(block.d, ad), v);
-            v = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(block.dmin, ad), v);
+            let (a_d, sub_sums) =
+                (*acts.scales.get_unchecked(first + r), acts.sub_sums.get_unchecked(first + r));
+            let v = add_block(
+                _mm512_loadu_ps(acc.as_ptr()),
+                sumi,
+                &block.mins,
+                (block.d, block.dmin),
+                a_d,
+                sub_sums,
+            );
             _mm512_storeu_ps(acc.as_mut_ptr(), v);
         }
     }

@@ -73,6 +73,31 @@ pub(super) unsafe fn header(h: [__m512i; 4]) -> (__m512, __m512, [__m512i; 8], [
     (d, dmin, scales, mins)
 }
 
+/// `acc` plus one block's contribution to 16 outputs of one activation row: `d·a_d·sumi`
+/// (`sumi` the scaled code products) minus `dmin·a_d·Σⱼ m[j]·sub_sums[j]`. The AMX kernel
+/// calls this too, so both kernels round alike.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+#[inline]
+pub(super) unsafe fn add_block(
+    acc: __m512,
+    sumi: __m512i,
+    mins: &[__m512i; 4],
+    (d, dmin): (__m512, __m512),
+    a_d: f32,
+    sub_sums: &[i16; 8],
+) -> __m512 {
+    // Σⱼ m[j]·(sum of activations j·32…): the activations' sub-block sums in pairs
+    // (sub_sums[2k], sub_sums[2k+1]), broadcast from memory, against the minimum pairs.
+    let pairs = sub_sums.as_ptr().cast::<i32>();
+    let mut summ = _mm512_setzero_si512();
+    for (k, m) in mins.iter().enumerate() {
+        summ = _mm512_dpwssd_epi32(summ, *m, _mm512_set1_epi32(std::ptr::read_unaligned(pairs.add(k))));
+    }
+    let ad = _mm512_set1_ps(a_d);
+    let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(d, ad), acc);
+    _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(dmin, ad), acc)
+}
+
 /// [`dot`] for a tile of `R` activation rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &mut [[f32; COLS]]) {
@@ -116,17 +141,7 @@ unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &m
         }
         for r in 0..R {
             let a = blocks[r];
-            // Σⱼ m[j]·(sum of activations j·32…): the activations' sub-block sums in pairs
-            // (sub_sums[2k], sub_sums[2k+1]), broadcast from memory, against the minimum pairs.
-            let pairs = a.sub_sums.as_ptr().cast::<i32>();
-            let mut summ = _mm512_setzero_si512();
-            for (k, m) in mins.iter().enumerate() {
-                summ =
-                    _mm512_dpwssd_epi32(summ, *m, _mm512_set1_epi32(std::ptr::read_unaligned(pairs.add(k))));
-            }
-            let ad = _mm512_set1_ps(a.d);
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r]), _mm512_mul_ps(d, ad), acc[r]);
-            acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(dmin, ad), acc[r]);
+            acc[r] = add_block(acc[r], sumi[r], &mins, (d, dmin), a.d, &a.sub_sums);
         }
     }
     for r in 0..R {
