@@ -211,6 +211,20 @@ def test_f16_kv_cache_holds_twice_the_tokens_in_the_same_memory():
     assert blocks["f16"] == 2 * blocks["f32"]
 
 
+def test_solo_prefill_chunk_sets_the_steps_of_a_prompt_alone():
+    which = Which.VisionPlain(model_id=str(MODEL))
+    prompt = [{"role": "user", "content": "The keeper counted the waves. " * 60}]
+    answers, steps = {}, {}
+    for chunk in (0, 1024):
+        r = Runner(which=which, max_batched_tokens=16, solo_prefill_chunk=chunk)
+        answers[chunk] = greedy(r, prompt, max_tokens=4)
+        steps[chunk] = r.stats()["steps"]
+    assert answers[0] == answers[1024]
+    # Off: the ~430-token prompt advances 8 tokens a step; on: it runs in one step, then three
+    # decode steps follow.
+    assert steps[0] > 40 and steps[1024] == 4, steps
+
+
 def test_runner_properties(runner):
     assert runner.architecture is VisionArchitecture.Phi3V
     assert runner.model_id == str(MODEL)
@@ -220,6 +234,7 @@ def test_runner_properties(runner):
         "queued", "active", "cancelled", "running_seqs", "waiting_seqs", "preemptions", "steps",
         "max_batch_size", "kv_blocks_used", "kv_blocks_free", "media_cache_hits", "media_cache_misses",
         "prefix_cache_blocks", "prefix_cache_queried_tokens", "prefix_cache_hit_tokens", "kv_block_size",
+        "interrupted_steps",
     }
     assert repr(runner).startswith("Runner(model_id=") and "Phi3V" in repr(runner)
 

@@ -10,11 +10,16 @@ pub struct EngineArgs {
     /// Sequences the engine batches at once (each choice of a request is one); more wait.
     #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024), env = "PHIVE_MAX_NUM_SEQS")]
     max_num_seqs: u32,
-    /// Tokens fed to the model per step: one per decoding sequence plus prefill chunks. A step
-    /// cannot be interrupted, so this bounds the stall every stream (and every new request)
-    /// sees while a long prompt prefills; on a CPU, larger chunks prefill only slightly faster.
+    /// Tokens fed to the model per step: one per decoding sequence plus prefill chunks. This
+    /// bounds the stall every stream (and every new request) sees while a long prompt prefills
+    /// beside them.
     #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), env = "PHIVE_MAX_BATCHED_TOKENS")]
     max_batched_tokens: u32,
+    /// Most tokens per step of a prompt prefilling while nothing else runs: longer chunks
+    /// multiply faster, and such a step is abandoned (and redone later) when a request arrives,
+    /// so it stalls nobody. A value up to --max-batched-tokens turns solo chunks off.
+    #[arg(long, global = true, value_name = "TOKENS", default_value_t = EngineConfig::default().solo_prefill_chunk as u32, env = "PHIVE_SOLO_PREFILL_CHUNK")]
+    solo_prefill_chunk: u32,
     /// Requests waiting to start; beyond this, requests are refused (HTTP 503).
     #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), env = "PHIVE_MAX_QUEUE")]
     max_queue: u32,
@@ -68,6 +73,7 @@ impl EngineArgs {
             media_cache_bytes: (self.media_cache_mem * (1u64 << 30) as f64) as u64,
             max_num_seqs: self.max_num_seqs as usize,
             max_batched_tokens: self.max_batched_tokens as usize,
+            solo_prefill_chunk: self.solo_prefill_chunk as usize,
             max_queue: self.max_queue as usize,
             kv_cache_bytes,
             prefix_cache: !self.no_prefix_cache,

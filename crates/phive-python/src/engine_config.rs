@@ -6,7 +6,7 @@ use phive::engine::{EngineConfig, EngineStats, Histogram};
 use crate::{Failure, Fallible};
 
 /// `Runner.stats()`: the engine's gauges and counters by name.
-pub(crate) fn stats_counts(s: &EngineStats) -> [(&'static str, u64); 16] {
+pub(crate) fn stats_counts(s: &EngineStats) -> [(&'static str, u64); 17] {
     [
         ("queued", s.queued as u64),
         ("active", s.active as u64),
@@ -15,6 +15,7 @@ pub(crate) fn stats_counts(s: &EngineStats) -> [(&'static str, u64); 16] {
         ("waiting_seqs", s.waiting_seqs as u64),
         ("preemptions", s.preemptions),
         ("steps", s.steps),
+        ("interrupted_steps", s.interrupted_steps),
         ("max_batch_size", max_observed(&s.batch_size)),
         ("kv_blocks_used", s.kv_blocks_used as u64),
         ("kv_blocks_free", s.kv_blocks_free as u64),
@@ -38,6 +39,7 @@ pub(crate) struct EngineKwargs {
     pub max_seqs: Option<usize>,
     pub max_queue: Option<usize>,
     pub max_batched_tokens: Option<usize>,
+    pub solo_prefill_chunk: Option<usize>,
     pub kv_cache_mem: Option<f64>,
     pub media_cache_mem: Option<f64>,
     pub prefix_cache: bool,
@@ -83,6 +85,7 @@ pub(crate) fn engine_config(k: EngineKwargs) -> Fallible<EngineConfig> {
         max_num_seqs: k.max_seqs.unwrap_or(defaults.max_num_seqs),
         max_queue: k.max_queue.unwrap_or(defaults.max_queue),
         max_batched_tokens: k.max_batched_tokens.unwrap_or(defaults.max_batched_tokens),
+        solo_prefill_chunk: k.solo_prefill_chunk.unwrap_or(defaults.solo_prefill_chunk),
         kv_cache_bytes: k.kv_cache_mem.map(|gib| (gib * (1u64 << 30) as f64) as u64),
         media_cache_bytes: k
             .media_cache_mem

@@ -254,7 +254,7 @@ impl NativeEngine {
     /// `num_crops` (Phi-3.5-vision) / `dynamic_hd` (Phi-4-multimodal) replace the checkpoint's
     /// crop limit.
     #[new]
-    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, device=None, dtype=None, max_seqs=None, max_queue=None, max_batched_tokens=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, kv_cache_dtype=None, gpu_memory_utilization=None, max_images=None, num_crops=None, dynamic_hd=None))]
+    #[pyo3(signature = (model, *, revision=None, arch=None, isq=None, isq_encoders=false, device=None, dtype=None, max_seqs=None, max_queue=None, max_batched_tokens=None, solo_prefill_chunk=None, kv_cache_mem=None, media_cache_mem=None, prefix_cache=true, kv_cache_dtype=None, gpu_memory_utilization=None, max_images=None, num_crops=None, dynamic_hd=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -268,6 +268,7 @@ impl NativeEngine {
         max_seqs: Option<usize>,
         max_queue: Option<usize>,
         max_batched_tokens: Option<usize>,
+        solo_prefill_chunk: Option<usize>,
         kv_cache_mem: Option<f64>,
         media_cache_mem: Option<f64>,
         prefix_cache: bool,
@@ -282,6 +283,7 @@ impl NativeEngine {
             max_seqs,
             max_queue,
             max_batched_tokens,
+            solo_prefill_chunk,
             kv_cache_mem,
             media_cache_mem,
             prefix_cache,

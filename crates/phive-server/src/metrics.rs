@@ -176,7 +176,7 @@ impl Metrics {
 
 /// The engine's queues, KV memory and per-step histograms.
 fn render_engine(e: &EngineStats, out: &mut String) {
-    let values: [(&str, &str, &str, f64); 18] = [
+    let values: [(&str, &str, &str, f64); 19] = [
         (
             "phive_requests_cancelled_total",
             "counter",
@@ -207,6 +207,12 @@ fn render_engine(e: &EngineStats, out: &mut String) {
             e.preemptions as f64,
         ),
         ("phive_engine_steps_total", "counter", "Engine steps (batched forward passes).", e.steps as f64),
+        (
+            "phive_interrupted_steps_total",
+            "counter",
+            "Solo prefill steps abandoned part way for a request that arrived.",
+            e.interrupted_steps as f64,
+        ),
         (
             "phive_media_cache_hits_total",
             "counter",

@@ -4,7 +4,8 @@
 //! prefills, against the same request alone. Requests go straight to the engine (no HTTP), as every front end submits them.
 //!
 //! ```sh
-//! cargo run --release -p phive --example batch_bench -- --model /tmp/phi35-real --isq q4k [--kv-cache-dtype f16]
+//! cargo run --release -p phive --example batch_bench -- --model /tmp/phi35-real --isq q4k \
+//!     [--kv-cache-dtype f16] [--max-batched-tokens N] [--solo-prefill-chunk N]
 //! ```
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ struct Args {
     streams: Vec<usize>,
     decode: usize,
     max_batched_tokens: usize,
+    solo_prefill_chunk: usize,
     /// Also measure a short request's TTFT during an image prefill.
     interference: bool,
     kv_cache_dtype: KvDtype,
@@ -39,6 +41,7 @@ fn parse_args() -> Result<Args> {
         streams: vec![1, 2, 4, 8, 16],
         decode: 64,
         max_batched_tokens: EngineConfig::default().max_batched_tokens,
+        solo_prefill_chunk: EngineConfig::default().solo_prefill_chunk,
         kv_cache_dtype: KvDtype::F32,
         interference: true,
     };
@@ -50,6 +53,7 @@ fn parse_args() -> Result<Args> {
             "--streams" => a.streams = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--decode-tokens" => a.decode = value()?.parse()?,
             "--max-batched-tokens" => a.max_batched_tokens = value()?.parse()?,
+            "--solo-prefill-chunk" => a.solo_prefill_chunk = value()?.parse()?,
             "--no-interference" => a.interference = false,
             "--kv-cache-dtype" => a.kv_cache_dtype = value()?.parse()?,
             other => bail!("unknown flag {other}"),
@@ -82,6 +86,7 @@ fn main() -> Result<()> {
     );
     let config = EngineConfig {
         max_batched_tokens: args.max_batched_tokens,
+        solo_prefill_chunk: args.solo_prefill_chunk,
         kv_cache_dtype: args.kv_cache_dtype,
         ..Default::default()
     };
@@ -154,9 +159,10 @@ fn main() -> Result<()> {
     let image_trace = image_thread.join().expect("image thread")?;
     println!(
         "\nshort text request TTFT: alone {alone:.3}s, during a {image_tokens}-token image prefill {during:.3}s ({:.2}x); \
-         image request TTFT {:.2}s (encoding included)",
+         image request TTFT {:.2}s (encoding included); {} solo prefill steps abandoned",
         during / alone,
-        image_trace.ttft().as_secs_f64()
+        image_trace.ttft().as_secs_f64(),
+        engine.stats().interrupted_steps
     );
     Ok(())
 }

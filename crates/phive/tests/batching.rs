@@ -221,6 +221,43 @@ fn cancelling_frees_blocks_within_a_step() {
     assert_eq!(engine.stats().cancelled, 1);
 }
 
+/// A prompt prefilling alone runs in one solo chunk far beyond the step budget, and that step
+/// is abandoned for a request that arrives while it runs: both answer what they answer alone.
+#[test]
+fn a_solo_prefill_yields_to_a_request_that_arrives() {
+    let all = cases(false, false);
+    let pick = |name: &str| all.iter().find(|c| c.name.starts_with(name)).unwrap().clone();
+    let (long, short) = (pick("long_text"), pick("text#"));
+    let solo = solo_answers(&[long.clone(), short.clone()]);
+    let config = EngineConfig {
+        max_batched_tokens: 16,
+        solo_prefill_chunk: 8192,
+        prefix_cache: false, // every attempt computes the whole prompt again
+        ..Default::default()
+    };
+    let engine = common::engine(&common::phi3v_tiny(), config);
+    // The newcomer must arrive during the long step: it is sent as soon as that step starts,
+    // which almost always wins the race; a lost race is retried.
+    for _attempt in 0..5 {
+        let long_handle = engine.submit(long.prepare(&engine), long.params.clone(), 1).unwrap();
+        while engine.stats().queued > 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let short_handle = engine.submit(short.prepare(&engine), short.params.clone(), 1).unwrap();
+        assert_same(&short.name, &short_handle.collect_blocking().unwrap(), &solo[1]);
+        assert_same(&long.name, &long_handle.collect_blocking().unwrap(), &solo[0]);
+        if engine.stats().interrupted_steps > 0 {
+            break;
+        }
+    }
+    let stats = engine.stats();
+    assert!(stats.interrupted_steps > 0, "no step was abandoned: {stats:?}");
+    // Only solo chunks exceed the 16-token budget (the buckets above 16 tokens).
+    let beyond_budget: u64 = stats.prefill_tokens.counts[3..].iter().sum();
+    assert!(beyond_budget > 0, "no solo chunk ran: {:?}", stats.prefill_tokens);
+    common::wait_until_idle(&engine);
+}
+
 /// Random arrivals, lengths, `n`, cancellations and a pool that sometimes runs out: every
 /// request that is not cancelled answers what it answers alone, and no block leaks.
 #[test]

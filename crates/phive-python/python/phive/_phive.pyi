@@ -20,6 +20,7 @@ class NativeEngine:
         max_seqs: Optional[int] = None,
         max_queue: Optional[int] = None,
         max_batched_tokens: Optional[int] = None,
+        solo_prefill_chunk: Optional[int] = None,
         kv_cache_mem: Optional[float] = None,
         media_cache_mem: Optional[float] = None,
         prefix_cache: bool = True,

@@ -377,7 +377,10 @@ class Runner:
     Loading happens in the constructor. ``max_seqs`` is how many sequences (choices of requests)
     the engine batches into each step (default 32; concurrent calls from several threads batch
     together); ``max_batched_tokens`` (phive) is the tokens fed per step (default 32: one per
-    decoding sequence plus prefill chunks); ``kv_cache_mem`` (phive) is the KV cache in GiB
+    decoding sequence plus prefill chunks); ``solo_prefill_chunk`` (phive) is the most tokens per
+    step of a prompt prefilling while nothing else runs (default 256; such a step is abandoned
+    when a request arrives, so it stalls nobody; at most ``max_batched_tokens`` turns it off);
+    ``kv_cache_mem`` (phive) is the KV cache in GiB
     (default: 40% of the memory available at start); ``media_cache_mem`` (phive) is the GiB of
     encoded images and audio kept across requests (default 0.5; 0 turns it off);
     ``no_prefix_cache`` (phive; or mistral.rs's ``prefix_cache_n=0``) stops reusing the KV of
@@ -429,6 +432,7 @@ class Runner:
         max_images: Optional[int] = None,
         isq_encoders: bool = False,
         max_batched_tokens: Optional[int] = None,
+        solo_prefill_chunk: Optional[int] = None,
         kv_cache_mem: Optional[float] = None,
         media_cache_mem: Optional[float] = None,
         no_prefix_cache: bool = False,
@@ -471,6 +475,7 @@ class Runner:
             max_seqs=max_seqs,
             max_queue=max_queue,
             max_batched_tokens=max_batched_tokens,
+            solo_prefill_chunk=solo_prefill_chunk,
             kv_cache_mem=kv_cache_mem,
             media_cache_mem=media_cache_mem,
             prefix_cache=not no_prefix_cache and prefix_cache_n != 0,
@@ -509,7 +514,8 @@ class Runner:
     def stats(self) -> Dict[str, int]:
         """Engine state and counters since the runner started: ``queued`` and ``active``
         requests, ``cancelled`` requests, ``running_seqs`` and ``waiting_seqs``, ``preemptions``,
-        ``steps`` (batched forward passes), ``max_batch_size`` (upper bound of the largest step's
+        ``steps`` (batched forward passes), ``interrupted_steps`` (solo prefill steps abandoned
+        for a request that arrived), ``max_batch_size`` (upper bound of the largest step's
         sequence count), ``kv_blocks_used`` / ``kv_blocks_free``, ``media_cache_hits`` /
         ``media_cache_misses``."""
         return dict(self._native.stats())

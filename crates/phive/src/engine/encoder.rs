@@ -11,22 +11,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::health::contain;
+use super::inbox::{Mailbox, Message};
 use super::media_cache::MediaCache;
 use super::sequence::Sequence;
 use super::service::Event;
 use crate::models::MediaKey;
 use crate::pipeline::Pipeline;
 use crate::Result;
-
-/// What reaches the engine loop.
-pub enum Message {
-    /// A new request's first sequence.
-    Submit(Sequence),
-    /// A sequence whose media are encoded (or whose request failed while encoding).
-    Encoded(Sequence),
-    /// Stop accepting requests; finish what is running, then exit.
-    Shutdown,
-}
 
 /// The encoding thread.
 pub struct Encoder {
@@ -37,11 +28,7 @@ pub struct Encoder {
 impl Encoder {
     /// Starts the thread; encoded sequences come back through `done`. Features are looked up in
     /// and added to `cache`.
-    pub fn start(
-        pipeline: Arc<Pipeline>,
-        cache: Arc<Mutex<MediaCache>>,
-        done: mpsc::Sender<Message>,
-    ) -> Self {
+    pub fn start(pipeline: Arc<Pipeline>, cache: Arc<Mutex<MediaCache>>, done: Mailbox) -> Self {
         let (jobs, receiver) = mpsc::channel::<Sequence>();
         let thread = std::thread::Builder::new()
             .name("phive-encoder".into())
@@ -51,7 +38,7 @@ impl Encoder {
                         sequence.request.send(Event::Error(e));
                         sequence.request.cancel.store(true, Ordering::Relaxed);
                     }
-                    if done.send(Message::Encoded(sequence)).is_err() {
+                    if !done.send(Message::Encoded(sequence)) {
                         return;
                     }
                 }

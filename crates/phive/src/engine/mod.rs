@@ -6,7 +6,8 @@
 //! KV block ids and the prefix cache's index, `prefix` hashes blocks by content, `runner` runs a
 //! step on the model, `sequence` and `generation` hold one choice's state, `encoder` and
 //! `media_cache` encode images and audio beside the loop, `stats` what the loop reports,
-//! `health` contains panics and tracks the loop's liveness, `grammar` compiles structured-output
+//! `inbox` carries messages to the
+//! loop, `health` contains panics and tracks the loop's liveness, `grammar` compiles structured-output
 //! grammars and `constraint` walks one per choice.
 
 mod blocks;
@@ -16,6 +17,7 @@ mod encoder;
 pub mod generation;
 mod grammar;
 mod health;
+mod inbox;
 pub mod logprobs;
 mod media_cache;
 mod prefix;
@@ -36,6 +38,8 @@ pub use generation::{
 pub use grammar::{with_layout, Grammar};
 pub use logprobs::{TokenLogprob, TopLogprob};
 pub use sampler::{Sampler, SamplingParams};
-pub use service::{Engine, EngineConfig, Event, RequestHandle, DEFAULT_MEDIA_CACHE_BYTES};
+pub use service::{
+    Engine, EngineConfig, Event, RequestHandle, DEFAULT_MEDIA_CACHE_BYTES, DEFAULT_SOLO_PREFILL_CHUNK,
+};
 pub use stats::{EngineStats, Histogram};
 pub use stop::{StopMatch, StopStrings};

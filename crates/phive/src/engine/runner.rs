@@ -21,14 +21,19 @@ pub struct StepOutput {
     /// Rows that could not be built (their request's media failed to encode), with the error;
     /// the other rows ran without them.
     pub failed: Vec<(ScheduledRow, Error)>,
+    /// Whether the pass gave up part way (`stop` held): no row advanced, nothing was scored.
+    pub interrupted: bool,
 }
 
-/// Runs `plan` over `running`; advances each run row's `computed`.
+/// Runs `plan` over `running`; advances each run row's `computed`. An interruptible plan's pass
+/// is abandoned when `stop()` holds at one of a layer's stopping points (before its attention
+/// and before each MLP projection).
 pub fn run_step(
     model: &LoadedModel,
     pool: &mut KvPool,
     running: &mut [Sequence],
     plan: &StepPlan,
+    stop: &dyn Fn() -> bool,
 ) -> Result<StepOutput> {
     for &(src, dst) in &plan.copies {
         pool.copy_block(src, dst)?;
@@ -46,7 +51,7 @@ pub fn run_step(
         }
     }
     if rows.is_empty() {
-        return Ok(StepOutput { scores: Vec::new(), failed });
+        return Ok(StepOutput { scores: Vec::new(), failed, interrupted: false });
     }
     let batch: Vec<BatchRow> = rows
         .iter()
@@ -61,7 +66,11 @@ pub fn run_step(
             }
         })
         .collect();
-    let hidden = model.forward_batch(&Tensor::cat(&embeds, 0)?, &batch, pool)?;
+    let never = || false;
+    let stop = if plan.interruptible { stop } else { &never };
+    let Some(hidden) = model.forward_batch_unless(&Tensor::cat(&embeds, 0)?, &batch, pool, stop)? else {
+        return Ok(StepOutput { scores: Vec::new(), failed, interrupted: true });
+    };
     let mut last_rows = Vec::new();
     let mut sampled = Vec::new();
     let mut at = 0;
@@ -81,7 +90,7 @@ pub fn run_step(
         let argmax: Vec<bool> = sampled.iter().map(|r| running[r.index].generation.picks_argmax()).collect();
         sampled.into_iter().zip(scores(&logits, &argmax)?).collect()
     };
-    Ok(StepOutput { scores, failed })
+    Ok(StepOutput { scores, failed, interrupted: false })
 }
 
 /// Each row of `logits` (`[rows, vocab]`) as it leaves the device: only its argmax where

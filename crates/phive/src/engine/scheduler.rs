@@ -9,7 +9,10 @@
 //! chunks of half the budget, so a long prompt never freezes the others' streaming and a short
 //! prompt that arrives behind it starts at once (a step that completes a prompt leaves the
 //! longer ones for the next step, so the newcomer's first token waits only for the rest of the
-//! step under way and its own prefill).
+//! step under way and its own prefill). A prompt prefilling alone (nothing decoding, nothing
+//! waiting) takes larger chunks, up to the solo chunk, which multiply faster; such a step is
+//! interruptible: the engine abandons it, uncounted, when a request arrives, so the newcomer
+//! waits for at most a layer's largest part (its gate and up projections) of it.
 //!
 //! With the prefix cache on, a sequence admitted takes the cached blocks of its longest cached
 //! prefix (always leaving at least its last token to compute, whose logits it needs) and
@@ -33,6 +36,9 @@ pub struct SchedulerLimits {
     pub max_batched_tokens: usize,
     /// Positions per KV block.
     pub block_size: usize,
+    /// Most tokens of a prompt prefilling alone per step (interruptible steps); at most
+    /// `max_batched_tokens` turns solo chunks off.
+    pub solo_chunk: usize,
 }
 
 /// One scheduled row: `len` tokens of `running[index]`.
@@ -53,6 +59,9 @@ pub struct StepPlan {
     pub copies: Vec<(u32, u32)>,
     /// Sequences this step started for the first time (they no longer count as queued).
     pub started: usize,
+    /// Whether the step is one solo chunk beyond the token budget, to be abandoned when a
+    /// request arrives.
+    pub interruptible: bool,
 }
 
 /// Waiting and running sequences and the KV blocks they hold.
@@ -182,6 +191,14 @@ impl Scheduler {
         // A prompt that fits the budget runs whole; a longer one advances in chunks of at most
         // half the budget, so the step that a newcomer has to wait out stays short.
         let chunk = (self.limits.max_batched_tokens / 2).max(1);
+        if let ([index], true, true) = (&prefilling[..], plan.rows.is_empty(), self.waiting.is_empty()) {
+            let len = self.running[*index].remaining().min(self.limits.solo_chunk);
+            if len > budget {
+                plan.rows.push(ScheduledRow { index: *index, len });
+                plan.interruptible = true;
+                return plan;
+            }
+        }
         let mut completes = false;
         for index in prefilling {
             let remaining = self.running[index].remaining();

@@ -11,10 +11,11 @@ use std::time::Instant;
 use candle_core::Device;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::encoder::{Encoder, Message};
+use super::encoder::Encoder;
 use super::generation::{check_lengths, Scores};
 use super::grammar::{Grammar, GrammarCompiler};
 use super::health::{contain, AliveGuard};
+use super::inbox::{Mailbox, Message};
 use super::media_cache::MediaCache;
 use super::prefix::PrefixHasher;
 use super::runner::run_step;
@@ -35,6 +36,10 @@ pub struct EngineConfig {
     /// Tokens fed to the model per step: decode tokens plus prefill chunks. Smaller keeps
     /// streams smooth while long prompts prefill; larger prefills faster.
     pub max_batched_tokens: usize,
+    /// Most tokens per step of a prompt prefilling alone (nothing decoding or waiting): such a
+    /// step is abandoned when a request arrives, so it can be long without stalling anyone.
+    /// At most `max_batched_tokens` turns these solo chunks off.
+    pub solo_prefill_chunk: usize,
     /// Requests waiting to start; beyond this `submit` fails with `Error::QueueFull`.
     pub max_queue: usize,
     /// Bytes of KV memory; `None`: 40% of the memory available at start, at most what
@@ -52,6 +57,10 @@ pub struct EngineConfig {
     pub gpu_memory_utilization: f64,
 }
 
+/// Default solo chunk: where the int8 kernels reach most of their speed (the AMX tiles need 32
+/// rows and gain up to 256), while an abandoned chunk wastes little.
+pub const DEFAULT_SOLO_PREFILL_CHUNK: usize = 256;
+
 /// Default media cache: 512 MiB holds the features of about 50 full-resolution Phi-3.5 images.
 pub const DEFAULT_MEDIA_CACHE_BYTES: u64 = 512 << 20;
 
@@ -60,6 +69,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_num_seqs: 32,
             max_batched_tokens: 32,
+            solo_prefill_chunk: DEFAULT_SOLO_PREFILL_CHUNK,
             max_queue: 64,
             kv_cache_bytes: None,
             media_cache_bytes: DEFAULT_MEDIA_CACHE_BYTES,
@@ -146,7 +156,7 @@ struct Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     config: EngineConfig,
-    inbox: Mutex<Option<mpsc::Sender<Message>>>,
+    inbox: Mutex<Option<Mailbox>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -183,11 +193,12 @@ impl Engine {
             alive: Arc::new(AtomicBool::new(true)),
             grammars: GrammarCompiler::new(),
         });
-        let (sender, receiver) = mpsc::channel();
+        let (sender, receiver, arrived) = Mailbox::new();
         let limits = SchedulerLimits {
             max_num_seqs: config.max_num_seqs.max(1),
             max_batched_tokens: config.max_batched_tokens.max(1),
             block_size: geometry.block_size,
+            solo_chunk: config.solo_prefill_chunk,
         };
         let hasher = config.prefix_cache.then(|| PrefixHasher {
             block_size: geometry.block_size,
@@ -200,7 +211,7 @@ impl Engine {
             .name("phive-engine".into())
             .spawn(move || {
                 let scheduler = Scheduler::new(limits, num_blocks, hasher);
-                EngineLoop::new(loop_shared, scheduler, pool, encoder).run(receiver);
+                EngineLoop::new(loop_shared, scheduler, pool, encoder, arrived).run(receiver);
             })
             .expect("spawning the engine thread");
         Ok(Engine { shared, config, inbox: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) })
@@ -297,7 +308,7 @@ impl Engine {
             .inbox
             .lock()
             .ok()
-            .and_then(|inbox| inbox.as_ref().map(|tx| tx.send(Message::Submit(sequence)).is_ok()));
+            .and_then(|inbox| inbox.as_ref().map(|tx| tx.send(Message::Submit(sequence))));
         match sent {
             Some(true) => {}
             Some(false) => {
@@ -325,7 +336,7 @@ impl Engine {
     /// Stops accepting requests and waits for queued and running ones to finish.
     pub fn shutdown(&self) {
         if let Some(inbox) = self.inbox.lock().ok().and_then(|mut inbox| inbox.take()) {
-            let _ = inbox.send(Message::Shutdown);
+            inbox.send(Message::Shutdown);
         }
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
@@ -389,11 +400,19 @@ struct EngineLoop {
     encoding: usize,
     /// Whether requests may still arrive.
     open: bool,
+    /// Raised when work the loop could schedule arrives; an interruptible step stops at it.
+    arrived: Arc<AtomicBool>,
 }
 
 impl EngineLoop {
-    fn new(shared: Arc<Shared>, scheduler: Scheduler, pool: KvPool, encoder: Encoder) -> Self {
-        Self { shared, scheduler, pool, encoder, encoding: 0, open: true }
+    fn new(
+        shared: Arc<Shared>,
+        scheduler: Scheduler,
+        pool: KvPool,
+        encoder: Encoder,
+        arrived: Arc<AtomicBool>,
+    ) -> Self {
+        Self { shared, scheduler, pool, encoder, encoding: 0, open: true, arrived }
     }
 
     fn run(mut self, inbox: mpsc::Receiver<Message>) {
@@ -408,6 +427,8 @@ impl EngineLoop {
                     Err(_) => return,
                 }
             }
+            // Lowered before reading: whatever arrives after the read raises it again.
+            self.arrived.store(false, Ordering::SeqCst);
             while let Ok(message) = inbox.try_recv() {
                 self.receive(message);
             }
@@ -461,11 +482,20 @@ impl EngineLoop {
         let pipeline = Arc::clone(&self.shared.pipeline);
         let mut finished: Vec<(usize, FinishReason)> = Vec::new();
         let mut forks = Vec::new();
+        // An interruptible step also stops for its own request's cancellation.
+        let requests: Vec<Arc<Request>> =
+            plan.rows.iter().map(|r| Arc::clone(&self.scheduler.running[r.index].request)).collect();
+        let arrived = Arc::clone(&self.arrived);
+        let stop = move || arrived.load(Ordering::Relaxed) || requests.iter().any(|r| r.is_cancelled());
         let result = contain("running a step", || {
-            run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan)
+            run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan, &stop)
         })
         .and_then(|result| result);
-        if result.is_ok() {
+        if let Ok(output) = &result {
+            if output.interrupted {
+                self.shared.stats.lock().expect("stats lock").interrupted_steps += 1;
+                return;
+            }
             self.scheduler.register_computed();
         }
         match result {

@@ -73,6 +73,9 @@ pub struct EngineStats {
     pub prefix_cache_hit_tokens: u64,
     /// Steps run since start.
     pub steps: u64,
+    /// Solo prefill steps abandoned part way because a request arrived (or theirs was
+    /// cancelled); not counted in `steps`.
+    pub interrupted_steps: u64,
     /// Sequences per step.
     pub batch_size: Histogram,
     /// Prompt tokens per step (prefill chunks).
@@ -108,6 +111,7 @@ impl Default for EngineStats {
             prefix_cache_queried_tokens: 0,
             prefix_cache_hit_tokens: 0,
             steps: 0,
+            interrupted_steps: 0,
             batch_size: Histogram::new(BATCH_BOUNDS),
             prefill_tokens: Histogram::new(TOKEN_BOUNDS),
             decode_tokens: Histogram::new(TOKEN_BOUNDS),

@@ -282,9 +282,16 @@ impl LoadedModel {
         self.decoder().rotary().long_factors_after()
     }
 
-    /// One batched forward pass (see [`Phi3Decoder::forward_batch`]).
-    pub fn forward_batch(&self, embeds: &Tensor, rows: &[BatchRow], kv: &mut KvPool) -> Result<Tensor> {
-        self.decoder().forward_batch(embeds, rows, kv)
+    /// One batched forward pass, abandoned (`None`) when `stop()` holds at one of the stopping
+    /// points of a layer (see [`Phi3Decoder::forward_batch_unless`]).
+    pub fn forward_batch_unless(
+        &self,
+        embeds: &Tensor,
+        rows: &[BatchRow],
+        kv: &mut KvPool,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>> {
+        self.decoder().forward_batch_unless(embeds, rows, kv, stop)
     }
 
     /// Logits `[rows.len(), vocab]` of the given rows of packed hidden states.

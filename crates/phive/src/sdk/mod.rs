@@ -136,6 +136,14 @@ impl VisionModelBuilder {
         self
     }
 
+    /// Most tokens per engine step of a prompt prefilling while nothing else runs (default
+    /// [`crate::engine::DEFAULT_SOLO_PREFILL_CHUNK`]); such a step is abandoned when a request
+    /// arrives. At most `max_batched_tokens` turns solo chunks off.
+    pub fn with_solo_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.engine.solo_prefill_chunk = tokens;
+        self
+    }
+
     /// Bytes of encoded images and audio kept across requests (default 512 MiB; 0 turns the
     /// cache off): a new question about the same picture skips the vision tower.
     pub fn with_media_cache_bytes(mut self, bytes: u64) -> Self {

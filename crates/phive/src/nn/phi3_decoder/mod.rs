@@ -391,6 +391,22 @@ impl Phi3Decoder {
     /// row's new keys and values are written there. Returns the final-normed hidden states
     /// `[Σ rows.len, hidden]`.
     pub fn forward_batch(&self, embeds: &Tensor, rows: &[BatchRow], kv: &mut KvPool) -> Result<Tensor> {
+        let never = || false;
+        let hidden = self.forward_batch_unless(embeds, rows, kv, &never)?;
+        Ok(hidden.expect("a pass that is never stopped finishes"))
+    }
+
+    /// [`Phi3Decoder::forward_batch`] that gives up when `stop()` holds before a layer's
+    /// attention or either MLP projection, returning `None`: a long step can then yield to a
+    /// request that just arrived within the largest of these three parts of a layer. The keys and values it wrote for the new positions of the layers it ran
+    /// are garbage nobody reads; running the rows again overwrites them.
+    pub fn forward_batch_unless(
+        &self,
+        embeds: &Tensor,
+        rows: &[BatchRow],
+        kv: &mut KvPool,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>> {
         self.check_batch(embeds, rows, kv)?;
         let segments = adapter_segments(rows);
         let spans: Vec<(usize, usize, usize)> =
@@ -414,6 +430,9 @@ impl Phi3Decoder {
         };
         let mut x = embeds.contiguous()?;
         for (i, layer) in self.layers.iter().enumerate() {
+            if stop() {
+                return Ok(None);
+            }
             let normed = layer.input_layernorm.forward(&x)?;
             let a = if let (Some(batch), Some(tensors)) = (&on_device, kv.tensors()) {
                 self.attn_on_device(layer, &normed, &tables, (batch, tensors), &segments, i)?
@@ -421,10 +440,13 @@ impl Phi3Decoder {
                 self.attn(layer, &normed, &tables, rows, &segments, kv, i)?
             };
             x = (x + a)?;
-            let m = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?, &segments)?;
+            let Some(m) = self.mlp(layer, &layer.post_attention_layernorm.forward(&x)?, &segments, stop)?
+            else {
+                return Ok(None);
+            };
             x = (x + m)?;
         }
-        self.norm.forward(&x)
+        Ok(Some(self.norm.forward(&x)?))
     }
 
     fn check_batch(&self, embeds: &Tensor, rows: &[BatchRow], kv: &KvPool) -> Result<()> {
@@ -460,13 +482,26 @@ impl Phi3Decoder {
         Ok(())
     }
 
-    fn mlp(&self, layer: &DecoderLayer, x: &Tensor, segments: &[AdapterSegment]) -> Result<Tensor> {
+    /// The MLP, or `None` when `stop()` holds before either of its projections.
+    fn mlp(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        segments: &[AdapterSegment],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>> {
+        if stop() {
+            return Ok(None);
+        }
         let gu = layer.gate_up_proj.forward_segments(x, segments)?;
         let n = self.cfg.intermediate_size;
         let gate = gu.narrow(1, 0, n)?;
         let up = gu.narrow(1, n, n)?;
         let y = (up * self.cfg.hidden_act.forward(&gate)?)?;
-        layer.down_proj.forward_segments(&y, segments)
+        if stop() {
+            return Ok(None);
+        }
+        Ok(Some(layer.down_proj.forward_segments(&y, segments)?))
     }
 
     /// Logits `[rows.len(), vocab]` for the given rows of `hidden` (`[1, seq, hidden]` from

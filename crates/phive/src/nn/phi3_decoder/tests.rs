@@ -105,6 +105,38 @@ fn batched_rows_equal_each_sequence_alone() {
     assert!(max_abs_diff(&got.narrow(0, 1, 5).unwrap(), &plain) > 1e-3);
 }
 
+/// A pass abandoned part way (at each of its stopping points in turn) returns nothing, and
+/// running the same rows again gives exactly what an uninterrupted pass gives: the keys and
+/// values it left behind are overwritten before anything reads them.
+#[test]
+fn an_abandoned_pass_leaves_nothing_a_rerun_reads() {
+    let d = Phi3Decoder::new(&cfg(2), &random_vb(0.2)).unwrap();
+    let ids: Vec<u32> = (0..11).map(|i| (i * 5 % 50) as u32).collect();
+    let (head, tail) = (d.embed_tokens(&ids[..6]).unwrap(), d.embed_tokens(&ids[6..]).unwrap());
+    let blocks = [3u32, 0, 2];
+    let row = |len, position| BatchRow { len, position, prompt_len: 11, blocks: &blocks, adapter: None };
+    let prefilled = || {
+        let mut pool = KvPool::new(d.kv_geometry(4), 4);
+        d.forward_batch(&head, &[row(6, 0)], &mut pool).unwrap();
+        pool
+    };
+    let want = d.forward_batch(&tail, &[row(5, 6)], &mut prefilled()).unwrap();
+    // Two layers, three stopping points each.
+    for stop_at in 0..6 {
+        let mut pool = prefilled();
+        let checks = std::cell::Cell::new(0);
+        let stop = || {
+            checks.set(checks.get() + 1);
+            checks.get() > stop_at
+        };
+        let abandoned = d.forward_batch_unless(&tail, &[row(5, 6)], &mut pool, &stop).unwrap();
+        assert!(abandoned.is_none(), "stopped at check {stop_at}");
+        assert_eq!(checks.get(), stop_at + 1);
+        let got = d.forward_batch(&tail, &[row(5, 6)], &mut pool).unwrap();
+        assert_eq!(max_abs_diff(&got, &want), 0.0, "stopped at check {stop_at}");
+    }
+}
+
 /// The GPU's code path (a pool of device tensors, attention in tensor operations), run on the
 /// CPU, gives what the CPU's kernels give: prefill chunks, decode rows of different lengths
 /// together, a sliding window, grouped KV heads, f16 storage, and a block copied for a fork.
