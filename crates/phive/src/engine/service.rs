@@ -482,11 +482,12 @@ impl EngineLoop {
         let pipeline = Arc::clone(&self.shared.pipeline);
         let mut finished: Vec<(usize, FinishReason)> = Vec::new();
         let mut forks = Vec::new();
-        // An interruptible step also stops for its own request's cancellation.
-        let requests: Vec<Arc<Request>> =
-            plan.rows.iter().map(|r| Arc::clone(&self.scheduler.running[r.index].request)).collect();
+        // An interruptible step (one solo row) also stops for its own request's cancellation;
+        // other steps never look at `stop`, so they take nothing for it.
+        let solo =
+            plan.interruptible.then(|| Arc::clone(&self.scheduler.running[plan.rows[0].index].request));
         let arrived = Arc::clone(&self.arrived);
-        let stop = move || arrived.load(Ordering::Relaxed) || requests.iter().any(|r| r.is_cancelled());
+        let stop = move || arrived.load(Ordering::Relaxed) || solo.as_ref().is_some_and(|r| r.is_cancelled());
         let result = contain("running a step", || {
             run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan, &stop)
         })
