@@ -15,7 +15,7 @@ MAX_EXAMPLES="${MAX_EXAMPLES:-40}"
 MAX_TIME="${MAX_TIME:-60}"
 KEY="schemathesis-key"
 
-cargo build --release -p phive-cli
+build_cli
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

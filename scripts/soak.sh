@@ -13,7 +13,7 @@ DURATION="${DURATION:-60}"
 CLIENTS="${CLIENTS:-64}"
 KEY="soak-key"
 
-cargo build --release -p phive-cli
+build_cli
 port=$(free_port)
 files_port=$(free_port)
 log=$(mktemp)

@@ -3,9 +3,10 @@
 # official `openai` Python client (tests/http). Creates .venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/serve.sh
+source scripts/lib/serve.sh
 
-echo "== cargo build --release -p phive-cli"
-cargo build --release -p phive-cli
+build_cli
 if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
     python3 -m venv .venv

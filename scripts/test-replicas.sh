@@ -10,6 +10,8 @@
 # Needs root (ip netns), nginx and iproute2 (installed with apt when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/serve.sh
+source scripts/lib/serve.sh
 
 duration=120
 if [ "${1:-}" = "--short" ]; then duration=30; fi
@@ -22,8 +24,7 @@ if ! command -v nginx >/dev/null || ! command -v ip >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx iproute2 >/dev/null
 fi
-echo "== cargo build --release -p phive-cli"
-cargo build --release -p phive-cli
+build_cli
 
 work=$(mktemp -d)
 prefix="phv$$"

@@ -5,6 +5,8 @@
 # Screenshots at desktop and phone widths land in tests/ui/screenshots/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/serve.sh
+source scripts/lib/serve.sh
 
 if [ ! -x /usr/bin/chromium ]; then
     echo "== installing chromium (apt)"
@@ -17,8 +19,7 @@ if [ ! -d tests/ui/node_modules/playwright-core ]; then
     echo "== npm ci (tests/ui)"
     (cd tests/ui && npm ci --no-audit --no-fund)
 fi
-echo "== cargo build --release -p phive-cli"
-cargo build --release -p phive-cli
+build_cli
 echo "== node --test tests/ui"
 cd tests/ui
 node --test --test-concurrency=1 "$@"

@@ -15,6 +15,8 @@ echo "== cargo doc (the Rust SDK's documentation builds without warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p phive
 echo "== cargo test (release: the model tests run real math on tiny checkpoints)"
 cargo test --release --workspace
+# The scripts below run the binary this built (see build_cli in scripts/lib/serve.sh).
+export PHIVE_CLI_BUILT=1
 echo "== HTTP server with the openai client"
 bash scripts/test-http.sh
 echo "== schemathesis against /openapi.json (bounded)"
