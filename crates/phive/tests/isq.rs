@@ -257,18 +257,32 @@ fn bf16_quantize_then_reload_is_bit_identical() {
 }
 
 #[test]
-fn phi4mm_quantizes_lora_base_layers_and_keeps_adapters_in_full_precision() {
+fn phi4mm_quantizes_lora_base_layers_and_stores_adapters_as_q8_0() {
     // Phi-4-multimodal's projections are PEFT LoRA layers: `*.base_layer` is quantized, the
-    // vision/speech adapters and the SigLIP and conformer encoders' projections keep the
-    // checkpoint's bf16 (multiplied in f32).
+    // vision/speech adapters are stored as Q8_0 where their width fits its 32-weight blocks (else
+    // they keep the checkpoint's bf16), and the SigLIP and conformer encoders' projections keep
+    // bf16 (all multiplied in f32).
     let dir = common::phi4mm_tiny();
     let engine = load(&dir, Some(IsqType::Q8_0));
     let report = engine.pipeline().load_report();
     // 2 layers x (qkv, o, gate_up, down), plus lm_head: it is tied to the embeddings in this
     // checkpoint, and the output projection is quantized (at Q8_0, promotion keeps Q8_0) while
-    // the embedding lookup keeps the checkpoint's bf16.
-    assert_eq!(report.by_type, vec![("Q8_0".to_string(), 9)], "{report}");
+    // the embedding lookup keeps the checkpoint's bf16. Then the adapters' `lora_A` [r, 64 or
+    // 128] of both adapters on those 8 projections; their `lora_B` [out, r] have r = 8 or 4
+    // input features, too few for a block, and stay bf16.
+    assert_eq!(report.by_type, vec![("Q8_0".to_string(), 9 + 16)], "{report}");
+    // `phive quantize` saves the adapters' blocks, and the reload takes them as they are.
+    let out = tempfile::tempdir().unwrap();
+    quantize_checkpoint(&options(&dir, Some(IsqType::Q8_0)), out.path()).unwrap();
+    let reloaded = Pipeline::load(&options(out.path(), None)).unwrap();
+    let reload_report = reloaded.load_report();
+    assert!(reload_report.prequantized);
+    assert_eq!(reload_report.by_type, report.by_type);
+    assert_eq!(reload_report.quantized_bytes, report.quantized_bytes);
+    // A dense ISQ type leaves the adapters as stored.
+    let dense = Pipeline::load(&options(&dir, Some(IsqType::BF16))).unwrap();
+    assert_eq!(dense.load_report().by_type, vec![("BF16".to_string(), 9)], "{}", dense.load_report());
     let with_encoders =
         Pipeline::load(&LoadOptions { isq_encoders: true, ..options(&dir, Some(IsqType::Q8_0)) }).unwrap();
-    assert!(with_encoders.load_report().quantized_tensors > 9, "{}", with_encoders.load_report());
+    assert!(with_encoders.load_report().quantized_tensors > 25, "{}", with_encoders.load_report());
 }

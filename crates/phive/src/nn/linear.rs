@@ -16,7 +16,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
-use candle_core::quantized::{QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -36,6 +36,11 @@ pub enum LinearWeight {
     /// GGML blocks (ISQ `Q4K`, `Q8_0`, ...) of an `[out, in]` weight, multiplied with f32
     /// activations by phive's kernels (Q4K, Q6K) or candle's (the other types).
     Quantized(Arc<QTensor>),
+    /// Q8_0 blocks in CPU memory, widened to f32 where they are multiplied (Phi-4's LoRA
+    /// adapters under ISQ): the activations keep full precision, so a row's result does not
+    /// depend on the rows beside it. candle's Q8_0 matmul, which rounds the activations to
+    /// 8 bits, is faster for a large prefill chunk through a large weight; adapters are small.
+    WidenedQ8(Arc<QTensor>),
     /// Q4_K or Q6_K blocks permuted into panels of 16 rows at load (where the CPU has the
     /// panel kernels): the bytes of [`LinearWeight::Quantized`], multiplied faster at every
     /// row count.
@@ -61,7 +66,7 @@ impl LinearWeight {
     pub fn size_in_bytes(&self) -> usize {
         match self {
             LinearWeight::Dense(t) | LinearWeight::Half(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            LinearWeight::Quantized(q) => q.storage_size_in_bytes(),
+            LinearWeight::Quantized(q) | LinearWeight::WidenedQ8(q) => q.storage_size_in_bytes(),
             LinearWeight::Panels(p) => p.size_in_bytes(),
         }
     }
@@ -70,7 +75,7 @@ impl LinearWeight {
     pub fn to_qtensor(&self) -> Result<Option<Arc<QTensor>>> {
         Ok(match self {
             LinearWeight::Dense(_) | LinearWeight::Half(_) => None,
-            LinearWeight::Quantized(q) => Some(q.clone()),
+            LinearWeight::Quantized(q) | LinearWeight::WidenedQ8(q) => Some(q.clone()),
             LinearWeight::Panels(p) => {
                 let data = Cow::Owned(p.to_ggml());
                 let storage = QStorage::from_data(data, &Device::Cpu, p.format().ggml())?;
@@ -84,7 +89,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Panels(_) => true,
             LinearWeight::Quantized(q) => q.device().is_cpu(),
-            LinearWeight::Dense(_) | LinearWeight::Half(_) => false,
+            LinearWeight::Dense(_) | LinearWeight::Half(_) | LinearWeight::WidenedQ8(_) => false,
         }
     }
 
@@ -280,7 +285,7 @@ impl Linear {
     ) -> Result<Self> {
         let dims: Vec<usize> = match &weight {
             LinearWeight::Dense(t) | LinearWeight::Half(t) => t.dims().to_vec(),
-            LinearWeight::Quantized(q) => q.shape().dims().to_vec(),
+            LinearWeight::Quantized(q) | LinearWeight::WidenedQ8(q) => q.shape().dims().to_vec(),
             LinearWeight::Panels(p) => vec![p.rows(), p.cols()],
         };
         if dims != [out_dim, in_dim] {
@@ -301,12 +306,23 @@ impl Linear {
         Ok(Self { weight, bias, in_dim, out_dim })
     }
 
+    /// The same layer, its Q8_0 blocks (if it has them, in CPU memory) widened to f32 where
+    /// multiplied: [`LinearWeight::WidenedQ8`].
+    pub fn with_widened_q8(self) -> Self {
+        match self.weight {
+            LinearWeight::Quantized(q) if q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() => {
+                Self { weight: LinearWeight::WidenedQ8(q), ..self }
+            }
+            _ => self,
+        }
+    }
+
     /// Where the weight lives.
     pub fn device(&self) -> Device {
         match &self.weight {
             LinearWeight::Dense(t) | LinearWeight::Half(t) => t.device().clone(),
             LinearWeight::Quantized(q) => q.device(),
-            LinearWeight::Panels(_) => Device::Cpu,
+            LinearWeight::WidenedQ8(_) | LinearWeight::Panels(_) => Device::Cpu,
         }
     }
 
@@ -356,6 +372,9 @@ impl Linear {
                     .reshape(out_dims(lead, self.out_dim))?);
             }
             LinearWeight::Quantized(q) => quantized_forward(&x2.to_dtype(DType::F32)?.contiguous()?, q)?,
+            LinearWeight::WidenedQ8(q) => {
+                crate::quant::matmul_q8_0(&x2.to_dtype(DType::F32)?, &q.data()?, self.out_dim, self.in_dim)?
+            }
             LinearWeight::Panels(p) => panel_forward(&x2.to_dtype(DType::F32)?.contiguous()?, p)?,
         };
         let y = match &self.bias {
@@ -443,6 +462,10 @@ mod tests {
                 if matches!(blocks, LinearWeight::Panels(_)) {
                     weights.push((format!("{ty} panels"), blocks));
                 }
+            }
+            if ty == IsqType::Q8_0 {
+                let q = Arc::new(quantize(&w, ty.ggml()).unwrap());
+                weights.push(("Q8_0 widened".to_string(), LinearWeight::WidenedQ8(q)));
             }
             for (ty, weight) in weights {
                 let dense = weight.to_f32().unwrap();

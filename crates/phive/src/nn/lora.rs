@@ -5,9 +5,9 @@
 //! audio only: speech). Merging an adapter into the weights (what mistral.rs does) fixes one
 //! choice for every request, so here the adapters stay unmerged:
 //! `y = base(x) + (α/r) · B(A x)` for the active adapter, nothing extra for none. That also
-//! lets the base [`Linear`] be quantized while the A/B matrices keep full precision (the
-//! checkpoint's bf16, multiplied in f32, under ISQ), and lets
-//! requests with different adapters share the base weights.
+//! lets the base [`Linear`] be quantized while the A/B matrices keep more precision (Q8_0 under
+//! ISQ, widened to f32 where multiplied), and lets requests with different adapters share the
+//! base weights.
 //!
 //! Checkpoint layout (PEFT names): `{module}.base_layer.weight`, `{module}.lora_A.{name}.weight`
 //! `[r, in]`, `{module}.lora_B.{name}.weight` `[out, r]`. An adapter applies to the modules whose
@@ -138,12 +138,11 @@ impl LoraLinear {
         let module = vb.prefix();
         let mut adapters = Vec::new();
         for spec in specs.iter().filter(|s| s.applies_to(&module)) {
-            // Kept in the checkpoint's half precision for an f32 model (multiplied in f32):
-            // Phi-4's two rank-320 adapters are 0.9 G parameters.
-            let compute = vb.dtype();
-            let a = vb.pp("lora_A").pp(&spec.name).get_compact((spec.r, in_dim), "weight")?;
-            let b = vb.pp("lora_B").pp(&spec.name).get_compact((out_dim, spec.r), "weight")?;
-            let (a, b) = (Linear::from_stored(a, None, compute)?, Linear::from_stored(b, None, compute)?);
+            // Q8_0 under an ISQ load (`TensorRole::LoraAdapter`), else kept in the checkpoint's
+            // half precision for an f32 model; multiplied in f32 either way. Phi-4's two
+            // adapters are 0.9 G parameters.
+            let a = Linear::load(&vb.pp("lora_A").pp(&spec.name), in_dim, spec.r, false)?.with_widened_q8();
+            let b = Linear::load(&vb.pp("lora_B").pp(&spec.name), spec.r, out_dim, false)?.with_widened_q8();
             adapters.push((spec.name.clone(), LoraAdapter::from_linears(a, b, spec.scale())?));
         }
         Ok(Self { base, adapters })

@@ -15,9 +15,9 @@
 
 pub mod context;
 pub mod gguf;
-mod half;
 mod q4k;
 mod types;
+mod widened;
 
 use std::borrow::Cow;
 
@@ -26,8 +26,8 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 pub use context::{LoadContext, LoadReport, TensorRole};
-pub(crate) use half::matmul_half;
 pub use types::{IsqType, ParseIsqTypeError};
+pub(crate) use widened::{matmul_half, matmul_q8_0};
 
 use crate::Result;
 

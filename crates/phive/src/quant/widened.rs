@@ -1,12 +1,14 @@
-//! `x Wᵀ` with `W` stored as f16/bf16 and everything computed in f32.
+//! `x Wᵀ` with `W` stored compact (f16, bf16 or GGML's Q8_0 blocks) and everything computed in
+//! f32: the weight's values are widened to f32 exactly, so the activations are never rounded.
 //!
 //! candle's CPU backend has no bf16 gemm: a bf16 matmul widens both operands on every call
-//! (about 25 ms for one 3072×3072 decode matmul, 30× slower than f32), and its f16 gemm rounds
-//! the activations to f16. Here, for the few rows of a decode step, each weight row is widened
-//! into an L1-resident buffer and dotted with the f32 activations, so the memory traffic is the
-//! 2-byte weight; for a prefill chunk's or a batch's few dozen rows each task widens a panel of
-//! weight rows into a reused buffer; for encoder-sized inputs the weight is widened once per call
-//! and the f32 gemm amortises that over the rows.
+//! (about 25 ms for one 3072×3072 decode matmul, 30× slower than f32), its f16 gemm rounds the
+//! activations to f16, and its Q8_0 matmul rounds them to 8 bits. Here, for the few rows of a
+//! decode step, each weight row is widened in registers (or into an L1-resident buffer) and
+//! dotted with the f32 activations, so the memory traffic is the compact weight; for a prefill
+//! chunk's or a batch's few dozen rows each task widens a panel of weight rows into a reused
+//! buffer; for encoder-sized inputs the weight is widened once per call and the f32 gemm
+//! amortises that over the rows.
 
 use candle_core::{DType, Tensor};
 use half::slice::HalfFloatSliceExt;
@@ -19,22 +21,60 @@ use crate::Result;
 /// Up to this many activation rows, the row kernel dots each weight row straight from storage.
 const ROW_KERNEL_MAX_M: usize = 8;
 /// Up to this many rows, each task widens a panel of the weight into its thread's reused buffer
-/// ([`panels_kernel`]); above, the whole weight is widened once per call.
+/// ([`panels_kernel`]); above, the weight is widened a large panel at a time ([`slabs_kernel`]).
 const PANEL_KERNEL_MAX_M: usize = 64;
 /// Floats in one widened panel (256 KB: it stays in the core's L2 while the rows use it).
 const PANEL_FLOATS: usize = 64 * 1024;
+/// Floats in one widened slab of [`slabs_kernel`] (4 MB).
+const SLAB_FLOATS: usize = 1 << 20;
 /// Output features per rayon task in the row kernel.
 const ROWS_PER_TASK: usize = 64;
+/// Weights in one Q8_0 block, and the block's bytes (an f16 scale, then 32 signed bytes).
+const Q8_0_BLOCK: usize = 32;
+const Q8_0_BYTES: usize = 34;
+
+/// A weight `[n, k]` in CPU memory, row-major, in one of the compact formats.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CompactWeight<'a> {
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+    /// GGML Q8_0 blocks, as `QTensor::data` gives them: `k / 32` blocks per row.
+    Q8_0(&'a [u8]),
+}
+
+impl CompactWeight<'_> {
+    /// Widens rows `first..first + count` (each of `k` values) into `dst` (`count · k` floats).
+    fn widen_rows(self, first: usize, count: usize, k: usize, dst: &mut [f32]) {
+        match self {
+            CompactWeight::Bf16(ws) => {
+                // A shift the compiler vectorises (`half` converts bf16 one value at a time, with
+                // a branch for NaNs; a NaN stays a NaN here too).
+                for (d, s) in dst.iter_mut().zip(&ws[first * k..(first + count) * k]) {
+                    *d = f32::from_bits((s.to_bits() as u32) << 16);
+                }
+            }
+            // `half`'s conversion, with F16C where the CPU has it.
+            CompactWeight::F16(ws) => ws[first * k..(first + count) * k].convert_to_f32_slice(dst),
+            CompactWeight::Q8_0(bytes) => {
+                let row_bytes = k / Q8_0_BLOCK * Q8_0_BYTES;
+                let blocks = bytes[first * row_bytes..(first + count) * row_bytes].chunks_exact(Q8_0_BYTES);
+                for (block, out) in blocks.zip(dst.chunks_exact_mut(Q8_0_BLOCK)) {
+                    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+                    // q·d is exact in f32: an 8-bit integer times an 11-bit significand.
+                    for (o, &q) in out.iter_mut().zip(&block[2..]) {
+                        *o = q as i8 as f32 * d;
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// `x` `[m, k]` f32 (contiguous) times `w` `[n, k]` f16/bf16, transposed, plus `bias` `[n]` when
 /// given: `[m, n]` f32. The bias is added in place to the product (the same sums as adding it
 /// as a tensor, without a second output of the product's size).
 pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    let (n, wk) = w.dims2()?;
-    if wk != k {
-        return Err(candle_core::Error::Msg(format!("half matmul: x has {k} features, weight {wk}")).into());
-    }
+    let (n, k) = w.dims2()?;
     if !w.is_contiguous() || !x.device().is_cpu() {
         let y = x.matmul(&w.to_dtype(DType::F32)?.t()?)?;
         return Ok(match bias {
@@ -43,70 +83,106 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
         });
     }
     let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1()).transpose()?;
-    if m > ROW_KERNEL_MAX_M {
-        let x = x.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
-        };
-        let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-        let mut out = if m > PANEL_KERNEL_MAX_M {
-            // Widened on all cores with SIMD conversions (candle's `to_dtype` is one element
-            // at a time on one core: for an encoder's layers that was seconds per image).
-            gemm_nt(xs, &widen(w)?, m, n, k)
-        } else {
-            with_half_values(w, |values| match values {
-                HalfValues::Bf16(ws) => panels_kernel(ws, xs, m, n, k),
-                HalfValues::F16(ws) => panels_kernel(ws, xs, m, n, k),
-            })?
-        };
-        if let Some(b) = &bias {
-            out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
-        }
-        drop(storage);
-        return Ok(Tensor::from_vec(out, (m, n), x.device())?);
-    }
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1::<f32>()?;
-    let mut out_t = vec![0f32; n * m];
-    with_half_values(w, |values| match values {
-        HalfValues::Bf16(ws) => rows_kernel(ws, &xs, m, k, &mut out_t, true, Widen::widen),
-        HalfValues::F16(ws) => rows_kernel(ws, &xs, m, k, &mut out_t, false, Widen::widen),
-    })?;
-    if let Some(b) = &bias {
-        out_t.chunks_mut(m).zip(b).for_each(|(col, b)| col.iter_mut().for_each(|y| *y += b));
-    }
-    // out_t is [n, m]; m ≤ 8, so the transpose is cheap.
-    let out = Tensor::from_vec(out_t, (n, m), x.device())?;
-    Ok(out.t()?.contiguous()?)
+    let (storage, layout) = w.storage_and_layout();
+    let (start, len) = (layout.start_offset(), n * k);
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
+    };
+    let weight = match w.dtype() {
+        DType::BF16 => CompactWeight::Bf16(&cpu.as_slice::<bf16>()?[start..start + len]),
+        DType::F16 => CompactWeight::F16(&cpu.as_slice::<f16>()?[start..start + len]),
+        other => return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into()),
+    };
+    matmul_compact(x, weight, n, k, bias.as_deref())
 }
 
-/// `x` `[m, k]` times `w` `[n, k]` transposed, row-major `[m, n]`, on all cores: the gemm call
-/// candle's f32 matmul makes for `x.matmul(&w.t())`, so the sums are the same.
-fn gemm_nt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    // SAFETY: `x` holds m·k values (rows k apart), `w` n·k (read as its transpose), `out` m·n.
-    unsafe {
-        product(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            n,
-            Strided::rows(x.as_ptr(), k),
-            Strided::transposed(w.as_ptr(), k),
-            1.0,
-            true,
-        )
+/// `x` `[m, k]` f32 (on the CPU) times the `[n, k]` weight held as GGML Q8_0 `blocks`,
+/// transposed: `[m, n]` f32.
+pub(crate) fn matmul_q8_0(x: &Tensor, blocks: &[u8], n: usize, k: usize) -> Result<Tensor> {
+    if !k.is_multiple_of(Q8_0_BLOCK) || blocks.len() != n * k / Q8_0_BLOCK * Q8_0_BYTES {
+        return Err(candle_core::Error::Msg(format!(
+            "Q8_0 matmul: {} bytes do not hold a [{n}, {k}] weight",
+            blocks.len()
+        ))
+        .into());
+    }
+    matmul_compact(x, CompactWeight::Q8_0(blocks), n, k, None)
+}
+
+fn matmul_compact(x: &Tensor, w: CompactWeight, n: usize, k: usize, bias: Option<&[f32]>) -> Result<Tensor> {
+    let (m, xk) = x.dims2()?;
+    if xk != k {
+        return Err(
+            candle_core::Error::Msg(format!("compact matmul: x has {xk} features, weight {k}")).into()
+        );
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("compact matmul runs on the CPU only".into()).into());
     };
+    let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
+    if m <= ROW_KERNEL_MAX_M {
+        let mut out_t = vec![0f32; n * m];
+        rows_kernel(w, xs, m, k, &mut out_t);
+        if let Some(b) = bias {
+            out_t.chunks_mut(m).zip(b).for_each(|(col, b)| col.iter_mut().for_each(|y| *y += b));
+        }
+        // out_t is [n, m]; m ≤ 8, so the transpose is cheap.
+        let out = Tensor::from_vec(out_t, (n, m), x.device())?;
+        return Ok(out.t()?.contiguous()?);
+    }
+    let mut out =
+        if m > PANEL_KERNEL_MAX_M { slabs_kernel(w, xs, m, n, k) } else { panels_kernel(w, xs, m, n, k) };
+    if let Some(b) = bias {
+        out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+    }
+    drop(storage);
+    Ok(Tensor::from_vec(out, (m, n), x.device())?)
+}
+
+/// `x` `[m, k]` times `w` `[n, k]` transposed, row-major `[m, n]`, for encoder-sized inputs and
+/// long prefill chunks: slab after slab of weight rows is widened on all cores (SIMD
+/// conversions; candle's `to_dtype` is one element at a time on one core) into one reused
+/// buffer and multiplied with all rows of `x` by a gemm on all cores. Widening the whole weight
+/// instead wrote, page-faulted and read back a full f32 copy per call (200 MB for a Phi-3.5
+/// MLP weight at Q8_0); a slab is cache-sized and `x` is packed once per slab.
+fn slabs_kernel(w: CompactWeight, xs: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let rows = (SLAB_FLOATS / k.max(1)).clamp(1, n.max(1));
+    let chunk_rows = (PANEL_FLOATS / k.max(1)).max(1);
+    let mut out = vec![0f32; m * n];
+    let mut slab = vec![0f32; rows * k];
+    for first in (0..n).step_by(rows) {
+        let count = rows.min(n - first);
+        let slab = &mut slab[..count * k];
+        slab.par_chunks_mut(chunk_rows * k)
+            .enumerate()
+            .for_each(|(i, dst)| w.widen_rows(first + i * chunk_rows, dst.len() / k, k, dst));
+        // SAFETY: `xs` holds m rows of k, `slab` count rows of k (read as its transpose); the
+        // product writes the output columns `first..first + count` of the m rows (n apart).
+        unsafe {
+            product(
+                m,
+                count,
+                k,
+                out.as_mut_ptr().add(first),
+                n,
+                Strided::rows(xs.as_ptr(), k),
+                Strided::transposed(slab.as_ptr(), k),
+                1.0,
+                true,
+            )
+        };
+    }
     out
 }
 
-/// `x` `[m, k]` times `w` `[n, k]` (half) transposed, row-major `[m, n]`, for a prefill chunk's
-/// or a batch's few rows: widening the whole weight per call would write (and page-fault) a
-/// full f32 copy that these rows use once (Phi-4's LoRA matrices, 46 MB per layer per chunk).
-/// Instead each task widens a panel of weight rows into its thread's reused buffer and multiplies
-/// it with all rows of `x`.
-fn panels_kernel<T: Widen>(ws: &[T], xs: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+/// `x` `[m, k]` times `w` `[n, k]` transposed, row-major `[m, n]`, for a prefill chunk's or a
+/// batch's few rows: widening the whole weight per call would write (and page-fault) a full f32
+/// copy that these rows use once (Phi-4's LoRA matrices, 46 MB per layer per chunk). Instead
+/// each task widens a panel of weight rows into its thread's reused buffer and multiplies it
+/// with all rows of `x`.
+fn panels_kernel(w: CompactWeight, xs: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let rows = (PANEL_FLOATS / k.max(1)).clamp(8, 128);
     let mut out = vec![0f32; m * n];
     let shared = SharedOut::new(&mut out);
@@ -114,7 +190,7 @@ fn panels_kernel<T: Widen>(ws: &[T], xs: &[f32], m: usize, n: usize, k: usize) -
         with_scratch(|[panel, _, _]| {
             let (first, count) = (p * rows, rows.min(n - p * rows));
             panel.resize(count * k, 0.0);
-            T::widen(&ws[first * k..(first + count) * k], panel);
+            w.widen_rows(first, count, k, panel);
             // SAFETY: `xs` holds m rows of k, `panel` count rows of k; this task writes only the
             // output columns `first..first + count` of the m rows (n apart).
             unsafe {
@@ -135,101 +211,51 @@ fn panels_kernel<T: Widen>(ws: &[T], xs: &[f32], m: usize, n: usize, k: usize) -
     out
 }
 
-/// Half-precision values widened to f32, exactly.
-trait Widen: Sized + Sync {
-    fn widen(src: &[Self], dst: &mut [f32]);
-}
-
-impl Widen for bf16 {
-    /// A shift the compiler vectorises (`half` converts bf16 one value at a time, with a branch
-    /// for NaNs; a NaN stays a NaN here too).
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits((s.to_bits() as u32) << 16);
-        }
-    }
-}
-
-impl Widen for f16 {
-    /// `half`'s conversion, with F16C where the CPU has it.
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
-    }
-}
-
-/// The values of a contiguous f16/bf16 CPU tensor as f32, converted in parallel chunks.
-fn widen(w: &Tensor) -> Result<Vec<f32>> {
-    fn convert<T: Widen>(src: &[T], out: &mut [f32]) {
-        const CHUNK: usize = 1 << 16;
-        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| T::widen(s, o));
-    }
-    let mut out = vec![0f32; w.elem_count()];
-    with_half_values(w, |values| match values {
-        HalfValues::Bf16(src) => convert(src, &mut out),
-        HalfValues::F16(src) => convert(src, &mut out),
-    })?;
-    Ok(out)
-}
-
-/// The values of a contiguous f16/bf16 CPU tensor, borrowed in their type.
-enum HalfValues<'a> {
-    Bf16(&'a [bf16]),
-    F16(&'a [f16]),
-}
-
-/// `f` over the values of `w` (a contiguous f16/bf16 CPU tensor); an error for other tensors.
-fn with_half_values<R>(w: &Tensor, f: impl FnOnce(HalfValues) -> R) -> Result<R> {
-    let (storage, layout) = w.storage_and_layout();
-    let (start, len) = (layout.start_offset(), w.elem_count());
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
-    };
-    Ok(match w.dtype() {
-        DType::BF16 => f(HalfValues::Bf16(&cpu.as_slice::<bf16>()?[start..start + len])),
-        DType::F16 => f(HalfValues::F16(&cpu.as_slice::<f16>()?[start..start + len])),
-        other => return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into()),
-    })
-}
-
-/// The decode kernel: AVX2/FMA (runtime-detected) widening and dotting 8 weights at a time
-/// straight from the 2-byte storage; a portable widen-then-dot fallback elsewhere.
-fn rows_kernel<T: Sync>(
-    ws: &[T],
-    xs: &[f32],
-    m: usize,
-    k: usize,
-    out_t: &mut [f32],
-    bf16: bool,
-    widen: impl Fn(&[T], &mut [f32]) + Sync,
-) {
+/// The decode kernel: each task dots its weight rows with the `m` activation rows, widening
+/// them in registers with AVX2/FMA (runtime-detected), or into a row buffer elsewhere.
+/// `out_t` is `[n, m]`.
+fn rows_kernel(w: CompactWeight, xs: &[f32], m: usize, k: usize, out_t: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::mem::size_of::<T>() == 2
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: T is f16 or bf16 (2 bytes, checked above): the slice can be read as u16.
-            let raw: &[u16] = unsafe { std::slice::from_raw_parts(ws.as_ptr().cast::<u16>(), ws.len()) };
-            out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
-                for (j, dst) in out.chunks_mut(m).enumerate() {
-                    let r = task * ROWS_PER_TASK + j;
-                    let row = &raw[r * k..(r + 1) * k];
-                    // SAFETY: the CPU features were detected above; slices bound every access.
-                    unsafe {
-                        if bf16 {
-                            avx2::row_dots::<true>(row, xs, dst)
-                        } else {
-                            avx2::row_dots::<false>(row, xs, dst)
+    let simd = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
+        let mut row = Vec::new();
+        for (j, dst) in out.chunks_mut(m).enumerate() {
+            let r = task * ROWS_PER_TASK + j;
+            if simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU features were detected above; slices bound every access.
+                unsafe {
+                    match w {
+                        CompactWeight::Bf16(ws) => {
+                            avx2::row_dots::<true>(as_bits(&ws[r * k..(r + 1) * k]), xs, dst)
+                        }
+                        CompactWeight::F16(ws) => {
+                            avx2::row_dots::<false>(as_bits(&ws[r * k..(r + 1) * k]), xs, dst)
+                        }
+                        CompactWeight::Q8_0(bytes) => {
+                            let row_bytes = k / Q8_0_BLOCK * Q8_0_BYTES;
+                            avx2::q8_0_row_dots(&bytes[r * row_bytes..(r + 1) * row_bytes], xs, dst)
                         }
                     }
                 }
-            });
-            return;
+                continue;
+            }
+            row.resize(k, 0.0);
+            w.widen_rows(r, 1, k, &mut row);
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = dot(&row, &xs[i * k..(i + 1) * k]);
+            }
         }
-    }
-    let _ = bf16;
-    rows_kernel_portable(ws, xs, m, k, out_t, widen)
+    });
+}
+
+/// The bits of f16/bf16 values.
+fn as_bits<T: bytemuck::Pod>(values: &[T]) -> &[u16] {
+    bytemuck::cast_slice(values)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -286,26 +312,33 @@ mod avx2 {
             *o = hsum(_mm256_add_ps(a0, a1)) + tail(x, body);
         }
     }
-}
 
-fn rows_kernel_portable<T: Sync>(
-    ws: &[T],
-    xs: &[f32],
-    m: usize,
-    k: usize,
-    out_t: &mut [f32],
-    widen: impl Fn(&[T], &mut [f32]) + Sync,
-) {
-    out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
-        let mut row = vec![0f32; k];
-        for (j, dst) in out.chunks_mut(m).enumerate() {
-            let r = task * ROWS_PER_TASK + j;
-            widen(&ws[r * k..(r + 1) * k], &mut row);
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = dot(&row, &xs[i * k..(i + 1) * k]);
+    /// `out[i] = Σ_j w[j]·x_i[j]` for each of the `out.len()` rows of `xs`, `w` one row of Q8_0
+    /// blocks: each block's 32 bytes are widened and dotted in f32, then scaled by its `d`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0_row_dots(w: &[u8], xs: &[f32], out: &mut [f32]) {
+        use super::{Q8_0_BLOCK, Q8_0_BYTES};
+        let blocks = w.len() / Q8_0_BYTES;
+        let k = blocks * Q8_0_BLOCK;
+        for (i, o) in out.iter_mut().enumerate() {
+            let x = &xs[i * k..(i + 1) * k];
+            let mut acc = _mm256_setzero_ps();
+            for (b, block) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+                let scale = _mm256_set1_ps(half::f16::from_le_bytes([block[0], block[1]]).to_f32());
+                let (q, xp) = (block.as_ptr().add(2), x.as_ptr().add(b * Q8_0_BLOCK));
+                let mut sum = _mm256_setzero_ps();
+                for l in 0..4 {
+                    let bytes = _mm_loadl_epi64(q.add(8 * l).cast::<__m128i>());
+                    let values = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                    sum = _mm256_fmadd_ps(values, _mm256_loadu_ps(xp.add(8 * l)), sum);
+                }
+                acc = _mm256_fmadd_ps(sum, scale, acc);
             }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            *o = lanes.iter().sum();
         }
-    });
+    }
 }
 
 /// Eight independent accumulators so the loop vectorises without `-ffast-math` reassociation.
@@ -352,5 +385,41 @@ mod tests {
                 assert_eq!(biased.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap(), "{dt:?} m={m}");
             }
         }
+    }
+
+    /// Q8_0 blocks multiply like their dequantized values with unrounded activations, at every
+    /// row count, and a row's result does not depend on the rows beside it (beyond the order of
+    /// the f32 sums).
+    #[test]
+    fn q8_0_matches_its_dequantized_values_at_every_row_count() {
+        use candle_core::quantized::GgmlDType;
+        let dev = Device::Cpu;
+        // 1,120 features (35 blocks): the panels hold 58 weight rows, so 70 rows end ragged.
+        let w = Tensor::randn(0f32, 1.0, (70, 1120), &dev).unwrap();
+        let q = crate::quant::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let (blocks, wf) = (q.data().unwrap(), q.dequantize(&dev).unwrap());
+        let x = Tensor::randn(0f32, 1.0, (65, 1120), &dev).unwrap();
+        let alone = matmul_q8_0(&x.narrow(0, 0, 1).unwrap(), &blocks, 70, 1120).unwrap();
+        for m in [1, 3, 8, 9, 40, 65] {
+            let x = x.narrow(0, 0, m).unwrap();
+            let want = x.matmul(&wf.t().unwrap()).unwrap();
+            let got = matmul_q8_0(&x, &blocks, 70, 1120).unwrap();
+            assert_eq!(got.dims(), &[m, 70]);
+            let d = (&got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-3, "m={m}: {d}");
+            let first = (got.narrow(0, 0, 1).unwrap() - &alone).unwrap();
+            let d = first.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-3, "row 0 with {m} rows vs alone: {d}");
+        }
+        // A weight of more than one slab (1,200 rows of 1,024: 1,024 rows, then 176).
+        let w = Tensor::randn(0f32, 1.0, (1200, 1024), &dev).unwrap();
+        let q = crate::quant::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let x70 = Tensor::randn(0f32, 1.0, (70, 1024), &dev).unwrap();
+        let want = x70.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+        let got = matmul_q8_0(&x70, &q.data().unwrap(), 1200, 1024).unwrap();
+        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-3, "two slabs: {d}");
+        assert!(matmul_q8_0(&x, &blocks[1..], 70, 1120).is_err());
+        assert!(matmul_q8_0(&x.narrow(1, 0, 1100).unwrap(), &blocks, 70, 1100).is_err());
     }
 }
