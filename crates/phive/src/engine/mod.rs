@@ -2,7 +2,7 @@
 //! (continuous batching, chunked prefill, paged KV memory); per choice it samples, stops and
 //! detokenizes.
 //!
-//! `service` is the loop and its public handle, `scheduler` decides each step, `blocks` owns the
+//! `service` is the loop and its public handle, `config` its settings, `scheduler` decides each step, `blocks` owns the
 //! KV block ids and the prefix cache's index, `prefix` hashes blocks by content, `runner` runs a
 //! step on the model, `sequence` and `generation` hold one choice's state, `encoder` and
 //! `media_cache` encode images and audio beside the loop, `stats` what the loop reports,
@@ -11,6 +11,7 @@
 //! grammars and `constraint` walks one per choice.
 
 mod blocks;
+pub mod config;
 mod constraint;
 pub mod detokenizer;
 mod encoder;
@@ -30,6 +31,7 @@ pub mod stats;
 pub mod stop;
 mod vocab;
 
+pub use config::{EngineConfig, DEFAULT_MEDIA_CACHE_BYTES, DEFAULT_SOLO_PREFILL_CHUNK};
 pub use detokenizer::IncrementalDetokenizer;
 pub use generation::{
     check_lengths, Advance, Completion, Delta, FinishReason, Generation, GenerationParams, Scores,
@@ -38,8 +40,6 @@ pub use generation::{
 pub use grammar::{with_layout, Grammar};
 pub use logprobs::{TokenLogprob, TopLogprob};
 pub use sampler::{Sampler, SamplingParams};
-pub use service::{
-    Engine, EngineConfig, Event, RequestHandle, DEFAULT_MEDIA_CACHE_BYTES, DEFAULT_SOLO_PREFILL_CHUNK,
-};
+pub use service::{Engine, Event, RequestHandle};
 pub use stats::{EngineStats, Histogram};
 pub use stop::{StopMatch, StopStrings};
