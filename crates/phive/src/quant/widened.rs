@@ -35,7 +35,7 @@ const Q8_0_BYTES: usize = 34;
 
 /// A weight `[n, k]` in CPU memory, row-major, in one of the compact formats.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum CompactWeight<'a> {
+enum CompactWeight<'a> {
     Bf16(&'a [bf16]),
     F16(&'a [f16]),
     /// GGML Q8_0 blocks, as `QTensor::data` gives them: `k / 32` blocks per row.
