@@ -2,13 +2,13 @@
 //! (continuous batching, chunked prefill, paged KV memory); per choice it samples, stops and
 //! detokenizes.
 //!
-//! `service` is the loop and its public handle, `config` its settings, `scheduler` decides each step, `blocks` owns the
-//! KV block ids and the prefix cache's index, `prefix` hashes blocks by content, `runner` runs a
-//! step on the model, `sequence` and `generation` hold one choice's state, `encoder` and
-//! `media_cache` encode images and audio beside the loop, `stats` what the loop reports,
-//! `inbox` carries messages to the
-//! loop, `health` contains panics and tracks the loop's liveness, `grammar` compiles structured-output
-//! grammars and `constraint` walks one per choice.
+//! `service` is the loop and its public handle, `config` its settings, `scheduler` decides each
+//! step, `blocks` owns the KV block ids and the prefix cache's index, `prefix` hashes blocks by
+//! content, `runner` runs a step on the model, `sequence` and `generation` hold one choice's
+//! state, `encoder` and `media_cache` encode images and audio beside the loop, `stats` what the
+//! loop reports, `inbox` carries messages to the loop, `health` contains panics and tracks the
+//! loop's liveness, `grammar` compiles structured-output grammars and `constraint` walks one per
+//! choice.
 
 mod blocks;
 pub mod config;

@@ -234,7 +234,7 @@ impl LoadContext {
                     .filter(|p| match TensorRole::of(p) {
                         TensorRole::LmLinear | TensorRole::LmHead => true,
                         TensorRole::EncoderLinear => encoders,
-                        TensorRole::LoraAdapter => isq.block_size() > 1,
+                        TensorRole::LoraAdapter => !isq.is_dense(),
                         TensorRole::Other => false,
                     })
                     .count()
@@ -342,7 +342,9 @@ impl LoadContext {
             TensorRole::LmHead => isq.promoted(),
             TensorRole::EncoderLinear if self.encoders => isq,
             // Kept as stored under a dense ISQ (F16, BF16), or where the width does not fit.
-            TensorRole::LoraAdapter if isq.block_size() > 1 && in_dim.is_multiple_of(32) => {
+            TensorRole::LoraAdapter
+                if !isq.is_dense() && in_dim.is_multiple_of(IsqType::Q8_0.block_size()) =>
+            {
                 return Some(IsqType::Q8_0)
             }
             _ => return None,
