@@ -5,7 +5,8 @@
 //! multiplies two of them into a third: `tdpbsud` adds, to each 32-bit element of a 16 × 16
 //! tile, the dot product of 64 signed bytes (a row of A) with 64 unsigned bytes (a column of
 //! B, stored as 16 rows of 4-byte groups). That is 16,384 multiply-adds per instruction, about
-//! six times what a core does with AVX-512 VNNI.
+//! six times what a core does with AVX-512 VNNI. `tdpbf16ps` does the same for pairs of bf16
+//! values into f32 sums (AMX-BF16).
 //!
 //! Linux leaves the tile state off until a process asks for it (`arch_prctl`), so
 //! [`usable`] asks once; a thread then loads a tile configuration ([`TileConfig::load`])
@@ -18,14 +19,31 @@ use std::sync::OnceLock;
 /// state. Asked once per process.
 pub fn usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
-    *USABLE.get_or_init(|| cpu_has_amx_int8() && request_tile_state())
+    *USABLE.get_or_init(|| cpu_has_amx(AMX_INT8) && tile_state_granted())
 }
 
-/// CPUID leaf 7: EDX bit 24 is AMX-TILE, bit 25 AMX-INT8.
-fn cpu_has_amx_int8() -> bool {
+/// Whether the CPU has AMX-TILE and AMX-BF16 and this process may use the tiles.
+pub fn usable_bf16() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| cpu_has_amx(AMX_BF16) && tile_state_granted())
+}
+
+/// CPUID leaf 7, EDX: bit 24 is AMX-TILE, bit 25 AMX-INT8, bit 22 AMX-BF16.
+const AMX_TILE: u32 = 1 << 24;
+const AMX_INT8: u32 = 1 << 25;
+const AMX_BF16: u32 = 1 << 22;
+
+/// Whether the CPU has AMX-TILE and the AMX instructions of `feature`.
+fn cpu_has_amx(feature: u32) -> bool {
     // Leaf 7 exists on every CPU with AVX-512, the callers' case; older ones return zeros.
     let leaf = std::arch::x86_64::__cpuid_count(7, 0);
-    leaf.edx & (1 << 24) != 0 && leaf.edx & (1 << 25) != 0
+    leaf.edx & AMX_TILE != 0 && leaf.edx & feature != 0
+}
+
+/// [`request_tile_state`], asked once per process.
+fn tile_state_granted() -> bool {
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    *GRANTED.get_or_init(request_tile_state)
 }
 
 /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: permission for every thread of the
@@ -120,4 +138,14 @@ macro_rules! tile_dot_su {
     };
 }
 
-pub(super) use {tile_dot_su, tile_load, tile_store, tile_zero};
+/// `tmm$c += tmm$a · tmm$b` for bf16 pairs (B stored as 16 rows of pairs), summed in f32.
+macro_rules! tile_dot_bf16 {
+    ($c:literal, $a:literal, $b:literal) => {
+        std::arch::asm!(
+            concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b),
+            options(nostack, nomem, preserves_flags)
+        )
+    };
+}
+
+pub(super) use {tile_dot_bf16, tile_dot_su, tile_load, tile_store, tile_zero};

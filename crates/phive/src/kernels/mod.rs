@@ -11,12 +11,17 @@
 //! CPUs with AMX tiles as well, Q4_K panels multiplied with 32 or more activation rows take
 //! them 16 at a time through a tile kernel whose results are bit for bit the VNNI kernel's.
 //!
+//! On CPUs with AMX-BF16, f32 activations times bf16 weights (the vision towers' products) run
+//! on the tiles to f32 accuracy ([`bf16_matmul_amx`]).
+//!
 //! [`elementwise`] holds the vectorised `exp`, softmax and GELU maps of the vision towers.
 //!
 //! Each kernel has a plain scalar version, the reference its SIMD versions are tested against.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod bf16_amx;
 pub mod elementwise;
 pub(crate) mod gemm;
 mod panels;
@@ -62,6 +67,21 @@ macro_rules! for_tile {
     }};
 }
 pub(crate) use for_tile;
+
+/// `xs` `[m, k]` f32 times the bf16 weight `w` `[n, k]` (its bits) transposed, `[m, n]` f32,
+/// on AMX tiles to f32 accuracy; `None` where the CPU (or `PHIVE_SIMD`) rules the tiles out.
+/// Worth it for many rows: the weight is laid out anew on each call.
+pub(crate) fn bf16_matmul_amx(xs: &[f32], w: &[u16], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
+    if xs.len() != m * k || w.len() != n * k {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Amx && amx::usable_bf16() {
+        // SAFETY: AMX-BF16 is usable and the slices hold the shapes' values (checked above).
+        return Some(unsafe { bf16_amx::matmul(xs, w, m, n, k) });
+    }
+    None
+}
 
 /// The GGML block formats these kernels multiply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

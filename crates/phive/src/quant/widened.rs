@@ -146,8 +146,14 @@ fn matmul_compact(x: &Tensor, w: CompactWeight, n: usize, k: usize, bias: Option
 /// conversions; candle's `to_dtype` is one element at a time on one core) into one reused
 /// buffer and multiplied with all rows of `x` by a gemm on all cores. Widening the whole weight
 /// instead wrote, page-faulted and read back a full f32 copy per call (200 MB for a Phi-3.5
-/// MLP weight at Q8_0); a slab is cache-sized and `x` is packed once per slab.
+/// MLP weight at Q8_0); a slab is cache-sized and `x` is packed once per slab. bf16 weights
+/// go to the AMX tiles instead where the CPU has them (the same f32 sums, in another order).
 fn slabs_kernel(w: CompactWeight, xs: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    if let CompactWeight::Bf16(ws) = w {
+        if let Some(out) = crate::kernels::bf16_matmul_amx(xs, as_bits(ws), m, n, k) {
+            return out;
+        }
+    }
     let rows = (SLAB_FLOATS / k.max(1)).clamp(1, n.max(1));
     let chunk_rows = (PANEL_FLOATS / k.max(1)).max(1);
     let mut out = vec![0f32; m * n];
