@@ -36,7 +36,8 @@ const TILE_VALUES: usize = 512;
 /// `xs` `[m, k]` f32 times `w` `[n, k]` (bf16 bits) transposed: `[m, n]` f32, row-major.
 ///
 /// # Safety
-/// [`super::amx::usable_bf16`] returned true. The slices hold `m · k` and `n · k` values.
+/// [`super::amx::usable_bf16`] returned true and the CPU has AVX-512 F and BW (both hold at
+/// the `amx` SIMD level). The slices hold `m · k` and `n · k` values.
 pub(super) unsafe fn matmul(xs: &[f32], w: &[u16], m: usize, n: usize, k: usize) -> Vec<f32> {
     debug_assert!(xs.len() == m * k && w.len() == n * k);
     let (m_pad, n_pad, k_pad) = (m.next_multiple_of(MB), n.next_multiple_of(NB), k.next_multiple_of(32));
@@ -120,7 +121,7 @@ fn split_rows(xs: &[f32], shape: Shape, rows: std::ops::Range<usize>, parts: &mu
                 for (step, values) in values.chunks(32).enumerate() {
                     let at = ((i / 16) * steps + step) * TILE_VALUES + (i % 16) * 32;
                     let at = at..at + values.len();
-                    // SAFETY: AMX's CPUs have AVX-512 (the callers checked AMX-BF16).
+                    // SAFETY: `matmul`'s contract: the CPU has AVX-512 F and BW.
                     unsafe {
                         split_values(values, &mut high[at.clone()], &mut mid[at.clone()], &mut low[at])
                     };

@@ -12,7 +12,7 @@
 //! them 16 at a time through a tile kernel whose results are bit for bit the VNNI kernel's.
 //!
 //! On CPUs with AMX-BF16, f32 activations times bf16 weights (the vision towers' products) run
-//! on the tiles to f32 accuracy ([`bf16_matmul_amx`]).
+//! on the tiles to f32 accuracy (`bf16_matmul_amx`).
 //!
 //! [`elementwise`] holds the vectorised `exp`, softmax and GELU maps of the vision towers.
 //!
@@ -77,7 +77,8 @@ pub(crate) fn bf16_matmul_amx(xs: &[f32], w: &[u16], m: usize, n: usize, k: usiz
     }
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Amx && amx::usable_bf16() {
-        // SAFETY: AMX-BF16 is usable and the slices hold the shapes' values (checked above).
+        // SAFETY: AMX-BF16 is usable, the `amx` level implies AVX-512 F and BW, and the slices
+        // hold the shapes' values (checked above).
         return Some(unsafe { bf16_amx::matmul(xs, w, m, n, k) });
     }
     None
