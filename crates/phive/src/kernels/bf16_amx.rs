@@ -43,7 +43,7 @@ pub(super) unsafe fn matmul(xs: &[f32], w: &[u16], m: usize, n: usize, k: usize)
     let (m_pad, n_pad, k_pad) = (m.next_multiple_of(MB), n.next_multiple_of(NB), k.next_multiple_of(32));
     let shape = Shape { m, k, n_pad, k_pad };
     let mut weights = vec![0u16; n_pad * k_pad];
-    pack_weights(w, (n, k), &mut weights);
+    pack_weights(w, (n, k), k_pad, &mut weights);
     let mut out = vec![0f32; m_pad * n_pad];
     let shared = SharedOut::new(&mut out);
     // Enough tasks for every thread to take several, each a whole number of row blocks.
@@ -144,9 +144,9 @@ unsafe fn split_values(values: &[f32], high: &mut [u16], mid: &mut [u16], low: &
 
 /// Lays out the weight as B tiles: for each group of 16 weight rows and each step of 32
 /// inputs, a tile whose row `i` holds, for each of the 16 weight rows, its inputs `2i` and
-/// `2i + 1` of the step. Zero past `k` and for the padding rows past `n`.
-fn pack_weights(w: &[u16], (n, k): (usize, usize), weights: &mut [u16]) {
-    let k_pad = weights.len() / n.next_multiple_of(NB);
+/// `2i + 1` of the step, `k_pad / 32` steps per group. Zero past `k` and for the padding rows
+/// past `n`.
+fn pack_weights(w: &[u16], (n, k): (usize, usize), k_pad: usize, weights: &mut [u16]) {
     weights.par_chunks_mut(k_pad * 16).enumerate().for_each(|(group, tiles)| {
         let first_row = (group * 16).min(n);
         let rows = &w[first_row * k..(first_row + 16).min(n) * k];
@@ -249,7 +249,7 @@ unsafe fn multiply_steps(a: *const u16, b: *const u16, kc: usize, k_pad: usize) 
     let (steps, group) = (kc / 32, k_pad * 16);
     // SAFETY: the caller's.
     unsafe {
-        for step in 0..kc / 32 {
+        for step in 0..steps {
             tile_load!(6, b.add(step * TILE_VALUES), 64usize);
             tile_load!(7, b.add(group + step * TILE_VALUES), 64usize);
             // The small parts first, so the largest is added to the smaller sums.
@@ -282,7 +282,6 @@ mod tests {
             let a = awkward(i) * 10f32.powi((i % 9) as i32 - 4);
             let [h, m, l] = split(a).map(|p| f32::from_bits((p as u32) << 16));
             assert_eq!(h + m + l, a, "{a:e}");
-            assert_eq!((h + m) + l, a);
         }
     }
 
