@@ -7,8 +7,9 @@
 //! decode step, each weight row is widened in registers (or into an L1-resident buffer) and
 //! dotted with the f32 activations, so the memory traffic is the compact weight; for a prefill
 //! chunk's or a batch's few dozen rows each task widens a panel of weight rows into a reused
-//! buffer; for encoder-sized inputs the weight is widened once per call and the f32 gemm
-//! amortises that over the rows.
+//! buffer; for encoder-sized inputs the weight is widened a cache-sized slab at a time and the
+//! f32 gemm amortises that over the rows, or, on CPUs with AMX-BF16, bf16 weights go to the
+//! tiles with the activations split into exact bf16 parts (`kernels::bf16_amx`).
 
 use candle_core::{DType, Tensor};
 use half::slice::HalfFloatSliceExt;
