@@ -241,17 +241,16 @@ impl PanelMatrix {
         Ok(out)
     }
 
-    /// The whole panels, in parallel, with the panel kernels: for Q4_K on a CPU with AMX and
-    /// at least [`MIN_ROWS`](super::q4k_amx::MIN_ROWS) activation rows, the tile kernel takes
-    /// them in steps of 16 and the VNNI kernel the rest (both give the same bits).
+    /// The whole panels, in parallel, with the panel kernels: for Q4_K on a CPU with AMX, the
+    /// tile kernel takes the activation rows in steps of [`STEP_ROWS`](super::q4k_amx::STEP_ROWS)
+    /// and the VNNI kernel the rest (both give the same bits).
     #[cfg(target_arch = "x86_64")]
     fn panels_matmul(&self, level: SimdLevel, acts: &Q8KRows, out: OutPtr) {
         use rayon::prelude::*;
         let m = acts.rows();
         let rows: Vec<&[super::BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
-        let (step, least) = (super::q4k_amx::STEP_ROWS, super::q4k_amx::MIN_ROWS);
         let tiled = match (level, self.format) {
-            (SimdLevel::Amx, BlockFormat::Q4K) if m >= least => m / step * step,
+            (SimdLevel::Amx, BlockFormat::Q4K) => m / super::q4k_amx::STEP_ROWS * super::q4k_amx::STEP_ROWS,
             _ => 0,
         };
         if tiled > 0 {
@@ -278,7 +277,7 @@ impl PanelMatrix {
         );
     }
 
-    /// Q4_K panels times `rows` (a multiple of 16 of them) on AMX tiles, in chunks of rows
+    /// Q4_K panels times `rows` (a multiple of 32 of them) on AMX tiles, in chunks of rows
     /// that stay in the L2 cache while every panel passes over them.
     #[cfg(target_arch = "x86_64")]
     fn tiles_matmul(&self, rows: &[&[super::BlockQ8K]], out: OutPtr) {

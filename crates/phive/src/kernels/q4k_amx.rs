@@ -1,4 +1,4 @@
-//! Q4_K × Q8_K for one panel of 16 weight rows and 16 activation rows at a time, on AMX tiles
+//! Q4_K × Q8_K for one panel of 16 weight rows and 32 activation rows at a time, on AMX tiles
 //! ([`super::amx`]): the prefill kernel of Xeons that have them.
 //!
 //! A tile multiply sums 64 products per output without a break, but Q4_K scales its codes per
@@ -9,10 +9,11 @@
 //! minimums and the float steps are then the VNNI kernel's own ([`super::q4k_panel::add_block`]),
 //! so this kernel's results are bit for bit the VNNI kernel's, whichever one a row meets.
 //!
-//! Work overlaps across the two kinds of unit: a block's scaled weights (8 KiB) are readied
-//! by the vector units while the tiles multiply the previous block, and the tiles multiply
-//! the next 16 rows (two sets of accumulator tiles, alternating) while the vector units turn
-//! the last 16 rows' sums into floats.
+//! Each weight tile is loaded once for 32 activation rows (on the Xeon a tile load costs about
+//! as much as a multiply, so 16 rows per load ran 1.1–1.3× slower). Work overlaps across the
+//! two kinds of unit: a block's scaled weights (8 KiB) are readied by the vector units while
+//! the tiles multiply, and the tiles multiply the next 32 rows while the vector units turn the
+//! last 32 rows' sums into floats.
 
 use std::arch::x86_64::*;
 
@@ -25,13 +26,11 @@ use super::BlockFormat;
 /// Lines per block.
 const WORDS: usize = words(BlockFormat::Q4K);
 
-/// Activation rows per tile, the kernel's step.
-pub(super) const STEP_ROWS: usize = 16;
-
-/// Fewest activation rows worth the tiles. Readying a block's weights costs about what
-/// multiplying 16 rows does, so at 16 rows this kernel ran at 0.8–1.07× the VNNI one, at 32 at
-/// 1.24–1.42× and beyond (Xeon, `kernel_bench`, BENCHMARKS.md).
-pub(super) const MIN_ROWS: usize = 32;
+/// Activation rows per step of the kernel (two tiles of 16), and the fewest it takes:
+/// readying a block's weights costs about what multiplying 16 rows does, so the tiles pay
+/// from 32 rows on (the 16-row kernel ran at 0.8–1.07× the VNNI one at 16 rows, at
+/// 1.24–1.42× at 32; Xeon, `kernel_bench`, BENCHMARKS.md).
+pub(super) const STEP_ROWS: usize = 32;
 
 /// One tile's bytes: 16 rows of 64.
 #[derive(Clone, Copy)]
@@ -111,37 +110,32 @@ pub(super) unsafe fn dot(panel: &[Line], acts: &PackedRows, out: &mut [[f32; COL
     let blocks: Vec<&[Line]> = panel.chunks_exact(WORDS).collect();
     let steps = acts.rows / STEP_ROWS;
     let mut scaled = [ScaledBlock::new(), ScaledBlock::new()];
-    let mut sums = [Tile([[0; 64]; 16]); 2];
-    // The codes of step `j` (block `j / steps`, rows `16·(j % steps)…`).
+    let mut sums = [Tile([[0; 64]; 16]); 4];
+    // The codes of step `j` (block `j / steps`, rows `32·(j % steps)…`).
     let codes = |j: usize| &acts.codes[4 * ((j / steps) * acts.rows + (j % steps) * STEP_ROWS)..];
     prepare(blocks[0], &mut scaled[0]);
-    multiply_step::<0>(&scaled[0], codes(0));
+    multiply_step(&scaled[0], codes(0));
     let last = blocks.len() * steps - 1;
     for j in 0..=last {
         let (b, step) = (j / steps, j % steps);
-        if step == 0 && b + 1 < blocks.len() {
-            // The vector units ready the next block while the tiles multiply this one.
-            prepare(blocks[b + 1], &mut scaled[(b + 1) % 2]);
-        }
-        // Step j + 1 goes to the tiles before step j's sums are read back, so the tiles
-        // multiply while the vector units finish step j.
+        store_sums(&mut sums);
+        // Step j + 1 goes to the tiles before step j's sums are turned into floats, and the
+        // next block is readied meanwhile, so that the vector units work while the tiles do.
         if j < last {
-            let next = &scaled[((j + 1) / steps) % 2];
-            match j % 2 {
-                0 => multiply_step::<1>(next, codes(j + 1)),
-                _ => multiply_step::<0>(next, codes(j + 1)),
-            }
+            multiply_step(&scaled[((j + 1) / steps) % 2], codes(j + 1));
         }
-        match j % 2 {
-            0 => store_sums::<0>(&mut sums),
-            _ => store_sums::<1>(&mut sums),
+        if step == 0 && b + 1 < blocks.len() {
+            prepare(blocks[b + 1], &mut scaled[(b + 1) % 2]);
         }
         let block = &scaled[b % 2];
         let first = b * acts.rows + step * STEP_ROWS;
         let dst = &mut out[step * STEP_ROWS..(step + 1) * STEP_ROWS];
         for (r, acc) in dst.iter_mut().enumerate() {
-            let lanes = |t: usize| _mm512_load_si512(sums[t].0[r].as_ptr().cast());
-            let sumi = _mm512_add_epi32(lanes(0), _mm512_slli_epi32::<8>(lanes(1)));
+            let (low, high) = (&sums[2 * (r / 16)].0[r % 16], &sums[2 * (r / 16) + 1].0[r % 16]);
+            let sumi = _mm512_add_epi32(
+                _mm512_load_si512(low.as_ptr().cast()),
+                _mm512_slli_epi32::<8>(_mm512_load_si512(high.as_ptr().cast())),
+            );
             let (a_d, sub_sums) =
                 (*acts.scales.get_unchecked(first + r), acts.sub_sums.get_unchecked(first + r));
             let v = add_block(
@@ -211,44 +205,37 @@ unsafe fn scale_codes(lines: &[Line], scales: &[__m512i; 8], scaled: &mut Scaled
     }
 }
 
-/// 16 packed activation rows (their lines from `codes` on, for one block) against the scaled
-/// block, into tile set `SET`: tiles `2·SET` (against the low bytes) and `2·SET + 1` (the
-/// high bytes), 32-bit; its activation tile is `4 + SET`. Tiles 6 and 7 hold the weights.
+/// 32 packed activation rows (their lines from `codes` on, for one block) against the scaled
+/// block: the first 16 rows into tiles 0 (against the low bytes) and 1 (the high bytes), the
+/// next 16 into tiles 2 and 3, all 32-bit. The activation tiles are 4 and 5, the weights' 6
+/// and 7: each weight tile is loaded once for 32 rows, since a load costs the tiles nearly
+/// as much as a multiply.
 #[inline]
-unsafe fn multiply_step<const SET: usize>(scaled: &ScaledBlock, codes: &[Line]) {
+unsafe fn multiply_step(scaled: &ScaledBlock, codes: &[Line]) {
     // A row's four runs are consecutive lines, so a tile of one run steps 256 bytes per row.
-    let rows = codes.as_ptr();
-    if SET == 0 {
-        tile_zero!(0);
-        tile_zero!(1);
-    } else {
-        tile_zero!(2);
-        tile_zero!(3);
-    }
+    let (rows, next_rows) = (codes.as_ptr(), codes.as_ptr().add(4 * 16));
+    tile_zero!(0);
+    tile_zero!(1);
+    tile_zero!(2);
+    tile_zero!(3);
     for i in 0..4 {
         tile_load!(6, scaled.low[i].0.as_ptr(), 64usize);
         tile_load!(7, scaled.high[i].0.as_ptr(), 64usize);
-        if SET == 0 {
-            tile_load!(4, rows.add(i), 256usize);
-            tile_dot_su!(0, 4, 6);
-            tile_dot_su!(1, 4, 7);
-        } else {
-            tile_load!(5, rows.add(i), 256usize);
-            tile_dot_su!(2, 5, 6);
-            tile_dot_su!(3, 5, 7);
-        }
+        tile_load!(4, rows.add(i), 256usize);
+        tile_dot_su!(0, 4, 6);
+        tile_dot_su!(1, 4, 7);
+        tile_load!(5, next_rows.add(i), 256usize);
+        tile_dot_su!(2, 5, 6);
+        tile_dot_su!(3, 5, 7);
     }
 }
 
-/// Tile set `SET` (see [`multiply_step`]) into `sums`: [low, high].
+/// Tiles 0–3 (see [`multiply_step`]) into `sums`: [low, high] of the first 16 rows, then of
+/// the next 16.
 #[inline]
-unsafe fn store_sums<const SET: usize>(sums: &mut [Tile; 2]) {
-    let (low, high) = (sums[0].0.as_mut_ptr(), sums[1].0.as_mut_ptr());
-    if SET == 0 {
-        tile_store!(0, low, 64usize);
-        tile_store!(1, high, 64usize);
-    } else {
-        tile_store!(2, low, 64usize);
-        tile_store!(3, high, 64usize);
-    }
+unsafe fn store_sums(sums: &mut [Tile; 4]) {
+    tile_store!(0, sums[0].0.as_mut_ptr(), 64usize);
+    tile_store!(1, sums[1].0.as_mut_ptr(), 64usize);
+    tile_store!(2, sums[2].0.as_mut_ptr(), 64usize);
+    tile_store!(3, sums[3].0.as_mut_ptr(), 64usize);
 }

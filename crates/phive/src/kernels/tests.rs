@@ -106,7 +106,8 @@ fn the_amx_kernel_matches_the_vnni_kernel_bit_for_bit() {
         eprintln!("no AMX on this CPU: nothing to compare");
         return;
     }
-    let (m, n, k) = (96, 64, 1024);
+    // Three steps of 32 rows on the tiles, and 17 rows left to the VNNI kernel.
+    let (m, n, k) = (113, 64, 1024);
     let (data, _) = quantized_weight(n, k, GgmlDType::Q4K, 9);
     let panels =
         PanelMatrix::pack(QuantizedMatrix { data: &data, format: BlockFormat::Q4K, rows: n, cols: k })
