@@ -1,5 +1,5 @@
-//! Vectorised maps over f32 activations: `exp`, a softmax over one row, and the GELU variants
-//! of the vision towers.
+//! Vectorised maps over f32 activations: `exp`, a softmax over one row, the GELU variants of
+//! the vision towers, and the decoders' gated SiLU.
 //!
 //! Each has an AVX2+FMA body and a scalar body built from the same IEEE operations in the same
 //! order (fused multiply-adds included, sums kept in eight lanes), so both give identical bits
@@ -49,6 +49,12 @@ fn gelu_tanh1(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh)
 }
 
+/// `up·silu(gate)`, with `silu(g) = g / (1 + e⁻ᵍ)` as PyTorch's CPU kernel computes it.
+#[inline(always)]
+fn silu_mul1(gate: f32, up: f32) -> f32 {
+    up * (gate / (exp1(-gate) + 1.0))
+}
+
 /// The maps a slice can be put through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Map {
@@ -80,6 +86,20 @@ pub fn map(kind: Map, src: &[f32], dst: &mut [f32]) {
     }
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = kind.scalar(s);
+    }
+}
+
+/// `dst[i] = up[i]·silu(gate[i])` (equal lengths): the Phi decoders' MLP activation, in one
+/// pass over the fused `gate | up` projection's halves.
+pub fn silu_mul(gate: &[f32], up: &[f32], dst: &mut [f32]) {
+    assert!(gate.len() == dst.len() && up.len() == dst.len(), "silu_mul: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() >= SimdLevel::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (checked by `simd_level`).
+        return unsafe { x86::silu_mul(gate, up, dst) };
+    }
+    for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
+        *d = silu_mul1(g, u);
     }
 }
 
@@ -176,6 +196,25 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub(super) fn silu_mul(gate: &[f32], up: &[f32], dst: &mut [f32]) {
+        let whole = dst.len() / 8 * 8;
+        let one = _mm256_set1_ps(1.0);
+        let chunks = gate[..whole].chunks_exact(8).zip(up[..whole].chunks_exact(8));
+        for ((g, u), d) in chunks.zip(dst[..whole].chunks_exact_mut(8)) {
+            // SAFETY: each chunk holds 8 floats.
+            unsafe {
+                let g = _mm256_loadu_ps(g.as_ptr());
+                let e = exp8(_mm256_xor_ps(g, _mm256_set1_ps(-0.0)));
+                let silu = _mm256_div_ps(g, _mm256_add_ps(e, one));
+                _mm256_storeu_ps(d.as_mut_ptr(), _mm256_mul_ps(_mm256_loadu_ps(u.as_ptr()), silu));
+            }
+        }
+        for ((d, &g), &u) in dst[whole..].iter_mut().zip(&gate[whole..]).zip(&up[whole..]) {
+            *d = silu_mul1(g, u);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
     pub(super) fn exp_shifted(row: &mut [f32], max: f32) -> [f32; 8] {
         let whole = row.len() / 8 * 8;
         let shift = _mm256_set1_ps(max);
@@ -247,6 +286,8 @@ mod tests {
                 0.5 * d * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (d + 0.044715 * d * d * d)).tanh());
             assert!((quick_gelu1(x) as f64 - quick).abs() <= 1e-6 * (1.0 + quick.abs()), "quick_gelu({x})");
             assert!((gelu_tanh1(x) as f64 - tanh).abs() <= 1e-6 * (1.0 + tanh.abs()), "gelu_tanh({x})");
+            let silu = 0.75 * d / (1.0 + (-d).exp());
+            assert!((silu_mul1(x, 0.75) as f64 - silu).abs() <= 1e-6 * (1.0 + silu.abs()), "silu({x})");
         }
     }
 
@@ -261,6 +302,14 @@ mod tests {
                 for (d, &s) in dst.iter().zip(&src[..len]) {
                     assert_eq!(d.to_bits(), kind.scalar(s).to_bits(), "{kind:?}({s})");
                 }
+            }
+        }
+        let up: Vec<f32> = src.iter().rev().map(|x| x * 0.1).collect();
+        for len in [0, 1, 7, 8, 9, 63, src.len()] {
+            let mut dst = vec![0f32; len];
+            silu_mul(&src[..len], &up[..len], &mut dst);
+            for ((d, &g), &u) in dst.iter().zip(&src).zip(&up) {
+                assert_eq!(d.to_bits(), silu_mul1(g, u).to_bits(), "{u}·silu({g})");
             }
         }
         for len in [1, 5, 8, 13, 577] {

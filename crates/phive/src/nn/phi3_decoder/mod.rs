@@ -494,10 +494,7 @@ impl Phi3Decoder {
             return Ok(None);
         }
         let gu = layer.gate_up_proj.forward_segments(x, segments)?;
-        let n = self.cfg.intermediate_size;
-        let gate = gu.narrow(1, 0, n)?;
-        let up = gu.narrow(1, n, n)?;
-        let y = (up * self.cfg.hidden_act.forward(&gate)?)?;
+        let y = self.cfg.hidden_act.gated(&gu)?;
         if stop() {
             return Ok(None);
         }
