@@ -36,6 +36,24 @@ impl BlockQ8K {
     /// Quantizes 256 values: the largest magnitude maps to ±127, the rest round to nearest
     /// (half away from zero), as GGML's reference quantizer does.
     fn quantize(x: &[f32]) -> BlockQ8K {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd_level() >= super::SimdLevel::Avx2 {
+            // SAFETY: the CPU has AVX2 (checked by `simd_level`).
+            return unsafe { Self::quantize_avx2(x) };
+        }
+        Self::quantize_portable(x)
+    }
+
+    /// [`BlockQ8K::quantize`] compiled for AVX2, so that its loops use 256-bit vectors: the
+    /// same operations, so the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn quantize_avx2(x: &[f32]) -> BlockQ8K {
+        Self::quantize_portable(x)
+    }
+
+    #[inline(always)]
+    fn quantize_portable(x: &[f32]) -> BlockQ8K {
         // Eight running maxima so the loop vectorizes (`f32::max` does not reassociate).
         let mut lanes = [0f32; 8];
         for chunk in x.chunks_exact(8) {
@@ -129,6 +147,32 @@ mod tests {
                 let sum: i32 = b.qs[32 * j..32 * j + 32].iter().map(|&q| q as i32).sum();
                 assert_eq!(b.sub_sums[j] as i32, sum);
             }
+        }
+    }
+
+    /// The AVX2 build of the quantizer gives the portable one's bits, rounding ties included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_build_gives_the_portable_bits() {
+        if crate::kernels::simd_level() < crate::kernels::SimdLevel::Avx2 {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        for seed in 0..50usize {
+            let scale = 10f32.powi(seed as i32 % 7 - 3);
+            // Multiples of 1/254 of the largest value land exactly on rounding ties.
+            let x: Vec<f32> =
+                (0..QK).map(|i| ((i * 37 + seed * 11) % 255) as f32 / 254.0 * scale - scale / 2.0).collect();
+            // SAFETY: AVX2 checked above.
+            let (simd, portable) = (unsafe { BlockQ8K::quantize_avx2(&x) }, BlockQ8K::quantize_portable(&x));
+            assert_eq!(
+                (simd.d.to_bits(), simd.qs, simd.bsums),
+                (portable.d.to_bits(), portable.qs, portable.bsums)
+            );
+            assert_eq!(
+                (simd.sub_sums, simd.dsums.map(f32::to_bits)),
+                (portable.sub_sums, portable.dsums.map(f32::to_bits))
+            );
         }
     }
 
