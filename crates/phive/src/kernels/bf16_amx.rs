@@ -44,8 +44,8 @@ pub(super) unsafe fn matmul(xs: &[f32], w: &[u16], m: usize, n: usize, k: usize)
     let shape = Shape { m, k, n_pad, k_pad };
     let mut weights = vec![0u16; n_pad * k_pad];
     pack_weights(w, (n, k), k_pad, &mut weights);
-    let mut out = vec![0f32; m_pad * n_pad];
-    let shared = SharedOut::new(&mut out);
+    let mut out = Vec::with_capacity(m_pad * n_pad);
+    let shared = SharedOut::spare(&mut out);
     // Enough tasks for every thread to take several, each a whole number of row blocks.
     let task_rows =
         (m_pad / (4 * rayon::current_num_threads())).next_multiple_of(MB).clamp(MB, MAX_TASK_ROWS);
@@ -58,6 +58,8 @@ pub(super) unsafe fn matmul(xs: &[f32], w: &[u16], m: usize, n: usize, k: usize)
             unsafe { multiply_rows(parts, &weights, shape, rows, shared) };
         })
     });
+    // SAFETY: every task stored all of its row blocks' panels after their last input block.
+    unsafe { out.set_len(m_pad * n_pad) };
     if m_pad == m && n_pad == n {
         return out;
     }

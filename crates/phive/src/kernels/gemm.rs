@@ -109,6 +109,13 @@ impl SharedOut {
         Self(buffer.as_mut_ptr())
     }
 
+    /// Shares the spare capacity of an empty `buffer`, for tasks that write every element
+    /// before the caller sets its length: large products need no zeroing pass first.
+    pub fn spare(buffer: &mut Vec<f32>) -> Self {
+        debug_assert!(buffer.is_empty());
+        Self(buffer.as_mut_ptr())
+    }
+
     /// The element at `offset`.
     pub fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: callers pass offsets inside the buffer.
