@@ -221,6 +221,25 @@ fn cancelling_frees_blocks_within_a_step() {
     assert_eq!(engine.stats().cancelled, 1);
 }
 
+/// The engine counts a step before it completes the answers that step finished, so a client
+/// that reads the stats as soon as its answer arrives sees every step that made it: one solo
+/// prefill step for the prompt, then one decode step per further token. (The count used to
+/// follow the answer out, and a reader sometimes saw one step too few.)
+#[test]
+fn an_answer_arrives_after_its_steps_are_counted() {
+    let config = EngineConfig { solo_prefill_chunk: 8192, ..Default::default() };
+    let engine = common::engine(&common::phi3v_tiny(), config);
+    let case = &cases(false, true)[0];
+    let params = GenerationParams { max_tokens: Some(4), ..case.params.clone() };
+    for round in 0..100 {
+        let before = engine.stats().steps;
+        let answer =
+            engine.submit(case.prepare(&engine), params.clone(), 1).unwrap().collect_blocking().unwrap();
+        let steps = engine.stats().steps - before;
+        assert_eq!(steps, answer[0].tokens.len() as u64, "round {round}: steps for {:?}", answer[0].tokens);
+    }
+}
+
 /// A prompt prefilling alone runs in one solo chunk far beyond the step budget, and that step
 /// is abandoned for a request that arrives while it runs: both answer what they answer alone.
 #[test]

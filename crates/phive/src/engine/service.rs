@@ -413,6 +413,7 @@ impl EngineLoop {
             }
             self.scheduler.register_computed();
         }
+        let mut finished_forks = Vec::new();
         match result {
             Err(e) => {
                 for row in &plan.rows {
@@ -435,7 +436,7 @@ impl EngineLoop {
                     for choice in 1..=std::mem::take(&mut sequence.forks_pending) {
                         let mut fork = sequence.fork(sequence.id, choice, self.shared.max_seq_len);
                         match advance(&mut fork, scores, &pipeline) {
-                            Some(reason) => complete(fork, reason, &pipeline),
+                            Some(reason) => finished_forks.push((fork, reason)),
                             None => forks.push(fork),
                         }
                     }
@@ -445,6 +446,15 @@ impl EngineLoop {
                 }
             }
         }
+        // The step is counted before any answer is completed, so that a client that reads the
+        // stats once its answer has arrived sees the step that finished it.
+        let decode = plan.rows.iter().filter(|r| r.len == 1).count();
+        let prefill: usize = plan.rows.iter().filter(|r| r.len > 1).map(|r| r.len).sum();
+        let elapsed = started.elapsed();
+        self.shared.stats.lock().expect("stats lock").record_step(plan.rows.len(), prefill, decode, elapsed);
+        for (fork, reason) in finished_forks {
+            complete(fork, reason, &pipeline);
+        }
         finished.sort_by_key(|&(index, _)| std::cmp::Reverse(index));
         for (index, reason) in finished {
             let sequence = self.scheduler.finish(index);
@@ -453,10 +463,6 @@ impl EngineLoop {
         for fork in forks {
             self.scheduler.add_running(fork);
         }
-        let decode = plan.rows.iter().filter(|r| r.len == 1).count();
-        let prefill: usize = plan.rows.iter().filter(|r| r.len > 1).map(|r| r.len).sum();
-        let mut stats = self.shared.stats.lock().expect("stats lock");
-        stats.record_step(plan.rows.len(), prefill, decode, started.elapsed());
     }
 
     /// Publishes the queues and KV usage for [`Engine::stats`].
