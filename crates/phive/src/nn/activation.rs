@@ -52,9 +52,7 @@ impl Activation {
             Self::Relu => x.relu()?,
         })
     }
-}
 
-impl Activation {
     /// `up·act(gate)` for a fused `gate | up` projection `[rows, 2n]`: `[rows, n]`. SiLU on f32
     /// CPU tensors (every Phi decoder's MLP) runs as one vectorised pass over the halves;
     /// anything else goes through [`Activation::forward`] and a product.
