@@ -118,14 +118,16 @@ pub(super) unsafe fn dot(panel: &[Line], acts: &PackedRows, out: &mut [[f32; COL
     let last = blocks.len() * steps - 1;
     for j in 0..=last {
         let (b, step) = (j / steps, j % steps);
+        if step == 0 && b + 1 < blocks.len() {
+            // The vector units ready the next block while the tiles multiply step j (its
+            // first step, which may be its last).
+            prepare(blocks[b + 1], &mut scaled[(b + 1) % 2]);
+        }
         store_sums(&mut sums);
-        // Step j + 1 goes to the tiles before step j's sums are turned into floats, and the
-        // next block is readied meanwhile, so that the vector units work while the tiles do.
+        // Step j + 1 goes to the tiles before step j's sums are turned into floats, so that
+        // the vector units work while the tiles do.
         if j < last {
             multiply_step(&scaled[((j + 1) / steps) % 2], codes(j + 1));
-        }
-        if step == 0 && b + 1 < blocks.len() {
-            prepare(blocks[b + 1], &mut scaled[(b + 1) % 2]);
         }
         let block = &scaled[b % 2];
         let first = b * acts.rows + step * STEP_ROWS;
