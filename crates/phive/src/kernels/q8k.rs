@@ -44,15 +44,88 @@ impl BlockQ8K {
         Self::quantize_portable(x)
     }
 
-    /// [`BlockQ8K::quantize`] compiled for AVX2, so that its loops use 256-bit vectors: the
-    /// same operations, so the same bits.
+    /// [`BlockQ8K::quantize_portable`] in AVX2 vectors, with the same bits: the maximum skips
+    /// NaN as `f32::max` does, and the rounding, the saturation and NaN's zero are those of
+    /// Rust's float-to-int cast.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     fn quantize_avx2(x: &[f32]) -> BlockQ8K {
-        Self::quantize_portable(x)
+        use std::arch::x86_64::*;
+        assert_eq!(x.len(), QK);
+        // SAFETY: `i < QK / 8` below, so the eight values are inside `x`.
+        let load = |i: usize| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) };
+        let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let mut lanes = _mm256_setzero_ps();
+        for i in 0..QK / 8 {
+            // `vmaxps` returns its second operand where either is NaN.
+            lanes = _mm256_max_ps(_mm256_and_ps(load(i), magnitude), lanes);
+        }
+        let mut wide = [0f32; 8];
+        // SAFETY: `wide` has the eight lanes' room.
+        unsafe { _mm256_storeu_ps(wide.as_mut_ptr(), lanes) };
+        let amax = wide.iter().fold(0f32, |m, &v| m.max(v));
+        if amax == 0.0 || !amax.is_finite() {
+            return Self::non_finite(amax);
+        }
+        let iscale = _mm256_set1_ps(127.0 / amax);
+        let (sign, half) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(0.5));
+        let (lowest, highest) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        let to_int = |v: __m256| {
+            let y = _mm256_mul_ps(v, iscale);
+            let rounded = _mm256_add_ps(y, _mm256_or_ps(_mm256_and_ps(y, sign), half));
+            let finite = _mm256_and_ps(rounded, _mm256_cmp_ps::<_CMP_ORD_Q>(rounded, rounded));
+            _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(finite, lowest), highest))
+        };
+        // `packs` interleaves 128-bit lanes; this permutation puts the dwords back in order.
+        let in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
+        let mut b = BlockQ8K { d: amax / 127.0, ..BlockQ8K::ZERO };
+        // The sums of each 32-byte run's quads of bytes: dwords 0–3 are group 2i's, 4–7 2i + 1's.
+        let mut quads = [_mm256_setzero_si256(); QK / 32];
+        for (i, quad) in quads.iter_mut().enumerate() {
+            let [a, c, e, g] = std::array::from_fn(|k| to_int(load(4 * i + k)));
+            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, c), _mm256_packs_epi32(e, g));
+            let q = _mm256_permutevar8x32_epi32(bytes, in_order);
+            // SAFETY: bytes `32i…32i + 32` of the 256 in `qs`.
+            unsafe { _mm256_storeu_si256(b.qs.as_mut_ptr().add(32 * i).cast(), q) };
+            *quad = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
+        }
+        // Two rounds of pairwise sums leave groups 0, 2, 4, 6 in the low lane, 1, 3, 5, 7 in
+        // the high one.
+        let groups = |q: &[__m256i]| {
+            let sums = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
+            _mm256_permutevar8x32_epi32(sums, in_order)
+        };
+        let (first, second) = (groups(&quads[..4]), groups(&quads[4..]));
+        let bsums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(first, second));
+        let d = _mm256_set1_ps(b.d);
+        // SAFETY: sixteen i16 `bsums` and sixteen f32 `dsums`.
+        unsafe {
+            _mm256_storeu_si256(b.bsums.as_mut_ptr().cast(), bsums);
+            _mm256_storeu_ps(b.dsums.as_mut_ptr(), _mm256_mul_ps(d, _mm256_cvtepi32_ps(first)));
+            _mm256_storeu_ps(b.dsums.as_mut_ptr().add(8), _mm256_mul_ps(d, _mm256_cvtepi32_ps(second)));
+        }
+        b.sum_sub_blocks();
+        b
     }
 
-    #[inline(always)]
+    /// The block of a row whose largest magnitude `amax` is zero (all zero) or not finite
+    /// (`d` NaN, so that the row's products are NaN rather than silently finite).
+    fn non_finite(amax: f32) -> BlockQ8K {
+        let mut b = BlockQ8K::ZERO;
+        if amax != 0.0 {
+            b.d = f32::NAN;
+        }
+        b
+    }
+
+    /// `sub_sums` from `bsums`.
+    fn sum_sub_blocks(&mut self) {
+        for (j, s) in self.sub_sums.iter_mut().enumerate() {
+            *s = self.bsums[2 * j] + self.bsums[2 * j + 1];
+        }
+    }
+
     fn quantize_portable(x: &[f32]) -> BlockQ8K {
         // Eight running maxima so the loop vectorizes (`f32::max` does not reassociate).
         let mut lanes = [0f32; 8];
@@ -63,13 +136,7 @@ impl BlockQ8K {
         }
         let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
         if amax == 0.0 || !amax.is_finite() {
-            // Non-finite activations cannot be represented: carry NaN through `d` so the
-            // output is NaN too rather than silently finite.
-            let mut b = BlockQ8K::ZERO;
-            if amax != 0.0 {
-                b.d = f32::NAN;
-            }
-            return b;
+            return Self::non_finite(amax);
         }
         let iscale = 127.0 / amax;
         let mut b = BlockQ8K { d: amax / 127.0, ..BlockQ8K::ZERO };
@@ -82,9 +149,7 @@ impl BlockQ8K {
             *s = g.iter().map(|&q| q as i16).sum();
             *f = b.d * *s as f32;
         }
-        for (j, s) in b.sub_sums.iter_mut().enumerate() {
-            *s = b.bsums[2 * j] + b.bsums[2 * j + 1];
-        }
+        b.sum_sub_blocks();
         b
     }
 }
@@ -101,12 +166,12 @@ impl Q8KRows {
     pub fn quantize(x: &[f32], cols: usize) -> Q8KRows {
         debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
         let blocks_per_row = cols / QK;
-        let mut blocks = vec![BlockQ8K::ZERO; x.len() / QK];
-        let quantize = |(dst, src): (&mut BlockQ8K, &[f32])| *dst = BlockQ8K::quantize(src);
-        if blocks.len() >= 64 {
-            blocks.par_iter_mut().zip(x.par_chunks_exact(QK)).for_each(quantize);
+        // Collected, not zeroed and then overwritten: a prefill's blocks are megabytes.
+        let mut blocks = Vec::with_capacity(x.len() / QK);
+        if x.len() / QK >= 64 {
+            x.par_chunks_exact(QK).map(BlockQ8K::quantize).collect_into_vec(&mut blocks);
         } else {
-            blocks.iter_mut().zip(x.chunks_exact(QK)).for_each(quantize);
+            blocks.extend(x.chunks_exact(QK).map(BlockQ8K::quantize));
         }
         Q8KRows { blocks, blocks_per_row }
     }
@@ -158,11 +223,20 @@ mod tests {
             eprintln!("no AVX2 on this CPU: nothing to compare");
             return;
         }
-        for seed in 0..50usize {
+        for seed in 0..60usize {
             let scale = 10f32.powi(seed as i32 % 7 - 3);
             // Multiples of 1/254 of the largest value land exactly on rounding ties.
-            let x: Vec<f32> =
+            let mut x: Vec<f32> =
                 (0..QK).map(|i| ((i * 37 + seed * 11) % 255) as f32 / 254.0 * scale - scale / 2.0).collect();
+            match seed {
+                // A NaN among finite values is skipped by the maximum and quantized to 0.
+                50..=52 => x[seed * 4] = f32::NAN,
+                53 => x[7] = f32::NEG_INFINITY,
+                // Values so small that 127 / amax overflows to infinity: the casts saturate.
+                54..=56 => x.iter_mut().for_each(|v| *v *= 1e-38),
+                57 => x.iter_mut().for_each(|v| *v = 0.0),
+                _ => {}
+            }
             // SAFETY: AVX2 checked above.
             let (simd, portable) = (unsafe { BlockQ8K::quantize_avx2(&x) }, BlockQ8K::quantize_portable(&x));
             assert_eq!(
