@@ -46,6 +46,7 @@ pub use q8k::{BlockQ8K, Q8KRows};
 pub use simd::{simd_level, SimdLevel};
 
 use crate::Result;
+use gemm::SharedOut;
 
 /// Activation rows dotted with one weight row per kernel call.
 pub const TILE: usize = 8;
@@ -162,7 +163,7 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
     let m = x.len() / k;
     let acts = Q8KRows::quantize(x, k);
     let mut out = vec![0f32; m * n];
-    by_rows(level, &acts, w, OutPtr(out.as_mut_ptr()), n, 0);
+    by_rows(level, &acts, w, SharedOut::new(&mut out), n, 0);
     Ok(out)
 }
 
@@ -172,7 +173,7 @@ fn by_rows(
     level: SimdLevel,
     acts: &Q8KRows,
     w: QuantizedMatrix,
-    out: OutPtr,
+    out: SharedOut,
     width: usize,
     first_col: usize,
 ) {
@@ -195,7 +196,7 @@ fn by_rows(
                 for (i, v) in results[..count].iter().enumerate() {
                     // SAFETY: `(r0 + i) * width + first_col + row < m * width`, and each task
                     // writes only its own rows' columns, so no two tasks write one element.
-                    unsafe { out.write((r0 + i) * width + first_col + row, *v) };
+                    unsafe { *out.at((r0 + i) * width + first_col + row) = *v };
                 }
             }
         }
@@ -209,23 +210,6 @@ fn rows_per_task(n: usize, m: usize) -> usize {
     let balanced = n.div_ceil(threads * 8);
     let cap = if m > TILE { 16 } else { 64 };
     balanced.clamp(1, cap)
-}
-
-/// The output buffer, written from several tasks at disjoint positions.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-// SAFETY: tasks write disjoint elements (see `quantized_matmul_with`), and the buffer outlives
-// the parallel loop.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// # Safety
-    /// `at` is in bounds and no other thread touches it.
-    unsafe fn write(self, at: usize, v: f32) {
-        *self.0.add(at) = v;
-    }
 }
 
 #[cfg(test)]

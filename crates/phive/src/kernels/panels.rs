@@ -12,8 +12,9 @@
 //! It is the only copy of the weight; rows past the last whole panel stay in GGML's layout.
 //! [`PanelMatrix::to_ggml`] undoes it for export and dequantization.
 
+use super::gemm::SharedOut;
 use super::q8k::{Q8KRows, QK};
-use super::{by_rows, BlockFormat, OutPtr, QuantizedMatrix, SimdLevel};
+use super::{by_rows, BlockFormat, QuantizedMatrix, SimdLevel};
 use crate::Result;
 
 /// Weight rows (output columns) per panel: one per 32-bit lane of a 512-bit vector.
@@ -234,7 +235,7 @@ impl PanelMatrix {
         // Not zeroed first: every element is written below, and a prefill's products are tens
         // of megabytes (zeroing them was 2% of a prefill).
         let mut out = Vec::with_capacity(m * n);
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        let out_ptr = SharedOut::spare(&mut out);
         let panels = n / COLS;
         self.panels_matmul(level, &acts, out_ptr);
         let tail =
@@ -249,8 +250,7 @@ impl PanelMatrix {
     /// tile kernel takes the activation rows in steps of [`STEP_ROWS`](super::q4k_amx::STEP_ROWS)
     /// and the VNNI kernel the rest (both give the same bits).
     #[cfg(target_arch = "x86_64")]
-    fn panels_matmul(&self, level: SimdLevel, acts: &Q8KRows, out: OutPtr) {
-        use rayon::prelude::*;
+    fn panels_matmul(&self, level: SimdLevel, acts: &Q8KRows, out: SharedOut) {
         let m = acts.rows();
         let rows: Vec<&[super::BlockQ8K]> = (0..m).map(|r| acts.row(r)).collect();
         let tiled = match (level, self.format) {
@@ -264,57 +264,93 @@ impl PanelMatrix {
         if rest.is_empty() {
             return;
         }
-        self.lines.par_chunks(self.panel_lines()).enumerate().for_each_init(
-            || vec![[0f32; COLS]; rest.len()],
-            |results, (p, panel)| {
-                // SAFETY: a `PanelMatrix` exists only where the CPU has AVX-512 VNNI and F16C
-                // (`pack`; tests check the level), and every activation row has the panel's
-                // number of blocks (`matmul` checked the width).
-                unsafe {
-                    match self.format {
-                        BlockFormat::Q4K => super::q4k_panel::dot(panel, rest, results),
-                        BlockFormat::Q6K => super::q6k_panel::dot(panel, rest, results),
-                    }
-                };
-                self.write_panel(results, tiled, p, out);
-            },
-        );
+        self.for_panel_groups(rest.len(), tiled, out, |panel, results| {
+            // SAFETY: a `PanelMatrix` exists only where the CPU has AVX-512 VNNI and F16C
+            // (`pack`; tests check the level), and every activation row has the panel's number
+            // of blocks (`matmul` checked the width).
+            unsafe {
+                match self.format {
+                    BlockFormat::Q4K => super::q4k_panel::dot(panel, rest, results),
+                    BlockFormat::Q6K => super::q6k_panel::dot(panel, rest, results),
+                }
+            }
+        });
     }
 
     /// Q4_K panels times `rows` (a multiple of 32 of them) on AMX tiles, in chunks of rows
     /// that stay in the L2 cache while every panel passes over them.
     #[cfg(target_arch = "x86_64")]
-    fn tiles_matmul(&self, rows: &[&[super::BlockQ8K]], out: OutPtr) {
+    fn tiles_matmul(&self, rows: &[&[super::BlockQ8K]], out: SharedOut) {
         use super::q4k_amx::PackedRows;
-        use rayon::prelude::*;
         let chunk = PackedRows::chunk_rows(self.cols);
         for (c, chunk_rows) in rows.chunks(chunk).enumerate() {
             let packed = PackedRows::new(chunk_rows);
-            self.lines.par_chunks(self.panel_lines()).enumerate().for_each_init(
-                || vec![[0f32; COLS]; chunk_rows.len()],
-                |results, (p, panel)| {
-                    // SAFETY: the caller holds the AMX level, which `amx::usable` set and which
-                    // includes AVX-512 VNNI; every row has the panel's number of blocks.
-                    unsafe { super::q4k_amx::dot(panel, &packed, results) };
-                    self.write_panel(results, c * chunk, p, out);
-                },
-            );
+            self.for_panel_groups(chunk_rows.len(), c * chunk, out, |panel, results| {
+                // SAFETY: the caller holds the AMX level, which `amx::usable` set and which
+                // includes AVX-512 VNNI; every row has the panel's number of blocks.
+                unsafe { super::q4k_amx::dot(panel, &packed, results) }
+            });
         }
     }
 
-    /// Writes panel `p`'s results for the activation rows from `first_row` on into `out`.
-    fn write_panel(&self, results: &[[f32; COLS]], first_row: usize, p: usize, out: OutPtr) {
-        for (r, row) in results.iter().enumerate() {
-            for (c, v) in row.iter().enumerate() {
-                // SAFETY: in bounds; panel `p` alone writes columns `16p..16p + 16`.
-                unsafe { out.write((first_row + r) * self.rows + p * COLS + c, *v) };
-            }
-        }
+    /// Runs `dot(panel, results)` for every panel, in parallel, each time for the `rows`
+    /// activation rows from `first_row` on, and writes the results into `out`. Tasks take
+    /// [`GROUP`] neighbouring panels and write their results row by row, so that each output
+    /// row (a page apart from the next in a prefill's product) is visited once per group rather
+    /// than once per panel: per panel, the scattered stores missed the TLB on every row.
+    #[cfg(target_arch = "x86_64")]
+    fn for_panel_groups(
+        &self,
+        rows: usize,
+        first_row: usize,
+        out: SharedOut,
+        dot: impl Fn(&[Line], &mut [[f32; COLS]]) + Sync,
+    ) {
+        use rayon::prelude::*;
+        let lines = self.panel_lines();
+        self.lines.par_chunks(lines * GROUP).enumerate().for_each_init(
+            || vec![vec![[0f32; COLS]; rows]; GROUP],
+            |results, (group, panels)| {
+                let count = panels.len() / lines;
+                for (panel, results) in panels.chunks_exact(lines).zip(results.iter_mut()) {
+                    dot(panel, results);
+                }
+                // SAFETY: panels exist only on CPUs with AVX-512 (`pack`); the group's panels
+                // alone write columns `16·GROUP·group…` of rows `first_row…`, in bounds.
+                unsafe { write_group(&results[..count], first_row, group * GROUP * COLS, self.rows, out) };
+            },
+        );
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn panels_matmul(&self, _level: SimdLevel, _acts: &Q8KRows, _out: OutPtr) {
+    fn panels_matmul(&self, _level: SimdLevel, _acts: &Q8KRows, _out: SharedOut) {
         unreachable!("panels are packed only on x86-64 CPUs with AVX-512 VNNI")
+    }
+}
+
+/// Panels per parallel task (see [`PanelMatrix::for_panel_groups`]).
+const GROUP: usize = 8;
+
+/// Writes a group's results (`results[g][r]`: panel `g`, row `r`) into the rows `first_row…`
+/// of `out` (`width` columns), from column `first_col` on.
+///
+/// # Safety
+/// The CPU has AVX-512 F; the positions are in bounds and no other task writes them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn write_group(
+    results: &[Vec<[f32; COLS]>],
+    first_row: usize,
+    first_col: usize,
+    width: usize,
+    out: SharedOut,
+) {
+    use std::arch::x86_64::*;
+    for r in 0..results.first().map_or(0, Vec::len) {
+        let dst = out.at((first_row + r) * width + first_col);
+        for (g, panel) in results.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(g * COLS), _mm512_loadu_ps(panel[r].as_ptr()));
+        }
     }
 }
 

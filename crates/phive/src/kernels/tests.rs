@@ -78,6 +78,8 @@ fn every_level_computes_the_exact_product_of_the_quantized_values() {
             // Steps of 32 rows for the AMX kernel, with a remainder (70 = 2·32 + 6) or none.
             (70, 37, 512),
             (64, 48, 768),
+            // Panels in parallel groups of eight: two whole groups and a part (19 panels).
+            (40, 307, 256),
         ] {
             let (data, w) = quantized_weight(n, k, dtype, (m * 31 + n * 7 + k) as u64);
             let x = pseudo_random(m * k, n as u64 + 5, 2.0);
