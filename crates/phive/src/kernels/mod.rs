@@ -162,8 +162,11 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
     }
     let m = x.len() / k;
     let acts = Q8KRows::quantize(x, k);
-    let mut out = vec![0f32; m * n];
-    by_rows(level, &acts, w, SharedOut::new(&mut out), n, 0);
+    // Not zeroed first, as in `PanelMatrix::matmul_with`: `by_rows` writes every element.
+    let mut out = Vec::with_capacity(m * n);
+    by_rows(level, &acts, w, SharedOut::spare(&mut out), n, 0);
+    // SAFETY: the tasks of `by_rows` wrote all `n` columns of all `m` rows.
+    unsafe { out.set_len(m * n) };
     Ok(out)
 }
 
