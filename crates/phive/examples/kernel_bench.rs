@@ -5,7 +5,7 @@
 //! of the following calls, weight GB/s and int8 GMAC/s.
 //!
 //! ```sh
-//! cargo run --release -p phive --example kernel_bench -- [--format q4k|q6k] [--rows 1,8,64,512] [--shape qkv|o|gate_up|down]
+//! cargo run --release -p phive --example kernel_bench -- [--format q4k|q6k|q8_0] [--rows 1,8,64,512] [--shape qkv|o|gate_up|down]
 //! ```
 
 use std::time::Instant;
@@ -54,7 +54,8 @@ fn main() -> Result<()> {
                 dtype = match value.to_ascii_lowercase().as_str() {
                     "q4k" => GgmlDType::Q4K,
                     "q6k" => GgmlDType::Q6K,
-                    other => bail!("unknown format {other} (q4k, q6k)"),
+                    "q8_0" => GgmlDType::Q8_0,
+                    other => bail!("unknown format {other} (q4k, q6k, q8_0)"),
                 }
             }
             "--rows" => rows = value.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>()?,

@@ -1,4 +1,4 @@
-//! Q4_K and Q6_K weights stored once, at load, in the layout the panel kernels read.
+//! Q4_K, Q6_K and Q8_0 weights stored once, at load, in the layout the panel kernels read.
 //!
 //! GGML stores a weight row after row, each row a run of blocks. A batched decode step or a
 //! prefill chunk multiplies many activation rows, and the fastest kernels for that
@@ -7,13 +7,16 @@
 //! cost about two thirds of an 8-row step, so [`PanelMatrix`] does it once: for each panel of
 //! 16 rows and each block, one 64-byte line per word of the block, each line holding one word
 //! of that block of each of the 16 rows (in the order the kernel reads them). For Q4_K (144
-//! bytes, 36 words) this is a permutation of the GGML bytes, the same memory; a Q6_K block (210
-//! bytes) is padded to 53 words, 1% more.
+//! bytes, 36 words) and Q8_0 (eight GGML blocks, 272 bytes, 68 words) this is a permutation of
+//! the GGML bytes, the same memory; a Q6_K block (210 bytes) is padded to 53 words, 1% more.
 //! It is the only copy of the weight; rows past the last whole panel stay in GGML's layout.
 //! [`PanelMatrix::to_ggml`] undoes it for export and dequantization.
 
+use rayon::prelude::*;
+
 use super::gemm::SharedOut;
-use super::q8k::{Q8KRows, QK};
+use super::q8_0::{BlockQ8x32, GGML_BLOCK_BYTES};
+use super::q8k::{Q8KRows, QuantizedRows, QK};
 use super::{by_rows, BlockFormat, QuantizedMatrix, SimdLevel};
 use crate::Result;
 
@@ -25,26 +28,37 @@ pub(super) const fn words(format: BlockFormat) -> usize {
     match format {
         BlockFormat::Q4K => super::q4k::BLOCK_BYTES.div_ceil(4),
         BlockFormat::Q6K => super::q6k::BLOCK_BYTES.div_ceil(4),
+        BlockFormat::Q8_0 => super::q8_0::BLOCK_BYTES / 4,
     }
 }
 
-/// The word of a GGML block that line `j` of a panel block holds: the words in the order the
-/// kernel first reads them, which the hardware prefetcher follows. Q4_K's order is GGML's
-/// (header, then codes). Q6_K's puts the scales (words 48–51) and `d` (52) first, then each
-/// half of the block as its eight `ql`/`qh` word pairs read together, then its other eight
-/// `ql` words.
-fn source_word(format: BlockFormat, j: usize) -> usize {
+/// The bytes of a GGML block that each lane of line `j` of a panel block holds, as up to two
+/// runs `(offset, length)` (a second of length 0 when there is one), in the order the kernel
+/// first reads them, which the hardware prefetcher follows. Q4_K's order is GGML's (header,
+/// then codes), a word per line. Q6_K's puts the scales (words 48–51) and `d` (52) first, then
+/// each half of the block as its eight `ql`/`qh` word pairs read together, then its other
+/// eight `ql` words; its last word is half padding. Q8_0's first four lines hold the scales
+/// of GGML blocks `2i` and `2i + 1`, then each GGML block's 32 codes take eight lines.
+fn source_bytes(format: BlockFormat, j: usize) -> [(usize, usize); 2] {
+    let word = |w: usize| [(4 * w, 4.min(format.block_bytes() - 4 * w)), (0, 0)];
     match format {
-        BlockFormat::Q4K => j,
+        BlockFormat::Q4K => word(j),
         BlockFormat::Q6K => match j {
-            0..5 => 48 + j,
+            0..5 => word(48 + j),
             _ => {
                 let (half, k) = ((j - 5) / 24, (j - 5) % 24);
-                match k {
+                word(match k {
                     0..16 if k.is_multiple_of(2) => 16 * half + k / 2,
                     0..16 => 32 + 8 * half + k / 2,
                     _ => 16 * half + k - 8,
-                }
+                })
+            }
+        },
+        BlockFormat::Q8_0 => match j {
+            0..4 => [(2 * j * GGML_BLOCK_BYTES, 2), ((2 * j + 1) * GGML_BLOCK_BYTES, 2)],
+            _ => {
+                let (block, g) = ((j - 4) / 8, (j - 4) % 8);
+                [(block * GGML_BLOCK_BYTES + 2 + 4 * g, 4), (0, 0)]
             }
         },
     }
@@ -91,6 +105,11 @@ pub(super) fn prefetch_ahead<const R: usize, const WORDS: usize>(block: &[Line],
     }
 }
 
+/// Whether this CPU has the panel kernels (AVX-512 VNNI).
+pub(super) fn usable() -> bool {
+    cfg!(target_arch = "x86_64") && super::simd_level() >= SimdLevel::Avx512Vnni
+}
+
 /// 64 bytes: one 4-byte word of each of a panel's 16 rows, aligned for vector loads.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -117,8 +136,7 @@ impl PanelMatrix {
     /// `w` repacked into panels where this CPU has the panel kernels (AVX-512 VNNI); `None`
     /// otherwise (the row kernels then read GGML's layout directly).
     pub fn pack(w: QuantizedMatrix) -> Option<PanelMatrix> {
-        let usable = cfg!(target_arch = "x86_64") && super::simd_level() >= SimdLevel::Avx512Vnni;
-        usable.then(|| Self::permute(w))
+        usable().then(|| Self::permute(w))
     }
 
     /// The permutation itself, whatever the CPU (its inverse is tested everywhere).
@@ -131,37 +149,40 @@ impl PanelMatrix {
         );
         let panels = rows / COLS;
         let mut lines = vec![Line([0; 64]); panels * cols / QK * words(format)];
-        for (i, line) in lines.iter_mut().enumerate() {
-            let (start, len, row_bytes) = Self::ggml_source(format, cols, i);
+        // On both cores: a load permutes every quantized weight once.
+        lines.par_iter_mut().enumerate().for_each(|(i, line)| {
+            let (start, runs, row_bytes) = Self::ggml_source(format, cols, i);
             for (c, lane) in line.0.chunks_exact_mut(4).enumerate() {
-                let at = start + c * row_bytes;
-                lane[..len].copy_from_slice(&w.data[at..at + len]);
+                let mut at_lane = 0;
+                for (offset, len) in runs {
+                    let at = start + c * row_bytes + offset;
+                    lane[at_lane..at_lane + len].copy_from_slice(&w.data[at..at + len]);
+                    at_lane += len;
+                }
             }
-        }
+        });
         let tail = w.data[panels * COLS * cols / QK * format.block_bytes()..].to_vec();
         PanelMatrix { lines, tail, format, rows, cols }
     }
 
-    /// Where line `i` comes from in GGML's layout: the offset of lane 0's bytes, how many
-    /// (four, fewer for the padded last word of a block), and the stride to the next lane's
-    /// (one weight row).
-    fn ggml_source(format: BlockFormat, cols: usize, i: usize) -> (usize, usize, usize) {
+    /// Where line `i` comes from in GGML's layout: the offset of lane 0's block, the runs of
+    /// it that the lane holds ([`source_bytes`]), and the stride to the next lane's block (one
+    /// weight row).
+    fn ggml_source(format: BlockFormat, cols: usize, i: usize) -> (usize, [(usize, usize); 2], usize) {
         let (blocks, block_bytes, words) = (cols / QK, format.block_bytes(), words(format));
         let row_bytes = blocks * block_bytes;
-        let (panel_block, word) = (i / words, i % words);
+        let (panel_block, line) = (i / words, i % words);
         let (p, b) = (panel_block / blocks, panel_block % blocks);
-        let word = source_word(format, word);
-        (p * COLS * row_bytes + b * block_bytes + 4 * word, 4.min(block_bytes - 4 * word), row_bytes)
+        (p * COLS * row_bytes + b * block_bytes, source_bytes(format, line), row_bytes)
     }
 
     /// The weight back in GGML's layout (export, dequantization).
     pub fn to_ggml(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.rows * self.cols / QK * self.format.block_bytes()];
         for (i, line) in self.lines.iter().enumerate() {
-            let (start, len, row_bytes) = Self::ggml_source(self.format, self.cols, i);
+            let (start, runs, row_bytes) = Self::ggml_source(self.format, self.cols, i);
             for (c, lane) in line.0.chunks_exact(4).enumerate() {
-                let at = start + c * row_bytes;
-                out[at..at + len].copy_from_slice(&lane[..len]);
+                unpermute_lane(lane, runs, &mut out[start + c * row_bytes..]);
             }
         }
         let start = out.len() - self.tail.len();
@@ -181,9 +202,12 @@ impl PanelMatrix {
         let per_panel = self.panel_lines();
         let mut out = vec![0u8; row_bytes];
         for (i, line) in self.lines.iter().enumerate().skip(panel * per_panel).take(per_panel) {
-            let (start, len, _) = Self::ggml_source(self.format, self.cols, i);
-            let at = start - panel * COLS * row_bytes;
-            out[at..at + len].copy_from_slice(&line.0[4 * lane..4 * lane + len]);
+            let (start, runs, _) = Self::ggml_source(self.format, self.cols, i);
+            unpermute_lane(
+                &line.0[4 * lane..4 * lane + 4],
+                runs,
+                &mut out[start - panel * COLS * row_bytes..],
+            );
         }
         out
     }
@@ -231,22 +255,47 @@ impl PanelMatrix {
             .into());
         }
         let m = x.len() / k;
-        let acts = Q8KRows::quantize(x, k);
         // Not zeroed first: every element is written below, and a prefill's products are tens
         // of megabytes (zeroing them was 2% of a prefill).
         let mut out = Vec::with_capacity(m * n);
         let out_ptr = SharedOut::spare(&mut out);
         let panels = n / COLS;
-        self.panels_matmul(level, &acts, out_ptr);
+        // The rows past the last panel go through the row kernels.
         let tail =
             QuantizedMatrix { data: &self.tail, format: self.format, rows: n - panels * COLS, cols: k };
-        by_rows(SimdLevel::Avx512Vnni, &acts, tail, out_ptr, n, panels * COLS);
+        let row_level = SimdLevel::Avx512Vnni;
+        match self.format {
+            BlockFormat::Q8_0 => {
+                let acts = QuantizedRows::<BlockQ8x32>::quantize(x, k);
+                self.q8_0_panels_matmul(&acts, out_ptr);
+                by_rows(&acts, tail, out_ptr, n, panels * COLS, |w, a, o| {
+                    super::q8_0::dot_rows(row_level, w, a, o)
+                });
+            }
+            format => {
+                let acts = Q8KRows::quantize(x, k);
+                self.panels_matmul(level, &acts, out_ptr);
+                by_rows(&acts, tail, out_ptr, n, panels * COLS, |w, a, o| {
+                    format.dot_rows(row_level, w, a, o)
+                });
+            }
+        }
         // SAFETY: the panels wrote columns `0..16·panels` of every row and `by_rows` the rest.
         unsafe { out.set_len(m * n) };
         Ok(out)
     }
 
-    /// The whole panels, in parallel, with the panel kernels: for Q4_K on a CPU with AMX, the
+    /// The whole panels of a Q8_0 weight, in parallel, with its panel kernel.
+    #[cfg(target_arch = "x86_64")]
+    fn q8_0_panels_matmul(&self, acts: &QuantizedRows<BlockQ8x32>, out: SharedOut) {
+        let rows: Vec<&[BlockQ8x32]> = (0..acts.rows()).map(|r| acts.row(r)).collect();
+        self.for_panel_groups(rows.len(), 0, out, |panel, results| {
+            // SAFETY: as in `panels_matmul`.
+            unsafe { super::q8_0_panel::dot(panel, &rows, results) }
+        });
+    }
+
+    /// The whole panels of a k-quant, in parallel, with the panel kernels: for Q4_K on a CPU with AMX, the
     /// tile kernel takes the activation rows in steps of [`STEP_ROWS`](super::q4k_amx::STEP_ROWS)
     /// and the VNNI kernel the rest (both give the same bits).
     #[cfg(target_arch = "x86_64")]
@@ -272,6 +321,7 @@ impl PanelMatrix {
                 match self.format {
                     BlockFormat::Q4K => super::q4k_panel::dot(panel, rest, results),
                     BlockFormat::Q6K => super::q6k_panel::dot(panel, rest, results),
+                    BlockFormat::Q8_0 => unreachable!("Q8_0 panels take blocks of 32 activations"),
                 }
             }
         });
@@ -306,7 +356,6 @@ impl PanelMatrix {
         out: SharedOut,
         dot: impl Fn(&[Line], &mut [[f32; COLS]]) + Sync,
     ) {
-        use rayon::prelude::*;
         let lines = self.panel_lines();
         self.lines.par_chunks(lines * GROUP).enumerate().for_each_init(
             || vec![vec![[0f32; COLS]; rows]; GROUP],
@@ -325,6 +374,20 @@ impl PanelMatrix {
     #[cfg(not(target_arch = "x86_64"))]
     fn panels_matmul(&self, _level: SimdLevel, _acts: &Q8KRows, _out: SharedOut) {
         unreachable!("panels are packed only on x86-64 CPUs with AVX-512 VNNI")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn q8_0_panels_matmul(&self, _acts: &QuantizedRows<BlockQ8x32>, _out: SharedOut) {
+        unreachable!("panels are packed only on x86-64 CPUs with AVX-512 VNNI")
+    }
+}
+
+/// Puts a lane's bytes back where `runs` ([`source_bytes`]) took them from in `block`.
+fn unpermute_lane(lane: &[u8], runs: [(usize, usize); 2], block: &mut [u8]) {
+    let mut at_lane = 0;
+    for (offset, len) in runs {
+        block[offset..offset + len].copy_from_slice(&lane[at_lane..at_lane + len]);
+        at_lane += len;
     }
 }
 
@@ -360,7 +423,7 @@ mod tests {
 
     #[test]
     fn the_permutation_is_undone_exactly() {
-        for format in [BlockFormat::Q4K, BlockFormat::Q6K] {
+        for format in [BlockFormat::Q4K, BlockFormat::Q6K, BlockFormat::Q8_0] {
             for rows in [1, 16, 37, 48] {
                 let blocks = 3;
                 let data: Vec<u8> = (0..rows * blocks * format.block_bytes())

@@ -154,30 +154,46 @@ impl BlockQ8K {
     }
 }
 
-/// `rows` activation rows of `cols` values (a multiple of 256), quantized row by row.
-pub struct Q8KRows {
-    blocks: Vec<BlockQ8K>,
+/// A block of 256 activations quantized for one weight format's kernels.
+pub trait ActivationBlock: Sized + Send + Sync {
+    /// Quantizes 256 values.
+    fn quantize(x: &[f32]) -> Self;
+}
+
+impl ActivationBlock for BlockQ8K {
+    fn quantize(x: &[f32]) -> Self {
+        BlockQ8K::quantize(x)
+    }
+}
+
+/// `rows` activation rows of `cols` values (a multiple of 256), quantized row by row into
+/// blocks of type `B`.
+pub struct QuantizedRows<B> {
+    blocks: Vec<B>,
     blocks_per_row: usize,
 }
 
-impl Q8KRows {
+/// Activation rows for the k-quant kernels.
+pub type Q8KRows = QuantizedRows<BlockQ8K>;
+
+impl<B: ActivationBlock> QuantizedRows<B> {
     /// Quantizes `x` (`rows × cols`, row-major); rows are split over the rayon pool when there
     /// are enough of them to pay for it.
-    pub fn quantize(x: &[f32], cols: usize) -> Q8KRows {
+    pub fn quantize(x: &[f32], cols: usize) -> Self {
         debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
         let blocks_per_row = cols / QK;
         // Collected, not zeroed and then overwritten: a prefill's blocks are megabytes.
         let mut blocks = Vec::with_capacity(x.len() / QK);
         if x.len() / QK >= 64 {
-            x.par_chunks_exact(QK).map(BlockQ8K::quantize).collect_into_vec(&mut blocks);
+            x.par_chunks_exact(QK).map(B::quantize).collect_into_vec(&mut blocks);
         } else {
-            blocks.extend(x.chunks_exact(QK).map(BlockQ8K::quantize));
+            blocks.extend(x.chunks_exact(QK).map(B::quantize));
         }
-        Q8KRows { blocks, blocks_per_row }
+        QuantizedRows { blocks, blocks_per_row }
     }
 
     /// The blocks of row `r`.
-    pub fn row(&self, r: usize) -> &[BlockQ8K] {
+    pub fn row(&self, r: usize) -> &[B] {
         &self.blocks[r * self.blocks_per_row..(r + 1) * self.blocks_per_row]
     }
 

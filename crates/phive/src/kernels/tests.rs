@@ -27,13 +27,26 @@ fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The activations `x` (`k` per row) as `format`'s kernels quantize them, dequantized: `d·q`.
+fn quantized_activations(format: BlockFormat, x: &[f32], k: usize) -> Vec<Vec<f64>> {
+    if format == BlockFormat::Q8_0 {
+        let acts = QuantizedRows::<BlockQ8x32>::quantize(x, k);
+        let value = |b: &BlockQ8x32, i: usize| b.d[i / 32] as f64 * b.qs[i] as f64;
+        return (0..acts.rows())
+            .map(|r| acts.row(r).iter().flat_map(|b| (0..256).map(|i| value(b, i))).collect())
+            .collect();
+    }
+    let acts = Q8KRows::quantize(x, k);
+    (0..acts.rows())
+        .map(|r| acts.row(r).iter().flat_map(|b| b.qs.iter().map(move |&q| b.d as f64 * q as f64)).collect())
+        .collect()
+}
+
 /// `x · wᵀ` in f64 over the dequantized activations `d·q` and weights: what the integer
 /// kernels must compute, up to f32 rounding.
-fn exact(acts: &Q8KRows, w: &[f32], n: usize, k: usize) -> Vec<f64> {
+fn exact(format: BlockFormat, x: &[f32], w: &[f32], n: usize, k: usize) -> Vec<f64> {
     let mut out = Vec::new();
-    for r in 0..acts.rows() {
-        let a: Vec<f64> =
-            acts.row(r).iter().flat_map(|b| b.qs.iter().map(move |&q| b.d as f64 * q as f64)).collect();
+    for a in quantized_activations(format, x, k) {
         for c in 0..n {
             out.push(a.iter().zip(&w[c * k..(c + 1) * k]).map(|(x, y)| x * *y as f64).sum());
         }
@@ -41,8 +54,12 @@ fn exact(acts: &Q8KRows, w: &[f32], n: usize, k: usize) -> Vec<f64> {
     out
 }
 
-fn formats() -> [(BlockFormat, GgmlDType); 2] {
-    [(BlockFormat::Q4K, GgmlDType::Q4K), (BlockFormat::Q6K, GgmlDType::Q6K)]
+fn formats() -> [(BlockFormat, GgmlDType); 3] {
+    [
+        (BlockFormat::Q4K, GgmlDType::Q4K),
+        (BlockFormat::Q6K, GgmlDType::Q6K),
+        (BlockFormat::Q8_0, GgmlDType::Q8_0),
+    ]
 }
 
 /// `x` times `w` by each SIMD level this CPU has, and by the panels (with each level that has
@@ -83,7 +100,7 @@ fn every_level_computes_the_exact_product_of_the_quantized_values() {
         ] {
             let (data, w) = quantized_weight(n, k, dtype, (m * 31 + n * 7 + k) as u64);
             let x = pseudo_random(m * k, n as u64 + 5, 2.0);
-            let want = exact(&Q8KRows::quantize(&x, k), &w, n, k);
+            let want = exact(format, &x, &w, n, k);
             let scale = want.iter().fold(0f64, |a, v| a.max(v.abs())).max(1e-3);
             let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
             for (kernel, got) in every_kernel(&x, matrix) {
@@ -157,12 +174,38 @@ fn extreme_codes_and_activations_do_not_overflow() {
         let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let data = q.data().unwrap().into_owned();
         let x: Vec<f32> = (0..2 * k).map(|i| if i % 5 == 0 { -3.0 } else { 3.0 }).collect();
-        let want = exact(&Q8KRows::quantize(&x, k), &values, n, k);
+        let want = exact(format, &x, &values, n, k);
         let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
         for (kernel, got) in every_kernel(&x, matrix) {
             for (g, w) in got.iter().zip(&want) {
                 assert!((*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0), "{format:?} {kernel}: {g} vs {w}");
             }
+        }
+    }
+}
+
+/// GGML's quantizer writes Q8_0 codes in −127..=127, but a GGUF file may hold −128: the
+/// kernels' sign and offset tricks must take every byte.
+#[test]
+fn q8_0_takes_every_code_byte() {
+    let (n, k) = (21, 512);
+    let mut data = Vec::new();
+    let mut values = Vec::new();
+    for block in 0..n * k / 32 {
+        let d = half::f16::from_f32(0.25 + (block % 5) as f32 * 0.125);
+        data.extend(d.to_le_bytes());
+        for i in 0..32 {
+            let q = ((block * 32 + i) * 97 % 256) as u8 as i8;
+            data.push(q as u8);
+            values.push(d.to_f32() * q as f32);
+        }
+    }
+    let x: Vec<f32> = (0..3 * k).map(|i| if i % 3 == 0 { -2.0 } else { 2.0 + (i % 7) as f32 }).collect();
+    let want = exact(BlockFormat::Q8_0, &x, &values, n, k);
+    let matrix = QuantizedMatrix { data: &data, format: BlockFormat::Q8_0, rows: n, cols: k };
+    for (kernel, got) in every_kernel(&x, matrix) {
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0), "{kernel}: {g} vs {w}");
         }
     }
 }

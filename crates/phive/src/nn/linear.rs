@@ -34,14 +34,15 @@ pub enum LinearWeight {
     /// widen the whole weight on every call).
     Half(Tensor),
     /// GGML blocks (ISQ `Q4K`, `Q8_0`, ...) of an `[out, in]` weight, multiplied with f32
-    /// activations by phive's kernels (Q4K, Q6K) or candle's (the other types).
+    /// activations by phive's kernels (Q4K, Q6K, Q8_0 of whole 256-wide rows) or candle's
+    /// (the other types).
     Quantized(Arc<QTensor>),
     /// Q8_0 blocks in CPU memory, widened to f32 where they are multiplied (Phi-4's LoRA
     /// adapters under ISQ): the activations keep full precision, so a row's result does not
     /// depend on the rows beside it. candle's Q8_0 matmul, which rounds the activations to
     /// 8 bits, is faster for a large prefill chunk through a large weight; adapters are small.
     WidenedQ8(Arc<QTensor>),
-    /// Q4_K or Q6_K blocks permuted into panels of 16 rows at load (where the CPU has the
+    /// Q4_K, Q6_K or Q8_0 blocks permuted into panels of 16 rows at load (where the CPU has the
     /// panel kernels): the bytes of [`LinearWeight::Quantized`], multiplied faster at every
     /// row count.
     Panels(Arc<PanelMatrix>),
@@ -52,7 +53,7 @@ impl LinearWeight {
     /// where the CPU has the panel kernels and the format has one, else as they are.
     pub fn from_blocks(q: QTensor) -> Result<Self> {
         let (rows, cols) = q.shape().dims2()?;
-        let panels = match BlockFormat::from_ggml(q.dtype()) {
+        let panels = match BlockFormat::for_weight(q.dtype(), cols) {
             Some(format) => PanelMatrix::pack(QuantizedMatrix { data: &q.data()?, format, rows, cols }),
             None => None,
         };
@@ -393,20 +394,21 @@ fn out_dims(lead: &[usize], out: usize) -> Vec<usize> {
 }
 
 /// `x` `[rows, in]` (f32, contiguous) times a quantized weight: phive's own kernels for the
-/// formats they cover (no repacked copy, no slow first call), candle's for the others.
+/// formats they cover (no repacked copy, no slow first call), candle's for the others and on
+/// a GPU (asked before the blocks are read: a GPU weight's `data` copies it to the host).
 fn quantized_forward(x: &Tensor, q: &QTensor) -> Result<Tensor> {
-    let Some(format) = BlockFormat::from_ggml(q.dtype()) else {
+    let (out_dim, cols) = q.shape().dims2()?;
+    let format =
+        BlockFormat::for_weight(q.dtype(), cols).filter(|_| q.device().is_cpu() && x.device().is_cpu());
+    let Some(format) = format else {
         return Ok(x.apply_op1_no_bwd(q)?);
     };
-    let (out_dim, cols) = q.shape().dims2()?;
     let data = q.data()?;
     let y = with_cpu_rows(x, |xs| {
         quantized_matmul(xs, QuantizedMatrix { data: &data, format, rows: out_dim, cols })
-    })?;
-    match y {
-        Some(y) => Ok(Tensor::from_vec(y, (x.dim(0)?, out_dim), x.device())?),
-        None => Ok(x.apply_op1_no_bwd(q)?),
-    }
+    })?
+    .ok_or_else(|| candle_core::Error::Msg("activations checked to be on the CPU".into()))?;
+    Ok(Tensor::from_vec(y, (x.dim(0)?, out_dim), x.device())?)
 }
 
 /// `x` `[rows, in]` (f32, contiguous, on the CPU like every panel weight) times `p`.
@@ -456,7 +458,7 @@ mod tests {
                 t => LinearWeight::Quantized(Arc::new(quantize(&w, t.ggml()).unwrap())),
             };
             let mut weights = vec![(ty.to_string(), weight)];
-            // Q4K and Q6K in panels, where this CPU has the panel kernels.
+            // Q4K, Q6K and Q8_0 in panels, where this CPU has the panel kernels.
             if !matches!(ty, IsqType::BF16 | IsqType::F16) {
                 let blocks = LinearWeight::from_blocks(quantize(&w, ty.ggml()).unwrap()).unwrap();
                 if matches!(blocks, LinearWeight::Panels(_)) {
@@ -497,6 +499,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// phive's kernels take whole blocks of 256 inputs; a Q8_0 weight whose rows hold an odd
+    /// number of 32-weight blocks stays in GGML's layout and goes through candle's kernel.
+    #[test]
+    fn q8_0_rows_narrower_than_whole_256_blocks_still_multiply() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (40, 288), &dev).unwrap();
+        let weight = LinearWeight::from_blocks(quantize(&w, IsqType::Q8_0.ggml()).unwrap()).unwrap();
+        assert!(matches!(weight, LinearWeight::Quantized(_)));
+        let dense = weight.to_f32().unwrap();
+        let lin = Linear::from_parts(weight, None, 288, 40).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 288), &dev).unwrap();
+        let want = x.matmul(&dense.t().unwrap()).unwrap();
+        let err = max_abs_diff(&lin.forward(&x).unwrap(), &want);
+        assert!(err < 0.02, "max error {err}");
     }
 
     /// The output has the input's dtype whatever the weight's: a bf16 model through a quantized
