@@ -16,6 +16,7 @@
 pub mod context;
 pub mod gguf;
 mod q4k;
+mod q8_0;
 mod types;
 mod widened;
 
@@ -39,7 +40,7 @@ const MIN_WEIGHTS_PER_TASK: usize = 256 * 1024;
 ///
 /// Rows are independent in every GGML format (blocks never cross a row because `cols` must be a
 /// multiple of the block size), so each task converts its rows to f32, quantizes them with
-/// candle's reference quantizer (or, for Q4K, `q4k`'s faster copy of it) and copies the blocks
+/// candle's reference quantizer (or, for Q4K and Q8_0, `q4k`'s and `q8_0`'s faster copies of it) and copies the blocks
 /// into its slice of the output: the result is byte-identical to `QTensor::quantize` on the
 /// whole tensor, and the only full-precision
 /// transient is one task's f32 rows.
@@ -68,9 +69,13 @@ pub fn quantize(weight: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
         let rows = weight.narrow(0, start, n)?;
         let part =
             if rows.dtype() == DType::F32 { rows.force_contiguous()? } else { rows.to_dtype(DType::F32)? };
+        // The same blocks as candle's quantizer, without its per-weight libm calls.
         if dtype == GgmlDType::Q4K {
-            // The same blocks as candle's quantizer, without its per-weight libm calls.
             q4k::quantize_q4k(&part.flatten_all()?.to_vec1::<f32>()?, out);
+            return Ok(());
+        }
+        if dtype == GgmlDType::Q8_0 {
+            q8_0::quantize_q8_0(&part.flatten_all()?.to_vec1::<f32>()?, out);
             return Ok(());
         }
         let q = QTensor::quantize(&part, dtype)?;
