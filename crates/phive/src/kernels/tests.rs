@@ -184,6 +184,29 @@ fn extreme_codes_and_activations_do_not_overflow() {
     }
 }
 
+/// A row's products do not depend on the rows multiplied beside it (the engine's promise
+/// that batching never changes an answer): 45 rows at once give, bit for bit, each row alone.
+#[test]
+fn each_row_gets_the_same_bits_alone_or_batched() {
+    let (m, n, k) = (45, 37, 512);
+    for (format, dtype) in formats() {
+        let (data, _) = quantized_weight(n, k, dtype, 21);
+        let x = pseudo_random(m * k, 17, 2.0);
+        let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
+        let batched = every_kernel(&x, matrix);
+        for r in [0, 7, 8, 31, 32, 44] {
+            let alone = every_kernel(&x[r * k..(r + 1) * k], matrix);
+            for ((kernel, all), (_, one)) in batched.iter().zip(&alone) {
+                let row = &all[r * n..(r + 1) * n];
+                assert!(
+                    row.iter().zip(one).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{format:?} {kernel}: row {r} of {m} differs from the row alone"
+                );
+            }
+        }
+    }
+}
+
 /// GGML's quantizer writes Q8_0 codes in −127..=127, but a GGUF file may hold −128: the
 /// kernels' sign and offset tricks must take every byte.
 #[test]
