@@ -50,6 +50,16 @@ fn nearest_int(v: f32) -> i32 {
     v.round() as i32
 }
 
+/// `nearest_int(v).clamp(0, max)` in float operations the compiler keeps in vector lanes
+/// (Rust's saturating float-to-int cast does not vectorize): the same value for every `v`,
+/// NaN included (`f32::max` drops it, as the cast makes it 0).
+#[inline(always)]
+fn nearest_code(v: f32, max: f32) -> i32 {
+    let clamped = v.round().max(0.0).min(max);
+    // SAFETY: `clamped` is finite and within 0..=max, which fits an i32.
+    unsafe { clamped.to_int_unchecked::<i32>() }
+}
+
 /// One block, as candle's `BlockQ4K::from_float` computes it.
 #[inline(always)]
 fn quantize_block(x: &[f32], block: &mut [u8]) {
@@ -87,7 +97,7 @@ fn quantize_block(x: &[f32], block: &mut [u8]) {
         if dj != 0.0 {
             let dm = dmin.to_f32() * m as f32;
             for i in 0..32 {
-                codes[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dj).clamp(0, 15) as u8;
+                codes[32 * j + i] = nearest_code((x[32 * j + i] + dm) / dj, 15.0) as u8;
             }
         }
     }
@@ -141,7 +151,7 @@ fn scales_and_mins(x: &[f32]) -> ([f32; 8], [f32; 8]) {
         let mut changed = [false; LANES];
         for (xi, li) in xt.iter().zip(l.iter_mut()) {
             for k in 0..LANES {
-                let q = nearest_int(iscale[k] * (xi[k] - min[k])).clamp(0, NMAX);
+                let q = nearest_code(iscale[k] * (xi[k] - min[k]), NMAX as f32);
                 changed[k] |= q != li[k];
                 li[k] = q;
                 sumlx[k] += (xi[k] - min[k]) * q as f32;
