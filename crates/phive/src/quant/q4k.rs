@@ -197,7 +197,8 @@ mod tests {
     use super::*;
 
     /// Rows of every kind a checkpoint has, and the corner cases of the search: constant
-    /// sub-blocks, all-negative and all-positive ones, zeros, large and tiny magnitudes.
+    /// sub-blocks, all-negative and all-positive ones, zeros, large and tiny magnitudes,
+    /// non-finite values.
     fn rows() -> Vec<f32> {
         let mut s = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
@@ -212,6 +213,10 @@ mod tests {
         x[64..96].iter_mut().for_each(|v| *v = -v.abs() - 0.01);
         x[96..128].iter_mut().for_each(|v| *v = v.abs() * 1e4);
         x[128..160].iter_mut().for_each(|v| *v *= 1e-6);
+        // Non-finite weights: the codes' clamp must treat them as the saturating cast does.
+        x[3 * QK + 5] = f32::NAN;
+        x[4 * QK + 40] = f32::INFINITY;
+        x[5 * QK + 70] = f32::NEG_INFINITY;
         x[QK..2 * QK].fill(0.0);
         x
     }
