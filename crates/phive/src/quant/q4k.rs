@@ -50,6 +50,20 @@ fn nearest_int(v: f32) -> i32 {
     v.round() as i32
 }
 
+/// `v`'s bits as an i32 that orders as `f32::total_cmp` orders floats (negative values have
+/// their magnitude bits flipped). The map is its own inverse.
+#[inline(always)]
+fn total_key(v: f32) -> i32 {
+    let bits = v.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// The float whose [`total_key`] is `key`.
+#[inline(always)]
+fn from_total_key(key: i32) -> f32 {
+    f32::from_bits(total_key(f32::from_bits(key as u32)) as u32)
+}
+
 /// `nearest_int(v).clamp(0, max)` in float operations the compiler keeps in vector lanes
 /// (Rust's saturating float-to-int cast does not vectorize): the same value for every `v`,
 /// NaN included (`f32::max` drops it, as the cast makes it 0).
@@ -132,8 +146,10 @@ fn scales_and_mins(x: &[f32]) -> ([f32; 8], [f32; 8]) {
     let mut iscale = [0f32; LANES];
     let mut active = [false; LANES];
     for (k, sub) in x.chunks_exact(32).enumerate() {
-        let lo = *sub.iter().min_by(|a, b| a.total_cmp(b)).unwrap_or(&sub[0]);
-        let hi = *sub.iter().max_by(|a, b| a.total_cmp(b)).unwrap_or(&sub[0]);
+        // The least and greatest in `f32::total_cmp`'s order (as candle takes them), through
+        // integer keys whose minimum and maximum vectorize.
+        let lo = from_total_key(sub.iter().fold(i32::MAX, |m, &v| m.min(total_key(v))));
+        let hi = from_total_key(sub.iter().fold(i32::MIN, |m, &v| m.max(total_key(v))));
         if hi != lo {
             min[k] = lo.min(0.);
             iscale[k] = NMAX as f32 / (hi - min[k]);
@@ -213,6 +229,10 @@ mod tests {
         x[64..96].iter_mut().for_each(|v| *v = -v.abs() - 0.01);
         x[96..128].iter_mut().for_each(|v| *v = v.abs() * 1e4);
         x[128..160].iter_mut().for_each(|v| *v *= 1e-6);
+        // Signed zeros, which `total_cmp` orders (−0 before +0).
+        x[192..224].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { -0.0 } else { 0.0 });
+        x[200] = 0.3;
+        x[224..256].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 3 == 0 { -0.0 } else { -0.2 });
         // Non-finite weights: the codes' clamp must treat them as the saturating cast does.
         x[3 * QK + 5] = f32::NAN;
         x[4 * QK + 40] = f32::INFINITY;
