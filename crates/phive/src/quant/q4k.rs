@@ -9,22 +9,21 @@
 
 use half::f16;
 
+use super::Quantizer;
+
 /// Weights per block.
 const QK: usize = 256;
 /// Bytes per block: `d`, `dmin` (f16), twelve scale bytes, 128 code bytes.
 pub(crate) const BLOCK_BYTES: usize = 144;
 
-/// Quantizes `x` (a multiple of 256 values) into `out` (`x.len() / 256` blocks).
-pub(crate) fn quantize_q4k(x: &[f32], out: &mut [u8]) {
-    debug_assert!(x.len().is_multiple_of(QK) && out.len() == x.len() / QK * BLOCK_BYTES);
+/// The Q4_K quantizer.
+pub(crate) const QUANTIZER: Quantizer = Quantizer {
+    block_values: QK,
+    block_bytes: BLOCK_BYTES,
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked above).
-        unsafe { quantize_avx2(x, out) };
-        return;
-    }
-    quantize_blocks(x, out);
-}
+    avx2: quantize_avx2,
+    portable: quantize_blocks,
+};
 
 /// [`quantize_blocks`] compiled with AVX2 (eight lanes, inline rounding; no FMA, which would
 /// change the results).
@@ -37,6 +36,7 @@ unsafe fn quantize_avx2(x: &[f32], out: &mut [u8]) {
     quantize_blocks(x, out);
 }
 
+/// The blocks of `x`, in plain Rust.
 #[inline(always)]
 fn quantize_blocks(x: &[f32], out: &mut [u8]) {
     for (x, block) in x.chunks_exact(QK).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
@@ -207,8 +207,7 @@ fn scales_and_mins(x: &[f32]) -> ([f32; 8], [f32; 8]) {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use candle_core::quantized::GgmlDType;
 
     use super::*;
 
@@ -216,14 +215,7 @@ mod tests {
     /// sub-blocks, all-negative and all-positive ones, zeros, large and tiny magnitudes,
     /// non-finite values.
     fn rows() -> Vec<f32> {
-        let mut s = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
-        let mut x: Vec<f32> = (0..64 * QK).map(|i| next() * 0.01 * (1 + (i / QK) % 7) as f32).collect();
+        let mut x = super::super::weight_like_values(64 * QK, QK);
         x[0..32].fill(0.0);
         x[32..64].fill(0.7);
         x[64..96].iter_mut().for_each(|v| *v = -v.abs() - 0.01);
@@ -243,21 +235,6 @@ mod tests {
 
     #[test]
     fn blocks_equal_candles_byte_for_byte() {
-        let x = rows();
-        let want =
-            QTensor::quantize(&Tensor::from_vec(x.clone(), (64, QK), &Device::Cpu).unwrap(), GgmlDType::Q4K)
-                .unwrap()
-                .data()
-                .unwrap()
-                .into_owned();
-        let mut got = vec![0u8; x.len() / QK * BLOCK_BYTES];
-        quantize_q4k(&x, &mut got);
-        assert_eq!(got.len(), want.len());
-        for (b, (g, w)) in got.chunks(BLOCK_BYTES).zip(want.chunks(BLOCK_BYTES)).enumerate() {
-            assert_eq!(g, w, "block {b}");
-        }
-        let mut portable = vec![0u8; got.len()];
-        quantize_blocks(&x, &mut portable);
-        assert_eq!(portable, got);
+        super::super::assert_candles_bytes(&QUANTIZER, GgmlDType::Q4K, &rows());
     }
 }

@@ -7,22 +7,21 @@
 
 use half::f16;
 
+use super::Quantizer;
+
 /// Weights per block.
 const QK: usize = 32;
 /// Bytes per block: `d` (f16), then 32 signed codes.
 pub(crate) const BLOCK_BYTES: usize = 34;
 
-/// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks).
-pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
-    debug_assert!(x.len().is_multiple_of(QK) && out.len() == x.len() / QK * BLOCK_BYTES);
+/// The Q8_0 quantizer.
+pub(crate) const QUANTIZER: Quantizer = Quantizer {
+    block_values: QK,
+    block_bytes: BLOCK_BYTES,
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked above).
-        unsafe { quantize_avx2(x, out) };
-        return;
-    }
-    quantize_blocks(x, out);
-}
+    avx2: quantize_avx2,
+    portable: quantize_blocks,
+};
 
 /// [`quantize_blocks`] in AVX2 vectors, with the same bytes: the maximum skips NaN as
 /// `f32::max` does, `round` is `trunc(y ± (0.5 − 2⁻²⁵))` (exactly `roundf`, ties away from
@@ -83,21 +82,13 @@ fn quantize_blocks(x: &[f32], out: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use candle_core::quantized::GgmlDType;
 
     use super::*;
 
     #[test]
     fn blocks_equal_candles_byte_for_byte() {
-        let mut s = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
-        let mut x: Vec<f32> = (0..512 * QK).map(|i| next() * 0.01 * (1 + (i / QK) % 7) as f32).collect();
+        let mut x = super::super::weight_like_values(512 * QK, QK);
         // Zeros, a constant, tiny and huge magnitudes, exact rounding ties, a NaN and an infinity.
         x[0..32].fill(0.0);
         x[32..64].fill(0.7);
@@ -118,22 +109,6 @@ mod tests {
         }
         x[170] = f32::NAN;
         x[200] = f32::INFINITY;
-        let want = QTensor::quantize(
-            &Tensor::from_vec(x.clone(), (16, 32 * QK), &Device::Cpu).unwrap(),
-            GgmlDType::Q8_0,
-        )
-        .unwrap()
-        .data()
-        .unwrap()
-        .into_owned();
-        let mut got = vec![0u8; x.len() / QK * BLOCK_BYTES];
-        quantize_q8_0(&x, &mut got);
-        assert_eq!(got.len(), want.len());
-        for (b, (g, w)) in got.chunks(BLOCK_BYTES).zip(want.chunks(BLOCK_BYTES)).enumerate() {
-            assert_eq!(g, w, "block {b}");
-        }
-        let mut portable = vec![0u8; got.len()];
-        quantize_blocks(&x, &mut portable);
-        assert_eq!(portable, got);
+        super::super::assert_candles_bytes(&QUANTIZER, GgmlDType::Q8_0, &x);
     }
 }
