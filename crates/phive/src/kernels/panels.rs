@@ -12,6 +12,8 @@
 //! It is the only copy of the weight; rows past the last whole panel stay in GGML's layout.
 //! [`PanelMatrix::to_ggml`] undoes it for export and dequantization.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::gemm::SharedOut;
@@ -68,17 +70,17 @@ fn source_bytes(format: BlockFormat, j: usize) -> [(usize, usize); 2] {
 /// tiles of up to 8 rows (each tile shares every load of the panel's lines), writing `$out`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_row_tiles {
-    ($kernel:ident, $panel:expr, $acts:expr, $out:expr) => {
+    ($kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
         for (tile, dst) in $acts.chunks(8).zip($out.chunks_mut(8)) {
             match tile.len() {
-                1 => $kernel::<1>($panel, tile, dst),
-                2 => $kernel::<2>($panel, tile, dst),
-                3 => $kernel::<3>($panel, tile, dst),
-                4 => $kernel::<4>($panel, tile, dst),
-                5 => $kernel::<5>($panel, tile, dst),
-                6 => $kernel::<6>($panel, tile, dst),
-                7 => $kernel::<7>($panel, tile, dst),
-                _ => $kernel::<8>($panel, tile, dst),
+                1 => $kernel::<1>($panel, tile, dst $(, $arg)*),
+                2 => $kernel::<2>($panel, tile, dst $(, $arg)*),
+                3 => $kernel::<3>($panel, tile, dst $(, $arg)*),
+                4 => $kernel::<4>($panel, tile, dst $(, $arg)*),
+                5 => $kernel::<5>($panel, tile, dst $(, $arg)*),
+                6 => $kernel::<6>($panel, tile, dst $(, $arg)*),
+                7 => $kernel::<7>($panel, tile, dst $(, $arg)*),
+                _ => $kernel::<8>($panel, tile, dst $(, $arg)*),
             }
         }
     };
@@ -153,11 +155,8 @@ impl PanelMatrix {
         lines.par_iter_mut().enumerate().for_each(|(i, line)| {
             let (start, runs, row_bytes) = Self::ggml_source(format, cols, i);
             for (c, lane) in line.0.chunks_exact_mut(4).enumerate() {
-                let mut at_lane = 0;
-                for (offset, len) in runs {
-                    let at = start + c * row_bytes + offset;
-                    lane[at_lane..at_lane + len].copy_from_slice(&w.data[at..at + len]);
-                    at_lane += len;
+                for (in_lane, in_block) in lane_runs(runs) {
+                    lane[in_lane].copy_from_slice(&w.data[start + c * row_bytes..][in_block]);
                 }
             }
         });
@@ -382,12 +381,19 @@ impl PanelMatrix {
     }
 }
 
+/// Each of `runs` ([`source_bytes`]) as the byte range it fills in a lane, one after the
+/// other, and the range it comes from in the GGML block.
+fn lane_runs(runs: [(usize, usize); 2]) -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
+    runs.into_iter().scan(0, |at_lane, (offset, len)| {
+        *at_lane += len;
+        Some((*at_lane - len..*at_lane, offset..offset + len))
+    })
+}
+
 /// Puts a lane's bytes back where `runs` ([`source_bytes`]) took them from in `block`.
 fn unpermute_lane(lane: &[u8], runs: [(usize, usize); 2], block: &mut [u8]) {
-    let mut at_lane = 0;
-    for (offset, len) in runs {
-        block[offset..offset + len].copy_from_slice(&lane[at_lane..at_lane + len]);
-        at_lane += len;
+    for (in_lane, in_block) in lane_runs(runs) {
+        block[in_block].copy_from_slice(&lane[in_lane]);
     }
 }
 

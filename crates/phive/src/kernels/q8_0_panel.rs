@@ -30,15 +30,19 @@ const CHUNK: usize = 4;
 pub(super) unsafe fn dot(panel: &[Line], acts: &[&[BlockQ8x32]], out: &mut [[f32; COLS]]) {
     out.fill([0.0; COLS]);
     for (c, chunk) in panel.chunks(CHUNK * WORDS).enumerate() {
-        let acts: Vec<&[BlockQ8x32]> = acts.iter().map(|row| &row[CHUNK * c..]).collect();
-        by_row_tiles!(add_rows, chunk, &acts, out)
+        by_row_tiles!(add_rows, chunk, acts, out, CHUNK * c)
     }
 }
 
-/// Adds the blocks of `panel` (a chunk) times the activation rows' blocks to `out`, for a
-/// tile of `R` rows.
+/// Adds the blocks of `panel` (a chunk whose first block is block `first` of the rows) times
+/// the activation rows' blocks to `out`, for a tile of `R` rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-unsafe fn add_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8x32]], out: &mut [[f32; COLS]]) {
+unsafe fn add_rows<const R: usize>(
+    panel: &[Line],
+    acts: &[&[BlockQ8x32]],
+    out: &mut [[f32; COLS]],
+    first: usize,
+) {
     let flip = _mm512_set1_epi8(i8::MIN);
     let mut acc: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(out[r].as_ptr()));
     for (b, lines) in panel.chunks_exact(WORDS).enumerate() {
@@ -46,7 +50,7 @@ unsafe fn add_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8x32]], out: 
             prefetch_ahead::<R, WORDS>(lines, j);
             _mm512_load_si512(lines.as_ptr().add(j).cast())
         };
-        let blocks: [&BlockQ8x32; R] = std::array::from_fn(|r| acts[r].get_unchecked(b));
+        let blocks: [&BlockQ8x32; R] = std::array::from_fn(|r| acts[r].get_unchecked(first + b));
         for pair in 0..4 {
             let scales = load(pair);
             let d = [

@@ -40,10 +40,10 @@ const MIN_WEIGHTS_PER_TASK: usize = 256 * 1024;
 ///
 /// Rows are independent in every GGML format (blocks never cross a row because `cols` must be a
 /// multiple of the block size), so each task converts its rows to f32, quantizes them with
-/// candle's reference quantizer (or, for Q4K and Q8_0, `q4k`'s and `q8_0`'s faster copies of it) and copies the blocks
-/// into its slice of the output: the result is byte-identical to `QTensor::quantize` on the
-/// whole tensor, and the only full-precision
-/// transient is one task's f32 rows.
+/// candle's reference quantizer (or, for Q4K and Q8_0, the faster copies of it in `q4k` and
+/// `q8_0`) and copies the blocks into its slice of the output: the result is byte-identical to
+/// `QTensor::quantize` on the whole tensor, and the only full-precision transient is one
+/// task's f32 rows.
 pub fn quantize(weight: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
     let (rows, cols) = weight.dims2()?;
     let block = dtype.block_size();
