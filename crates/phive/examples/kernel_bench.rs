@@ -1,11 +1,11 @@
 //! Quantized matmul kernels side by side: phive's (each SIMD level this CPU has, and the
-//! weight permuted into panels where the CPU has the panel kernels) against
+//! weight permuted into panels where the CPU has a panel kernel for the format) against
 //! candle's, on the Phi-3.5 language model's projection shapes, for decode-sized and
 //! prefill-sized inputs. Reports the first call (candle repacks its weights then), the median
 //! of the following calls, weight GB/s and int8 GMAC/s.
 //!
 //! ```sh
-//! cargo run --release -p phive --example kernel_bench -- [--format q4k|q6k|q8_0] [--rows 1,8,64,512] [--shape qkv|o|gate_up|down]
+//! cargo run --release -p phive --example kernel_bench -- [--format q4k|q6k|q8_0] [--rows 1,8,64,512] [--shape qkv|o|gate_up|down] [--reps N]
 //! ```
 
 use std::time::Instant;
@@ -46,6 +46,7 @@ fn main() -> Result<()> {
     let mut dtype = GgmlDType::Q4K;
     let mut rows = vec![1usize, 8, 64, 512];
     let mut only: Option<String> = None;
+    let mut reps: Option<usize> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -60,6 +61,7 @@ fn main() -> Result<()> {
             }
             "--rows" => rows = value.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>()?,
             "--shape" => only = Some(value),
+            "--reps" => reps = Some(value.parse()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -76,7 +78,7 @@ fn main() -> Result<()> {
         for &m in &rows {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
-            let reps = if m >= 64 { 3 } else { 10 };
+            let reps = reps.unwrap_or(if m >= 64 { 3 } else { 10 });
             let report = |kernel: &str, (first, med): (f64, f64)| {
                 let gbs = bytes / med / 1e9;
                 let gmacs = (m * n * k) as f64 / med / 1e9;
@@ -97,7 +99,7 @@ fn main() -> Result<()> {
             );
             let data = q.data()?;
             let matrix = QuantizedMatrix { data: &data, format, rows: n, cols: k };
-            let panel_levels = SimdLevel::available().into_iter().filter(|l| *l >= SimdLevel::Avx512Vnni);
+            let panel_levels = SimdLevel::available().into_iter().filter(|l| *l >= SimdLevel::Avx2);
             if let Some(panels) = PanelMatrix::pack(matrix) {
                 // Calls rotating over copies larger than the last-level cache: the weights come
                 // from memory, as in a model's forward pass.

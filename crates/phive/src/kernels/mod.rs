@@ -5,10 +5,10 @@
 //! dot products run on the weights' blocks. Unlike candle's kernels, nothing is repacked on
 //! first use, so there is no slow first call and no second copy in memory.
 //! Every weight row is unpacked once per tile of [`TILE`] activation rows, so a batched decode
-//! step or a prefill chunk reads each weight byte once for several tokens. On CPUs with
-//! AVX-512 VNNI, the weights are instead permuted once at load into panels of 16 rows
-//! ([`PanelMatrix`]), which one outer-product kernel multiplies with any number of rows. On
-//! CPUs with AMX tiles as well, Q4_K panels multiplied with 32 or more activation rows take
+//! step or a prefill chunk reads each weight byte once for several tokens. On CPUs with AVX2,
+//! the weights are instead permuted once at load into panels of 16 rows ([`PanelMatrix`]),
+//! which one outer-product kernel per format and level (AVX-512 VNNI, or AVX2's `vpmaddubsw`)
+//! multiplies with any number of rows. On CPUs with AMX tiles as well, Q4_K panels multiplied with 32 or more activation rows take
 //! them 16 at a time through a tile kernel whose results are bit for bit the VNNI kernel's.
 //!
 //! On CPUs with AMX-BF16, f32 activations times bf16 weights (the vision towers' products) run
@@ -30,12 +30,18 @@ mod q4k;
 mod q4k_amx;
 #[cfg(target_arch = "x86_64")]
 mod q4k_panel;
+#[cfg(target_arch = "x86_64")]
+mod q4k_panel_avx2;
 mod q6k;
 #[cfg(target_arch = "x86_64")]
 mod q6k_panel;
+#[cfg(target_arch = "x86_64")]
+mod q6k_panel_avx2;
 mod q8_0;
 #[cfg(target_arch = "x86_64")]
 mod q8_0_panel;
+#[cfg(target_arch = "x86_64")]
+mod q8_0_panel_avx2;
 mod q8k;
 mod simd;
 #[cfg(target_arch = "x86_64")]
@@ -113,9 +119,8 @@ impl BlockFormat {
 
     /// The format of a weight of type `dtype` with `cols` input features, if these kernels
     /// multiply it: they take whole blocks of 256, which Q8_0's blocks of 32 need not fill.
-    /// Q8_0 needs the panel kernel too: its row kernel (for the rows past the last panel)
-    /// multiplies a prefill's many rows at about a third of the speed of candle's repacked
-    /// tiles on an AVX2-only CPU, where candle's kernels stay in charge.
+    /// Q8_0 needs the panel kernels (AVX2) too: without them only its scalar row kernel is
+    /// left, and candle's kernels stay in charge.
     pub fn for_weight(dtype: GgmlDType, cols: usize) -> Option<Self> {
         Self::from_ggml(dtype)
             .filter(|f| *f != BlockFormat::Q8_0 || panels::usable())

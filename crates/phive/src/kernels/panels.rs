@@ -3,7 +3,8 @@
 //! GGML stores a weight row after row, each row a run of blocks. A batched decode step or a
 //! prefill chunk multiplies many activation rows, and the fastest kernels for that
 //! ([`super::q4k_panel`], [`super::q6k_panel`]) want the same 4-byte word of 16 consecutive
-//! rows side by side in one 512-bit vector. Gathering and transposing those words on every call
+//! rows side by side in one 512-bit vector (or two 256-bit halves for the AVX2 kernels,
+//! [`super::q4k_panel_avx2`] and its siblings). Gathering and transposing those words on every call
 //! cost about two thirds of an 8-row step, so [`PanelMatrix`] does it once: for each panel of
 //! 16 rows and each block, one 64-byte line per word of the block, each line holding one word
 //! of that block of each of the 16 rows (in the order the kernel reads them). For Q4_K (144
@@ -68,8 +69,28 @@ fn source_bytes(format: BlockFormat, j: usize) -> [(usize, usize); 2] {
 
 /// Calls the panel kernel `$kernel::<R>(panel, tile, out)` for the activation rows `$acts` in
 /// tiles of up to 8 rows (each tile shares every load of the panel's lines), writing `$out`.
+/// `by_row_tiles!(4; …)` and `(2; …)` take tiles of up to 4 or 2 rows: the 256-bit kernels
+/// have half the registers to keep a tile's sums in.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_row_tiles {
+    (2; $kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
+        for (tile, dst) in $acts.chunks(2).zip($out.chunks_mut(2)) {
+            match tile.len() {
+                1 => $kernel::<1>($panel, tile, dst $(, $arg)*),
+                _ => $kernel::<2>($panel, tile, dst $(, $arg)*),
+            }
+        }
+    };
+    (4; $kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
+        for (tile, dst) in $acts.chunks(4).zip($out.chunks_mut(4)) {
+            match tile.len() {
+                1 => $kernel::<1>($panel, tile, dst $(, $arg)*),
+                2 => $kernel::<2>($panel, tile, dst $(, $arg)*),
+                3 => $kernel::<3>($panel, tile, dst $(, $arg)*),
+                _ => $kernel::<4>($panel, tile, dst $(, $arg)*),
+            }
+        }
+    };
     ($kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
         for (tile, dst) in $acts.chunks(8).zip($out.chunks_mut(8)) {
             match tile.len() {
@@ -107,9 +128,9 @@ pub(super) fn prefetch_ahead<const R: usize, const WORDS: usize>(block: &[Line],
     }
 }
 
-/// Whether this CPU has the panel kernels (AVX-512 VNNI).
+/// Whether this CPU has the panel kernels (AVX2 at least).
 pub(super) fn usable() -> bool {
-    cfg!(target_arch = "x86_64") && super::simd_level() >= SimdLevel::Avx512Vnni
+    cfg!(target_arch = "x86_64") && super::simd_level() >= SimdLevel::Avx2
 }
 
 /// 64 bytes: one 4-byte word of each of a panel's 16 rows, aligned for vector loads.
@@ -135,8 +156,8 @@ impl std::fmt::Debug for PanelMatrix {
 }
 
 impl PanelMatrix {
-    /// `w` repacked into panels where this CPU has the panel kernels (AVX-512 VNNI); `None`
-    /// otherwise (the row kernels then read GGML's layout directly).
+    /// `w` repacked into panels where this CPU has the panel kernels (AVX2); `None` otherwise
+    /// (the scalar row kernels then read GGML's layout directly).
     pub fn pack(w: QuantizedMatrix) -> Option<PanelMatrix> {
         usable().then(|| Self::permute(w))
     }
@@ -241,9 +262,11 @@ impl PanelMatrix {
         self.matmul_with(super::simd_level(), x)
     }
 
-    /// [`PanelMatrix::matmul`] with AMX tiles ([`SimdLevel::Amx`]) or without (any lower
-    /// level): tests compare the two on one machine.
+    /// [`PanelMatrix::matmul`] with the kernels of `level` (capped at the CPU's): AMX tiles,
+    /// AVX-512 VNNI or AVX2 for the panels, that level's row kernel for the rows past them.
+    /// Tests compare the levels on one machine.
     pub fn matmul_with(&self, level: SimdLevel, x: &[f32]) -> Result<Vec<f32>> {
+        let level = level.min(super::simd::detected());
         let (n, k) = (self.rows, self.cols);
         if !x.len().is_multiple_of(k) {
             return Err(candle_core::Error::Msg(format!(
@@ -262,21 +285,18 @@ impl PanelMatrix {
         // The rows past the last panel go through the row kernels.
         let tail =
             QuantizedMatrix { data: &self.tail, format: self.format, rows: n - panels * COLS, cols: k };
-        let row_level = SimdLevel::Avx512Vnni;
         match self.format {
             BlockFormat::Q8_0 => {
                 let acts = QuantizedRows::<BlockQ8x32>::quantize(x, k);
-                self.q8_0_panels_matmul(&acts, out_ptr);
+                self.q8_0_panels_matmul(level, &acts, out_ptr);
                 by_rows(&acts, tail, out_ptr, n, panels * COLS, |w, a, o| {
-                    super::q8_0::dot_rows(row_level, w, a, o)
+                    super::q8_0::dot_rows(level, w, a, o)
                 });
             }
             format => {
                 let acts = Q8KRows::quantize(x, k);
                 self.panels_matmul(level, &acts, out_ptr);
-                by_rows(&acts, tail, out_ptr, n, panels * COLS, |w, a, o| {
-                    format.dot_rows(row_level, w, a, o)
-                });
+                by_rows(&acts, tail, out_ptr, n, panels * COLS, |w, a, o| format.dot_rows(level, w, a, o));
             }
         }
         // SAFETY: the panels wrote columns `0..16·panels` of every row and `by_rows` the rest.
@@ -286,11 +306,17 @@ impl PanelMatrix {
 
     /// The whole panels of a Q8_0 weight, in parallel, with its panel kernel.
     #[cfg(target_arch = "x86_64")]
-    fn q8_0_panels_matmul(&self, acts: &QuantizedRows<BlockQ8x32>, out: SharedOut) {
+    fn q8_0_panels_matmul(&self, level: SimdLevel, acts: &QuantizedRows<BlockQ8x32>, out: SharedOut) {
         let rows: Vec<&[BlockQ8x32]> = (0..acts.rows()).map(|r| acts.row(r)).collect();
         self.for_panel_groups(rows.len(), 0, out, |panel, results| {
             // SAFETY: as in `panels_matmul`.
-            unsafe { super::q8_0_panel::dot(panel, &rows, results) }
+            unsafe {
+                if level >= SimdLevel::Avx512Vnni {
+                    super::q8_0_panel::dot(panel, &rows, results)
+                } else {
+                    super::q8_0_panel_avx2::dot(panel, &rows, results)
+                }
+            }
         });
     }
 
@@ -312,14 +338,17 @@ impl PanelMatrix {
         if rest.is_empty() {
             return;
         }
+        let vnni = level >= SimdLevel::Avx512Vnni;
         self.for_panel_groups(rest.len(), tiled, out, |panel, results| {
-            // SAFETY: a `PanelMatrix` exists only where the CPU has AVX-512 VNNI and F16C
-            // (`pack`; tests check the level), and every activation row has the panel's number
-            // of blocks (`matmul` checked the width).
+            // SAFETY: a `PanelMatrix` exists only where the CPU has AVX2, FMA and F16C
+            // (`pack`), and `matmul_with` capped `level` at the CPU's; every
+            // activation row has the panel's number of blocks (`matmul_with` checked the width).
             unsafe {
                 match self.format {
-                    BlockFormat::Q4K => super::q4k_panel::dot(panel, rest, results),
-                    BlockFormat::Q6K => super::q6k_panel::dot(panel, rest, results),
+                    BlockFormat::Q4K if vnni => super::q4k_panel::dot(panel, rest, results),
+                    BlockFormat::Q4K => super::q4k_panel_avx2::dot(panel, rest, results),
+                    BlockFormat::Q6K if vnni => super::q6k_panel::dot(panel, rest, results),
+                    BlockFormat::Q6K => super::q6k_panel_avx2::dot(panel, rest, results),
                     BlockFormat::Q8_0 => unreachable!("Q8_0 panels take blocks of 32 activations"),
                 }
             }
@@ -363,8 +392,7 @@ impl PanelMatrix {
                 for (panel, results) in panels.chunks_exact(lines).zip(results.iter_mut()) {
                     dot(panel, results);
                 }
-                // SAFETY: panels exist only on CPUs with AVX-512 (`pack`); the group's panels
-                // alone write columns `16·GROUP·group…` of rows `first_row…`, in bounds.
+                // SAFETY: the group's panels alone write columns `16·GROUP·group…` of rows `first_row…`, in bounds.
                 unsafe { write_group(&results[..count], first_row, group * GROUP * COLS, self.rows, out) };
             },
         );
@@ -372,12 +400,12 @@ impl PanelMatrix {
 
     #[cfg(not(target_arch = "x86_64"))]
     fn panels_matmul(&self, _level: SimdLevel, _acts: &Q8KRows, _out: SharedOut) {
-        unreachable!("panels are packed only on x86-64 CPUs with AVX-512 VNNI")
+        unreachable!("panels are packed only on x86-64 CPUs with AVX2")
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn q8_0_panels_matmul(&self, _acts: &QuantizedRows<BlockQ8x32>, _out: SharedOut) {
-        unreachable!("panels are packed only on x86-64 CPUs with AVX-512 VNNI")
+    fn q8_0_panels_matmul(&self, _level: SimdLevel, _acts: &QuantizedRows<BlockQ8x32>, _out: SharedOut) {
+        unreachable!("panels are packed only on x86-64 CPUs with AVX2")
     }
 }
 
@@ -404,9 +432,7 @@ const GROUP: usize = 8;
 /// of `out` (`width` columns), from column `first_col` on.
 ///
 /// # Safety
-/// The CPU has AVX-512 F; the positions are in bounds and no other task writes them.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+/// The positions are in bounds and no other task writes them.
 unsafe fn write_group(
     results: &[Vec<[f32; COLS]>],
     first_row: usize,
@@ -414,11 +440,10 @@ unsafe fn write_group(
     width: usize,
     out: SharedOut,
 ) {
-    use std::arch::x86_64::*;
     for r in 0..results.first().map_or(0, Vec::len) {
         let dst = out.at((first_row + r) * width + first_col);
         for (g, panel) in results.iter().enumerate() {
-            _mm512_storeu_ps(dst.add(g * COLS), _mm512_loadu_ps(panel[r].as_ptr()));
+            std::ptr::copy_nonoverlapping(panel[r].as_ptr(), dst.add(g * COLS), COLS);
         }
     }
 }

@@ -9,9 +9,9 @@
 //!
 //! The kernels take eight GGML blocks (256 weights, 272 bytes) as one block, so that the
 //! row tiling and the panels ([`super::panels`]) serve this format as they serve the k-quants.
-//! Models use them where the CPU has the panel kernel ([`super::q8_0_panel`]); widths that are
-//! not a multiple of 256, and CPUs without AVX-512 VNNI, keep candle's kernels
-//! ([`super::BlockFormat::for_weight`]). The row kernels here serve the rows past the last
+//! Models use them where the CPU has the panel kernels ([`super::q8_0_panel`],
+//! [`super::q8_0_panel_avx2`]); widths that are not a multiple of 256, and CPUs without AVX2,
+//! keep candle's kernels ([`super::BlockFormat::for_weight`]). The row kernels here serve the rows past the last
 //! panel, and the tests.
 
 use half::f16;

@@ -64,7 +64,7 @@ pub fn simd_level() -> SimdLevel {
 }
 
 /// The best level the CPU supports.
-fn detected() -> SimdLevel {
+pub(super) fn detected() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
         let avx2 = is_x86_feature_detected!("avx2")

@@ -70,7 +70,7 @@ fn every_kernel(x: &[f32], w: QuantizedMatrix) -> Vec<(String, Vec<f32>)> {
         .map(|level| (level.to_string(), quantized_matmul_with(level, x, w).unwrap()))
         .collect();
     if let Some(panels) = PanelMatrix::pack(w) {
-        for level in SimdLevel::available().into_iter().filter(|l| *l >= SimdLevel::Avx512Vnni) {
+        for level in SimdLevel::available().into_iter().filter(|l| *l >= SimdLevel::Avx2) {
             out.push((format!("panels {level}"), panels.matmul_with(level, x).unwrap()));
         }
     }

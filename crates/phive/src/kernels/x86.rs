@@ -76,3 +76,59 @@ pub(super) unsafe fn row_sums512<const R: usize>(a: &[__m512; R], b: &[__m512; R
     }
     out
 }
+
+/// Half `half` (rows `8·half…`) of line `j` of a panel block: the 256-bit kernels take a
+/// 16-row panel as two passes of 8 rows.
+///
+/// # Safety
+/// The CPU must have AVX; `lines` holds line `j`.
+#[target_feature(enable = "avx")]
+#[inline]
+pub(super) unsafe fn half_line(lines: &[super::panels::Line], j: usize, half: usize) -> __m256i {
+    _mm256_load_si256(lines.as_ptr().add(j).cast::<__m256i>().add(half))
+}
+
+/// The two f16 values of each 32-bit lane (low half, high half) as two vectors of f32: the
+/// panel lines that hold two scales per row.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+pub(super) unsafe fn f16_halves(v: __m256i) -> (__m256, __m256) {
+    // Each 128-bit lane: the four low halves, then the four high ones; then the 64-bit
+    // quarters reordered so that all eight low halves come first.
+    let split = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11,
+        14, 15,
+    );
+    let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, split));
+    (
+        _mm256_cvtph_ps(_mm256_castsi256_si128(ordered)),
+        _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(ordered)),
+    )
+}
+
+/// A `vpshufb` mask that makes each 32-bit lane the i16 pair (byte `a`, byte `b`) of that
+/// lane, zero-extended: the operand `vpmaddwd` multiplies i16 pairs with.
+pub(super) const fn byte_pair_mask(a: usize, b: usize) -> [i8; 32] {
+    let mut mask = [-1i8; 32];
+    let mut lane = 0;
+    while lane < 8 {
+        let base = 4 * (lane % 4);
+        mask[4 * lane] = (base + a) as i8;
+        mask[4 * lane + 2] = (base + b) as i8;
+        lane += 1;
+    }
+    mask
+}
+
+/// `v`'s lanes reshuffled by a [`byte_pair_mask`].
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn byte_pairs(v: __m256i, mask: &[i8; 32]) -> __m256i {
+    _mm256_shuffle_epi8(v, _mm256_loadu_si256(mask.as_ptr().cast()))
+}
