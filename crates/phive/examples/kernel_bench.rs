@@ -1,5 +1,5 @@
 //! Quantized matmul kernels side by side: phive's (each SIMD level this CPU has, and the
-//! weight permuted into panels where the CPU has a panel kernel for the format) against
+//! weight permuted into panels where the CPU has the panel kernels) against
 //! candle's, on the Phi-3.5 language model's projection shapes, for decode-sized and
 //! prefill-sized inputs. Reports the first call (candle repacks its weights then), the median
 //! of the following calls, weight GB/s and int8 GMAC/s.

@@ -8,8 +8,8 @@
 //! step or a prefill chunk reads each weight byte once for several tokens. On CPUs with AVX2,
 //! the weights are instead permuted once at load into panels of 16 rows ([`PanelMatrix`]),
 //! which one outer-product kernel per format and level (AVX-512 VNNI, or AVX2's `vpmaddubsw`)
-//! multiplies with any number of rows. On CPUs with AMX tiles as well, Q4_K panels multiplied with 32 or more activation rows take
-//! them 16 at a time through a tile kernel whose results are bit for bit the VNNI kernel's.
+//! multiplies with any number of rows. On CPUs with AMX tiles as well, Q4_K panels multiplied
+//! with 32 or more activation rows take them 16 at a time through a tile kernel whose results are bit for bit the VNNI kernel's.
 //!
 //! On CPUs with AMX-BF16, f32 activations times bf16 weights (the vision towers' products) run
 //! on the tiles to f32 accuracy (`bf16_matmul_amx`).

@@ -4,8 +4,8 @@
 //! prefill chunk multiplies many activation rows, and the fastest kernels for that
 //! ([`super::q4k_panel`], [`super::q6k_panel`]) want the same 4-byte word of 16 consecutive
 //! rows side by side in one 512-bit vector (or two 256-bit halves for the AVX2 kernels,
-//! [`super::q4k_panel_avx2`] and its siblings). Gathering and transposing those words on every call
-//! cost about two thirds of an 8-row step, so [`PanelMatrix`] does it once: for each panel of
+//! [`super::q4k_panel_avx2`] and its siblings). Gathering and transposing those words on every
+//! call cost about two thirds of an 8-row step, so [`PanelMatrix`] does it once: for each panel of
 //! 16 rows and each block, one 64-byte line per word of the block, each line holding one word
 //! of that block of each of the 16 rows (in the order the kernel reads them). For Q4_K (144
 //! bytes, 36 words) and Q8_0 (eight GGML blocks, 272 bytes, 68 words) this is a permutation of
@@ -341,8 +341,8 @@ impl PanelMatrix {
         let vnni = level >= SimdLevel::Avx512Vnni;
         self.for_panel_groups(rest.len(), tiled, out, |panel, results| {
             // SAFETY: a `PanelMatrix` exists only where the CPU has AVX2, FMA and F16C
-            // (`pack`), and `matmul_with` capped `level` at the CPU's; every
-            // activation row has the panel's number of blocks (`matmul_with` checked the width).
+            // (`pack`), and `matmul_with` capped `level` at the CPU's; every activation row has
+            // the panel's number of blocks (`matmul_with` checked the width).
             unsafe {
                 match self.format {
                     BlockFormat::Q4K if vnni => super::q4k_panel::dot(panel, rest, results),
@@ -392,7 +392,8 @@ impl PanelMatrix {
                 for (panel, results) in panels.chunks_exact(lines).zip(results.iter_mut()) {
                     dot(panel, results);
                 }
-                // SAFETY: the group's panels alone write columns `16·GROUP·group…` of rows `first_row…`, in bounds.
+                // SAFETY: the group's panels alone write columns `16·GROUP·group…` of rows
+                // `first_row…`, in bounds.
                 unsafe { write_group(&results[..count], first_row, group * GROUP * COLS, self.rows, out) };
             },
         );

@@ -10,26 +10,18 @@ use std::arch::x86_64::*;
 
 use super::panels::{by_row_tiles, Line, COLS};
 use super::q8k::BlockQ8K;
-use super::x86::{f16_halves, half_line};
+use super::x86::{byte_pairs, f16_halves, half_line, lane_byte_mask};
 use super::BlockFormat;
 
 /// Lines per block.
 const WORDS: usize = super::panels::words(BlockFormat::Q6K);
 
-/// `vpshufb` masks that put byte `k` of each 32-bit lane in the high byte of both of its i16
-/// halves, so that an arithmetic shift by 8 leaves the signed pair (scale `k`, scale `k`).
+/// Masks that put byte `k` of each 32-bit lane in the high byte of both of its i16 halves, so
+/// that an arithmetic shift by 8 leaves the signed pair (scale `k`, scale `k`).
 const SCALE_MASKS: [[i8; 32]; 4] = [high_bytes(0), high_bytes(1), high_bytes(2), high_bytes(3)];
 
 const fn high_bytes(k: usize) -> [i8; 32] {
-    let mut mask = [-1i8; 32];
-    let mut lane = 0;
-    while lane < 8 {
-        let byte = (4 * (lane % 4) + k) as i8;
-        mask[4 * lane + 1] = byte;
-        mask[4 * lane + 3] = byte;
-        lane += 1;
-    }
-    mask
+    lane_byte_mask([None, Some(k), None, Some(k)])
 }
 
 /// `out[r][c] = acts[r] · row c` of the panel whose lines are `panel`.
@@ -113,8 +105,7 @@ unsafe fn dot_rows<const R: usize>(
         let scale_words = [load(0), load(1), load(2), load(3)];
         let mut scales = [_mm256_setzero_si256(); 16];
         for (g, s) in scales.iter_mut().enumerate() {
-            let mask = _mm256_loadu_si256(SCALE_MASKS[g % 4].as_ptr().cast());
-            *s = _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(scale_words[g / 4], mask));
+            *s = _mm256_srai_epi16::<8>(byte_pairs(scale_words[g / 4], &SCALE_MASKS[g % 4]));
         }
         let mut sumi = [_mm256_setzero_si256(); R];
         for part in 0..2 {

@@ -11,8 +11,8 @@
 //! row tiling and the panels ([`super::panels`]) serve this format as they serve the k-quants.
 //! Models use them where the CPU has the panel kernels ([`super::q8_0_panel`],
 //! [`super::q8_0_panel_avx2`]); widths that are not a multiple of 256, and CPUs without AVX2,
-//! keep candle's kernels ([`super::BlockFormat::for_weight`]). The row kernels here serve the rows past the last
-//! panel, and the tests.
+//! keep candle's kernels ([`super::BlockFormat::for_weight`]). The row kernels here serve the
+//! rows past the last panel, and the tests.
 
 use half::f16;
 

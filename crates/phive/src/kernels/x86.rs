@@ -109,21 +109,28 @@ pub(super) unsafe fn f16_halves(v: __m256i) -> (__m256, __m256) {
     )
 }
 
-/// A `vpshufb` mask that makes each 32-bit lane the i16 pair (byte `a`, byte `b`) of that
-/// lane, zero-extended: the operand `vpmaddwd` multiplies i16 pairs with.
-pub(super) const fn byte_pair_mask(a: usize, b: usize) -> [i8; 32] {
+/// A `vpshufb` mask that rebuilds every 32-bit lane from its own bytes: byte `i` of the lane
+/// becomes its byte `picks[i]`, or zero where that is `None`.
+pub(super) const fn lane_byte_mask(picks: [Option<usize>; 4]) -> [i8; 32] {
     let mut mask = [-1i8; 32];
-    let mut lane = 0;
-    while lane < 8 {
-        let base = 4 * (lane % 4);
-        mask[4 * lane] = (base + a) as i8;
-        mask[4 * lane + 2] = (base + b) as i8;
-        lane += 1;
+    let mut at = 0;
+    while at < 32 {
+        if let Some(byte) = picks[at % 4] {
+            // `vpshufb` indexes within each 128-bit half: four lanes of four bytes.
+            mask[at] = (at % 16 / 4 * 4 + byte) as i8;
+        }
+        at += 1;
     }
     mask
 }
 
-/// `v`'s lanes reshuffled by a [`byte_pair_mask`].
+/// A [`lane_byte_mask`] that makes each 32-bit lane the i16 pair (byte `a`, byte `b`) of that
+/// lane, zero-extended: the operand `vpmaddwd` multiplies i16 pairs with.
+pub(super) const fn byte_pair_mask(a: usize, b: usize) -> [i8; 32] {
+    lane_byte_mask([Some(a), None, Some(b), None])
+}
+
+/// `v`'s lanes rebuilt by a [`lane_byte_mask`].
 ///
 /// # Safety
 /// The CPU must have AVX2.
