@@ -9,7 +9,10 @@
 //! the weights are instead permuted once at load into panels of 16 rows ([`PanelMatrix`]),
 //! which one outer-product kernel per format and level (AVX-512 VNNI, or AVX2's `vpmaddubsw`)
 //! multiplies with any number of rows. On CPUs with AMX tiles as well, Q4_K panels multiplied
-//! with 32 or more activation rows take them 16 at a time through a tile kernel whose results are bit for bit the VNNI kernel's.
+//! with 32 or more activation rows take them 16 at a time through a tile kernel whose results
+//! are bit for bit the VNNI kernel's. GGML's 32-weight formats Q4_0 to Q5_1 (candle multiplies
+//! three of them with scalar code) have AVX2 row kernels on any width of whole blocks
+//! ([`SmallBlock`]).
 //!
 //! On CPUs with AMX-BF16, f32 activations times bf16 weights (the vision towers' products) run
 //! on the tiles to f32 accuracy (`bf16_matmul_amx`).
@@ -25,6 +28,7 @@ mod bf16_amx;
 pub mod elementwise;
 pub(crate) mod gemm;
 mod panels;
+mod q4_q5;
 mod q4k;
 #[cfg(target_arch = "x86_64")]
 mod q4k_amx;
@@ -51,6 +55,7 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 pub use panels::PanelMatrix;
+pub use q4_q5::{matmul as small_block_matmul, SmallBlock};
 pub use q8_0::BlockQ8x32;
 pub use q8k::{ActivationBlock, BlockQ8K, Q8KRows, QuantizedRows};
 pub use simd::{simd_level, SimdLevel};
@@ -193,11 +198,11 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
     match w.format {
         BlockFormat::Q8_0 => {
             let acts = QuantizedRows::<BlockQ8x32>::quantize(x, k);
-            by_rows(&acts, w, spare, n, 0, |w, a, o| q8_0::dot_rows(level, w, a, o));
+            by_rows(&acts, w.into(), spare, n, 0, |w, a, o| q8_0::dot_rows(level, w, a, o));
         }
         format => {
             let acts = Q8KRows::quantize(x, k);
-            by_rows(&acts, w, spare, n, 0, |w, a, o| format.dot_rows(level, w, a, o));
+            by_rows(&acts, w.into(), spare, n, 0, |w, a, o| format.dot_rows(level, w, a, o));
         }
     }
     // SAFETY: the tasks of `by_rows` wrote all `n` columns of all `m` rows.
@@ -205,19 +210,33 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
     Ok(out)
 }
 
+/// Weight rows of `row_bytes` bytes each, back to back.
+#[derive(Debug, Clone, Copy)]
+struct WeightRows<'a> {
+    data: &'a [u8],
+    rows: usize,
+    row_bytes: usize,
+}
+
+impl<'a> From<QuantizedMatrix<'a>> for WeightRows<'a> {
+    fn from(w: QuantizedMatrix<'a>) -> Self {
+        WeightRows { data: w.data, rows: w.rows, row_bytes: w.cols / q8k::QK * w.format.block_bytes() }
+    }
+}
+
 /// The rows of `w` dotted with every activation row by `dot` (a row kernel: one weight row,
 /// up to [`TILE`] activation rows), in parallel: row `i`'s results go to column
 /// `first_col + i` of `out` (`[m, width]` row-major).
 fn by_rows<B: ActivationBlock>(
     acts: &QuantizedRows<B>,
-    w: QuantizedMatrix,
+    w: WeightRows,
     out: SharedOut,
     width: usize,
     first_col: usize,
     dot: impl Fn(&[u8], &[&[B]], &mut [f32]) + Sync,
 ) {
     let m = acts.rows();
-    let row_bytes = w.cols / q8k::QK * w.format.block_bytes();
+    let row_bytes = w.row_bytes;
     let rows_per_task = rows_per_task(w.rows, m);
     (0..w.rows.div_ceil(rows_per_task)).into_par_iter().for_each(|task| {
         let first = task * rows_per_task;

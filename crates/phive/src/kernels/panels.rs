@@ -289,14 +289,16 @@ impl PanelMatrix {
             BlockFormat::Q8_0 => {
                 let acts = QuantizedRows::<BlockQ8x32>::quantize(x, k);
                 self.q8_0_panels_matmul(level, &acts, out_ptr);
-                by_rows(&acts, tail, out_ptr, n, panels * COLS, |w, a, o| {
+                by_rows(&acts, tail.into(), out_ptr, n, panels * COLS, |w, a, o| {
                     super::q8_0::dot_rows(level, w, a, o)
                 });
             }
             format => {
                 let acts = Q8KRows::quantize(x, k);
                 self.panels_matmul(level, &acts, out_ptr);
-                by_rows(&acts, tail, out_ptr, n, panels * COLS, |w, a, o| format.dot_rows(level, w, a, o));
+                by_rows(&acts, tail.into(), out_ptr, n, panels * COLS, |w, a, o| {
+                    format.dot_rows(level, w, a, o)
+                });
             }
         }
         // SAFETY: the panels wrote columns `0..16·panels` of every row and `by_rows` the rest.

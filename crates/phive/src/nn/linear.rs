@@ -20,7 +20,9 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::{quantized_matmul, BlockFormat, PanelMatrix, QuantizedMatrix};
+use crate::kernels::{
+    quantized_matmul, simd_level, small_block_matmul, BlockFormat, PanelMatrix, QuantizedMatrix, SmallBlock,
+};
 use crate::quant::LoadContext;
 use crate::Result;
 
@@ -34,8 +36,8 @@ pub enum LinearWeight {
     /// widen the whole weight on every call).
     Half(Tensor),
     /// GGML blocks (ISQ `Q4K`, `Q8_0`, ...) of an `[out, in]` weight, multiplied with f32
-    /// activations by phive's kernels (Q4K, Q6K, Q8_0 of whole 256-wide rows) or candle's
-    /// (the other types).
+    /// activations by phive's kernels (Q4K, Q6K, Q8_0 of whole 256-wide rows; Q4_0, Q4_1,
+    /// Q5_0, Q5_1 of any width on AVX2) or candle's (the other types).
     Quantized(Arc<QTensor>),
     /// Q8_0 blocks in CPU memory, widened to f32 where they are multiplied (Phi-4's LoRA
     /// adapters under ISQ): the activations keep full precision, so a row's result does not
@@ -394,18 +396,24 @@ fn out_dims(lead: &[usize], out: usize) -> Vec<usize> {
 }
 
 /// `x` `[rows, in]` (f32, contiguous) times a quantized weight: phive's own kernels for the
-/// formats they cover (no repacked copy, no slow first call), candle's for the others and on
-/// a GPU (asked before the blocks are read: a GPU weight's `data` copies it to the host).
+/// formats they cover (no repacked copy, no slow first call; Q4_0 to Q5_1 on any width of
+/// whole blocks), candle's for the others and on a GPU (asked before the blocks are read: a
+/// GPU weight's `data` copies it to the host).
 fn quantized_forward(x: &Tensor, q: &QTensor) -> Result<Tensor> {
     let (out_dim, cols) = q.shape().dims2()?;
-    let format =
-        BlockFormat::for_weight(q.dtype(), cols).filter(|_| q.device().is_cpu() && x.device().is_cpu());
-    let Some(format) = format else {
+    let on_cpu = q.device().is_cpu() && x.device().is_cpu();
+    let k_format = BlockFormat::for_weight(q.dtype(), cols).filter(|_| on_cpu);
+    let small_format = SmallBlock::for_weight(q.dtype(), cols).filter(|_| on_cpu);
+    if k_format.is_none() && small_format.is_none() {
         return Ok(x.apply_op1_no_bwd(q)?);
-    };
+    }
     let data = q.data()?;
-    let y = with_cpu_rows(x, |xs| {
-        quantized_matmul(xs, QuantizedMatrix { data: &data, format, rows: out_dim, cols })
+    let y = with_cpu_rows(x, |xs| match (k_format, small_format) {
+        (Some(format), _) => {
+            quantized_matmul(xs, QuantizedMatrix { data: &data, format, rows: out_dim, cols })
+        }
+        (None, Some(format)) => small_block_matmul(simd_level(), xs, &data, format, out_dim, cols),
+        (None, None) => unreachable!("returned above"),
     })?
     .ok_or_else(|| candle_core::Error::Msg("activations checked to be on the CPU".into()))?;
     Ok(Tensor::from_vec(y, (x.dim(0)?, out_dim), x.device())?)
@@ -448,6 +456,9 @@ mod tests {
             IsqType::Q6K,
             IsqType::Q8_0,
             IsqType::Q4_0,
+            IsqType::Q4_1,
+            IsqType::Q5_0,
+            IsqType::Q5_1,
             IsqType::Q5K,
             IsqType::BF16,
             IsqType::F16,
