@@ -7,11 +7,12 @@
 //! projections as Q5_0.
 //!
 //! A block holds 32 unsigned codes `q` (4 bits, or 4 + 1 high bit from `qh`) and a scale `d`:
-//! weight `i` is `d·q[i] + m`, where `m` is the block's stored minimum (Q4_1, Q5_1) or
-//! `-8·d` / `-16·d` (Q4_0, Q5_0). As for Q8_0 ([`super::q8_0`]), the activations are quantized
-//! in runs of 32 with a scale `d_a` each ([`BlockQ8x32`]), so a block's dot is
-//! `d·d_a·Σ q·a + m·d_a·Σ a`: one integer dot product (`vpmaddubsw` takes the unsigned codes
-//! against the signed activations; a pair reaches at most 2·31·127) and the run's sum.
+//! weight `i` is `d·(q[i] − o)` with `o` 8 or 16 (Q4_0, Q5_0), or `d·q[i] + m` with the block's
+//! stored minimum `m` (Q4_1, Q5_1). As for Q8_0 ([`super::q8_0`]), the activations are
+//! quantized in runs of 32 with a scale `d_a` each ([`BlockQ8x32`]), so a block's dot is
+//! `d·d_a·(Σ q·a − o·Σ a)` or `d·d_a·Σ q·a + m·d_a·Σ a`: one integer dot product
+//! (`vpmaddubsw` takes the unsigned codes against the signed activations; a pair reaches at
+//! most 2·31·127) and the run's sum, which the symmetric formats take off in integers.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
@@ -75,15 +76,24 @@ impl SmallBlock {
         }
     }
 
-    /// `(d, m)` of a block: weight `i` is `d·q[i] + m`.
-    fn scale_and_min(self, block: &[u8]) -> (f32, f32) {
-        let half = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
-        let d = half(0);
+    /// The codes' offset `o` of the symmetric formats (weight `d·(q − o)`); `None` for the
+    /// formats that store a minimum instead.
+    fn offset(self) -> Option<i32> {
         match self {
-            SmallBlock::Q4_0 => (d, -8.0 * d),
-            SmallBlock::Q5_0 => (d, -16.0 * d),
-            SmallBlock::Q4_1 | SmallBlock::Q5_1 => (d, half(2)),
+            SmallBlock::Q4_0 => Some(8),
+            SmallBlock::Q5_0 => Some(16),
+            SmallBlock::Q4_1 | SmallBlock::Q5_1 => None,
         }
+    }
+
+    /// The block's scale `d`.
+    fn scale(block: &[u8]) -> f32 {
+        f16::from_le_bytes([block[0], block[1]]).to_f32()
+    }
+
+    /// The block's stored minimum `m` (Q4_1, Q5_1: weight `d·q + m`).
+    fn min(block: &[u8]) -> f32 {
+        f16::from_le_bytes([block[2], block[3]]).to_f32()
     }
 
     /// The 32 high bits of a 5-bit block (bit `i` is code `i`'s fifth bit), 0 for 4 bits.
@@ -161,7 +171,20 @@ fn dot_rows(level: SimdLevel, format: SmallBlock, w: &[u8], acts: &[&[BlockQ8x32
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 | SimdLevel::Avx512Vnni | SimdLevel::Amx => {
             // SAFETY: every level from AVX2 up has AVX2, FMA and F16C; `matmul` checked the sizes.
-            super::for_tile!(acts, out, |a| unsafe { avx2::dot(format, w, a) })
+            match format {
+                SmallBlock::Q4_0 => {
+                    super::for_tile!(acts, out, |a| unsafe { avx2::dot::<false, false, _>(w, a) })
+                }
+                SmallBlock::Q4_1 => {
+                    super::for_tile!(acts, out, |a| unsafe { avx2::dot::<false, true, _>(w, a) })
+                }
+                SmallBlock::Q5_0 => {
+                    super::for_tile!(acts, out, |a| unsafe { avx2::dot::<true, false, _>(w, a) })
+                }
+                SmallBlock::Q5_1 => {
+                    super::for_tile!(acts, out, |a| unsafe { avx2::dot::<true, true, _>(w, a) })
+                }
+            }
         }
         _ => {
             for (o, a) in out.iter_mut().zip(acts) {
@@ -182,9 +205,12 @@ fn dot_scalar(format: SmallBlock, w: &[u8], acts: &[BlockQ8x32]) -> f32 {
     let mut sum = 0f32;
     for (j, block) in w.chunks_exact(format.block_bytes()).enumerate() {
         let (a, da, sa) = run(acts, j);
-        let (d, m) = format.scale_and_min(block);
+        let d = SmallBlock::scale(block);
         let qa: i32 = format.codes(block).iter().zip(a).map(|(&q, &a)| q as i32 * a as i32).sum();
-        sum += d * da * qa as f32 + m * da * sa as f32;
+        sum += match format.offset() {
+            Some(o) => d * da * (qa - o * sa) as f32,
+            None => d * da * qa as f32 + SmallBlock::min(block) * da * sa as f32,
+        };
     }
     sum
 }
@@ -194,6 +220,26 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{run, BlockQ8x32, SmallBlock};
+
+    /// The format that `HIGH` (5-bit codes) and `MIN` (a stored minimum) name.
+    const fn format(high: bool, min: bool) -> SmallBlock {
+        match (high, min) {
+            (false, false) => SmallBlock::Q4_0,
+            (false, true) => SmallBlock::Q4_1,
+            (true, false) => SmallBlock::Q5_0,
+            (true, true) => SmallBlock::Q5_1,
+        }
+    }
+
+    /// The f16 at `block[at..at + 2]` in all 8 lanes. Converted as a whole vector: a scalar
+    /// `vcvtph2ps` lets LLVM insert the word into whatever register is at hand (it chose the
+    /// accumulator, chaining every block to the one before it).
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn half(block: &[u8], at: usize) -> __m256 {
+        let bits = u16::from_le_bytes([block[at], block[at + 1]]);
+        _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+    }
 
     /// A block's 32 codes as bytes, code `i` in byte `i`.
     #[target_feature(enable = "avx2")]
@@ -218,29 +264,35 @@ mod avx2 {
         _mm256_or_si256(codes, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
     }
 
-    /// `[w · acts[r]]` for a tile of `R` activation rows.
+    /// `[w · acts[r]]` for a tile of `R` activation rows, `w` in the format that `HIGH` and
+    /// `MIN` name (a kernel per format, so that its layout is constant).
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `w` is whole blocks of `format` and every
+    /// The CPU must have AVX2, FMA and F16C; `w` is whole blocks of that format and every
     /// activation row covers as many runs of 32.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot<const R: usize>(
-        format: SmallBlock,
+    pub(super) unsafe fn dot<const HIGH: bool, const MIN: bool, const R: usize>(
         w: &[u8],
         acts: [&[BlockQ8x32]; R],
     ) -> [f32; R] {
+        let format = const { format(HIGH, MIN) };
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         let mut mins = [0f32; R];
         for (j, block) in w.chunks_exact(format.block_bytes()).enumerate() {
             let q = codes(format, block);
-            let (d, m) = format.scale_and_min(block);
+            let d = half(block, 0);
             for r in 0..R {
                 let (a, da, sa) = run(acts[r], j);
                 let products = _mm256_maddubs_epi16(q, _mm256_loadu_si256(a.as_ptr().cast()));
-                let qa = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-                acc[r] = _mm256_fmadd_ps(qa, _mm256_set1_ps(d * da), acc[r]);
-                mins[r] += m * da * sa as f32;
+                let mut qa = _mm256_madd_epi16(products, ones);
+                match format.offset() {
+                    // Σ q·a − o·Σ a, the offset taken off in the first lane.
+                    Some(o) => qa = _mm256_sub_epi32(qa, _mm256_castsi128_si256(_mm_cvtsi32_si128(o * sa))),
+                    None => mins[r] += _mm256_cvtss_f32(half(block, 2)) * da * sa as f32,
+                }
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(qa), _mm256_mul_ps(d, _mm256_set1_ps(da)), acc[r]);
             }
         }
         std::array::from_fn(|r| {
@@ -293,11 +345,15 @@ mod tests {
         for (format, dtype) in FORMATS {
             let (data, values) = weight(3, 96, dtype);
             for (b, block) in data.chunks_exact(format.block_bytes()).enumerate() {
-                let (d, m) = format.scale_and_min(block);
+                let d = SmallBlock::scale(block);
                 for (i, q) in format.codes(block).into_iter().enumerate() {
+                    let value = match format.offset() {
+                        Some(o) => d * (q as i32 - o) as f32,
+                        None => d * q as f32 + SmallBlock::min(block),
+                    };
                     let want = values[32 * b + i];
                     assert!(
-                        (d * q as f32 + m - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                        (value - want).abs() <= 1e-6 * want.abs().max(1e-3),
                         "{format:?} block {b} code {i}"
                     );
                 }
