@@ -144,18 +144,7 @@ pub fn matmul(
     }
     let level = level.min(super::simd::detected());
     let m = x.len() / cols;
-    // Activations go in blocks of 256; a width short of the next multiple is padded with
-    // zeros, runs that no weight block reads.
-    let padded = cols.next_multiple_of(QK);
-    let acts = if padded == cols {
-        QuantizedRows::<BlockQ8x32>::quantize(x, cols)
-    } else {
-        let mut wide = vec![0f32; m * padded];
-        wide.par_chunks_exact_mut(padded)
-            .zip(x.par_chunks_exact(cols))
-            .for_each(|(w, r)| w[..cols].copy_from_slice(r));
-        QuantizedRows::<BlockQ8x32>::quantize(&wide, padded)
-    };
+    let acts = quantize_runs(x, cols);
     let mut out = Vec::with_capacity(m * rows);
     let spare = SharedOut::spare(&mut out);
     let weights = WeightRows { data, rows, row_bytes };
@@ -163,6 +152,20 @@ pub fn matmul(
     // SAFETY: the tasks of `by_rows` wrote all `rows` columns of all `m` rows.
     unsafe { out.set_len(m * rows) };
     Ok(out)
+}
+
+/// The activation rows `x` (`cols` each) in runs of 32. They go in blocks of 256; a width
+/// short of the next multiple is padded with zeros, runs that no weight block reads.
+fn quantize_runs(x: &[f32], cols: usize) -> QuantizedRows<BlockQ8x32> {
+    let padded = cols.next_multiple_of(QK);
+    if padded == cols {
+        return QuantizedRows::quantize(x, cols);
+    }
+    let mut wide = vec![0f32; x.len() / cols * padded];
+    wide.par_chunks_exact_mut(padded)
+        .zip(x.par_chunks_exact(cols))
+        .for_each(|(w, r)| w[..cols].copy_from_slice(r));
+    QuantizedRows::quantize(&wide, padded)
 }
 
 /// `out[r] = w · acts[r]` for each activation row, with the level's kernel.
@@ -310,19 +313,8 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
+    use crate::kernels::tests::pseudo_random;
     use crate::quant::quantize;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     const FORMATS: [(SmallBlock, GgmlDType); 4] = [
         (SmallBlock::Q4_0, GgmlDType::Q4_0),
@@ -333,7 +325,7 @@ mod tests {
 
     /// A `[rows, cols]` weight in `dtype`: its blocks and candle's dequantized values.
     fn weight(rows: usize, cols: usize, dtype: GgmlDType) -> (Vec<u8>, Vec<f32>) {
-        let w = Tensor::from_vec(pseudo_random(rows * cols, 7), (rows, cols), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(pseudo_random(rows * cols, 7, 1.0), (rows, cols), &Device::Cpu).unwrap();
         let q = quantize(&w, dtype).unwrap();
         let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         (q.data().unwrap().into_owned(), values)
@@ -369,14 +361,9 @@ mod tests {
         for (format, dtype) in FORMATS {
             for (rows, cols, m) in [(5, 32, 1), (17, 96, 3), (9, 1152, 9), (33, 512, 8), (4, 288, 2)] {
                 let (data, values) = weight(rows, cols, dtype);
-                let x = pseudo_random(m * cols, 11 + cols as u64);
+                let x = pseudo_random(m * cols, 11 + cols as u64, 1.0);
                 let reference = matmul(SimdLevel::Scalar, &x, &data, format, rows, cols).unwrap();
-                let padded = cols.next_multiple_of(QK);
-                let mut wide = vec![0f32; m * padded];
-                for (w, r) in wide.chunks_exact_mut(padded).zip(x.chunks_exact(cols)) {
-                    w[..cols].copy_from_slice(r);
-                }
-                let acts = QuantizedRows::<BlockQ8x32>::quantize(&wide, padded);
+                let acts = quantize_runs(&x, cols);
                 for r in 0..m {
                     for c in 0..rows {
                         let exact: f64 = (0..cols)

@@ -17,7 +17,7 @@ fn quantized_weight(rows: usize, cols: usize, dtype: GgmlDType, seed: u64) -> (V
 }
 
 /// Deterministic values in `[-scale, scale]` (no RNG dependency in the kernels' tests).
-fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+pub(super) fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {

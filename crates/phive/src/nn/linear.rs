@@ -401,21 +401,21 @@ fn out_dims(lead: &[usize], out: usize) -> Vec<usize> {
 /// GPU weight's `data` copies it to the host).
 fn quantized_forward(x: &Tensor, q: &QTensor) -> Result<Tensor> {
     let (out_dim, cols) = q.shape().dims2()?;
-    let on_cpu = q.device().is_cpu() && x.device().is_cpu();
-    let k_format = BlockFormat::for_weight(q.dtype(), cols).filter(|_| on_cpu);
-    let small_format = SmallBlock::for_weight(q.dtype(), cols).filter(|_| on_cpu);
-    if k_format.is_none() && small_format.is_none() {
+    if !(q.device().is_cpu() && x.device().is_cpu()) {
         return Ok(x.apply_op1_no_bwd(q)?);
     }
-    let data = q.data()?;
-    let y = with_cpu_rows(x, |xs| match (k_format, small_format) {
-        (Some(format), _) => {
+    let y = if let Some(format) = BlockFormat::for_weight(q.dtype(), cols) {
+        let data = q.data()?;
+        with_cpu_rows(x, |xs| {
             quantized_matmul(xs, QuantizedMatrix { data: &data, format, rows: out_dim, cols })
-        }
-        (None, Some(format)) => small_block_matmul(simd_level(), xs, &data, format, out_dim, cols),
-        (None, None) => unreachable!("returned above"),
-    })?
-    .ok_or_else(|| candle_core::Error::Msg("activations checked to be on the CPU".into()))?;
+        })?
+    } else if let Some(format) = SmallBlock::for_weight(q.dtype(), cols) {
+        let data = q.data()?;
+        with_cpu_rows(x, |xs| small_block_matmul(simd_level(), xs, &data, format, out_dim, cols))?
+    } else {
+        return Ok(x.apply_op1_no_bwd(q)?);
+    };
+    let y = y.ok_or_else(|| candle_core::Error::Msg("activations checked to be on the CPU".into()))?;
     Ok(Tensor::from_vec(y, (x.dim(0)?, out_dim), x.device())?)
 }
 
