@@ -69,8 +69,9 @@ fn source_bytes(format: BlockFormat, j: usize) -> [(usize, usize); 2] {
 
 /// Calls the panel kernel `$kernel::<R>(panel, tile, out)` for the activation rows `$acts` in
 /// tiles of up to 8 rows (each tile shares every load of the panel's lines), writing `$out`.
-/// `by_row_tiles!(4; …)` and `(2; …)` take tiles of up to 4 or 2 rows: the 256-bit kernels
-/// have half the registers to keep a tile's sums in.
+/// `by_row_tiles!(4; …)`, `(3; …)` and `(2; …)` take tiles of up to 4, 3 or 2 rows: the
+/// 256-bit kernels have half the registers to keep a tile's sums in (`(3; …)` gives a fourth
+/// row a tile of 4 rather than one of its own).
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_row_tiles {
     (2; $kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
@@ -81,6 +82,23 @@ macro_rules! by_row_tiles {
             }
         }
     };
+    (3; $kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {{
+        // A last row alone would pass over the panel for itself: it joins the last tile.
+        let whole = match $acts.len() {
+            n if n >= 4 && n % 3 == 1 => n - 4,
+            n => n,
+        };
+        for (tile, dst) in $acts[..whole].chunks(3).zip($out[..whole].chunks_mut(3)) {
+            match tile.len() {
+                1 => $kernel::<1>($panel, tile, dst $(, $arg)*),
+                2 => $kernel::<2>($panel, tile, dst $(, $arg)*),
+                _ => $kernel::<3>($panel, tile, dst $(, $arg)*),
+            }
+        }
+        if whole < $acts.len() {
+            $kernel::<4>($panel, &$acts[whole..], &mut $out[whole..] $(, $arg)*)
+        }
+    }};
     (4; $kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
         for (tile, dst) in $acts.chunks(4).zip($out.chunks_mut(4)) {
             match tile.len() {

@@ -7,6 +7,11 @@
 //! (at most 8·2·15·128 = 30,720) before one `vpmaddwd` by the sub-block's scale widens them.
 //! A row kernel needs that widening for every 32 products, so this does half its multiplies.
 //! The integers are the VNNI kernel's and so are the float steps: the results are its bits.
+//!
+//! Tiles take 3 activation rows: a tile of 4 keeps 8 i16 sums, 4 i32 block sums and 4 f32
+//! accumulators live, and LLVM spilled sums of the inner loop to the stack; tiles of 3 ran
+//! 4–15% faster from 5 rows up on an AVX2-only Zen 3 (`BENCHMARKS.md`). Q6_K's kernel, whose
+//! sums stay in registers, was 7–12% slower in tiles of 3 and keeps 4.
 
 use std::arch::x86_64::*;
 
@@ -33,7 +38,7 @@ const MIN_MASKS: [[i8; 32]; 2] = [byte_pair_mask(0, 1), byte_pair_mask(2, 3)];
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot(panel: &[Line], acts: &[&[BlockQ8K]], out: &mut [[f32; COLS]]) {
     for half in 0..2 {
-        by_row_tiles!(4; dot_rows, panel, acts, out, half)
+        by_row_tiles!(3; dot_rows, panel, acts, out, half)
     }
 }
 
