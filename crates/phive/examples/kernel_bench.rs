@@ -5,7 +5,7 @@
 //! of the following calls, weight GB/s and int8 GMAC/s.
 //!
 //! ```sh
-//! cargo run --release -p phive --example kernel_bench -- [--format q4k|q6k|q8_0] [--rows 1,8,64,512] [--shape qkv|o|gate_up|down] [--reps N]
+//! cargo run --release -p phive --example kernel_bench -- [--format q4k|q6k|q8_0|q4_0|q4_1|q5_0|q5_1] [--rows 1,8,64,512] [--shape qkv|o|gate_up|down|lm_head] [--reps N]
 //! ```
 
 use std::time::Instant;
@@ -23,6 +23,10 @@ const SHAPES: &[(&str, usize, usize)] = &[
     ("down", 3072, 8192),
     ("lm_head", 32064, 3072),
 ];
+
+/// What `--help` prints.
+const USAGE: &str = "usage: kernel_bench [--format q4k|q6k|q8_0|q4_0|q4_1|q5_0|q5_1] [--rows 1,8,64,512] \
+     [--shape qkv|o|gate_up|down|lm_head] [--reps N]";
 
 /// Copies of a weight that the "from memory" rows rotate over (8 × 28 MB for `gate_up`).
 const COLD_COPIES: usize = 8;
@@ -49,6 +53,10 @@ fn main() -> Result<()> {
     let mut reps: Option<usize> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            return Ok(());
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--format" => {
@@ -56,13 +64,17 @@ fn main() -> Result<()> {
                     "q4k" => GgmlDType::Q4K,
                     "q6k" => GgmlDType::Q6K,
                     "q8_0" => GgmlDType::Q8_0,
-                    other => bail!("unknown format {other} (q4k, q6k, q8_0)"),
+                    "q4_0" => GgmlDType::Q4_0,
+                    "q4_1" => GgmlDType::Q4_1,
+                    "q5_0" => GgmlDType::Q5_0,
+                    "q5_1" => GgmlDType::Q5_1,
+                    other => bail!("unknown format {other}\n{USAGE}"),
                 }
             }
             "--rows" => rows = value.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>()?,
             "--shape" => only = Some(value),
             "--reps" => reps = Some(value.parse()?),
-            other => bail!("unknown flag {other}"),
+            other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     let format = BlockFormat::from_ggml(dtype).context("no phive kernel for this format")?;

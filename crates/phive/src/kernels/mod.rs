@@ -29,6 +29,8 @@ pub mod elementwise;
 pub(crate) mod gemm;
 mod panels;
 mod q4_q5;
+#[cfg(target_arch = "x86_64")]
+mod q4_q5_panel_avx2;
 mod q4k;
 #[cfg(target_arch = "x86_64")]
 mod q4k_amx;
@@ -109,6 +111,9 @@ pub enum BlockFormat {
     Q6K,
     /// 8-bit, one scale per 32 weights: eight GGML blocks, 272 bytes per 256 weights.
     Q8_0,
+    /// Q4_0, Q4_1, Q5_0 or Q5_1: eight GGML blocks of 32 weights per 256 (only with the panel
+    /// kernels; [`SmallBlock::for_weight`]'s row kernels take any width of whole blocks).
+    Small(SmallBlock),
 }
 
 impl BlockFormat {
@@ -118,17 +123,17 @@ impl BlockFormat {
             GgmlDType::Q4K => Some(BlockFormat::Q4K),
             GgmlDType::Q6K => Some(BlockFormat::Q6K),
             GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
-            _ => None,
+            other => SmallBlock::from_ggml(other).map(BlockFormat::Small),
         }
     }
 
     /// The format of a weight of type `dtype` with `cols` input features, if these kernels
-    /// multiply it: they take whole blocks of 256, which Q8_0's blocks of 32 need not fill.
-    /// Q8_0 needs the panel kernels (AVX2) too: without them only its scalar row kernel is
-    /// left, and candle's kernels stay in charge.
+    /// multiply it: they take whole blocks of 256, which the blocks of 32 need not fill.
+    /// Q8_0 and the smaller 32-weight formats need the panel kernels (AVX2) too: without them
+    /// only their scalar row kernels are left, and candle's kernels stay in charge.
     pub fn for_weight(dtype: GgmlDType, cols: usize) -> Option<Self> {
         Self::from_ggml(dtype)
-            .filter(|f| *f != BlockFormat::Q8_0 || panels::usable())
+            .filter(|f| matches!(f, BlockFormat::Q4K | BlockFormat::Q6K) || panels::usable())
             .filter(|_| cols.is_multiple_of(q8k::QK))
     }
 
@@ -138,15 +143,17 @@ impl BlockFormat {
             BlockFormat::Q4K => GgmlDType::Q4K,
             BlockFormat::Q6K => GgmlDType::Q6K,
             BlockFormat::Q8_0 => GgmlDType::Q8_0,
+            BlockFormat::Small(f) => f.ggml(),
         }
     }
 
     /// Bytes of one 256-weight block.
-    pub fn block_bytes(self) -> usize {
+    pub const fn block_bytes(self) -> usize {
         match self {
             BlockFormat::Q4K => q4k::BLOCK_BYTES,
             BlockFormat::Q6K => q6k::BLOCK_BYTES,
             BlockFormat::Q8_0 => q8_0::BLOCK_BYTES,
+            BlockFormat::Small(f) => 8 * f.block_bytes(),
         }
     }
 
@@ -155,7 +162,20 @@ impl BlockFormat {
         match self {
             BlockFormat::Q4K => q4k::dot_rows(level, w, acts, out),
             BlockFormat::Q6K => q6k::dot_rows(level, w, acts, out),
-            BlockFormat::Q8_0 => unreachable!("Q8_0 rows are quantized in blocks of 32"),
+            BlockFormat::Q8_0 | BlockFormat::Small(_) => {
+                unreachable!("the 32-weight formats' rows are quantized in blocks of 32")
+            }
+        }
+    }
+
+    /// `out[r] = w · acts[r]` for up to [`TILE`] activation rows of a 32-weight format.
+    fn dot_rows32(self, level: SimdLevel, w: &[u8], acts: &[&[BlockQ8x32]], out: &mut [f32]) {
+        match self {
+            BlockFormat::Q8_0 => q8_0::dot_rows(level, w, acts, out),
+            BlockFormat::Small(format) => q4_q5::dot_rows(level, format, w, acts, out),
+            BlockFormat::Q4K | BlockFormat::Q6K => {
+                unreachable!("k-quant rows are quantized in blocks of 256")
+            }
         }
     }
 }
@@ -196,9 +216,9 @@ pub fn quantized_matmul_with(level: SimdLevel, x: &[f32], w: QuantizedMatrix) ->
     let mut out = Vec::with_capacity(m * n);
     let spare = SharedOut::spare(&mut out);
     match w.format {
-        BlockFormat::Q8_0 => {
+        format @ (BlockFormat::Q8_0 | BlockFormat::Small(_)) => {
             let acts = QuantizedRows::<BlockQ8x32>::quantize(x, k);
-            by_rows(&acts, w.into(), spare, n, 0, |w, a, o| q8_0::dot_rows(level, w, a, o));
+            by_rows(&acts, w.into(), spare, n, 0, |w, a, o| format.dot_rows32(level, w, a, o));
         }
         format => {
             let acts = Q8KRows::quantize(x, k);

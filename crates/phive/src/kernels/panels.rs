@@ -1,4 +1,5 @@
-//! Q4_K, Q6_K and Q8_0 weights stored once, at load, in the layout the panel kernels read.
+//! Q4_K, Q6_K, Q8_0 and Q4_0–Q5_1 weights stored once, at load, in the layout the panel
+//! kernels read.
 //!
 //! GGML stores a weight row after row, each row a run of blocks. A batched decode step or a
 //! prefill chunk multiplies many activation rows, and the fastest kernels for that
@@ -31,7 +32,7 @@ pub(super) const fn words(format: BlockFormat) -> usize {
     match format {
         BlockFormat::Q4K => super::q4k::BLOCK_BYTES.div_ceil(4),
         BlockFormat::Q6K => super::q6k::BLOCK_BYTES.div_ceil(4),
-        BlockFormat::Q8_0 => super::q8_0::BLOCK_BYTES / 4,
+        BlockFormat::Q8_0 | BlockFormat::Small(_) => format.block_bytes() / 4,
     }
 }
 
@@ -41,7 +42,8 @@ pub(super) const fn words(format: BlockFormat) -> usize {
 /// then codes), a word per line. Q6_K's puts the scales (words 48–51) and `d` (52) first, then
 /// each half of the block as its eight `ql`/`qh` word pairs read together, then its other
 /// eight `ql` words; its last word is half padding. Q8_0's first four lines hold the scales
-/// of GGML blocks `2i` and `2i + 1`, then each GGML block's 32 codes take eight lines.
+/// of GGML blocks `2i` and `2i + 1`, then each GGML block's 32 codes take eight lines. Q4_0
+/// to Q5_1 are laid out as their kernel ([`super::q4_q5_panel_avx2`]) describes.
 fn source_bytes(format: BlockFormat, j: usize) -> [(usize, usize); 2] {
     let word = |w: usize| [(4 * w, 4.min(format.block_bytes() - 4 * w)), (0, 0)];
     match format {
@@ -64,6 +66,20 @@ fn source_bytes(format: BlockFormat, j: usize) -> [(usize, usize); 2] {
                 [(block * GGML_BLOCK_BYTES + 2 + 4 * g, 4), (0, 0)]
             }
         },
+        BlockFormat::Small(small) => {
+            let (bytes, scales, nibbles) =
+                (small.block_bytes(), small.scale_lines(), small.nibble_lines_at());
+            match (j, small.high_bits_at()) {
+                // Without minimums, the scales of two blocks share a line.
+                _ if j < scales && small.offset().is_some() => [(2 * j * bytes, 2), ((2 * j + 1) * bytes, 2)],
+                _ if j < scales => [(j * bytes, 4), (0, 0)],
+                (_, Some(high)) if j < nibbles => [((j - scales) * bytes + high, 4), (0, 0)],
+                _ => {
+                    let (block, g) = ((j - nibbles) / 4, (j - nibbles) % 4);
+                    [(block * bytes + bytes - 16 + 4 * g, 4), (0, 0)]
+                }
+            }
+        }
     }
 }
 
@@ -82,7 +98,7 @@ macro_rules! by_row_tiles {
             }
         }
     };
-    (3; $kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {{
+    (3; $kernel:ident $(::<$($g:tt),+>)?, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {{
         // A last row alone would pass over the panel for itself: it joins the last tile.
         let whole = match $acts.len() {
             n if n >= 4 && n % 3 == 1 => n - 4,
@@ -90,13 +106,13 @@ macro_rules! by_row_tiles {
         };
         for (tile, dst) in $acts[..whole].chunks(3).zip($out[..whole].chunks_mut(3)) {
             match tile.len() {
-                1 => $kernel::<1>($panel, tile, dst $(, $arg)*),
-                2 => $kernel::<2>($panel, tile, dst $(, $arg)*),
-                _ => $kernel::<3>($panel, tile, dst $(, $arg)*),
+                1 => $kernel::<$($($g,)+)? 1>($panel, tile, dst $(, $arg)*),
+                2 => $kernel::<$($($g,)+)? 2>($panel, tile, dst $(, $arg)*),
+                _ => $kernel::<$($($g,)+)? 3>($panel, tile, dst $(, $arg)*),
             }
         }
         if whole < $acts.len() {
-            $kernel::<4>($panel, &$acts[whole..], &mut $out[whole..] $(, $arg)*)
+            $kernel::<$($($g,)+)? 4>($panel, &$acts[whole..], &mut $out[whole..] $(, $arg)*)
         }
     }};
     (4; $kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
@@ -304,11 +320,11 @@ impl PanelMatrix {
         let tail =
             QuantizedMatrix { data: &self.tail, format: self.format, rows: n - panels * COLS, cols: k };
         match self.format {
-            BlockFormat::Q8_0 => {
+            format @ (BlockFormat::Q8_0 | BlockFormat::Small(_)) => {
                 let acts = QuantizedRows::<BlockQ8x32>::quantize(x, k);
-                self.q8_0_panels_matmul(level, &acts, out_ptr);
+                self.panels_matmul32(level, &acts, out_ptr);
                 by_rows(&acts, tail.into(), out_ptr, n, panels * COLS, |w, a, o| {
-                    super::q8_0::dot_rows(level, w, a, o)
+                    format.dot_rows32(level, w, a, o)
                 });
             }
             format => {
@@ -324,17 +340,23 @@ impl PanelMatrix {
         Ok(out)
     }
 
-    /// The whole panels of a Q8_0 weight, in parallel, with its panel kernel.
+    /// The whole panels of a weight in a 32-weight format (Q8_0, Q4_0 to Q5_1), in parallel,
+    /// with its panel kernel.
     #[cfg(target_arch = "x86_64")]
-    fn q8_0_panels_matmul(&self, level: SimdLevel, acts: &QuantizedRows<BlockQ8x32>, out: SharedOut) {
+    fn panels_matmul32(&self, level: SimdLevel, acts: &QuantizedRows<BlockQ8x32>, out: SharedOut) {
         let rows: Vec<&[BlockQ8x32]> = (0..acts.rows()).map(|r| acts.row(r)).collect();
         self.for_panel_groups(rows.len(), 0, out, |panel, results| {
             // SAFETY: as in `panels_matmul`.
             unsafe {
-                if level >= SimdLevel::Avx512Vnni {
-                    super::q8_0_panel::dot(panel, &rows, results)
-                } else {
-                    super::q8_0_panel_avx2::dot(panel, &rows, results)
+                match self.format {
+                    BlockFormat::Q8_0 if level >= SimdLevel::Avx512Vnni => {
+                        super::q8_0_panel::dot(panel, &rows, results)
+                    }
+                    BlockFormat::Q8_0 => super::q8_0_panel_avx2::dot(panel, &rows, results),
+                    BlockFormat::Small(format) => super::q4_q5_panel_avx2::dot(format, panel, &rows, results),
+                    BlockFormat::Q4K | BlockFormat::Q6K => {
+                        unreachable!("k-quant panels take blocks of 256 activations")
+                    }
                 }
             }
         });
@@ -369,7 +391,9 @@ impl PanelMatrix {
                     BlockFormat::Q4K => super::q4k_panel_avx2::dot(panel, rest, results),
                     BlockFormat::Q6K if vnni => super::q6k_panel::dot(panel, rest, results),
                     BlockFormat::Q6K => super::q6k_panel_avx2::dot(panel, rest, results),
-                    BlockFormat::Q8_0 => unreachable!("Q8_0 panels take blocks of 32 activations"),
+                    BlockFormat::Q8_0 | BlockFormat::Small(_) => {
+                        unreachable!("the 32-weight formats' panels take blocks of 32 activations")
+                    }
                 }
             }
         });
@@ -425,7 +449,7 @@ impl PanelMatrix {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn q8_0_panels_matmul(&self, _level: SimdLevel, _acts: &QuantizedRows<BlockQ8x32>, _out: SharedOut) {
+    fn panels_matmul32(&self, _level: SimdLevel, _acts: &QuantizedRows<BlockQ8x32>, _out: SharedOut) {
         unreachable!("panels are packed only on x86-64 CPUs with AVX2")
     }
 }
@@ -472,10 +496,13 @@ unsafe fn write_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::SmallBlock;
 
     #[test]
     fn the_permutation_is_undone_exactly() {
-        for format in [BlockFormat::Q4K, BlockFormat::Q6K, BlockFormat::Q8_0] {
+        let small = [SmallBlock::Q4_0, SmallBlock::Q4_1, SmallBlock::Q5_0, SmallBlock::Q5_1];
+        let formats = [BlockFormat::Q4K, BlockFormat::Q6K, BlockFormat::Q8_0].into_iter();
+        for format in formats.chain(small.map(BlockFormat::Small)) {
             for rows in [1, 16, 37, 48] {
                 let blocks = 3;
                 let data: Vec<u8> = (0..rows * blocks * format.block_bytes())

@@ -49,6 +49,27 @@ impl SmallBlock {
         }
     }
 
+    /// The format with 5-bit codes (`high`) or 4-bit ones, and a stored minimum (`min`) or a
+    /// fixed offset.
+    pub(super) const fn with(high: bool, min: bool) -> Self {
+        match (high, min) {
+            (false, false) => SmallBlock::Q4_0,
+            (false, true) => SmallBlock::Q4_1,
+            (true, false) => SmallBlock::Q5_0,
+            (true, true) => SmallBlock::Q5_1,
+        }
+    }
+
+    /// The GGML type.
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            SmallBlock::Q4_0 => GgmlDType::Q4_0,
+            SmallBlock::Q4_1 => GgmlDType::Q4_1,
+            SmallBlock::Q5_0 => GgmlDType::Q5_0,
+            SmallBlock::Q5_1 => GgmlDType::Q5_1,
+        }
+    }
+
     /// The format of a weight of type `dtype` with `cols` input features, if these kernels
     /// multiply it here: whole blocks, on a CPU with AVX2 (without it, candle's scalar code is
     /// no slower than the scalar reference here).
@@ -58,7 +79,7 @@ impl SmallBlock {
     }
 
     /// Bytes of one block.
-    pub fn block_bytes(self) -> usize {
+    pub const fn block_bytes(self) -> usize {
         match self {
             SmallBlock::Q4_0 => 18,
             SmallBlock::Q4_1 => 20,
@@ -67,8 +88,26 @@ impl SmallBlock {
         }
     }
 
+    /// Lines of a panel block of eight blocks ([`super::panels`]) that hold the scales: one
+    /// per two blocks, or one per block beside its minimum.
+    pub(super) const fn scale_lines(self) -> usize {
+        match self {
+            SmallBlock::Q4_0 | SmallBlock::Q5_0 => 4,
+            SmallBlock::Q4_1 | SmallBlock::Q5_1 => 8,
+        }
+    }
+
+    /// The first line of a panel block that holds nibbles: after the scales and the 5-bit
+    /// formats' high bits, a line per block.
+    pub(super) const fn nibble_lines_at(self) -> usize {
+        match self {
+            SmallBlock::Q4_0 | SmallBlock::Q4_1 => self.scale_lines(),
+            SmallBlock::Q5_0 | SmallBlock::Q5_1 => self.scale_lines() + 8,
+        }
+    }
+
     /// Where the 32 high bits start, for the 5-bit formats.
-    fn high_bits_at(self) -> Option<usize> {
+    pub(super) fn high_bits_at(self) -> Option<usize> {
         match self {
             SmallBlock::Q5_0 => Some(2),
             SmallBlock::Q5_1 => Some(4),
@@ -78,7 +117,7 @@ impl SmallBlock {
 
     /// The codes' offset `o` of the symmetric formats (weight `d·(q − o)`); `None` for the
     /// formats that store a minimum instead.
-    fn offset(self) -> Option<i32> {
+    pub(super) fn offset(self) -> Option<i32> {
         match self {
             SmallBlock::Q4_0 => Some(8),
             SmallBlock::Q5_0 => Some(16),
@@ -169,7 +208,13 @@ fn quantize_runs(x: &[f32], cols: usize) -> QuantizedRows<BlockQ8x32> {
 }
 
 /// `out[r] = w · acts[r]` for each activation row, with the level's kernel.
-fn dot_rows(level: SimdLevel, format: SmallBlock, w: &[u8], acts: &[&[BlockQ8x32]], out: &mut [f32]) {
+pub(super) fn dot_rows(
+    level: SimdLevel,
+    format: SmallBlock,
+    w: &[u8],
+    acts: &[&[BlockQ8x32]],
+    out: &mut [f32],
+) {
     match level {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 | SimdLevel::Avx512Vnni | SimdLevel::Amx => {
@@ -224,16 +269,6 @@ mod avx2 {
 
     use super::{run, BlockQ8x32, SmallBlock};
 
-    /// The format that `HIGH` (5-bit codes) and `MIN` (a stored minimum) name.
-    const fn format(high: bool, min: bool) -> SmallBlock {
-        match (high, min) {
-            (false, false) => SmallBlock::Q4_0,
-            (false, true) => SmallBlock::Q4_1,
-            (true, false) => SmallBlock::Q5_0,
-            (true, true) => SmallBlock::Q5_1,
-        }
-    }
-
     /// The f16 at `block[at..at + 2]` in all 8 lanes. Converted as a whole vector: a scalar
     /// `vcvtph2ps` lets LLVM insert the word into whatever register is at hand (it chose the
     /// accumulator, chaining every block to the one before it).
@@ -278,7 +313,7 @@ mod avx2 {
         w: &[u8],
         acts: [&[BlockQ8x32]; R],
     ) -> [f32; R] {
-        let format = const { format(HIGH, MIN) };
+        let format = const { SmallBlock::with(HIGH, MIN) };
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         let mut mins = [0f32; R];

@@ -29,7 +29,7 @@ pub(super) fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 
 /// The activations `x` (`k` per row) as `format`'s kernels quantize them, dequantized: `d·q`.
 fn quantized_activations(format: BlockFormat, x: &[f32], k: usize) -> Vec<Vec<f64>> {
-    if format == BlockFormat::Q8_0 {
+    if matches!(format, BlockFormat::Q8_0 | BlockFormat::Small(_)) {
         let acts = QuantizedRows::<BlockQ8x32>::quantize(x, k);
         let value = |b: &BlockQ8x32, i: usize| b.d[i / 32] as f64 * b.qs[i] as f64;
         return (0..acts.rows())
@@ -54,12 +54,17 @@ fn exact(format: BlockFormat, x: &[f32], w: &[f32], n: usize, k: usize) -> Vec<f
     out
 }
 
-fn formats() -> [(BlockFormat, GgmlDType); 3] {
+fn formats() -> [(BlockFormat, GgmlDType); 7] {
     [
-        (BlockFormat::Q4K, GgmlDType::Q4K),
-        (BlockFormat::Q6K, GgmlDType::Q6K),
-        (BlockFormat::Q8_0, GgmlDType::Q8_0),
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
     ]
+    .map(|dtype| (BlockFormat::from_ggml(dtype).expect("a format with kernels"), dtype))
 }
 
 /// `x` times `w` by each SIMD level this CPU has, and by the panels (with each level that has

@@ -44,9 +44,9 @@ pub enum LinearWeight {
     /// depend on the rows beside it. candle's Q8_0 matmul, which rounds the activations to
     /// 8 bits, is faster for a large prefill chunk through a large weight; adapters are small.
     WidenedQ8(Arc<QTensor>),
-    /// Q4_K, Q6_K or Q8_0 blocks permuted into panels of 16 rows at load (where the CPU has the
-    /// panel kernels): the bytes of [`LinearWeight::Quantized`], multiplied faster at every
-    /// row count.
+    /// Q4_K, Q6_K, Q8_0 or Q4_0–Q5_1 blocks of whole 256-wide rows permuted into panels of 16
+    /// rows at load (where the CPU has the panel kernels): the bytes of
+    /// [`LinearWeight::Quantized`], multiplied faster at every row count.
     Panels(Arc<PanelMatrix>),
 }
 
