@@ -165,7 +165,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let prepared = pipeline.prepare(&messages, &[image])?;
         let one = GenerationParams { max_tokens: Some(1), ..params.clone() };
         let trace = run_together(&engine, vec![prepared], &one)?.remove(0);
-        let first = trace.deltas.first().copied().unwrap_or(trace.done);
+        let first = trace.deltas.first().map_or(trace.done, |d| d.at);
         let usage = trace.completion.as_ref().map(|c| c.usage.clone()).unwrap_or_default();
         image_figures.push(ImageFigures {
             path: src.clone(),

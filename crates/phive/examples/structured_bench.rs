@@ -43,7 +43,7 @@ fn args() -> Result<Args> {
 /// Decode tokens per second over all requests of a round: tokens after each request's first,
 /// over the time from the first request's first token to the last request's end.
 fn decode_rate(traces: &[Trace]) -> f64 {
-    let first = traces.iter().filter_map(|t| t.deltas.first()).min().copied();
+    let first = traces.iter().filter_map(|t| t.deltas.first()).map(|d| d.at).min();
     let end = traces.iter().map(|t| t.done).max();
     let tokens: usize = traces.iter().map(|t| t.tokens().saturating_sub(1)).sum();
     match (first, end) {

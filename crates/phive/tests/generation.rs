@@ -133,6 +133,29 @@ fn stop_string_truncates_and_never_streams() {
     assert_eq!(streamed, "Answer: 42");
 }
 
+/// Each delta says how many tokens it carries: text held back (a possible stop string, a
+/// character split over byte tokens) arrives with all of its tokens, and none is counted twice.
+#[test]
+fn deltas_carry_every_token_once() {
+    let script = ids("one </ans two 🌊 three");
+    let params = GenerationParams {
+        stop: vec!["</answer>".into()],
+        max_tokens: Some(script.len()),
+        ..Default::default()
+    };
+    let mut carried = Vec::new();
+    let c = run(script.clone(), params, |d| {
+        carried.push(d.tokens);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(c.finish_reason, FinishReason::Length);
+    assert_eq!(c.tokens, script);
+    assert_eq!(carried.iter().sum::<usize>(), script.len(), "{carried:?}");
+    assert!(carried.iter().any(|&n| n > 1), "nothing was held back: {carried:?}");
+    assert!(carried.len() < script.len(), "{carried:?}");
+}
+
 #[test]
 fn max_tokens_gives_length() {
     let script = ids("one two three four five six seven eight nine ten");

@@ -22,4 +22,4 @@ pub mod trace;
 pub use machine::CpuInfo;
 pub use prompt::{picture, text_prompt};
 pub use stats::{percentile, steady_decode_rate, Summary};
-pub use trace::{follow, run_together, run_together_with, Trace};
+pub use trace::{follow, run_together, run_together_with, Arrival, Trace};

@@ -43,7 +43,7 @@ impl Summary {
 /// Aggregate decode tokens per second of streams that ran together.
 ///
 /// Counted in the steady state: from the moment every stream has its first token until the
-/// first one finishes, every delta delivered counts (a delta is one token, or a few held back
+/// first one finishes, every token delivered counts (a delta carries one, or a few held back
 /// for a whole character). Prefill of the later streams, which the engine interleaves with the
 /// decode of the earlier ones, is thus left out. When that window is empty (streams that hardly
 /// overlap, or tokens that streamed no text, as a random-weight model's partial characters), all
@@ -51,16 +51,20 @@ impl Summary {
 /// the last finish. `None` when nothing was decoded.
 pub fn steady_decode_rate(traces: &[Trace]) -> Option<f64> {
     let end = traces.iter().map(|t| t.done).min()?;
-    let start = traces.iter().filter_map(|t| t.deltas.first()).max().copied();
+    let start = traces.iter().filter_map(|t| t.deltas.first()).map(|d| d.at).max();
     if let Some(start) = start.filter(|&s| traces.iter().all(|t| !t.deltas.is_empty()) && end > s) {
-        let delivered: usize =
-            traces.iter().map(|t| t.deltas.iter().filter(|d| **d > start && **d <= end).count()).sum();
+        let delivered: usize = traces
+            .iter()
+            .flat_map(|t| &t.deltas)
+            .filter(|d| d.at > start && d.at <= end)
+            .map(|d| d.tokens)
+            .sum();
         if delivered >= traces.len() {
             return Some(delivered as f64 / (end - start).as_secs_f64());
         }
     }
-    // Tokens from the completion (they may have streamed no text), else the deltas seen.
-    let tokens = |t: &Trace| t.tokens().max(t.deltas.len());
+    // Tokens from the completion (they may have streamed no text), else those streamed.
+    let tokens = |t: &Trace| t.tokens().max(t.streamed_tokens());
     let first = traces.iter().filter(|t| tokens(t) > 0).map(|t| t.submitted + t.ttft()).min()?;
     let last = traces.iter().map(|t| t.done).max()?;
     let after_first: usize = traces.iter().map(|t| tokens(t).saturating_sub(1)).sum();
@@ -73,6 +77,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::bench::Arrival;
 
     #[test]
     fn nearest_rank_percentiles() {
@@ -88,9 +93,10 @@ mod tests {
     }
 
     fn trace(t0: Instant, first_ms: u64, every_ms: u64, n: u64) -> Trace {
-        let deltas: Vec<Instant> =
-            (0..n).map(|i| t0 + Duration::from_millis(first_ms + i * every_ms)).collect();
-        Trace { submitted: t0, done: *deltas.last().unwrap(), deltas, completion: None }
+        let deltas: Vec<Arrival> = (0..n)
+            .map(|i| Arrival { at: t0 + Duration::from_millis(first_ms + i * every_ms), tokens: 1 })
+            .collect();
+        Trace { submitted: t0, done: deltas.last().unwrap().at, deltas, completion: None }
     }
 
     #[test]
@@ -105,6 +111,14 @@ mod tests {
         let rate = steady_decode_rate(&apart).unwrap();
         assert!(rate > 0.0 && rate < 1.0, "{rate}");
         assert!(steady_decode_rate(&[]).is_none());
+        // Half the deltas carry two tokens (text held back for a whole character): the same
+        // tokens in fewer deltas, the same rate (counting deltas would give 10).
+        let mut bunched = [trace(t0, 0, 100, 30), trace(t0, 1000, 100, 30)];
+        for t in &mut bunched {
+            t.deltas = t.deltas.iter().step_by(2).map(|d| Arrival { tokens: 2, ..*d }).collect();
+        }
+        let rate = steady_decode_rate(&bunched).unwrap();
+        assert!((rate - 20.0).abs() < 2.0, "{rate}");
     }
 
     /// A random-weight model's tokens may be partial characters that stream no text: the rate

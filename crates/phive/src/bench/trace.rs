@@ -12,12 +12,21 @@ use crate::{Error, Result};
 pub struct Trace {
     /// When the request was handed to the engine.
     pub submitted: Instant,
-    /// When each delta arrived (one token, or a few held back to complete a character).
-    pub deltas: Vec<Instant>,
+    /// Each delta's arrival (one token, or a few held back to complete a character).
+    pub deltas: Vec<Arrival>,
     /// When the request finished.
     pub done: Instant,
     /// The answer (of the first choice), with its token counts and engine timings.
     pub completion: Option<Completion>,
+}
+
+/// When a delta arrived and how many tokens it carried.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// When it arrived.
+    pub at: Instant,
+    /// Tokens it carried (at least one).
+    pub tokens: usize,
 }
 
 impl Trace {
@@ -26,7 +35,7 @@ impl Trace {
     /// own time to the first token; zero when nothing was generated.
     pub fn ttft(&self) -> Duration {
         match (self.deltas.first(), &self.completion) {
-            (Some(first), _) => *first - self.submitted,
+            (Some(first), _) => first.at - self.submitted,
             (None, Some(c)) if c.usage.completion_tokens > 0 => c.usage.time_to_first_token,
             _ => Duration::ZERO,
         }
@@ -37,9 +46,19 @@ impl Trace {
         self.completion.as_ref().map_or(0, |c| c.tokens.len())
     }
 
-    /// Gaps between consecutive deltas, in seconds (inter-token latency).
+    /// Tokens the deltas carried.
+    pub fn streamed_tokens(&self) -> usize {
+        self.deltas.iter().map(|d| d.tokens).sum()
+    }
+
+    /// Inter-token latencies, in seconds: the gap before each delta, shared by the tokens it
+    /// carried (a delta of three tokens after 90 ms is three tokens 30 ms apart), so that text
+    /// held back for a whole character does not read as a slow step.
     pub fn gaps(&self) -> impl Iterator<Item = f64> + '_ {
-        self.deltas.windows(2).map(|w| (w[1] - w[0]).as_secs_f64())
+        self.deltas.windows(2).flat_map(|w| {
+            let per_token = (w[1].at - w[0].at).as_secs_f64() / w[1].tokens as f64;
+            std::iter::repeat_n(per_token, w[1].tokens)
+        })
     }
 }
 
@@ -88,8 +107,8 @@ fn follow_with(submitted: Instant, mut handle: RequestHandle, on_delta: impl Fn(
     let mut completion = None;
     while let Some(event) = handle.next_blocking() {
         match event {
-            Event::Delta { .. } => {
-                deltas.push(Instant::now());
+            Event::Delta { delta, .. } => {
+                deltas.push(Arrival { at: Instant::now(), tokens: delta.tokens.max(1) });
                 on_delta();
             }
             Event::Done { completion: c, .. } => completion = Some(c),
@@ -122,7 +141,7 @@ mod tests {
         };
         Trace {
             submitted,
-            deltas: deltas_after_ms.iter().map(|&ms| at(ms)).collect(),
+            deltas: deltas_after_ms.iter().map(|&ms| Arrival { at: at(ms), tokens: 1 }).collect(),
             done: at(90),
             completion: Some(completion),
         }
@@ -134,5 +153,14 @@ mod tests {
         // Two tokens that streamed no text: the engine's time to the first token.
         assert_eq!(trace(&[], 2).ttft(), Duration::from_millis(40));
         assert_eq!(trace(&[], 0).ttft(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_delta_of_several_tokens_shares_its_gap() {
+        let mut t = trace(&[10, 40, 130], 5);
+        t.deltas[2].tokens = 3;
+        let gaps: Vec<f64> = t.gaps().map(|g| (g * 1e3).round()).collect();
+        assert_eq!(gaps, [30.0, 30.0, 30.0, 30.0]);
+        assert_eq!(t.streamed_tokens(), 5);
     }
 }

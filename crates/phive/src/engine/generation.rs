@@ -56,6 +56,9 @@ pub struct Delta {
     pub text: String,
     /// Log-probabilities of the tokens that produced this text (when requested).
     pub logprobs: Vec<TokenLogprob>,
+    /// Tokens generated since the previous delta: more than one where text was held back (a
+    /// character split over byte tokens, a possible stop string, a tool call's markup).
+    pub tokens: usize,
 }
 
 /// Why generation ended, with OpenAI's names.
@@ -191,6 +194,8 @@ pub struct Generation {
     tokens: Vec<u32>,
     text: String,
     emitted: usize,
+    /// Tokens already accounted for by a delta.
+    emitted_tokens: usize,
     logprobs: Vec<TokenLogprob>,
     pending_logprobs: Vec<TokenLogprob>,
     budget: usize,
@@ -228,6 +233,7 @@ impl Generation {
             tokens: Vec::new(),
             text: String::new(),
             emitted: 0,
+            emitted_tokens: 0,
             logprobs: Vec::new(),
             pending_logprobs: Vec::new(),
             budget: params.max_tokens.unwrap_or(usize::MAX).min(context_length.saturating_sub(prompt_len)),
@@ -356,8 +362,10 @@ impl Generation {
             let delta = Delta {
                 text: self.text[self.emitted..safe].to_string(),
                 logprobs: std::mem::take(&mut self.pending_logprobs),
+                tokens: self.tokens.len() - self.emitted_tokens,
             };
             self.emitted = safe;
+            self.emitted_tokens = self.tokens.len();
             delta
         });
         let finished = (self.tokens.len() >= self.budget).then_some(FinishReason::Length);
@@ -384,6 +392,7 @@ impl Generation {
         .then(|| Delta {
             text: self.text.get(self.emitted..).unwrap_or_default().to_string(),
             logprobs: std::mem::take(&mut self.pending_logprobs),
+            tokens: self.tokens.len() - self.emitted_tokens,
         });
         self.usage.completion_tokens = self.tokens.len();
         self.usage.completion_time = self.first_token.map(|t| t.elapsed()).unwrap_or_default();
