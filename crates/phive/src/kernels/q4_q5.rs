@@ -91,23 +91,21 @@ impl SmallBlock {
     /// Lines of a panel block of eight blocks ([`super::panels`]) that hold the scales: one
     /// per two blocks, or one per block beside its minimum.
     pub(super) const fn scale_lines(self) -> usize {
-        match self {
-            SmallBlock::Q4_0 | SmallBlock::Q5_0 => 4,
-            SmallBlock::Q4_1 | SmallBlock::Q5_1 => 8,
+        if self.offset().is_some() {
+            4
+        } else {
+            8
         }
     }
 
     /// The first line of a panel block that holds nibbles: after the scales and the 5-bit
     /// formats' high bits, a line per block.
     pub(super) const fn nibble_lines_at(self) -> usize {
-        match self {
-            SmallBlock::Q4_0 | SmallBlock::Q4_1 => self.scale_lines(),
-            SmallBlock::Q5_0 | SmallBlock::Q5_1 => self.scale_lines() + 8,
-        }
+        self.scale_lines() + if self.high_bits_at().is_some() { 8 } else { 0 }
     }
 
     /// Where the 32 high bits start, for the 5-bit formats.
-    pub(super) fn high_bits_at(self) -> Option<usize> {
+    pub(super) const fn high_bits_at(self) -> Option<usize> {
         match self {
             SmallBlock::Q5_0 => Some(2),
             SmallBlock::Q5_1 => Some(4),
@@ -117,7 +115,7 @@ impl SmallBlock {
 
     /// The codes' offset `o` of the symmetric formats (weight `d·(q − o)`); `None` for the
     /// formats that store a minimum instead.
-    pub(super) fn offset(self) -> Option<i32> {
+    pub(super) const fn offset(self) -> Option<i32> {
         match self {
             SmallBlock::Q4_0 => Some(8),
             SmallBlock::Q5_0 => Some(16),
