@@ -7,11 +7,18 @@
 //! cargo run --release -p phive --example attention_bench -- [--context 1024,2048] [--rows 1,8] [--kv-dtype f32,f16]
 //! ```
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use flags::Flags;
 use phive::nn::kv_cache::{KvDtype, KvGeometry, KvPool};
 use phive::nn::paged_attention::{decode_attention, DecodeQuery, PagedLayer};
+
+/// What `--help` prints.
+const USAGE: &str = "usage: attention_bench [--context 1024,2048] [--rows 1,8] [--kv-dtype f32,f16]";
 
 const LAYERS: usize = 32;
 const HEADS: usize = 32;
@@ -25,14 +32,14 @@ fn list(v: &str) -> Result<Vec<usize>> {
 fn main() -> Result<()> {
     let (mut contexts, mut rows) = (vec![1024, 2048], vec![1, 8]);
     let mut dtypes = vec![KvDtype::F32, KvDtype::F16];
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+    let mut flags = Flags::new(USAGE);
+    while let Some(flag) = flags.next_flag() {
+        let mut value = || flags.value(&flag);
         match flag.as_str() {
-            "--context" => contexts = list(&value)?,
-            "--rows" => rows = list(&value)?,
-            "--kv-dtype" => dtypes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-            other => anyhow::bail!("unknown flag {other}"),
+            "--context" => contexts = list(&value()?)?,
+            "--rows" => rows = list(&value()?)?,
+            "--kv-dtype" => dtypes = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            other => return Err(flags.error(format!("unknown flag {other}"))),
         }
     }
     println!("| KV dtype | sequences | context | step ms (32 layers) | KV GB/s |");

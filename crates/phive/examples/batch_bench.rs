@@ -8,18 +8,26 @@
 //!     [--kv-cache-dtype f16] [--max-batched-tokens N] [--solo-prefill-chunk N]
 //! ```
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use phive::engine::{Engine, EngineConfig, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
 use phive::prompt::{ChatMessage, MessagePart};
 use phive::IsqType;
 use phive::KvDtype;
 
+use flags::Flags;
 use phive::bench::{follow, percentile, picture, run_together, steady_decode_rate, CpuInfo};
+
+/// What `--help` prints.
+const USAGE: &str = "usage: batch_bench --model DIR [--isq TYPE] [--streams 1,2,4,8,16] [--decode-tokens N] \
+     [--max-batched-tokens N] [--solo-prefill-chunk N] [--kv-cache-dtype f32|f16] [--no-interference]";
 
 struct Args {
     model: PathBuf,
@@ -34,7 +42,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
+    let mut flags = Flags::new(USAGE);
     let mut a = Args {
         model: PathBuf::new(),
         isq: None,
@@ -45,8 +53,8 @@ fn parse_args() -> Result<Args> {
         kv_cache_dtype: KvDtype::F32,
         interference: true,
     };
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+    while let Some(flag) = flags.next_flag() {
+        let mut value = || flags.value(&flag);
         match flag.as_str() {
             "--model" => a.model = value()?.into(),
             "--isq" => a.isq = Some(value()?.parse()?),
@@ -56,11 +64,11 @@ fn parse_args() -> Result<Args> {
             "--solo-prefill-chunk" => a.solo_prefill_chunk = value()?.parse()?,
             "--no-interference" => a.interference = false,
             "--kv-cache-dtype" => a.kv_cache_dtype = value()?.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => return Err(flags.error(format!("unknown flag {other}"))),
         }
     }
     if a.model.as_os_str().is_empty() {
-        bail!("--model DIR is required");
+        return Err(flags.error("--model DIR is required"));
     }
     Ok(a)
 }

@@ -8,18 +8,27 @@
 //! Run each type in its own process: the peak RSS is the process's `VmHWM`. `--kv-dtype f16`
 //! stores the speed runs' KV cache in f16.
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+use flags::Flags;
 use phive::bench::percentile;
 use phive::checkpoint::Checkpoint;
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
 use phive::nn::kv_cache::{KvCache, KvDtype, KvGeometry};
 use phive::nn::linear::LoadVb;
 use phive::quant::{memory_stats, IsqType, LoadContext, TensorRole};
+
+/// What `--help` prints.
+const USAGE: &str =
+    "usage: isq_bench --model DIR [--isq f32|TYPE] [--reference FILE | --write-reference FILE] \
+     [--prefill-tokens N] [--decode-tokens N] [--kv-dtype f32|f16]";
 
 const PROMPTS: &[&str] = &[
     "Describe a sunset over the ocean in two sentences.",
@@ -40,7 +49,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
+    let mut flags = Flags::new(USAGE);
     let mut a = Args {
         model: PathBuf::new(),
         isq: None,
@@ -50,8 +59,8 @@ fn parse_args() -> Result<Args> {
         decode: 32,
         kv_dtype: KvDtype::F32,
     };
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+    while let Some(flag) = flags.next_flag() {
+        let mut value = || flags.value(&flag);
         match flag.as_str() {
             "--model" => a.model = value()?.into(),
             "--isq" => {
@@ -63,11 +72,11 @@ fn parse_args() -> Result<Args> {
             "--prefill-tokens" => a.prefill = value()?.parse()?,
             "--decode-tokens" => a.decode = value()?.parse()?,
             "--kv-dtype" => a.kv_dtype = value()?.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => return Err(flags.error(format!("unknown flag {other}"))),
         }
     }
     if a.model.as_os_str().is_empty() {
-        bail!("--model DIR is required");
+        return Err(flags.error("--model DIR is required"));
     }
     Ok(a)
 }

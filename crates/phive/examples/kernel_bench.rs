@@ -8,11 +8,15 @@
 //! cargo run --release -p phive --example kernel_bench -- [--format q4k|q6k|q8_0|q4_0|q4_1|q5_0|q5_1] [--rows 1,8,64,512] [--shape qkv|o|gate_up|down|lm_head] [--reps N]
 //! ```
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
+use flags::Flags;
 use phive::kernels::{quantized_matmul_with, BlockFormat, PanelMatrix, QuantizedMatrix, SimdLevel};
 
 /// (name, output features, input features) of the Phi-3.5 decoder's projections.
@@ -51,16 +55,12 @@ fn main() -> Result<()> {
     let mut rows = vec![1usize, 8, 64, 512];
     let mut only: Option<String> = None;
     let mut reps: Option<usize> = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+    let mut flags = Flags::new(USAGE);
+    while let Some(flag) = flags.next_flag() {
+        let mut value = || flags.value(&flag);
         match flag.as_str() {
             "--format" => {
-                dtype = match value.to_ascii_lowercase().as_str() {
+                dtype = match value()?.to_ascii_lowercase().as_str() {
                     "q4k" => GgmlDType::Q4K,
                     "q6k" => GgmlDType::Q6K,
                     "q8_0" => GgmlDType::Q8_0,
@@ -68,13 +68,13 @@ fn main() -> Result<()> {
                     "q4_1" => GgmlDType::Q4_1,
                     "q5_0" => GgmlDType::Q5_0,
                     "q5_1" => GgmlDType::Q5_1,
-                    other => bail!("unknown format {other}\n{USAGE}"),
+                    other => return Err(flags.error(format!("unknown format {other}"))),
                 }
             }
-            "--rows" => rows = value.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>()?,
-            "--shape" => only = Some(value),
-            "--reps" => reps = Some(value.parse()?),
-            other => bail!("unknown flag {other}\n{USAGE}"),
+            "--rows" => rows = value()?.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>()?,
+            "--shape" => only = Some(value()?),
+            "--reps" => reps = Some(value()?.parse()?),
+            other => return Err(flags.error(format!("unknown flag {other}"))),
         }
     }
     let format = BlockFormat::from_ggml(dtype).context("no phive kernel for this format")?;

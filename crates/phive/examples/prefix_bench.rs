@@ -8,17 +8,24 @@
 //! cargo run --release -p phive --example prefix_bench -- --model /tmp/phi35-real --isq q4k
 //! ```
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use flags::Flags;
 use phive::engine::{Engine, EngineConfig, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive::prompt::{ChatMessage, MessagePart};
 use phive::IsqType;
 
 use phive::bench::{percentile, picture, run_together, CpuInfo};
+
+/// What `--help` prints.
+const USAGE: &str = "usage: prefix_bench --model DIR [--isq TYPE] [--system-sentences N]";
 
 struct Args {
     model: PathBuf,
@@ -28,19 +35,19 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
+    let mut flags = Flags::new(USAGE);
     let mut a = Args { model: PathBuf::new(), isq: None, system_sentences: 100 };
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+    while let Some(flag) = flags.next_flag() {
+        let mut value = || flags.value(&flag);
         match flag.as_str() {
             "--model" => a.model = value()?.into(),
             "--isq" => a.isq = Some(value()?.parse()?),
             "--system-sentences" => a.system_sentences = value()?.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => return Err(flags.error(format!("unknown flag {other}"))),
         }
     }
     if a.model.as_os_str().is_empty() {
-        bail!("--model DIR is required");
+        return Err(flags.error("--model DIR is required"));
     }
     Ok(a)
 }

@@ -8,14 +8,21 @@
 //! one-digit integers (each integer and each separator a token), and the free requests run to
 //! `max_tokens`.
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use flags::Flags;
 use phive::bench::{run_together, CpuInfo, Trace};
 use phive::engine::{Engine, EngineConfig, GenerationParams, Grammar};
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive::prompt::ChatMessage;
 use phive::IsqType;
+
+/// What `--help` prints.
+const USAGE: &str = "usage: structured_bench [--model DIR] [--isq TYPE] [--tokens N] [--rounds N]";
 
 struct Args {
     model: String,
@@ -26,15 +33,15 @@ struct Args {
 
 fn args() -> Result<Args> {
     let mut args = Args { model: "/tmp/phi35-real".into(), isq: None, tokens: 64, rounds: 2 };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+    let mut flags = Flags::new(USAGE);
+    while let Some(flag) = flags.next_flag() {
+        let mut value = || flags.value(&flag);
         match flag.as_str() {
-            "--model" => args.model = value,
-            "--isq" => args.isq = Some(value.parse()?),
-            "--tokens" => args.tokens = value.parse()?,
-            "--rounds" => args.rounds = value.parse()?,
-            other => anyhow::bail!("unknown flag {other}"),
+            "--model" => args.model = value()?,
+            "--isq" => args.isq = Some(value()?.parse()?),
+            "--tokens" => args.tokens = value()?.parse()?,
+            "--rounds" => args.rounds = value()?.parse()?,
+            other => return Err(flags.error(format!("unknown flag {other}"))),
         }
     }
     Ok(args)

@@ -10,10 +10,14 @@
 //! preprocessing (its default crop limit). GFLOP counts 2 × the multiply-adds of the patch
 //! embedding, the projections, the MLPs and attention's two products (every patch as a key).
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
+use flags::Flags;
 use phive::bench::peak::matmul_flops;
 use phive::checkpoint::{Architecture, Checkpoint};
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
@@ -22,6 +26,9 @@ use phive::nn::linear::LoadVb;
 use phive::quant::{IsqType, LoadContext};
 use phive::vision::vit::{hidden_state_index, VitConfig};
 use phive::vision::{phi3v_hd, phi4mm_hd};
+
+/// What `--help` prints.
+const USAGE: &str = "usage: tower_bench --model DIR --image FILE [--passes N]";
 
 /// One forward pass of the tower over the prepared image.
 type Pass = Box<dyn Fn() -> phive::Result<()>>;
@@ -35,18 +42,18 @@ fn crop_macs<T>(v: &VitConfig<T>, layers: usize, t: usize) -> usize {
 
 fn main() -> Result<()> {
     let (mut model_dir, mut image, mut passes) = (String::new(), String::new(), 3usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+    let mut flags = Flags::new(USAGE);
+    while let Some(flag) = flags.next_flag() {
+        let mut value = || flags.value(&flag);
         match flag.as_str() {
-            "--model" => model_dir = value,
-            "--image" => image = value,
-            "--passes" => passes = value.parse()?,
-            other => bail!("unknown flag {other}"),
+            "--model" => model_dir = value()?,
+            "--image" => image = value()?,
+            "--passes" => passes = value()?.parse()?,
+            other => return Err(flags.error(format!("unknown flag {other}"))),
         }
     }
     if model_dir.is_empty() || image.is_empty() {
-        bail!("--model DIR and --image FILE are required");
+        return Err(flags.error("--model DIR and --image FILE are required"));
     }
     let ck = Checkpoint::open(&model_dir, None)?;
     let picture = image::open(&image).with_context(|| format!("reading {image}"))?;
