@@ -30,6 +30,8 @@ pub(crate) mod gemm;
 mod panels;
 mod q4_q5;
 #[cfg(target_arch = "x86_64")]
+mod q4_q5_panel;
+#[cfg(target_arch = "x86_64")]
 mod q4_q5_panel_avx2;
 mod q4k;
 #[cfg(target_arch = "x86_64")]

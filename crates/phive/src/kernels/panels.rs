@@ -125,17 +125,17 @@ macro_rules! by_row_tiles {
             }
         }
     };
-    ($kernel:ident, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
+    ($kernel:ident $(::<$($g:tt),+>)?, $panel:expr, $acts:expr, $out:expr $(, $arg:expr)*) => {
         for (tile, dst) in $acts.chunks(8).zip($out.chunks_mut(8)) {
             match tile.len() {
-                1 => $kernel::<1>($panel, tile, dst $(, $arg)*),
-                2 => $kernel::<2>($panel, tile, dst $(, $arg)*),
-                3 => $kernel::<3>($panel, tile, dst $(, $arg)*),
-                4 => $kernel::<4>($panel, tile, dst $(, $arg)*),
-                5 => $kernel::<5>($panel, tile, dst $(, $arg)*),
-                6 => $kernel::<6>($panel, tile, dst $(, $arg)*),
-                7 => $kernel::<7>($panel, tile, dst $(, $arg)*),
-                _ => $kernel::<8>($panel, tile, dst $(, $arg)*),
+                1 => $kernel::<$($($g,)+)? 1>($panel, tile, dst $(, $arg)*),
+                2 => $kernel::<$($($g,)+)? 2>($panel, tile, dst $(, $arg)*),
+                3 => $kernel::<$($($g,)+)? 3>($panel, tile, dst $(, $arg)*),
+                4 => $kernel::<$($($g,)+)? 4>($panel, tile, dst $(, $arg)*),
+                5 => $kernel::<$($($g,)+)? 5>($panel, tile, dst $(, $arg)*),
+                6 => $kernel::<$($($g,)+)? 6>($panel, tile, dst $(, $arg)*),
+                7 => $kernel::<$($($g,)+)? 7>($panel, tile, dst $(, $arg)*),
+                _ => $kernel::<$($($g,)+)? 8>($panel, tile, dst $(, $arg)*),
             }
         }
     };
@@ -143,7 +143,7 @@ macro_rules! by_row_tiles {
 #[cfg(target_arch = "x86_64")]
 pub(super) use by_row_tiles;
 
-/// As a tile of `R` activation rows loads line `j` of a panel block (`block`, its `WORDS`
+/// As a tile of `R` activation rows loads line `j` of a panel block (`block`, its `words`
 /// lines), asks for the same line two blocks ahead into L2. With 4 or more rows, multiplying a
 /// block takes about as long as memory takes to deliver one, and the hardware prefetcher alone
 /// leaves the kernel waiting on its loads: with this, an 8-row tile reads Q4_K weights from
@@ -153,10 +153,10 @@ pub(super) use by_row_tiles;
 /// prefetches at once stalls on the outstanding misses.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) fn prefetch_ahead<const R: usize, const WORDS: usize>(block: &[Line], j: usize) {
+pub(super) fn prefetch_ahead<const R: usize>(block: &[Line], words: usize, j: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
     if R >= 4 {
-        let ahead = block.as_ptr().wrapping_add(2 * WORDS + j);
+        let ahead = block.as_ptr().wrapping_add(2 * words + j);
         // SAFETY: a prefetch is a hint; it never faults, whatever the address.
         unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.cast()) };
     }
@@ -353,6 +353,9 @@ impl PanelMatrix {
                         super::q8_0_panel::dot(panel, &rows, results)
                     }
                     BlockFormat::Q8_0 => super::q8_0_panel_avx2::dot(panel, &rows, results),
+                    BlockFormat::Small(format) if level >= SimdLevel::Avx512Vnni => {
+                        super::q4_q5_panel::dot(format, panel, &rows, results)
+                    }
                     BlockFormat::Small(format) => super::q4_q5_panel_avx2::dot(format, panel, &rows, results),
                     BlockFormat::Q4K | BlockFormat::Q6K => {
                         unreachable!("k-quant panels take blocks of 256 activations")

@@ -26,7 +26,7 @@ use super::x86::{f16_halves, half_line, lane_byte_mask};
 const BLOCKS: usize = 8;
 
 /// `vpshufb` masks that fill every byte of a lane with byte `k` of that lane's high bits.
-const HIGH_BYTE_MASKS: [[i8; 32]; 4] = [spread(0), spread(1), spread(2), spread(3)];
+pub(super) const HIGH_BYTE_MASKS: [[i8; 32]; 4] = [spread(0), spread(1), spread(2), spread(3)];
 
 const fn spread(k: usize) -> [i8; 32] {
     lane_byte_mask([Some(k), Some(k), Some(k), Some(k)])

@@ -160,7 +160,7 @@ pub(super) unsafe fn dot(panel: &[Line], acts: &PackedRows, out: &mut [[f32; COL
 #[inline]
 unsafe fn prepare(lines: &[Line], scaled: &mut ScaledBlock) {
     let load = |j: usize| {
-        prefetch_ahead::<STEP_ROWS, WORDS>(lines, j);
+        prefetch_ahead::<STEP_ROWS>(lines, WORDS, j);
         _mm512_load_si512(lines.as_ptr().add(j).cast())
     };
     let (d, dmin, scales, mins) = header([load(0), load(1), load(2), load(3)]);
@@ -193,7 +193,7 @@ unsafe fn scale_codes(lines: &[Line], scales: &[__m512i; 8], scaled: &mut Scaled
         let even = |s: __m512i| _mm512_or_si512(s, _mm512_slli_epi32::<16>(s));
         let (scale_lo, scale_hi) = (even(scales[2 * i]), even(scales[2 * i + 1]));
         for g in 0..8 {
-            prefetch_ahead::<STEP_ROWS, WORDS>(lines, 4 + 8 * i + g);
+            prefetch_ahead::<STEP_ROWS>(lines, WORDS, 4 + 8 * i + g);
             let v = _mm512_load_si512(lines.as_ptr().add(4 + 8 * i + g).cast());
             let (codes_lo, codes_hi) =
                 (_mm512_and_si512(v, nibble), _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibble));

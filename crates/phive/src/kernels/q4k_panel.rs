@@ -105,7 +105,7 @@ unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &m
     let mut acc = [_mm512_setzero_ps(); R];
     for (b, lines) in panel.chunks_exact(WORDS).enumerate() {
         let load = |j: usize| {
-            prefetch_ahead::<R, WORDS>(lines, j);
+            prefetch_ahead::<R>(lines, WORDS, j);
             _mm512_load_si512(lines.as_ptr().add(j).cast())
         };
         let (d, dmin, scales, mins) = header([load(0), load(1), load(2), load(3)]);

@@ -58,7 +58,7 @@ unsafe fn quarter<const K: usize, const R: usize>(
     // Quarters 0 and 1 load each of the half's lines first; 2 and 3 load them again.
     let load = |j: usize| {
         if K < 2 {
-            prefetch_ahead::<R, WORDS>(lines, j);
+            prefetch_ahead::<R>(lines, WORDS, j);
         }
         _mm512_load_si512(lines.as_ptr().add(j).cast())
     };
@@ -94,7 +94,7 @@ unsafe fn dot_rows<const R: usize>(panel: &[Line], acts: &[&[BlockQ8K]], out: &m
     let mut acc = [_mm512_setzero_ps(); R];
     for (b, lines) in panel.chunks_exact(WORDS).enumerate() {
         let load = |j: usize| {
-            prefetch_ahead::<R, WORDS>(lines, j);
+            prefetch_ahead::<R>(lines, WORDS, j);
             _mm512_load_si512(lines.as_ptr().add(j).cast())
         };
         let blocks: [&BlockQ8K; R] = std::array::from_fn(|r| acts[r].get_unchecked(b));

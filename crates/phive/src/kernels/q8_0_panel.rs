@@ -11,6 +11,7 @@ use std::arch::x86_64::*;
 
 use super::panels::{by_row_tiles, prefetch_ahead, words, Line, COLS};
 use super::q8_0::{BlockQ8x32, QK8_0};
+use super::x86::f16_halves512;
 use super::BlockFormat;
 
 /// Lines per block.
@@ -47,17 +48,13 @@ unsafe fn add_rows<const R: usize>(
     let mut acc: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(out[r].as_ptr()));
     for (b, lines) in panel.chunks_exact(WORDS).enumerate() {
         let load = |j: usize| {
-            prefetch_ahead::<R, WORDS>(lines, j);
+            prefetch_ahead::<R>(lines, WORDS, j);
             _mm512_load_si512(lines.as_ptr().add(j).cast())
         };
         let blocks: [&BlockQ8x32; R] = std::array::from_fn(|r| acts[r].get_unchecked(first + b));
         for pair in 0..4 {
-            let scales = load(pair);
-            let d = [
-                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(scales)),
-                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(scales))),
-            ];
-            for (half, d) in d.into_iter().enumerate() {
+            let (even, odd) = f16_halves512(load(pair));
+            for (half, d) in [even, odd].into_iter().enumerate() {
                 let j = 2 * pair + half;
                 let mut sums: [__m512i; R] =
                     std::array::from_fn(|r| _mm512_set1_epi32(-128 * blocks[r].sums[j]));

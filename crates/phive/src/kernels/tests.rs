@@ -147,6 +147,28 @@ fn the_amx_kernel_matches_the_vnni_kernel_bit_for_bit() {
     }
 }
 
+/// The 32-weight formats' VNNI panels sum each block in i32 lanes where the AVX2 panels sum
+/// in i16 and widen; both must reach the same integers and take the same float steps, so that
+/// a machine's answers do not depend on which of the two kernels it has.
+#[test]
+fn the_small_block_vnni_panels_match_the_avx2_panels_bit_for_bit() {
+    if super::simd_level() < SimdLevel::Avx512Vnni {
+        eprintln!("no AVX-512 VNNI on this CPU (or PHIVE_SIMD caps it): nothing to compare");
+        return;
+    }
+    let (n, k, m) = (48, 512, 13);
+    let x = pseudo_random(m * k, 17, 3.0);
+    for (format, dtype) in formats().into_iter().filter(|(f, _)| matches!(f, BlockFormat::Small(_))) {
+        let (data, _) = quantized_weight(n, k, dtype, 5);
+        let panels = PanelMatrix::pack(QuantizedMatrix { data: &data, format, rows: n, cols: k })
+            .expect("panels on a CPU with AVX2");
+        let vnni = panels.matmul_with(SimdLevel::Avx512Vnni, &x).unwrap();
+        let avx2 = panels.matmul_with(SimdLevel::Avx2, &x).unwrap();
+        let differ = vnni.iter().zip(&avx2).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{format:?}: {differ} of {} results differ", m * n);
+    }
+}
+
 #[test]
 fn product_is_close_to_the_f32_product_of_the_dequantized_weight() {
     let (m, n, k) = (6, 40, 1024);

@@ -109,6 +109,19 @@ pub(super) unsafe fn f16_halves(v: __m256i) -> (__m256, __m256) {
     )
 }
 
+/// [`f16_halves`] for a 512-bit line: the low halves of its sixteen lanes, then the high ones.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn f16_halves512(v: __m512i) -> (__m512, __m512) {
+    (
+        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)),
+        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(v))),
+    )
+}
+
 /// A `vpshufb` mask that rebuilds every 32-bit lane from its own bytes: byte `i` of the lane
 /// becomes its byte `picks[i]`, or zero where that is `None`.
 pub(super) const fn lane_byte_mask(picks: [Option<usize>; 4]) -> [i8; 32] {
