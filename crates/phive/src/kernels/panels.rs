@@ -43,7 +43,8 @@ pub(super) const fn words(format: BlockFormat) -> usize {
 /// each half of the block as its eight `ql`/`qh` word pairs read together, then its other
 /// eight `ql` words; its last word is half padding. Q8_0's first four lines hold the scales
 /// of GGML blocks `2i` and `2i + 1`, then each GGML block's 32 codes take eight lines. Q4_0
-/// to Q5_1 are laid out as their kernel ([`super::q4_q5_panel_avx2`]) describes.
+/// to Q5_1 are laid out as their AVX2 kernel ([`super::q4_q5_panel_avx2`]) describes; the VNNI
+/// kernel reads the same lines.
 fn source_bytes(format: BlockFormat, j: usize) -> [(usize, usize); 2] {
     let word = |w: usize| [(4 * w, 4.min(format.block_bytes() - 4 * w)), (0, 0)];
     match format {
