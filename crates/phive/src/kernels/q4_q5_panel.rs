@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use super::panels::{by_row_tiles, prefetch_ahead, Line, COLS};
 use super::q4_q5::SmallBlock;
-use super::q4_q5_panel_avx2::HIGH_BYTE_MASKS;
+use super::q4_q5_panel_avx2::fifth_bit_selectors;
 use super::q8_0::{BlockQ8x32, QK8_0};
 use super::x86::f16_halves512;
 
@@ -42,10 +42,9 @@ pub(super) unsafe fn dot(
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 unsafe fn fifth_bits(high: __m512i, first: usize) -> __m512i {
-    let mask = _mm256_loadu_si256(HIGH_BYTE_MASKS[first / 8].as_ptr().cast());
-    let byte = _mm512_shuffle_epi8(high, _mm512_broadcast_i64x4(mask));
-    let s = first % 8;
-    let bits = _mm512_set1_epi32(i32::from_le_bytes([1 << s, 2 << s, 4 << s, 8 << s]));
+    let (mask, bits) = fifth_bit_selectors(first);
+    let byte = _mm512_shuffle_epi8(high, _mm512_broadcast_i64x4(_mm256_loadu_si256(mask.as_ptr().cast())));
+    let bits = _mm512_set1_epi32(bits);
     _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(byte, bits), _mm512_set1_epi8(0x10))
 }
 
@@ -60,6 +59,7 @@ unsafe fn dot_rows<const HIGH: bool, const MIN: bool, const R: usize>(
     let format = const { SmallBlock::with(HIGH, MIN) };
     let words = super::panels::words(super::BlockFormat::Small(format));
     let (scale_lines, codes_at) = (format.scale_lines(), format.nibble_lines_at());
+    let offset = format.offset().unwrap_or(0);
     let nibble = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); R];
     for (b, lines) in panel.chunks_exact(words).enumerate() {
@@ -80,7 +80,6 @@ unsafe fn dot_rows<const HIGH: bool, const MIN: bool, const R: usize>(
                 let j = 2 * pair + half;
                 let high = if HIGH { load(scale_lines + j) } else { _mm512_setzero_si512() };
                 // The offset's `o·Σa` comes off up front.
-                let offset = format.offset().unwrap_or(0);
                 let mut sums: [__m512i; R] =
                     std::array::from_fn(|r| _mm512_set1_epi32(-offset * blocks[r].sums[j]));
                 for g in 0..4 {

@@ -26,10 +26,19 @@ use super::x86::{f16_halves, half_line, lane_byte_mask};
 const BLOCKS: usize = 8;
 
 /// `vpshufb` masks that fill every byte of a lane with byte `k` of that lane's high bits.
-pub(super) const HIGH_BYTE_MASKS: [[i8; 32]; 4] = [spread(0), spread(1), spread(2), spread(3)];
+const HIGH_BYTE_MASKS: [[i8; 32]; 4] = [spread(0), spread(1), spread(2), spread(3)];
 
 const fn spread(k: usize) -> [i8; 32] {
     lane_byte_mask([Some(k), Some(k), Some(k), Some(k)])
+}
+
+/// Where the fifth bits of codes `first…first + 3` (`first` a multiple of 4) sit in a row's 32
+/// high bits: the `vpshufb` mask that copies their byte into every byte of the row's lane, and
+/// the lane of four bytes that tests bit `first + i` in byte `i`. Both kernels share them.
+#[inline(always)]
+pub(super) fn fifth_bit_selectors(first: usize) -> (&'static [i8; 32], i32) {
+    let s = first % 8;
+    (&HIGH_BYTE_MASKS[first / 8], i32::from_le_bytes([1 << s, 2 << s, 4 << s, 8 << s]))
 }
 
 /// `out[r][c] = acts[r] · row c` of the panel whose lines are `panel`, in `format`.
@@ -59,9 +68,9 @@ pub(super) unsafe fn dot(
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn fifth_bits(high: __m256i, first: usize) -> __m256i {
-    let byte = _mm256_shuffle_epi8(high, _mm256_loadu_si256(HIGH_BYTE_MASKS[first / 8].as_ptr().cast()));
-    let s = first % 8;
-    let bits = _mm256_set1_epi32(i32::from_le_bytes([1 << s, 2 << s, 4 << s, 8 << s]));
+    let (mask, bits) = fifth_bit_selectors(first);
+    let byte = _mm256_shuffle_epi8(high, _mm256_loadu_si256(mask.as_ptr().cast()));
+    let bits = _mm256_set1_epi32(bits);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(byte, bits), bits);
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
