@@ -403,7 +403,11 @@ impl EngineLoop {
         let arrived = Arc::clone(&self.arrived);
         let stop = move || arrived.load(Ordering::Relaxed) || solo.as_ref().is_some_and(|r| r.is_cancelled());
         let result = contain("running a step", || {
-            run_step(pipeline.model(), &mut self.pool, &mut self.scheduler.running, &plan, &stop)
+            // On a rayon worker: the step's hundreds of parallel kernels then split their work
+            // with the worker that runs it, instead of this thread waking the pool and
+            // sleeping until each one is done (a futex round trip per kernel).
+            let (pool, running) = (&mut self.pool, &mut self.scheduler.running);
+            rayon::scope(|_| run_step(pipeline.model(), pool, running, &plan, &stop))
         })
         .and_then(|result| result);
         if let Ok(output) = &result {
