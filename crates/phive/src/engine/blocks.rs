@@ -33,6 +33,8 @@ pub struct BlockAllocator {
     /// When each kept block was released (its key in `kept`).
     released_at: Vec<u64>,
     clock: u64,
+    /// One past the highest block ever handed out: the blocks below have been written to.
+    touched: usize,
 }
 
 impl BlockAllocator {
@@ -48,6 +50,7 @@ impl BlockAllocator {
             kept: BTreeMap::new(),
             released_at: vec![0; capacity],
             clock: 0,
+            touched: 0,
         }
     }
 
@@ -59,6 +62,12 @@ impl BlockAllocator {
     /// Blocks no sequence holds (free, or kept for the prefix cache and evictable).
     pub fn num_free(&self) -> usize {
         self.free.len() + self.kept.len()
+    }
+
+    /// How many blocks, from block 0, sequences have held: the free list hands out fresh
+    /// blocks in ascending order, so the next ones start here.
+    pub fn touched(&self) -> usize {
+        self.touched
     }
 
     /// Blocks registered in the prefix cache, held or kept.
@@ -80,6 +89,7 @@ impl BlockAllocator {
             }
         };
         self.refs[block as usize] = 1;
+        self.touched = self.touched.max(block as usize + 1);
         Some(block)
     }
 
@@ -160,6 +170,18 @@ mod tests {
         assert!(a.allocate().is_some() && a.allocate().is_some());
         assert_eq!(a.allocate(), None);
         assert_eq!(a.capacity(), 3);
+    }
+
+    #[test]
+    fn released_blocks_are_handed_out_again_before_fresh_ones() {
+        let mut a = BlockAllocator::new(4, false);
+        let (x, _) = (a.allocate().unwrap(), a.allocate().unwrap());
+        assert_eq!(a.touched(), 2);
+        a.release(&[x]);
+        assert_eq!(a.allocate(), Some(x));
+        assert_eq!(a.touched(), 2, "a reused block touches nothing new");
+        assert_eq!(a.allocate(), Some(2), "fresh blocks come in ascending order");
+        assert_eq!(a.touched(), 3);
     }
 
     #[test]

@@ -102,6 +102,11 @@ impl Scheduler {
         (self.blocks.num_free(), self.blocks.capacity(), self.blocks.num_cached())
     }
 
+    /// How many blocks from block 0 sequences have held ([`BlockAllocator::touched`]).
+    pub fn blocks_touched(&self) -> usize {
+        self.blocks.touched()
+    }
+
     /// Queues a new sequence.
     pub fn add(&mut self, mut sequence: Sequence) {
         if let Some(hasher) = self.hasher {

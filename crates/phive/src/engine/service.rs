@@ -389,6 +389,7 @@ impl EngineLoop {
     fn step(&mut self) {
         let started = Instant::now();
         let plan = self.scheduler.schedule();
+        self.pool.warm_ahead(self.scheduler.blocks_touched());
         self.shared.queued.fetch_sub(plan.started, Ordering::SeqCst);
         if plan.rows.is_empty() {
             return;

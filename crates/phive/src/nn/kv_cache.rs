@@ -25,6 +25,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::kv_tensors::KvTensors;
+use super::kv_warmer::{Regions, Warmer, AHEAD_BYTES};
 use crate::Result;
 
 /// How the pool stores keys and values.
@@ -124,6 +125,9 @@ impl KvGeometry {
 pub struct KvPool {
     geometry: KvGeometry,
     num_blocks: usize,
+    /// Faults in fresh host blocks ahead of use. Declared before `memory` so that it stops
+    /// before the stores it works on are freed.
+    warmer: Option<Warmer>,
     memory: Memory,
 }
 
@@ -163,6 +167,14 @@ impl Store {
         match self {
             Store::F32(v) => v.copy_within(src, dst),
             Store::F16(v) => v.copy_within(src, dst),
+        }
+    }
+
+    /// Address and length in bytes of the numbers.
+    fn region(&self) -> (usize, usize) {
+        match self {
+            Store::F32(v) => (v.as_ptr() as usize, std::mem::size_of_val(v.as_slice())),
+            Store::F16(v) => (v.as_ptr() as usize, std::mem::size_of_val(v.as_slice())),
         }
     }
 
@@ -230,21 +242,31 @@ impl KvPool {
     pub fn new(geometry: KvGeometry, num_blocks: usize) -> Self {
         let elems = num_blocks * geometry.block_elems();
         let store = || (0..geometry.num_layers).map(|_| Store::zeros(geometry.dtype, elems)).collect();
-        Self { geometry, num_blocks, memory: Memory::Host { keys: store(), values: store() } }
+        Self { geometry, num_blocks, warmer: None, memory: Memory::Host { keys: store(), values: store() } }
     }
 
     /// A pool of `num_blocks` blocks as tensors on `device` (any device: tests run the GPU's
     /// code path on the CPU this way).
     pub fn on_device(geometry: KvGeometry, num_blocks: usize, device: &Device) -> Result<Self> {
         let tensors = KvTensors::zeros(geometry, num_blocks, device)?;
-        Ok(Self { geometry, num_blocks, memory: Memory::Tensors(tensors) })
+        Ok(Self { geometry, num_blocks, warmer: None, memory: Memory::Tensors(tensors) })
     }
 
-    /// The pool for a model on `device`: host memory for the CPU's kernels, device tensors
+    /// The pool for a model on `device`: host memory for the CPU's kernels, whose fresh blocks
+    /// a background thread faults in ahead of use ([`KvPool::warm_ahead`]), device tensors
     /// anywhere else.
     pub fn for_device(geometry: KvGeometry, num_blocks: usize, device: &Device) -> Result<Self> {
         if device.is_cpu() {
-            Ok(Self::new(geometry, num_blocks))
+            let mut pool = Self::new(geometry, num_blocks);
+            if let Memory::Host { keys, values } = &pool.memory {
+                let stores = keys.iter().chain(values).map(Store::region).collect();
+                let block_bytes = geometry.block_elems() * geometry.dtype.size();
+                // SAFETY: the stores never move or shrink: only `grow` reallocates them, and it
+                // stops the warmer first; the warmer is dropped before them.
+                pool.warmer = unsafe { Warmer::spawn(Regions { stores, block_bytes }) };
+            }
+            pool.warm_ahead(0);
+            Ok(pool)
         } else {
             Self::on_device(geometry, num_blocks, device)
         }
@@ -278,6 +300,16 @@ impl KvPool {
             .into());
         }
         Ok(())
+    }
+
+    /// Has the blocks after the first `in_use` (those the allocator hands out next, fresh
+    /// blocks going in ascending order) faulted in ahead of use, [`AHEAD_BYTES`]' worth, where
+    /// a warmer runs.
+    pub fn warm_ahead(&self, in_use: usize) {
+        if let Some(warmer) = &self.warmer {
+            let ahead = (AHEAD_BYTES / self.geometry.bytes_per_block().max(1)).max(4);
+            warmer.warm_through((in_use + ahead).min(self.num_blocks));
+        }
     }
 
     /// The shape of the memory.
@@ -381,6 +413,8 @@ impl KvPool {
             return Ok(());
         }
         let elems = num_blocks * self.geometry.block_elems();
+        // Resizing moves the stores under the warmer.
+        self.warmer = None;
         match &mut self.memory {
             Memory::Host { keys, values } => {
                 for store in keys.iter_mut().chain(values.iter_mut()) {

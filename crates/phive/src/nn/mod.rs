@@ -8,6 +8,7 @@ pub mod attention;
 pub mod encoder_attention;
 pub mod kv_cache;
 pub mod kv_tensors;
+mod kv_warmer;
 pub mod linear;
 pub mod lora;
 pub mod norm;
