@@ -149,10 +149,10 @@ mod tests {
 
     const PAGE: usize = 4096;
 
-    /// Whether each page of `bytes` is resident.
+    /// Whether each page of `bytes` (page-aligned) is resident.
     fn resident(bytes: &[u8]) -> Vec<bool> {
         let mut pages = vec![0u8; bytes.len().div_ceil(PAGE)];
-        // SAFETY: `bytes` is one page-aligned allocation; `pages` has a byte per page.
+        // SAFETY: `bytes` starts a page of a mapping; `pages` has a byte per page.
         let rc =
             unsafe { libc::mincore(bytes.as_ptr() as *mut libc::c_void, bytes.len(), pages.as_mut_ptr()) };
         assert_eq!(rc, 0, "mincore");
@@ -161,28 +161,33 @@ mod tests {
 
     #[test]
     fn the_warmer_faults_in_the_blocks_asked_for_and_keeps_their_contents() {
-        // 16 blocks of 256 KiB (64 pages), fresh from the allocator: none resident yet.
+        // 16 blocks of 256 KiB (64 pages), straight from the kernel: none resident yet.
         let (block_bytes, blocks) = (64 * PAGE, 16);
-        let mut store = vec![0u8; block_bytes * blocks + PAGE];
-        let at = store.as_ptr().align_offset(PAGE);
-        let (start, len) = (store[at..].as_ptr() as usize, block_bytes * blocks);
-        assert!(resident(&store[at..at + len]).iter().all(|r| !r), "a fresh allocation is not resident");
-        store[at + block_bytes + 5] = 42;
+        let len = block_bytes * blocks;
+        let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+        // SAFETY: a fresh anonymous mapping, unmapped at the end of the test.
+        let map = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+        assert_ne!(map, libc::MAP_FAILED);
+        // SAFETY: `len` readable and writable bytes, used only through this slice.
+        let store = unsafe { std::slice::from_raw_parts_mut(map.cast::<u8>(), len) };
+        assert!(resident(store).iter().all(|r| !r), "a fresh mapping is not resident");
+        store[block_bytes + 5] = 42;
 
-        let regions = Regions { stores: vec![(start, len)], block_bytes };
-        // SAFETY: `store` outlives the warmer and is not moved while it runs.
+        let regions = Regions { stores: vec![(map as usize, len)], block_bytes };
+        // SAFETY: the mapping outlives the warmer.
         let warmer = unsafe { Warmer::spawn(regions) }.expect("a warmer on Linux");
         warmer.warm_through(3);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let pages = 3 * block_bytes / PAGE;
-        while !resident(&store[at..at + 3 * block_bytes]).iter().all(|&r| r) {
+        while !resident(&store[..3 * block_bytes]).iter().all(|&r| r) {
             assert!(Instant::now() < deadline, "blocks 0..3 never became resident");
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(warmer);
-        let after = resident(&store[at..at + len]);
-        assert!(after[pages..].iter().all(|r| !r), "blocks past the target stay untouched");
-        assert_eq!(store[at + block_bytes + 5], 42, "the warmer changes no contents");
-        assert!(store.iter().enumerate().all(|(i, &b)| b == 0 || i == at + block_bytes + 5));
+        let pages = 3 * block_bytes / PAGE;
+        assert!(resident(store)[pages..].iter().all(|r| !r), "blocks past the target stay untouched");
+        assert_eq!(store[block_bytes + 5], 42, "the warmer changes no contents");
+        assert!(store.iter().enumerate().all(|(i, &b)| b == 0 || i == block_bytes + 5));
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(map, len) };
     }
 }
