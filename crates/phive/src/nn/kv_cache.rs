@@ -303,7 +303,7 @@ impl KvPool {
     }
 
     /// Has the blocks after the first `in_use` (those the allocator hands out next, fresh
-    /// blocks going in ascending order) faulted in ahead of use, [`AHEAD_BYTES`]' worth, where
+    /// blocks going in ascending order) faulted in ahead of use, 256 MiB's worth, where
     /// a warmer runs.
     pub fn warm_ahead(&self, in_use: usize) {
         if let Some(warmer) = &self.warmer {
