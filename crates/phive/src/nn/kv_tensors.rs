@@ -46,6 +46,12 @@ impl KvTensors {
         Ok(())
     }
 
+    /// Layer `layer`'s keys and values as stored, `[slots, kv_heads · head_dim]`.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.keys[layer], &self.values[layer])
+    }
+
     /// Keys and values `[n, kv_heads · head_dim]` of the rows `slots` (`[n]` u32) of layer
     /// `layer`, in `dtype`.
     pub fn gather(&self, layer: usize, slots: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {

@@ -5,6 +5,8 @@
 
 pub mod activation;
 pub mod attention;
+#[cfg(feature = "cuda")]
+mod cuda_attention;
 pub mod encoder_attention;
 pub mod kv_cache;
 pub mod kv_tensors;

@@ -52,12 +52,15 @@ enum RowAttention {
 
 /// The decode rows of a batch: their query tokens, pool rows `[rows · longest]` (padding reads
 /// row 0) and the additive mask `[rows, 1, 1, longest]` in the queries' dtype (0, or −∞ past a
-/// row's keys and outside its sliding window).
+/// row's keys and outside its sliding window); on CUDA, each row's visible positions `[rows,
+/// 2]` (first, one past the last) for the fused kernel instead of the mask.
 #[derive(Debug)]
 struct DecodeRows {
     tokens: Tensor,
     slots: Tensor,
     mask: Tensor,
+    #[cfg(feature = "cuda")]
+    spans: Tensor,
 }
 
 impl TensorBatch {
@@ -119,6 +122,21 @@ impl TensorBatch {
             Ok(t.reshape((batch, n, kv_heads, d))?.transpose(1, 2)?.contiguous()?)
         };
         let decoded = match &self.decode {
+            #[cfg(feature = "cuda")]
+            Some(rows)
+                if q.device().is_cuda()
+                    && d <= super::cuda_attention::MAX_HEAD_DIM
+                    && super::cuda_attention::available() =>
+            {
+                let q = q.index_select(&rows.tokens, 0)?;
+                Some(super::cuda_attention::paged_decode(
+                    &q,
+                    kv.layer(layer),
+                    (&rows.slots, &rows.spans),
+                    kv_heads,
+                    scale as f32,
+                )?)
+            }
             Some(rows) => {
                 let b = rows.mask.dim(0)?;
                 let (k, v) = kv.gather(layer, &rows.slots, q.dtype())?;
@@ -166,8 +184,13 @@ impl DecodeRows {
     ) -> Result<Self> {
         let longest = spans.iter().map(|r| r.position + 1).max().unwrap_or(1);
         let (mut slots, mut mask) = (Vec::new(), Vec::new());
+        #[cfg(feature = "cuda")]
+        let mut visible_spans = Vec::new();
         for row in spans {
             let last = row.position;
+            #[cfg(feature = "cuda")]
+            visible_spans
+                .extend([sliding_window.map_or(0, |w| (last + 1).saturating_sub(w)) as u32, last as u32 + 1]);
             for j in 0..longest {
                 let visible = j <= last && sliding_window.is_none_or(|w| last - j < w);
                 slots.push(if j <= last { slot(geometry, row.blocks, j) } else { 0 });
@@ -179,6 +202,8 @@ impl DecodeRows {
             tokens: Tensor::from_vec(tokens, b, device)?,
             slots: Tensor::from_vec(slots, b * longest, device)?,
             mask: Tensor::from_vec(mask, (b, 1, 1, longest), device)?.to_dtype(dtype)?,
+            #[cfg(feature = "cuda")]
+            spans: Tensor::from_vec(visible_spans, (b, 2), device)?,
         })
     }
 }
