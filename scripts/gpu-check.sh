@@ -42,11 +42,12 @@ if ldd /tmp/phive | grep "not found"; then
     echo "missing libraries above (searched: $LD_LIBRARY_PATH)" >&2
     exit 1
 fi
-# NVRTC is opened at run time (it compiles the fused decode attention), so ldd does not list it.
-nvrtc=""
+# NVRTC (which compiles the fused decode attention at first use) opens its builtins library at
+# run time, so ldd does not list it.
+builtins=""
 IFS=: read -ra dirs <<< "$LD_LIBRARY_PATH"
 for d in "${dirs[@]}"; do
-    compgen -G "$d/libnvrtc.so*" > /dev/null && nvrtc="$d"
+    compgen -G "$d/libnvrtc-builtins.so*" > /dev/null && builtins="$d"
 done
-[ -n "$nvrtc" ] || echo "warning: no libnvrtc on $LD_LIBRARY_PATH: decode attention will gather instead of the fused kernel" >&2
+[ -n "$builtins" ] || echo "warning: no libnvrtc-builtins on $LD_LIBRARY_PATH: decode attention will gather instead of the fused kernel" >&2
 python3 tools/gpu_check.py --phive /tmp/phive --device cuda --out "$out" "$@"

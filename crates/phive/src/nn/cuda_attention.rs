@@ -2,9 +2,9 @@
 //! values in place in the paged pool: no gathered copy of each sequence's cache per layer, no
 //! score matrix in memory, one launch per layer for the whole batch.
 //!
-//! The kernel is compiled by NVRTC the first time a process uses it (a fraction of a second; the
-//! binary then needs `libnvrtc` beside the other CUDA libraries, which `scripts/build-cuda.sh`
-//! lists) into PTX for a virtual architecture that the driver compiles for whatever GPU it finds.
+//! The kernel is compiled by NVRTC the first time a process uses it (0.2 s here; NVRTC opens
+//! `libnvrtc-builtins` from the library path then) into PTX for a virtual architecture that the
+//! driver compiles for whatever GPU it finds.
 //! Its arithmetic is tested on every build by compiling it as C++ with CUDA's built-ins emulated
 //! on CPU threads (`tests/cuda_emulation/`).
 
@@ -79,7 +79,7 @@ fn ptx() -> candle_core::Result<&'static str> {
 }
 
 /// The `CudaStorage` of a contiguous tensor that starts at its storage's beginning.
-fn whole(t: &Tensor) -> candle_core::Result<(std::sync::RwLockReadGuard<'_, Storage>, usize)> {
+fn whole(t: &Tensor) -> candle_core::Result<(impl std::ops::Deref<Target = Storage> + '_, usize)> {
     let (storage, layout) = t.storage_and_layout();
     if !layout.is_contiguous() || layout.start_offset() != 0 {
         return Err(candle_core::Error::Msg("CUDA decode attention: an index tensor is a view".into()));
