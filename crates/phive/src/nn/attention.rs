@@ -5,6 +5,13 @@ use rayon::prelude::*;
 
 use crate::Result;
 
+/// The key positions a query at `position` sees: every one up to its own, or with a sliding
+/// window of `w` only the last `w` of those (Hugging Face's convention: keys with
+/// `position - j < w`).
+pub fn visible_keys(position: usize, sliding_window: Option<usize>) -> std::ops::Range<usize> {
+    sliding_window.map_or(0, |w| (position + 1).saturating_sub(w))..position + 1
+}
+
 /// Which key positions each query may attend to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnMask {
@@ -47,7 +54,7 @@ impl CustomOp1 for CausalSoftmax {
         out.par_chunks_mut(keys).zip(x.par_chunks(keys)).enumerate().for_each(|(r, (o, row))| {
             let pos = self.first_pos + r % self.rows;
             let hi = pos.min(keys - 1);
-            let lo = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let lo = visible_keys(pos, self.window).start;
             if lo > hi {
                 return;
             }
@@ -165,10 +172,7 @@ fn mask_block(
     if len == 0 {
         return Ok(None);
     }
-    let allowed = |i: usize, j: usize| {
-        let p = offset + i;
-        j <= p && sliding_window.is_none_or(|w| p - j < w)
-    };
+    let allowed = |i: usize, j: usize| visible_keys(offset + i, sliding_window).contains(&j);
     let any_masked = (i0..i0 + rows).any(|i| !allowed(i, 0) || !allowed(i, len - 1));
     if !any_masked {
         return Ok(None);

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use half::f16;
 
+use super::attention::visible_keys;
 use super::kv_cache::{KvGeometry, KvLayer, KvPool};
 use crate::Result;
 
@@ -97,7 +98,7 @@ impl Batch<'_> {
                 let (row, first_kv_head) = (i / tasks_per_row, (i % tasks_per_row) * span);
                 let seq = self.queries[row];
                 let pos = seq.len - 1;
-                let first = self.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let first = visible_keys(pos, self.sliding_window).start;
                 runs.clear();
                 runs.extend((first / g.block_size..=pos / g.block_size).map(|b| {
                     let start = (b * g.block_size).max(first);

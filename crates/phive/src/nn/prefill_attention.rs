@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::attention::visible_keys;
 use super::paged_attention::PagedLayer;
 use crate::kernels::gemm::{attend_head, with_scratch, SharedOut};
 use crate::Result;
@@ -58,10 +59,7 @@ pub fn prefill_attention(q: &[f32], chunk: PrefillChunk, at: PagedLayer) -> Resu
             value_buf.clear();
             stores.read_head(g, chunk.blocks, keys, kv_head, key_buf, value_buf);
             // Query `r` sits at `position + r`: it sees the keys up to there, within the window.
-            let visible = |r: usize| {
-                let last = chunk.position + r;
-                sliding_window.map_or(0, |w| (last + 1).saturating_sub(w))..last + 1
-            };
+            let visible = |r: usize| visible_keys(chunk.position + r, sliding_window);
             for h in kv_head * group..(kv_head + 1) * group {
                 // SAFETY: `q` holds `len` rows of `width` values, the head's `d` columns start at
                 // `h·d`; the key and value buffers hold `keys` rows of `d`; this head's output
