@@ -7,12 +7,14 @@
 //! tables, so [`TensorBatch::new`] uploads it once per forward pass and every layer reuses it.
 //! Decode rows attend together: their keys are gathered into one `[rows, kv_heads, longest,
 //! head_dim]` batch, the shorter rows' padding masked out, so a step costs a fixed number of
-//! device operations per layer whatever the number of sequences. Prefill chunks attend one by
-//! one over their sequence's gathered keys with the causal mask.
+//! device operations per layer whatever the number of sequences. On CUDA the decode rows skip
+//! the gathered copy instead: one fused kernel per layer reads the pool in place (see
+//! `nn::cuda_attention`), chosen when the batch is built. Prefill chunks attend one by one over
+//! their sequence's gathered keys with the causal mask.
 
 use candle_core::{DType, Device, Tensor};
 
-use super::attention::{attention, AttnMask};
+use super::attention::{attention, visible_keys, AttnMask};
 use super::kv_cache::KvGeometry;
 use super::kv_tensors::{slot, slot_index, KvTensors};
 use crate::Result;
@@ -51,16 +53,24 @@ enum RowAttention {
 }
 
 /// The decode rows of a batch: their query tokens, pool rows `[rows · longest]` (padding reads
-/// row 0) and the additive mask `[rows, 1, 1, longest]` in the queries' dtype (0, or −∞ past a
-/// row's keys and outside its sliding window); on CUDA, each row's visible positions `[rows,
-/// 2]` (first, one past the last) for the fused kernel instead of the mask.
+/// row 0) and how they attend.
 #[derive(Debug)]
 struct DecodeRows {
     tokens: Tensor,
     slots: Tensor,
-    mask: Tensor,
+    kernel: DecodeKernel,
+}
+
+/// How a batch's decode rows attend, chosen once per batch.
+#[derive(Debug)]
+enum DecodeKernel {
+    /// Over their gathered keys, padded to the longest row, with this additive mask `[rows, 1,
+    /// 1, longest]` in the queries' dtype (0, or −∞ past a row's keys and outside its window).
+    Masked(Tensor),
+    /// In the fused CUDA kernel, which reads the pool in place: each row's visible positions
+    /// `[rows, 2]` (the first, and one past the last).
     #[cfg(feature = "cuda")]
-    spans: Tensor,
+    Fused(Tensor),
 }
 
 impl TensorBatch {
@@ -123,31 +133,21 @@ impl TensorBatch {
         };
         let decoded = match &self.decode {
             #[cfg(feature = "cuda")]
-            Some(rows)
-                if q.device().is_cuda()
-                    && d <= super::cuda_attention::MAX_HEAD_DIM
-                    && super::cuda_attention::available() =>
-            {
-                let q = q.index_select(&rows.tokens, 0)?;
+            Some(DecodeRows { tokens, slots, kernel: DecodeKernel::Fused(spans) }) => {
                 Some(super::cuda_attention::paged_decode(
-                    &q,
+                    &q.index_select(tokens, 0)?,
                     kv.layer(layer),
-                    (&rows.slots, &rows.spans),
+                    (slots, spans),
                     kv_heads,
                     scale as f32,
                 )?)
             }
-            Some(rows) => {
-                let b = rows.mask.dim(0)?;
-                let (k, v) = kv.gather(layer, &rows.slots, q.dtype())?;
+            Some(DecodeRows { tokens, slots, kernel: DecodeKernel::Masked(mask) }) => {
+                let b = mask.dim(0)?;
+                let (k, v) = kv.gather(layer, slots, q.dtype())?;
                 let (k, v) = (split(k, b)?, split(v, b)?);
-                let q = (q.index_select(&rows.tokens, 0)? * scale)?.reshape((
-                    b,
-                    kv_heads,
-                    heads / kv_heads,
-                    d,
-                ))?;
-                let scores = q.matmul(&k.t()?)?.broadcast_add(&rows.mask)?;
+                let q = (q.index_select(tokens, 0)? * scale)?.reshape((b, kv_heads, heads / kv_heads, d))?;
+                let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
                 let probs = candle_nn::ops::softmax_last_dim(&scores)?;
                 Some(probs.matmul(&v)?.reshape((b, heads * d))?)
             }
@@ -183,27 +183,33 @@ impl DecodeRows {
         dtype: DType,
     ) -> Result<Self> {
         let longest = spans.iter().map(|r| r.position + 1).max().unwrap_or(1);
-        let (mut slots, mut mask) = (Vec::new(), Vec::new());
-        #[cfg(feature = "cuda")]
-        let mut visible_spans = Vec::new();
-        for row in spans {
-            let last = row.position;
-            #[cfg(feature = "cuda")]
-            visible_spans
-                .extend([sliding_window.map_or(0, |w| (last + 1).saturating_sub(w)) as u32, last as u32 + 1]);
-            for j in 0..longest {
-                let visible = j <= last && sliding_window.is_none_or(|w| last - j < w);
-                slots.push(if j <= last { slot(geometry, row.blocks, j) } else { 0 });
-                mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-            }
-        }
         let b = spans.len();
-        Ok(Self {
-            tokens: Tensor::from_vec(tokens, b, device)?,
-            slots: Tensor::from_vec(slots, b * longest, device)?,
-            mask: Tensor::from_vec(mask, (b, 1, 1, longest), device)?.to_dtype(dtype)?,
-            #[cfg(feature = "cuda")]
-            spans: Tensor::from_vec(visible_spans, (b, 2), device)?,
-        })
+        let slots: Vec<u32> = spans
+            .iter()
+            .flat_map(|row| {
+                (0..longest).map(|j| if j <= row.position { slot(geometry, row.blocks, j) } else { 0 })
+            })
+            .collect();
+        let visible: Vec<_> = spans.iter().map(|row| visible_keys(row.position, sliding_window)).collect();
+        let (tokens, slots) =
+            (Tensor::from_vec(tokens, b, device)?, Tensor::from_vec(slots, b * longest, device)?);
+        #[cfg(feature = "cuda")]
+        if device.is_cuda()
+            && geometry.head_dim <= super::cuda_attention::MAX_HEAD_DIM
+            && super::cuda_attention::available()
+        {
+            let ends: Vec<u32> = visible.iter().flat_map(|v| [v.start as u32, v.end as u32]).collect();
+            return Ok(Self {
+                tokens,
+                slots,
+                kernel: DecodeKernel::Fused(Tensor::from_vec(ends, (b, 2), device)?),
+            });
+        }
+        let mask: Vec<f32> = visible
+            .iter()
+            .flat_map(|v| (0..longest).map(|j| if v.contains(&j) { 0f32 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, 1, 1, longest), device)?.to_dtype(dtype)?;
+        Ok(Self { tokens, slots, kernel: DecodeKernel::Masked(mask) })
     }
 }
