@@ -209,7 +209,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             decode_tokens,
             concurrency: levels,
             images: args.images.clone(),
-            kv_cache_dtype: Some(engine.config().kv_cache_dtype.to_string()),
+            kv_cache_dtype: Some(engine.kv_cache_dtype().to_string()),
         },
         load: LoadFigures {
             seconds: load_seconds,

@@ -1,8 +1,7 @@
 //! Engine options shared by `phive serve` and `phive run`.
 
 use clap::Args;
-use phive::engine::{Engine, EngineConfig};
-use phive::KvDtype;
+use phive::engine::{Engine, EngineConfig, KvCacheDtype};
 
 /// How the batching engine is sized.
 #[derive(Args, Debug, Clone)]
@@ -38,16 +37,18 @@ pub struct EngineArgs {
     no_prefix_cache: bool,
     /// How the KV cache stores keys and values: f32 keeps them exactly; f16 holds twice the
     /// tokens in the same memory and decodes faster over long contexts (each cached key and
-    /// value keeps 11 significant bits, so answers can differ slightly from f32's).
-    #[arg(long, global = true, value_name = "f32|f16", default_value_t = KvDtype::default(), value_parser = parse_kv_dtype, env = "PHIVE_KV_CACHE_DTYPE")]
-    kv_cache_dtype: KvDtype,
+    /// value keeps 11 significant bits, so answers can differ slightly from f32's). auto: f32
+    /// for an exact f32 model, f16 with --isq, a GGUF checkpoint or --dtype bf16|f16, whose
+    /// weights round far more than the cache does.
+    #[arg(long, global = true, value_name = "auto|f32|f16", default_value_t = KvCacheDtype::Auto, value_parser = parse_kv_dtype, env = "PHIVE_KV_CACHE_DTYPE")]
+    kv_cache_dtype: KvCacheDtype,
     /// With --device cuda: the share of the GPU's memory phive may fill, between 0 and 1; the
     /// KV cache gets what the weights leave of it (unless --kv-cache-mem sets its size).
     #[arg(long, global = true, value_name = "FRACTION", default_value_t = EngineConfig::default().gpu_memory_utilization, env = "PHIVE_GPU_MEMORY_UTILIZATION")]
     gpu_memory_utilization: f64,
 }
 
-fn parse_kv_dtype(s: &str) -> Result<KvDtype, String> {
+fn parse_kv_dtype(s: &str) -> Result<KvCacheDtype, String> {
     s.parse().map_err(|e: phive::Error| e.to_string())
 }
 
@@ -90,7 +91,7 @@ pub fn summary(engine: &Engine) -> String {
     format!(
         "kv cache: {:.2} GiB of {}, {} tokens in {blocks} blocks of {}, prefix cache {}",
         bytes as f64 / (1u64 << 30) as f64,
-        engine.config().kv_cache_dtype,
+        engine.kv_cache_dtype(),
         engine.kv_capacity_tokens(),
         stats.kv_block_size,
         if engine.config().prefix_cache { "on" } else { "off" }

@@ -1,6 +1,7 @@
 //! `--kv-cache-dtype` on `phive run`: f16 holds twice the tokens of f32 in the same
-//! `--kv-cache-mem`, the load summary says which is in use, and an unknown type stops before
-//! loading, naming the choices; so does a GPU memory share outside (0, 1].
+//! `--kv-cache-mem`, the load summary says which is in use (by default f32 for the f32 model,
+//! f16 under `--isq`), and an unknown type stops before loading, naming the choices; so does a
+//! GPU memory share outside (0, 1].
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,9 +34,19 @@ fn f16_holds_twice_the_tokens_of_f32() {
 }
 
 #[test]
+fn auto_is_f16_under_isq_unless_asked_otherwise() {
+    let (ok, quantized) = run(&["--kv-cache-mem", "0.05", "--isq", "q8_0"]);
+    assert!(ok, "{quantized}");
+    let (ok, exact) = run(&["--kv-cache-mem", "0.05", "--isq", "q8_0", "--kv-cache-dtype", "f32"]);
+    assert!(ok, "{exact}");
+    let (half, exact) = (capacity(&quantized, "f16"), capacity(&exact, "f32"));
+    assert!((2 * exact..=2 * exact + 16).contains(&half), "f16 {half} tokens, f32 {exact}");
+}
+
+#[test]
 fn an_unknown_type_is_a_startup_error() {
     let (ok, err) = run(&["--kv-cache-dtype", "fp8"]);
-    assert!(!ok && err.contains("unknown KV cache dtype \"fp8\": use f32 or f16"), "{err}");
+    assert!(!ok && err.contains("unknown KV cache dtype \"fp8\": use auto, f32 or f16"), "{err}");
 }
 
 #[test]

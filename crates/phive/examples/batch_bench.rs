@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release -p phive --example batch_bench -- --model /tmp/phi35-real --isq q4k \
-//!     [--kv-cache-dtype f16] [--max-batched-tokens N] [--solo-prefill-chunk N]
+//!     [--kv-cache-dtype auto|f32|f16] [--max-batched-tokens N] [--solo-prefill-chunk N]
 //! ```
 
 #[path = "common/flags.rs"]
@@ -16,18 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use phive::engine::KvCacheDtype;
 use phive::engine::{Engine, EngineConfig, GenerationParams};
 use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
 use phive::prompt::{ChatMessage, MessagePart};
 use phive::IsqType;
-use phive::KvDtype;
 
 use flags::Flags;
 use phive::bench::{follow, percentile, picture, run_together, steady_decode_rate, CpuInfo};
 
 /// What `--help` prints.
 const USAGE: &str = "usage: batch_bench --model DIR [--isq TYPE] [--streams 1,2,4,8,16] [--decode-tokens N] \
-     [--max-batched-tokens N] [--solo-prefill-chunk N] [--kv-cache-dtype f32|f16] [--no-interference]";
+     [--max-batched-tokens N] [--solo-prefill-chunk N] [--kv-cache-dtype auto|f32|f16] [--no-interference]";
 
 struct Args {
     model: PathBuf,
@@ -38,7 +38,7 @@ struct Args {
     solo_prefill_chunk: usize,
     /// Also measure a short request's TTFT during an image prefill.
     interference: bool,
-    kv_cache_dtype: KvDtype,
+    kv_cache_dtype: KvCacheDtype,
 }
 
 fn parse_args() -> Result<Args> {
@@ -50,7 +50,7 @@ fn parse_args() -> Result<Args> {
         decode: 64,
         max_batched_tokens: EngineConfig::default().max_batched_tokens,
         solo_prefill_chunk: EngineConfig::default().solo_prefill_chunk,
-        kv_cache_dtype: KvDtype::F32,
+        kv_cache_dtype: KvCacheDtype::Auto,
         interference: true,
     };
     while let Some(flag) = flags.next_flag() {
@@ -99,6 +99,7 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     let engine = Arc::new(Engine::new(pipeline, config)?);
+    println!("kv cache: {}", engine.kv_cache_dtype());
     let pipeline = engine.pipeline();
     let params = GenerationParams { max_tokens: Some(args.decode), ..Default::default() };
 

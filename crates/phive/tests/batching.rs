@@ -339,7 +339,7 @@ fn f16_kv_cache_holds_twice_the_tokens_and_answers_close_to_f32() {
     // ends between runs, so this test keeps the fixed chunks of the step budget.
     let f16 = EngineConfig {
         kv_cache_bytes,
-        kv_cache_dtype: phive::KvDtype::F16,
+        kv_cache_dtype: phive::engine::KvCacheDtype::Fixed(phive::KvDtype::F16),
         solo_prefill_chunk: 0,
         ..Default::default()
     };

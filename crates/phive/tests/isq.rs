@@ -9,12 +9,13 @@ use std::path::Path;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use phive::checkpoint::Checkpoint;
-use phive::engine::{Completion, Engine, EngineConfig, GenerationParams};
+use phive::engine::{Completion, Engine, EngineConfig, GenerationParams, KvCacheDtype};
 use phive::export::quantize_checkpoint;
 use phive::models::phi3v::{Phi3V, Phi3VConfig};
 use phive::nn::linear::LoadVb;
 use phive::pipeline::{LoadOptions, Pipeline};
 use phive::quant::{self, IsqType, LoadContext, LoadReport};
+use phive::{KvDtype, ModelDType};
 
 fn options(dir: &Path, isq: Option<IsqType>) -> LoadOptions {
     LoadOptions { model: dir.to_string_lossy().into_owned(), isq, ..Default::default() }
@@ -165,6 +166,27 @@ fn q8_0_greedy_tokens_equal_f32s_on_both_fixtures() {
         let got = common::complete(&engine, prepared, &params);
         assert_eq!(got.tokens, golden_greedy(case), "Q8_0 {}", case["name"]);
     }
+}
+
+/// By default the KV cache is exact f32 for the f32 model, whose answers must be the
+/// reference's, and f16 where the weights are quantized or the model computes in half
+/// precision (their rounding is far above the cache's); an explicit choice wins.
+#[test]
+fn the_kv_cache_is_f32_for_exact_models_and_f16_otherwise() {
+    let tiny = common::phi3v_tiny();
+    let engine = |options: LoadOptions, kv_cache_dtype| {
+        let config = EngineConfig { kv_cache_dtype, ..Default::default() };
+        Engine::new(Pipeline::load(&options).unwrap(), config).unwrap().kv_cache_dtype()
+    };
+    assert_eq!(engine(options(&tiny, None), KvCacheDtype::Auto), KvDtype::F32);
+    for isq in [IsqType::Q8_0, IsqType::Q4K, IsqType::BF16] {
+        assert_eq!(engine(options(&tiny, Some(isq)), KvCacheDtype::Auto), KvDtype::F16, "{isq}");
+    }
+    let half = LoadOptions { dtype: ModelDType::BF16, ..options(&tiny, None) };
+    assert_eq!(engine(half, KvCacheDtype::Auto), KvDtype::F16);
+    let fixed = KvCacheDtype::Fixed(KvDtype::F32);
+    assert_eq!(engine(options(&tiny, Some(IsqType::Q8_0)), fixed), KvDtype::F32);
+    assert_eq!(engine(options(&tiny, None), KvCacheDtype::Fixed(KvDtype::F16)), KvDtype::F16);
 }
 
 /// The golden's f32 greedy steps all win by the trained margin (so agreement is not luck).

@@ -385,9 +385,10 @@ class Runner:
     encoded images and audio kept across requests (default 0.5; 0 turns it off);
     ``no_prefix_cache`` (phive; or mistral.rs's ``prefix_cache_n=0``) stops reusing the KV of
     prompt prefixes seen before (exact either way; ``usage.prompt_tokens_details.cached_tokens``
-    says how many prompt tokens were reused); ``kv_cache_dtype`` (phive) is ``"f32"`` (the default,
-    exact) or ``"f16"`` (twice the tokens in the same memory, faster decoding over long contexts;
-    each cached key and value keeps 11 significant bits); ``gpu_memory_utilization`` (phive; or
+    says how many prompt tokens were reused); ``kv_cache_dtype`` (phive) is ``"auto"`` (the default:
+    f32 for an exact f32 model, f16 with ``in_situ_quant``, a GGUF checkpoint or a half ``dtype``),
+    ``"f32"`` (exact) or ``"f16"`` (twice the tokens in the same memory, faster decoding over long
+    contexts; each cached key and value keeps 11 significant bits); ``gpu_memory_utilization`` (phive; or
     mistral.rs's ``pa_gpu_mem_usage``) is, with ``device="cuda"``, the share of the GPU's memory
     phive may fill, the KV cache getting what the weights leave (default 0.9);
     ``max_queue`` (phive) bounds waiting requests; ``max_images`` (phive) bounds images per request. ``seed`` is used by

@@ -1,5 +1,8 @@
 //! The engine's settings, and how many KV blocks they give the pool.
 
+use std::fmt;
+use std::str::FromStr;
+
 use candle_core::Device;
 
 use crate::nn::kv_cache::{KvDtype, KvGeometry};
@@ -26,12 +29,61 @@ pub struct EngineConfig {
     pub media_cache_bytes: u64,
     /// Keep full KV blocks after their sequence ends, for requests that start the same way.
     pub prefix_cache: bool,
-    /// How the KV cache stores keys and values: f32 (exact, the default) or f16 (twice the
-    /// tokens in the same memory, and faster decoding over long contexts).
-    pub kv_cache_dtype: KvDtype,
+    /// How the KV cache stores keys and values: f32 (exact) or f16 (twice the tokens in the
+    /// same memory, and faster decoding over long contexts); by default f32 only where the
+    /// model itself computes exactly (see [`KvCacheDtype::Auto`]).
+    pub kv_cache_dtype: KvCacheDtype,
     /// On a GPU, the share of its memory phive may fill (weights, then the KV cache in what is
     /// left) when `kv_cache_bytes` is not set; between 0 and 1.
     pub gpu_memory_utilization: f64,
+}
+
+/// The KV cache's number type as configured: chosen from the model, or fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheDtype {
+    /// f32 where the language model computes as the reference does (f32 activations over
+    /// unquantized f32 weights), so that its answers stay the reference's; f16 where the
+    /// weights are quantized or half precision. There the weights' own rounding is orders of
+    /// magnitude above the cache's, and f16 holds twice the tokens and halves what a
+    /// long-context decode step reads (llama.cpp's default is f16 too; vLLM's is the model's
+    /// half-precision dtype).
+    #[default]
+    Auto,
+    /// Always this type.
+    Fixed(KvDtype),
+}
+
+impl KvCacheDtype {
+    /// The type for a model that computes exactly in f32 (`exact`) or not.
+    pub fn resolve(self, exact: bool) -> KvDtype {
+        match self {
+            KvCacheDtype::Auto if exact => KvDtype::F32,
+            KvCacheDtype::Auto => KvDtype::F16,
+            KvCacheDtype::Fixed(dtype) => dtype,
+        }
+    }
+}
+
+impl FromStr for KvCacheDtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(KvCacheDtype::Auto);
+        }
+        s.parse()
+            .map(KvCacheDtype::Fixed)
+            .map_err(|_| Error::InvalidRequest(format!("unknown KV cache dtype {s:?}: use auto, f32 or f16")))
+    }
+}
+
+impl fmt::Display for KvCacheDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KvCacheDtype::Auto => f.write_str("auto"),
+            KvCacheDtype::Fixed(dtype) => dtype.fmt(f),
+        }
+    }
 }
 
 /// Default solo chunk: where the int8 kernels reach most of their speed (the AMX tiles need 32
@@ -51,7 +103,7 @@ impl Default for EngineConfig {
             kv_cache_bytes: None,
             media_cache_bytes: DEFAULT_MEDIA_CACHE_BYTES,
             prefix_cache: true,
-            kv_cache_dtype: KvDtype::F32,
+            kv_cache_dtype: KvCacheDtype::Auto,
             gpu_memory_utilization: 0.9,
         }
     }
@@ -89,4 +141,23 @@ pub(super) fn pool_blocks(
         }
     };
     Ok(((available / per_block.max(1)) as usize).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_cache_dtype_names_round_trip_and_resolve() {
+        for name in ["auto", "f32", "f16"] {
+            assert_eq!(name.parse::<KvCacheDtype>().unwrap().to_string(), name);
+        }
+        assert_eq!("AUTO".parse::<KvCacheDtype>().unwrap(), KvCacheDtype::Auto);
+        let err = "bf16".parse::<KvCacheDtype>().unwrap_err().to_string();
+        assert!(err.contains("use auto, f32 or f16"), "{err}");
+        assert_eq!(KvCacheDtype::Auto.resolve(true), KvDtype::F32);
+        assert_eq!(KvCacheDtype::Auto.resolve(false), KvDtype::F16);
+        assert_eq!(KvCacheDtype::Fixed(KvDtype::F32).resolve(false), KvDtype::F32);
+        assert_eq!(KvCacheDtype::Fixed(KvDtype::F16).resolve(true), KvDtype::F16);
+    }
 }

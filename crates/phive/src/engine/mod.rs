@@ -31,7 +31,7 @@ pub mod stats;
 pub mod stop;
 mod vocab;
 
-pub use config::{EngineConfig, DEFAULT_MEDIA_CACHE_BYTES, DEFAULT_SOLO_PREFILL_CHUNK};
+pub use config::{EngineConfig, KvCacheDtype, DEFAULT_MEDIA_CACHE_BYTES, DEFAULT_SOLO_PREFILL_CHUNK};
 pub use detokenizer::IncrementalDetokenizer;
 pub use generation::{
     check_lengths, Advance, Completion, Delta, FinishReason, Generation, GenerationParams, Scores,

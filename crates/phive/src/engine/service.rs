@@ -24,7 +24,7 @@ use super::sequence::{Request, Sequence};
 use super::stats::EngineStats;
 use super::{Completion, Delta, FinishReason, GenerationParams};
 use crate::fault::{inject, Fault};
-use crate::nn::kv_cache::{KvGeometry, KvPool};
+use crate::nn::kv_cache::{KvDtype, KvGeometry, KvPool};
 use crate::pipeline::{Pipeline, PreparedPrompt};
 use crate::{Error, Result};
 
@@ -104,6 +104,8 @@ struct Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     config: EngineConfig,
+    /// What the KV pool stores (`config.kv_cache_dtype` resolved for the model).
+    kv_dtype: KvDtype,
     inbox: Mutex<Option<Mailbox>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -112,8 +114,8 @@ impl Engine {
     /// Sizes the KV pool, makes it on the model's device and starts the engine loop serving
     /// `pipeline`. Fails when the pool does not fit the device.
     pub fn new(pipeline: Pipeline, config: EngineConfig) -> Result<Self> {
-        let geometry =
-            pipeline.model().kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE).with_dtype(config.kv_cache_dtype);
+        let kv_dtype = config.kv_cache_dtype.resolve(pipeline.model().computes_exactly());
+        let geometry = pipeline.model().kv_geometry(KvGeometry::DEFAULT_BLOCK_SIZE).with_dtype(kv_dtype);
         let context = pipeline.context_length();
         let device = pipeline.model().device().clone();
         let num_blocks = pool_blocks(&config, geometry, context, &device)?;
@@ -162,12 +164,23 @@ impl Engine {
                 EngineLoop::new(loop_shared, scheduler, pool, encoder, arrived).run(receiver);
             })
             .expect("spawning the engine thread");
-        Ok(Engine { shared, config, inbox: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) })
+        Ok(Engine {
+            shared,
+            config,
+            kv_dtype,
+            inbox: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// The configuration it runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// What the KV cache stores keys and values in.
+    pub fn kv_cache_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     /// The served pipeline (for preparing prompts and model metadata).

@@ -91,6 +91,13 @@ impl LoadedModel {
         self.decoder().dtype()
     }
 
+    /// Whether the language model computes as the reference does: f32 activations over
+    /// unquantized f32 projections (no ISQ, no GGUF, no half precision).
+    pub fn computes_exactly(&self) -> bool {
+        let footprint = self.lm_footprint();
+        self.decoder_dtype() == candle_core::DType::F32 && footprint.bytes == 4 * footprint.params
+    }
+
     /// Longest sequence (prompt plus completion) the model accepts.
     pub fn context_length(&self) -> usize {
         self.decoder().config().rope.max_position_embeddings

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use crate::api::{ChatCompletionChunk, ChatCompletionResponse, ChatResponseBuilder, Usage};
-use crate::engine::{Completion, Engine, EngineConfig, Event, RequestHandle};
+use crate::engine::{Completion, Engine, EngineConfig, Event, KvCacheDtype, RequestHandle};
 use crate::models::PreprocessOptions;
 use crate::pipeline::{LoadOptions, Pipeline};
 use crate::quant::IsqType;
@@ -158,11 +158,12 @@ impl VisionModelBuilder {
         self
     }
 
-    /// How the KV cache stores keys and values (default [`KvDtype::F32`], exact).
-    /// [`KvDtype::F16`] holds twice the tokens in the same memory and decodes faster over long
-    /// contexts; each cached key and value keeps 11 significant bits.
+    /// How the KV cache stores keys and values, instead of [`KvCacheDtype::Auto`] (f32 for an
+    /// exact f32 model, f16 under ISQ or half precision). [`KvDtype::F16`] holds twice the
+    /// tokens in the same memory and decodes faster over long contexts; each cached key and
+    /// value keeps 11 significant bits.
     pub fn with_kv_cache_dtype(mut self, dtype: KvDtype) -> Self {
-        self.engine.kv_cache_dtype = dtype;
+        self.engine.kv_cache_dtype = KvCacheDtype::Fixed(dtype);
         self
     }
 
