@@ -23,6 +23,7 @@ use std::str::FromStr;
 use candle_core::{Device, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::vec::HalfBitsVecExt;
 
 use super::kv_tensors::KvTensors;
 use super::kv_warmer::{Regions, Warmer, AHEAD_BYTES};
@@ -148,10 +149,13 @@ enum Store {
 }
 
 impl Store {
+    /// `len` zeros from the allocator's zeroed memory, which the OS backs only as it is
+    /// written. (`vec![f16::ZERO; len]` would write every element: `f16` is not a type the
+    /// standard library knows to be zero, so an 8 GiB pool became 8 GiB resident at start.)
     fn zeros(dtype: KvDtype, len: usize) -> Self {
         match dtype {
             KvDtype::F32 => Store::F32(vec![0.0; len]),
-            KvDtype::F16 => Store::F16(vec![f16::ZERO; len]),
+            KvDtype::F16 => Store::F16(vec![0u16; len].reinterpret_into()),
         }
     }
 
