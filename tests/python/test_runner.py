@@ -203,12 +203,14 @@ def test_f16_kv_cache_holds_twice_the_tokens_in_the_same_memory():
     which = Which.VisionPlain(model_id=str(MODEL))
     request = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
     blocks = {}
-    for dtype in ("f32", "f16"):
-        r = Runner(which=which, kv_cache_mem=0.01, kv_cache_dtype=dtype)
+    for dtype, isq in (("f32", None), ("f16", None), (None, None), (None, "Q8_0")):
+        r = Runner(which=which, kv_cache_mem=0.01, kv_cache_dtype=dtype, in_situ_quant=isq)
         assert r.send_chat_completion_request(request).usage.completion_tokens == 8
         stats = r.stats()
-        blocks[dtype] = stats["kv_blocks_free"] + stats["kv_blocks_used"]
+        blocks[dtype or f"auto, {isq}"] = stats["kv_blocks_free"] + stats["kv_blocks_used"]
     assert blocks["f16"] == 2 * blocks["f32"]
+    # By default ("auto") the exact f32 model keeps an f32 cache, a quantized one an f16 cache.
+    assert blocks["auto, None"] == blocks["f32"] and blocks["auto, Q8_0"] == blocks["f16"]
 
 
 def test_solo_prefill_chunk_sets_the_steps_of_a_prompt_alone():

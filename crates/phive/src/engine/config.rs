@@ -45,8 +45,8 @@ pub enum KvCacheDtype {
     /// unquantized f32 weights), so that its answers stay the reference's; f16 where the
     /// weights are quantized or half precision. There the weights' own rounding is orders of
     /// magnitude above the cache's, and f16 holds twice the tokens and halves what a
-    /// long-context decode step reads (llama.cpp's default is f16 too; vLLM's is the model's
-    /// half-precision dtype).
+    /// long-context decode step reads (llama.cpp's and mistral.rs's CPU default is f16 too;
+    /// vLLM's is the model's half-precision dtype).
     #[default]
     Auto,
     /// Always this type.
