@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use phive::engine::KvCacheDtype;
-use phive::engine::{Engine, EngineConfig, GenerationParams};
+use phive::engine::{Engine, EngineConfig, GenerationParams, KvCacheDtype};
 use phive::pipeline::{LoadOptions, Pipeline, PreparedPrompt};
 use phive::prompt::{ChatMessage, MessagePart};
 use phive::IsqType;
