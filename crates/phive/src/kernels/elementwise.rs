@@ -79,13 +79,19 @@ impl Map {
 /// `dst[i] = map(src[i])` (equal lengths).
 pub fn map(kind: Map, src: &[f32], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "map: source and destination lengths differ");
+    dst.copy_from_slice(src);
+    map_in_place(kind, dst);
+}
+
+/// `xs[i] = map(xs[i])`.
+pub fn map_in_place(kind: Map, xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd_level() >= SimdLevel::Avx2 {
         // SAFETY: the CPU has AVX2 and FMA (checked by `simd_level`).
-        return unsafe { x86::map(kind, src, dst) };
+        return unsafe { x86::map_in_place(kind, xs) };
     }
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = kind.scalar(s);
+    for x in xs.iter_mut() {
+        *x = kind.scalar(*x);
     }
 }
 
@@ -184,14 +190,14 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn map(kind: Map, src: &[f32], dst: &mut [f32]) {
-        let whole = src.len() / 8 * 8;
-        for (s, d) in src[..whole].chunks_exact(8).zip(dst[..whole].chunks_exact_mut(8)) {
-            // SAFETY: both chunks hold 8 floats.
-            unsafe { _mm256_storeu_ps(d.as_mut_ptr(), apply8(kind, _mm256_loadu_ps(s.as_ptr()))) };
+    pub(super) fn map_in_place(kind: Map, xs: &mut [f32]) {
+        let whole = xs.len() / 8 * 8;
+        for chunk in xs[..whole].chunks_exact_mut(8) {
+            // SAFETY: the chunk holds 8 floats.
+            unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), apply8(kind, _mm256_loadu_ps(chunk.as_ptr()))) };
         }
-        for (d, &s) in dst[whole..].iter_mut().zip(&src[whole..]) {
-            *d = kind.scalar(s);
+        for x in &mut xs[whole..] {
+            *x = kind.scalar(*x);
         }
     }
 

@@ -51,6 +51,9 @@ mod q8_0_panel;
 #[cfg(target_arch = "x86_64")]
 mod q8_0_panel_avx2;
 mod q8k;
+pub(crate) mod sgemm;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_x86;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -96,12 +99,20 @@ pub(crate) fn bf16_matmul_amx(xs: &[f32], w: &[u16], m: usize, n: usize, k: usiz
         return None;
     }
     #[cfg(target_arch = "x86_64")]
-    if simd_level() == SimdLevel::Amx && amx::usable_bf16() {
+    if bf16_tiles_usable() {
         // SAFETY: AMX-BF16 is usable, the `amx` level implies AVX-512 F and BW, and the slices
         // hold the shapes' values (checked above).
         return Some(unsafe { bf16_amx::matmul(xs, w, m, n, k) });
     }
     None
+}
+
+/// Whether [`bf16_matmul_amx`] runs on this CPU (and `PHIVE_SIMD` allows it).
+pub(crate) fn bf16_tiles_usable() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return simd_level() == SimdLevel::Amx && amx::usable_bf16();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The GGML block formats these kernels multiply.

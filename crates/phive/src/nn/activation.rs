@@ -34,14 +34,18 @@ impl Activation {
         })
     }
 
-    /// Applies the activation elementwise.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let vectorised = match self {
+    /// The vectorised CPU map computing this activation, where there is one.
+    pub(crate) fn vectorised(&self) -> Option<Map> {
+        match self {
             Self::QuickGelu => Some(Map::QuickGelu),
             Self::GeluTanh => Some(Map::GeluTanh),
             _ => None,
-        };
-        if let Some(kind) = vectorised.filter(|_| x.device().is_cpu() && x.dtype() == DType::F32) {
+        }
+    }
+
+    /// Applies the activation elementwise.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(kind) = self.vectorised().filter(|_| x.device().is_cpu() && x.dtype() == DType::F32) {
             return Ok(x.contiguous()?.apply_op1_no_bwd(&Elementwise(kind))?);
         }
         Ok(match self {

@@ -20,9 +20,11 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::kernels::elementwise::Map;
 use crate::kernels::{
     quantized_matmul, simd_level, small_block_matmul, BlockFormat, PanelMatrix, QuantizedMatrix, SmallBlock,
 };
+use crate::nn::activation::Activation;
 use crate::quant::LoadContext;
 use crate::Result;
 
@@ -346,31 +348,33 @@ impl Linear {
 
     /// Applies the layer to `x` [..., in] and returns [..., out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let Some((&last, lead)) = dims.split_last() else {
-            return Err(candle_core::Error::Msg("linear input must have rank >= 1".into()).into());
-        };
-        if last != self.in_dim {
-            return Err(candle_core::Error::Msg(format!(
-                "linear expects {} input features, got shape {:?}",
-                self.in_dim, dims
-            ))
-            .into());
+        self.forward_mapped(x, None)
+    }
+
+    /// `act(self.forward(x))`: for half weights on the CPU the activation runs inside the
+    /// product, on each finished tile (no second pass over an output of tens of MB).
+    pub fn forward_then(&self, x: &Tensor, act: &Activation) -> Result<Tensor> {
+        match act.vectorised() {
+            Some(map) if matches!(self.weight, LinearWeight::Half(_)) && x.device().is_cpu() => {
+                self.forward_mapped(x, Some(map))
+            }
+            _ => act.forward(&self.forward(x)?),
         }
-        let rows: usize = lead.iter().product();
-        // Flatten the leading dims into one row dimension: one 2-D gemm, no broadcast copies.
-        let x2 = if x.is_contiguous() {
-            x.reshape((rows, last))?
-        } else {
-            x.contiguous()?.reshape((rows, last))?
-        };
+    }
+
+    /// The layer, then `map`, which only the half path's product applies: callers pass one
+    /// for half weights only.
+    fn forward_mapped(&self, x: &Tensor, map: Option<Map>) -> Result<Tensor> {
+        debug_assert!(map.is_none() || matches!(self.weight, LinearWeight::Half(_)));
+        let (x2, lead) = self.as_rows(x)?;
+        let lead = &lead[..];
         // Dense weights multiply in their own dtype, half and quantized ones in f32; the output
         // has the input's dtype either way (no-op conversions when they agree).
         let y = match &self.weight {
             LinearWeight::Dense(w) => x2.to_dtype(w.dtype())?.matmul(&w.t()?)?,
             // The half path adds the bias itself, in place.
             LinearWeight::Half(w) => {
-                return Ok(crate::quant::matmul_half(&x2.to_dtype(DType::F32)?, w, self.bias.as_ref())?
+                return Ok(crate::quant::matmul_half(&x2.to_dtype(DType::F32)?, w, self.bias.as_ref(), map)?
                     .to_dtype(x.dtype())?
                     .reshape(out_dims(lead, self.out_dim))?);
             }
@@ -386,6 +390,43 @@ impl Linear {
         };
         Ok(y.to_dtype(x.dtype())?.reshape(out_dims(lead, self.out_dim))?)
     }
+}
+
+impl Linear {
+    /// `x` [..., in] as `[rows, in]` (the leading dims flattened: one 2-D product, no broadcast
+    /// copies), and the leading dims.
+    fn as_rows(&self, x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+        let dims = x.dims();
+        let Some((&last, lead)) = dims.split_last() else {
+            return Err(candle_core::Error::Msg("linear input must have rank >= 1".into()).into());
+        };
+        if last != self.in_dim {
+            return Err(candle_core::Error::Msg(format!(
+                "linear expects {} input features, got shape {:?}",
+                self.in_dim, dims
+            ))
+            .into());
+        }
+        let rows: usize = lead.iter().product();
+        Ok((x.contiguous()?.reshape((rows, last))?, lead.to_vec()))
+    }
+}
+
+/// A transformer MLP, `fc2(act(fc1(x)))`. With half weights on the CPU and many rows (a vision
+/// tower's), each block of rows goes through both products and the activation in one pass:
+/// the hidden activations are never written out as a tensor.
+pub fn mlp_forward(x: &Tensor, fc1: &Linear, act: &Activation, fc2: &Linear) -> Result<Tensor> {
+    if let (LinearWeight::Half(w1), LinearWeight::Half(w2), Some(map)) =
+        (&fc1.weight, &fc2.weight, act.vectorised())
+    {
+        let (x2, lead) = fc1.as_rows(x)?;
+        let first = (w1, fc1.bias.as_ref());
+        let second = (w2, fc2.bias.as_ref());
+        if let Some(y) = crate::quant::mlp_half(&x2.to_dtype(DType::F32)?, first, map, second)? {
+            return Ok(y.to_dtype(x.dtype())?.reshape(out_dims(&lead, fc2.out_dim))?);
+        }
+    }
+    fc2.forward(&fc1.forward_then(x, act)?)
 }
 
 /// The output shape of a linear layer: the input's leading dimensions, then `out`.

@@ -16,7 +16,9 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::kernels::elementwise::{map_in_place, Map};
 use crate::kernels::gemm::{product, with_scratch, SharedOut, Strided};
+use crate::kernels::sgemm::{self, Epilogue};
 use crate::Result;
 
 /// Up to this many activation rows, the row kernel dots each weight row straight from storage.
@@ -72,20 +74,81 @@ impl CompactWeight<'_> {
 }
 
 /// `x` `[m, k]` f32 (contiguous) times `w` `[n, k]` f16/bf16, transposed, plus `bias` `[n]` when
-/// given: `[m, n]` f32. The bias is added in place to the product (the same sums as adding it
-/// as a tensor, without a second output of the product's size).
-pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// given, then `map` when given: `[m, n]` f32. The bias and the map go onto the product in
+/// place (the same values as adding the bias as a tensor and mapping it, without more outputs
+/// of the product's size); the kernel for many rows fuses them into its tiles.
+pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, map: Option<Map>) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     if !w.is_contiguous() || !x.device().is_cpu() {
         let y = x.matmul(&w.to_dtype(DType::F32)?.t()?)?;
-        return Ok(match bias {
+        let y = match bias {
             Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
             None => y,
-        });
+        };
+        let Some(map) = map else { return Ok(y) };
+        if !y.device().is_cpu() {
+            return Err(candle_core::Error::Msg("a fused map runs on the CPU only".into()).into());
+        }
+        let mut values = y.flatten_all()?.to_vec1::<f32>()?;
+        map_in_place(map, &mut values);
+        return Ok(Tensor::from_vec(values, y.shape(), y.device())?);
     }
-    let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1()).transpose()?;
+    let bias = bias_values(bias)?;
+    with_half_weight(w, |weight| matmul_compact(x, weight, n, k, Epilogue { bias: bias.as_deref(), map }))?
+}
+
+/// `fc2(map(fc1(x)))` for `x` `[m, k]` f32 and `(weight, bias)` pairs of half weights, on the
+/// CPU: each block of rows goes through both products and the map in one pass
+/// (`kernels::sgemm::mlp`). `None` where that kernel does not apply (a few rows, which the
+/// separate products handle as well, tensors off the CPU or non-contiguous, no AVX2) or where
+/// the separate products are faster (bf16 weights on AMX tiles).
+pub(crate) fn mlp_half(
+    x: &Tensor,
+    (w1, b1): (&Tensor, Option<&Tensor>),
+    map: Map,
+    (w2, b2): (&Tensor, Option<&Tensor>),
+) -> Result<Option<Tensor>> {
+    let ((m, k), (hidden, k1), (n, hidden2)) = (x.dims2()?, w1.dims2()?, w2.dims2()?);
+    let on_cpu = |t: &Tensor| t.device().is_cpu() && t.is_contiguous();
+    let tiles = crate::kernels::bf16_tiles_usable() && [w1, w2].iter().any(|w| w.dtype() == DType::BF16);
+    if tiles
+        || m <= PANEL_KERNEL_MAX_M
+        || k1 != k
+        || hidden2 != hidden
+        || !(on_cpu(x) && on_cpu(w1) && on_cpu(w2))
+    {
+        return Ok(None);
+    }
+    let (b1, b2) = (bias_values(b1)?, bias_values(b2)?);
+    let x = x.to_dtype(DType::F32)?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { return Ok(None) };
+    let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
+    let out = with_half_weight(w1, |first| {
+        with_half_weight(w2, |second| {
+            let widen1 = |row: usize, count: usize, dst: &mut [f32]| first.widen_rows(row, count, k, dst);
+            let widen2 =
+                |row: usize, count: usize, dst: &mut [f32]| second.widen_rows(row, count, hidden, dst);
+            sgemm::mlp(
+                xs,
+                (m, k, hidden, n),
+                (&widen1, Epilogue { bias: b1.as_deref(), map: Some(map) }),
+                (&widen2, Epilogue { bias: b2.as_deref(), map: None }),
+            )
+        })
+    })??;
+    Ok(out.map(|out| Tensor::from_vec(out, (m, n), x.device())).transpose()?)
+}
+
+/// A bias as f32 values.
+fn bias_values(bias: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
+    Ok(bias.map(|b| b.to_dtype(DType::F32)?.to_vec1()).transpose()?)
+}
+
+/// `f` on the values of a contiguous f16/bf16 CPU weight.
+fn with_half_weight<R>(w: &Tensor, f: impl FnOnce(CompactWeight) -> R) -> Result<R> {
     let (storage, layout) = w.storage_and_layout();
-    let (start, len) = (layout.start_offset(), n * k);
+    let (start, len) = (layout.start_offset(), w.elem_count());
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         return Err(candle_core::Error::Msg("half matmul runs on the CPU only".into()).into());
     };
@@ -94,7 +157,7 @@ pub(crate) fn matmul_half(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
         DType::F16 => CompactWeight::F16(&cpu.as_slice::<f16>()?[start..start + len]),
         other => return Err(candle_core::Error::Msg(format!("half matmul: weight dtype {other:?}")).into()),
     };
-    matmul_compact(x, weight, n, k, bias.as_deref())
+    Ok(f(weight))
 }
 
 /// `x` `[m, k]` f32 (on the CPU) times the `[n, k]` weight held as GGML Q8_0 `blocks`,
@@ -107,10 +170,10 @@ pub(crate) fn matmul_q8_0(x: &Tensor, blocks: &[u8], n: usize, k: usize) -> Resu
         ))
         .into());
     }
-    matmul_compact(x, CompactWeight::Q8_0(blocks), n, k, None)
+    matmul_compact(x, CompactWeight::Q8_0(blocks), n, k, Epilogue::default())
 }
 
-fn matmul_compact(x: &Tensor, w: CompactWeight, n: usize, k: usize, bias: Option<&[f32]>) -> Result<Tensor> {
+fn matmul_compact(x: &Tensor, w: CompactWeight, n: usize, k: usize, epilogue: Epilogue) -> Result<Tensor> {
     let (m, xk) = x.dims2()?;
     if xk != k {
         return Err(
@@ -123,21 +186,17 @@ fn matmul_compact(x: &Tensor, w: CompactWeight, n: usize, k: usize, bias: Option
         return Err(candle_core::Error::Msg("compact matmul runs on the CPU only".into()).into());
     };
     let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-    if m <= ROW_KERNEL_MAX_M {
+    let mut out = if m <= ROW_KERNEL_MAX_M {
         let mut out_t = vec![0f32; n * m];
         rows_kernel(w, xs, m, k, &mut out_t);
-        if let Some(b) = bias {
-            out_t.chunks_mut(m).zip(b).for_each(|(col, b)| col.iter_mut().for_each(|y| *y += b));
-        }
         // out_t is [n, m]; m ≤ 8, so the transpose is cheap.
-        let out = Tensor::from_vec(out_t, (n, m), x.device())?;
-        return Ok(out.t()?.contiguous()?);
-    }
-    let mut out =
-        if m > PANEL_KERNEL_MAX_M { slabs_kernel(w, xs, m, n, k) } else { panels_kernel(w, xs, m, n, k) };
-    if let Some(b) = bias {
-        out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
-    }
+        (0..m * n).map(|idx| out_t[(idx % n) * m + idx / n]).collect()
+    } else if m <= PANEL_KERNEL_MAX_M {
+        panels_kernel(w, xs, m, n, k)
+    } else {
+        return Ok(Tensor::from_vec(slabs_kernel(w, xs, m, n, k, epilogue), (m, n), x.device())?);
+    };
+    epilogue.apply(&mut out, n);
     drop(storage);
     Ok(Tensor::from_vec(out, (m, n), x.device())?)
 }
@@ -149,11 +208,16 @@ fn matmul_compact(x: &Tensor, w: CompactWeight, n: usize, k: usize, bias: Option
 /// instead wrote, page-faulted and read back a full f32 copy per call (200 MB for a Phi-3.5
 /// MLP weight at Q8_0); a slab is cache-sized and `x` is packed once per slab. bf16 weights
 /// go to the AMX tiles instead where the CPU has them (the same f32 sums, in another order).
-fn slabs_kernel(w: CompactWeight, xs: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+fn slabs_kernel(w: CompactWeight, xs: &[f32], m: usize, n: usize, k: usize, epilogue: Epilogue) -> Vec<f32> {
     if let CompactWeight::Bf16(ws) = w {
-        if let Some(out) = crate::kernels::bf16_matmul_amx(xs, as_bits(ws), m, n, k) {
+        if let Some(mut out) = crate::kernels::bf16_matmul_amx(xs, as_bits(ws), m, n, k) {
+            epilogue.apply(&mut out, n);
             return out;
         }
+    }
+    let widen = |first: usize, count: usize, dst: &mut [f32]| w.widen_rows(first, count, k, dst);
+    if let Some(out) = sgemm::matmul(xs, (m, n, k), &widen, epilogue) {
+        return out;
     }
     let rows = (SLAB_FLOATS / k.max(1)).clamp(1, n.max(1));
     let chunk_rows = (PANEL_FLOATS / k.max(1)).max(1);
@@ -181,6 +245,7 @@ fn slabs_kernel(w: CompactWeight, xs: &[f32], m: usize, n: usize, k: usize) -> V
             )
         };
     }
+    epilogue.apply(&mut out, n);
     out
 }
 
@@ -381,16 +446,56 @@ mod tests {
             for m in [1, 3, 8, 9, 40, 65] {
                 let x = Tensor::randn(0f32, 1.0, (m, 1100), &dev).unwrap();
                 let want = x.matmul(&wf.t().unwrap()).unwrap();
-                let got = matmul_half(&x, &wh, None).unwrap();
+                let got = matmul_half(&x, &wh, None, None).unwrap();
                 assert_eq!(got.dims(), &[m, 70]);
                 let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(d < 1e-3, "{dt:?} m={m}: {d}");
                 // The bias is added to the product's own sums, whatever the path.
                 let b = Tensor::randn(0f32, 1.0, 70, &dev).unwrap();
-                let biased = matmul_half(&x, &wh, Some(&b)).unwrap();
-                let want = matmul_half(&x, &wh, None).unwrap().broadcast_add(&b).unwrap();
+                let biased = matmul_half(&x, &wh, Some(&b), None).unwrap();
+                let want = matmul_half(&x, &wh, None, None).unwrap().broadcast_add(&b).unwrap();
                 assert_eq!(biased.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap(), "{dt:?} m={m}");
             }
+        }
+    }
+
+    /// A map given to the product equals the map applied to its output, on every path (row,
+    /// panel and many-row kernels); the fused MLP equals its two products and the f32 tensors'
+    /// MLP.
+    #[test]
+    fn fused_maps_and_the_mlp_match_the_separate_steps() {
+        let dev = Device::Cpu;
+        let (k, hidden, n) = (96, 200, 70);
+        let w1 = Tensor::randn(0f32, 0.2, (hidden, k), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+        let w2 = Tensor::randn(0f32, 0.2, (n, hidden), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+        let b1 = Tensor::randn(0f32, 1.0, hidden, &dev).unwrap();
+        let b2 = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+        for m in [3, 40, 150] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let mapped = matmul_half(&x, &w1, Some(&b1), Some(Map::QuickGelu)).unwrap();
+            let mut want = matmul_half(&x, &w1, Some(&b1), None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            map_in_place(Map::QuickGelu, &mut want);
+            assert_eq!(mapped.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "m={m}");
+            let fused = mlp_half(&x, (&w1, Some(&b1)), Map::QuickGelu, (&w2, Some(&b2))).unwrap();
+            let apart = matmul_half(&mapped, &w2, Some(&b2), None).unwrap();
+            let Some(fused) = fused else {
+                use crate::kernels::{bf16_tiles_usable, simd_level, SimdLevel};
+                assert!(m <= PANEL_KERNEL_MAX_M || simd_level() < SimdLevel::Avx2 || bf16_tiles_usable());
+                continue;
+            };
+            assert_eq!(fused.to_vec2::<f32>().unwrap(), apart.to_vec2::<f32>().unwrap(), "m={m}");
+            let h =
+                x.matmul(&w1.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap().broadcast_add(&b1).unwrap();
+            let h = (&h * candle_nn::ops::sigmoid(&(&h * 1.702).unwrap()).unwrap()).unwrap();
+            let y =
+                h.matmul(&w2.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap().broadcast_add(&b2).unwrap();
+            let d = (fused - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-4, "m={m}: {d}");
         }
     }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::nn::activation::Activation;
 use crate::nn::encoder_attention::encoder_attention;
-use crate::nn::linear::{Linear, LoadVb};
+use crate::nn::linear::{mlp_forward, Linear, LoadVb};
 use crate::nn::norm::LayerNorm;
 use crate::{Error, Result};
 
@@ -192,7 +192,7 @@ impl EncoderLayer {
         let o = encoder_attention(&q, &k, &v, heads, ((c / heads) as f64).powf(-0.5))?;
         let x = (x + self.out_proj.forward(&o)?)?;
         let h = self.layer_norm2.forward(&x)?;
-        let h = self.fc2.forward(&act.forward(&self.fc1.forward(&h)?)?)?;
+        let h = mlp_forward(&h, &self.fc1, act, &self.fc2)?;
         Ok((x + h)?)
     }
 }

@@ -1,0 +1,503 @@
+//! f32 products `x Wᵀ + bias`, then an optional map, for many activation rows: the vision
+//! towers' projections, whose weights are stored compact (bf16, f16, Q8_0) and computed in f32.
+//!
+//! On the `gemm` crate the CLIP tower ran at about three quarters of the CPU's f32 peak: each
+//! slab of the widened weight was packed again, and the bias and the activation were separate
+//! passes over outputs of tens of MB (fresh pages, written and read again). Here the weight is
+//! widened once per call straight into panels of `NR` output features (`[k][NR]`,
+//! zero-padded), each task packs a block of activation rows into slivers of `MR` rows
+//! (`[kc][MR]`), and a register-blocked microkernel (`sgemm_x86`) sums `MR × NR` outputs over
+//! [`KC`] inputs at a time. The bias and the map go onto each finished tile while it is in L1,
+//! and [`mlp`] takes a block of rows through both of a transformer MLP's products at once.
+//!
+//! Every output is one f32 FMA chain over the inputs in order, then the bias added: results
+//! differ from another f32 product only in the order of its sums.
+
+use rayon::prelude::*;
+
+use super::elementwise::{map_in_place, Map};
+use super::gemm::{with_scratch, SharedOut};
+use super::simd::{simd_level, SimdLevel};
+
+/// Inputs per pass of the microkernel over a tile. A weight sliver (`KC × NR` floats, 128 KB
+/// with AVX-512) and a task's packed rows (`MC × KC`, 192 KB) stay in L2 while they meet; a
+/// longer pass stores and reloads each tile's sums less often (128 → 512 inputs: 5–10% on
+/// CLIP's shapes, Zen 4).
+const KC: usize = 512;
+/// Most activation rows per task block (a multiple of both kernels' `MR`).
+const MC: usize = 96;
+/// Output features per chunk of a task's panels: its outputs (`MC × NC` floats, 384 KB)
+/// stay in L2 between input blocks.
+const NC: usize = 1024;
+
+/// The register tiles of the two x86 microkernels: rows × output features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tile {
+    /// AVX-512: 6 rows × 64 features, 24 zmm sums.
+    Avx512,
+    /// AVX2 + FMA: 6 rows × 16 features, 12 ymm sums.
+    Avx2,
+}
+
+impl Tile {
+    /// The widest tile this CPU (and `PHIVE_SIMD`) allows, if any.
+    fn detect() -> Option<Tile> {
+        let level = simd_level();
+        if level >= SimdLevel::Avx512Vnni {
+            Some(Tile::Avx512)
+        } else if level >= SimdLevel::Avx2 {
+            Some(Tile::Avx2)
+        } else {
+            None
+        }
+    }
+
+    /// Activation rows per tile.
+    fn mr(self) -> usize {
+        match self {
+            Tile::Avx512 | Tile::Avx2 => 6,
+        }
+    }
+
+    /// Output features per tile (and per weight panel).
+    fn nr(self) -> usize {
+        match self {
+            Tile::Avx512 => 64,
+            Tile::Avx2 => 16,
+        }
+    }
+}
+
+/// What happens to the finished sums: a bias per output feature added, then a map applied.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub map: Option<Map>,
+}
+
+impl Epilogue<'_> {
+    /// Applies the epilogue to a finished `[m, n]` product, for kernels that do not fuse it.
+    pub fn apply(self, out: &mut [f32], n: usize) {
+        if self.bias.is_some() || self.map.is_some() {
+            out.par_chunks_mut(n.max(1)).for_each(|row| finish(row, self.bias, self.map));
+        }
+    }
+}
+
+/// Writes weight rows `first..first + count` as f32 into `dst` (`count · k` floats).
+pub(crate) type Widen<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
+
+/// `xs` `[m, k]` times the weight `[n, k]` transposed, then `epilogue`: `[m, n]` row-major.
+/// `None` where the CPU has no AVX2, or `k` is 0 (the caller then uses another kernel).
+pub(crate) fn matmul(
+    xs: &[f32],
+    (m, n, k): (usize, usize, usize),
+    widen: Widen,
+    epilogue: Epilogue,
+) -> Option<Vec<f32>> {
+    assert_eq!(xs.len(), m * k, "sgemm: activations are not [m, k]");
+    assert!(epilogue.bias.is_none_or(|b| b.len() == n), "sgemm: bias is not [n]");
+    let tile = Tile::detect().filter(|_| k > 0)?;
+    let mut out = Vec::with_capacity(m * n);
+    let shared = SharedOut::spare(&mut out);
+    // The weight is laid out a group of features at a time, each group at most a kept buffer.
+    let group = (POOLED_FLOATS / (k * tile.nr())).max(1) * tile.nr();
+    for first in (0..n).step_by(group) {
+        let features = first..(first + group).min(n);
+        let group_rows = |row: usize, count: usize, dst: &mut [f32]| widen(first + row, count, dst);
+        let bias = epilogue.bias.map(|b| &b[features.clone()]);
+        let epilogue = Epilogue { bias, ..epilogue };
+        with_packed_weight(tile, (features.len(), k), &group_rows, |weight| {
+            let (block_rows, panels) = (row_block(m), features.len().div_ceil(tile.nr()));
+            let blocks = m.div_ceil(block_rows);
+            // Column chunks where there are too few row blocks to keep every thread busy.
+            let chunks = (4 * rayon::current_num_threads()).div_ceil(blocks.max(1)).min(panels.max(1));
+            let per_chunk = panels.div_ceil(chunks);
+            (0..blocks * chunks).into_par_iter().for_each(|task| {
+                let (block, chunk) = (task / chunks, task % chunks);
+                let rows = block * block_rows..((block + 1) * block_rows).min(m);
+                let panels = chunk * per_chunk..((chunk + 1) * per_chunk).min(panels);
+                let xs = &xs[rows.start * k..rows.end * k];
+                with_scratch(|[packed_rows, _, _]| {
+                    let out = Output { at: shared.at(rows.start * n + features.start), ld: n };
+                    multiply_block(tile, xs, weight, panels, epilogue, packed_rows, out)
+                })
+            })
+        });
+    }
+    // SAFETY: the tasks wrote every element of every row (each (row block, panel) once).
+    unsafe { out.set_len(m * n) };
+    Some(out)
+}
+
+/// A transformer MLP, `fc2(map(fc1(xs)))`: `xs` `[m, k]`, the first weight `[hidden, k]`, the
+/// second `[n, hidden]`, each followed by its epilogue; `[m, n]` row-major. Each task takes a
+/// block of rows through both products, its hidden activations in a reused buffer, so the
+/// `[m, hidden]` intermediate (47 MB for CLIP's five crops, 123 MB for SigLIP's seven) is never
+/// written to memory, faulted in or read back. `None` where the CPU has no AVX2, `k` or
+/// `hidden` is 0, or a weight is larger than a kept buffer (32 MB laid out).
+pub(crate) fn mlp(
+    xs: &[f32],
+    (m, k, hidden, n): (usize, usize, usize, usize),
+    (widen1, epilogue1): (Widen, Epilogue),
+    (widen2, epilogue2): (Widen, Epilogue),
+) -> Option<Vec<f32>> {
+    assert_eq!(xs.len(), m * k, "sgemm: activations are not [m, k]");
+    assert!(epilogue1.bias.is_none_or(|b| b.len() == hidden), "sgemm: first bias is not [hidden]");
+    assert!(epilogue2.bias.is_none_or(|b| b.len() == n), "sgemm: second bias is not [n]");
+    let fits = |rows: usize, k: usize| rows.next_multiple_of(64) * k <= POOLED_FLOATS;
+    let tile = Tile::detect().filter(|_| k > 0 && hidden > 0 && fits(hidden, k) && fits(n, hidden))?;
+    let mut out = Vec::with_capacity(m * n);
+    with_packed_weight(tile, (hidden, k), widen1, |first| {
+        with_packed_weight(tile, (n, hidden), widen2, |second| {
+            let shared = SharedOut::spare(&mut out);
+            let block_rows = row_block(m);
+            (0..m.div_ceil(block_rows)).into_par_iter().for_each(|block| {
+                let rows = block * block_rows..((block + 1) * block_rows).min(m);
+                with_scratch(|[packed_rows, activations, _]| {
+                    activations.resize(rows.len() * hidden, 0.0);
+                    let xs = &xs[rows.start * k..rows.end * k];
+                    let out = Output { at: activations.as_mut_ptr(), ld: hidden };
+                    multiply_block(
+                        tile,
+                        xs,
+                        first,
+                        0..hidden.div_ceil(tile.nr()),
+                        epilogue1,
+                        packed_rows,
+                        out,
+                    );
+                    let out = Output { at: shared.at(rows.start * n), ld: n };
+                    multiply_block(
+                        tile,
+                        activations,
+                        second,
+                        0..n.div_ceil(tile.nr()),
+                        epilogue2,
+                        packed_rows,
+                        out,
+                    );
+                })
+            })
+        })
+    });
+    // SAFETY: the tasks wrote every element of every row.
+    unsafe { out.set_len(m * n) };
+    Some(out)
+}
+
+/// Rows per task block for `m` rows: at most [`MC`], a multiple of 6 (both tiles' `MR`), and
+/// as many blocks as make whole rounds of the threads, so no thread is left with one more
+/// block than another (SigLIP's 1,025 rows: 12 blocks of 90, not 11 of 96).
+fn row_block(m: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = m.div_ceil(MC).next_multiple_of(threads).max(1);
+    m.div_ceil(blocks).next_multiple_of(6).clamp(6, MC)
+}
+
+/// A weight `[n, k]` laid out for a tile: panel `p` holds `[k][nr]`, the features past `n` zero.
+#[derive(Clone, Copy)]
+struct PackedWeight<'a> {
+    values: &'a [f32],
+    n: usize,
+    k: usize,
+}
+
+/// Most floats in a buffer of laid-out weights (32 MB): the towers' largest (SigLIP's MLP,
+/// 20 MB) fit; a larger weight (the image projection's, 50 MB) is laid out and multiplied a
+/// group of features at a time, so no call holds more than this beside the stored weight.
+const POOLED_FLOATS: usize = 8 << 20;
+
+/// Runs `f` on the weight laid out for `tile`. The buffers are kept between calls (tens of MB
+/// for an MLP weight, which fresh pages would fault in on every call).
+fn with_packed_weight<R>(
+    tile: Tile,
+    (n, k): (usize, usize),
+    widen: Widen,
+    f: impl FnOnce(PackedWeight) -> R,
+) -> R {
+    static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+    let pool = || POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut packed = pool().pop().unwrap_or_default();
+    let nr = tile.nr();
+    packed.resize(n.div_ceil(nr) * k * nr, 0.0);
+    packed.par_chunks_mut((k * nr).max(1)).enumerate().for_each(|(p, panel)| {
+        with_scratch(|[rows, _, _]| {
+            let count = nr.min(n - p * nr);
+            rows.resize(count * k, 0.0);
+            widen(p * nr, count, rows);
+            for (j, row) in rows.chunks_exact(k).enumerate() {
+                for (i, &w) in row.iter().enumerate() {
+                    panel[i * nr + j] = w;
+                }
+            }
+            for line in panel.chunks_exact_mut(nr) {
+                line[count..].fill(0.0);
+            }
+        })
+    });
+    let result = f(PackedWeight { values: &packed, n, k });
+    pool().push(packed);
+    result
+}
+
+/// Where a task's outputs go: its first row at `at`, rows `ld` floats apart.
+#[derive(Clone, Copy)]
+struct Output {
+    at: *mut f32,
+    ld: usize,
+}
+
+/// One task: the rows `xs` (`[rows, k]`) times the features of `panels`, then the epilogue,
+/// into `out`. The panels go in chunks of at most [`NC`] features, input block by input block,
+/// so a chunk's outputs stay in L2 between input blocks.
+fn multiply_block(
+    tile: Tile,
+    xs: &[f32],
+    weight: PackedWeight,
+    panels: std::ops::Range<usize>,
+    epilogue: Epilogue,
+    packed_rows: &mut Vec<f32>,
+    out: Output,
+) {
+    let (mr, nr, n, k) = (tile.mr(), tile.nr(), weight.n, weight.k);
+    let rows = xs.len() / k.max(1);
+    let slivers = rows.div_ceil(mr);
+    // Input blocks of equal length (SigLIP's 1,152 inputs: 3 × 384, not 512 + 512 + 128).
+    let kc_step = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
+    packed_rows.resize(slivers * mr * kc_step, 0.0);
+    let chunk = (NC / nr).max(1);
+    for first_panel in panels.clone().step_by(chunk) {
+        let chunk = first_panel..(first_panel + chunk).min(panels.end);
+        for k0 in (0..k).step_by(kc_step) {
+            let kc = kc_step.min(k - k0);
+            pack_rows(xs, k, k0..k0 + kc, mr, packed_rows);
+            let (first, last) = (k0 == 0, k0 + kc == k);
+            for p in chunk.clone() {
+                let w = &weight.values[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
+                let cols = p * nr..((p + 1) * nr).min(n);
+                for s in 0..slivers {
+                    let tile_rows = mr.min(rows - s * mr);
+                    let a = &packed_rows[s * mr * kc..(s + 1) * mr * kc];
+                    // SAFETY: this task alone writes its rows × columns `cols` of the output;
+                    // the tile's element (i, j) is at `(s·mr + i)·ld + cols.start + j`.
+                    unsafe {
+                        let c = out.at.add(s * mr * out.ld + cols.start);
+                        multiply_tile(tile, kc, a, w, (c, out.ld), (tile_rows, cols.len()), first);
+                        if last {
+                            for i in 0..tile_rows {
+                                let row = std::slice::from_raw_parts_mut(c.add(i * out.ld), cols.len());
+                                finish(row, epilogue.bias.map(|b| &b[cols.clone()]), epilogue.map);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the bias to a row's finished sums, then applies the map, while the row is in L1.
+fn finish(row: &mut [f32], bias: Option<&[f32]>, map: Option<Map>) {
+    if let Some(bias) = bias {
+        row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+    }
+    if let Some(map) = map {
+        map_in_place(map, row);
+    }
+}
+
+/// Packs the rows of `xs` (`[rows, k]`), inputs `inputs`, into slivers of `mr` rows: sliver
+/// `s` holds `[input][mr]`, the rows past the end zero.
+fn pack_rows(xs: &[f32], k: usize, inputs: std::ops::Range<usize>, mr: usize, dst: &mut [f32]) {
+    let (kc, rows) = (inputs.len(), xs.len() / k.max(1));
+    for (s, sliver) in dst.chunks_exact_mut(mr * kc).take(rows.div_ceil(mr)).enumerate() {
+        for i in 0..mr {
+            let r = s * mr + i;
+            if r < rows {
+                for (j, &x) in xs[r * k + inputs.start..r * k + inputs.end].iter().enumerate() {
+                    sliver[j * mr + i] = x;
+                }
+            } else {
+                (0..kc).for_each(|j| sliver[j * mr + i] = 0.0);
+            }
+        }
+    }
+}
+
+/// Sums one tile: `c[i][j] (+)= Σ_p a[p][i]·w[p][j]` over `kc` inputs, `c`'s rows `ldc`
+/// apart; with `first`, the sums start from zero instead of `c`. Only the `rows × cols` corner
+/// of the tile is read and written.
+///
+/// # Safety
+/// `c` addresses `rows` rows of `cols` writable floats, `ldc` apart; `a` holds `kc · mr` and
+/// `w` `kc · nr` floats.
+unsafe fn multiply_tile(
+    tile: Tile,
+    kc: usize,
+    a: &[f32],
+    w: &[f32],
+    (c, ldc): (*mut f32, usize),
+    (rows, cols): (usize, usize),
+    first: bool,
+) {
+    let (mr, nr) = (tile.mr(), tile.nr());
+    debug_assert!(a.len() >= kc * mr && w.len() >= kc * nr && rows <= mr && cols <= nr);
+    let whole = rows == mr && cols == nr;
+    // An edge tile goes through a full-size buffer, so the microkernels see whole tiles only.
+    let mut edge = [0f32; 6 * 64];
+    let (dst, ld) = if whole { (c, ldc) } else { (edge.as_mut_ptr(), nr) };
+    if first {
+        for i in 0..mr {
+            // SAFETY: `dst` holds `mr` rows of `nr` (the caller's tile, or `edge`).
+            unsafe { std::ptr::write_bytes(dst.add(i * ld), 0, nr) };
+        }
+    } else if !whole {
+        for i in 0..rows {
+            // SAFETY: the caller's corner of `rows × cols`; `edge` holds `mr × nr`.
+            unsafe { std::ptr::copy_nonoverlapping(c.add(i * ldc), dst.add(i * ld), cols) };
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `Tile::detect` checked the CPU; the sizes were checked above.
+    unsafe {
+        match tile {
+            Tile::Avx512 => super::sgemm_x86::tile_6x64(kc, a.as_ptr(), w.as_ptr(), dst, ld),
+            Tile::Avx2 => super::sgemm_x86::tile_6x16(kc, a.as_ptr(), w.as_ptr(), dst, ld),
+        }
+    }
+    if !whole {
+        for i in 0..rows {
+            // SAFETY: as above.
+            unsafe { std::ptr::copy_nonoverlapping(dst.add(i * ld), c.add(i * ldc), cols) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain triple loop in f64, with the epilogue.
+    fn reference(xs: &[f32], w: &[f32], (m, n, k): (usize, usize, usize), epilogue: Epilogue) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = epilogue.bias.map_or(0.0, |b| b[j] as f64);
+                for p in 0..k {
+                    s += xs[i * k + p] as f64 * w[j * k + p] as f64;
+                }
+                let mut y = [s as f32];
+                if let Some(map) = epilogue.map {
+                    map_in_place(map, &mut y);
+                }
+                out[i * n + j] = y[0];
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(shape: (usize, usize, usize), epilogue: Epilogue) {
+        let (m, n, k) = shape;
+        let xs = values(m * k, 1);
+        let w = values(n * k, 2);
+        let widen = |first: usize, count: usize, dst: &mut [f32]| {
+            dst.copy_from_slice(&w[first * k..(first + count) * k])
+        };
+        let Some(got) = matmul(&xs, shape, &widen, epilogue) else {
+            eprintln!("no AVX2 on this CPU: sgemm not tested");
+            return;
+        };
+        let want = reference(&xs, &w, shape, epilogue);
+        let tolerance = 1e-5 * (k as f32).sqrt() * 4.0;
+        for (idx, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!((g - r).abs() <= tolerance * r.abs().max(1.0), "{shape:?} at {idx}: {g} vs {r}");
+        }
+    }
+
+    /// Whole tiles and ragged edges in every dimension: rows past a sliver and a block, features
+    /// past a panel, inputs past an input block, and column chunks (few row blocks).
+    #[test]
+    fn matches_the_plain_product_on_odd_shapes() {
+        let bias = values(300, 3);
+        for shape in [(1, 1, 1), (12, 32, 128), (13, 33, 129), (97, 70, 300), (200, 300, 5), (40, 17, 257)] {
+            check(shape, Epilogue::default());
+            check(shape, Epilogue { bias: Some(&bias[..shape.1]), map: None });
+            check(shape, Epilogue { bias: Some(&bias[..shape.1]), map: Some(Map::QuickGelu) });
+        }
+    }
+
+    /// The fused MLP equals its two products with the map between them, over ragged row blocks
+    /// and hidden widths that are not whole panels.
+    #[test]
+    fn mlp_matches_its_two_products() {
+        let (m, k, hidden, n) = (200, 70, 130, 45);
+        let xs = values(m * k, 6);
+        let (w1, w2) = (values(hidden * k, 7), values(n * hidden, 8));
+        let (b1, b2) = (values(hidden, 9), values(n, 10));
+        let widen1 = |first: usize, count: usize, dst: &mut [f32]| {
+            dst.copy_from_slice(&w1[first * k..(first + count) * k])
+        };
+        let widen2 = |first: usize, count: usize, dst: &mut [f32]| {
+            dst.copy_from_slice(&w2[first * hidden..(first + count) * hidden])
+        };
+        let first = Epilogue { bias: Some(&b1), map: Some(Map::GeluTanh) };
+        let second = Epilogue { bias: Some(&b2), map: None };
+        let Some(fused) = mlp(&xs, (m, k, hidden, n), (&widen1, first), (&widen2, second)) else {
+            eprintln!("no AVX2 on this CPU: sgemm not tested");
+            return;
+        };
+        let hidden_rows = matmul(&xs, (m, hidden, k), &widen1, first).expect("AVX2");
+        let apart = matmul(&hidden_rows, (m, n, hidden), &widen2, second).expect("AVX2");
+        // The same kernels in the same order: the same bits.
+        assert_eq!(fused, apart);
+        let want = reference(&reference(&xs, &w1, (m, hidden, k), first), &w2, (m, n, hidden), second);
+        for (g, r) in fused.iter().zip(&want) {
+            assert!((g - r).abs() <= 1e-4 * r.abs().max(1.0), "{g} vs {r}");
+        }
+    }
+
+    /// The AVX2 tile where the CPU has AVX-512 too: both kernels equal the plain product.
+    #[test]
+    fn both_tiles_match_the_plain_product() {
+        let (m, n, k) = (30, 70, 200);
+        let xs = values(m * k, 4);
+        let w = values(n * k, 5);
+        for tile in [Tile::Avx2, Tile::Avx512] {
+            if Tile::detect().is_none_or(|best| best == Tile::Avx2 && tile == Tile::Avx512) {
+                continue;
+            }
+            let (mr, nr) = (tile.mr(), tile.nr());
+            // One tile's worth through `multiply_tile`, from packed operands.
+            let mut a = vec![0f32; k * mr];
+            let mut b = vec![0f32; k * nr];
+            for p in 0..k {
+                for i in 0..mr.min(m) {
+                    a[p * mr + i] = xs[i * k + p];
+                }
+                for j in 0..nr.min(n) {
+                    b[p * nr + j] = w[j * k + p];
+                }
+            }
+            let mut c = vec![f32::NAN; mr * nr];
+            // SAFETY: `c` holds the tile; the CPU has the tile's instructions (checked above).
+            unsafe { multiply_tile(tile, k, &a, &b, (c.as_mut_ptr(), nr), (mr, nr), true) };
+            let want = reference(&xs[..mr * k], &w[..nr * k], (mr, nr, k), Epilogue::default());
+            for (g, r) in c.iter().zip(&want) {
+                assert!((g - r).abs() <= 1e-4, "{tile:?}: {g} vs {r}");
+            }
+        }
+    }
+}
