@@ -30,6 +30,11 @@ const MC: usize = 96;
 /// stay in L2 between input blocks.
 const NC: usize = 1024;
 
+/// Most floats in a buffer of laid-out weights (32 MB): the towers' largest (SigLIP's MLP,
+/// 20 MB) fit; a larger weight (the image projection's, 50 MB) is laid out and multiplied a
+/// group of features at a time, so no call holds more than this beside the stored weight.
+const POOLED_FLOATS: usize = 8 << 20;
+
 /// The register tiles of the two x86 microkernels: rows × output features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tile {
@@ -145,8 +150,11 @@ pub(crate) fn mlp(
     assert_eq!(xs.len(), m * k, "sgemm: activations are not [m, k]");
     assert!(epilogue1.bias.is_none_or(|b| b.len() == hidden), "sgemm: first bias is not [hidden]");
     assert!(epilogue2.bias.is_none_or(|b| b.len() == n), "sgemm: second bias is not [n]");
-    let fits = |rows: usize, k: usize| rows.next_multiple_of(64) * k <= POOLED_FLOATS;
-    let tile = Tile::detect().filter(|_| k > 0 && hidden > 0 && fits(hidden, k) && fits(n, hidden))?;
+    let tile = Tile::detect()?;
+    let fits = |rows: usize, k: usize| k > 0 && rows.next_multiple_of(tile.nr()) * k <= POOLED_FLOATS;
+    if !(fits(hidden, k) && fits(n, hidden)) {
+        return None;
+    }
     let mut out = Vec::with_capacity(m * n);
     with_packed_weight(tile, (hidden, k), widen1, |first| {
         with_packed_weight(tile, (n, hidden), widen2, |second| {
@@ -202,11 +210,6 @@ struct PackedWeight<'a> {
     n: usize,
     k: usize,
 }
-
-/// Most floats in a buffer of laid-out weights (32 MB): the towers' largest (SigLIP's MLP,
-/// 20 MB) fit; a larger weight (the image projection's, 50 MB) is laid out and multiplied a
-/// group of features at a time, so no call holds more than this beside the stored weight.
-const POOLED_FLOATS: usize = 8 << 20;
 
 /// Runs `f` on the weight laid out for `tile`. The buffers are kept between calls (tens of MB
 /// for an MLP weight, which fresh pages would fault in on every call).
@@ -266,9 +269,9 @@ fn multiply_block(
     // Input blocks of equal length (SigLIP's 1,152 inputs: 3 × 384, not 512 + 512 + 128).
     let kc_step = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
     packed_rows.resize(slivers * mr * kc_step, 0.0);
-    let chunk = (NC / nr).max(1);
-    for first_panel in panels.clone().step_by(chunk) {
-        let chunk = first_panel..(first_panel + chunk).min(panels.end);
+    let panels_per_chunk = (NC / nr).max(1);
+    for first_panel in panels.clone().step_by(panels_per_chunk) {
+        let chunk = first_panel..(first_panel + panels_per_chunk).min(panels.end);
         for k0 in (0..k).step_by(kc_step) {
             let kc = kc_step.min(k - k0);
             pack_rows(xs, k, k0..k0 + kc, mr, packed_rows);

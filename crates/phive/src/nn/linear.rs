@@ -25,7 +25,7 @@ use crate::kernels::{
     quantized_matmul, simd_level, small_block_matmul, BlockFormat, PanelMatrix, QuantizedMatrix, SmallBlock,
 };
 use crate::nn::activation::Activation;
-use crate::quant::LoadContext;
+use crate::quant::{with_cpu_rows, LoadContext};
 use crate::Result;
 
 /// How the weight of a [`Linear`] is stored.
@@ -465,17 +465,6 @@ fn panel_forward(x: &Tensor, p: &PanelMatrix) -> Result<Tensor> {
     let y = with_cpu_rows(x, |xs| p.matmul(xs))?
         .ok_or_else(|| candle_core::Error::Msg("a panel weight multiplies CPU activations only".into()))?;
     Ok(Tensor::from_vec(y, (x.dim(0)?, p.rows()), x.device())?)
-}
-
-/// `f` over the values of `x` (f32, contiguous), borrowed in place; `None` if `x` is not in
-/// CPU memory.
-fn with_cpu_rows(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<Vec<f32>>) -> Result<Option<Vec<f32>>> {
-    let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Ok(None);
-    };
-    let start = layout.start_offset();
-    Ok(Some(f(&cpu.as_slice::<f32>()?[start..start + x.elem_count()])?))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 pub use context::{LoadContext, LoadReport, TensorRole};
 pub use types::{IsqType, ParseIsqTypeError};
-pub(crate) use widened::{matmul_half, matmul_q8_0, mlp_half};
+pub(crate) use widened::{matmul_half, matmul_q8_0, mlp_half, with_cpu_rows};
 
 use crate::Result;
 

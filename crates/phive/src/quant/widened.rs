@@ -120,24 +120,33 @@ pub(crate) fn mlp_half(
         return Ok(None);
     }
     let (b1, b2) = (bias_values(b1)?, bias_values(b2)?);
-    let x = x.to_dtype(DType::F32)?;
+    let out = with_cpu_rows(x, |xs| {
+        with_half_weight(w1, |first| {
+            with_half_weight(w2, |second| {
+                let widen1 = |row: usize, count: usize, dst: &mut [f32]| first.widen_rows(row, count, k, dst);
+                let widen2 =
+                    |row: usize, count: usize, dst: &mut [f32]| second.widen_rows(row, count, hidden, dst);
+                sgemm::mlp(
+                    xs,
+                    (m, k, hidden, n),
+                    (&widen1, Epilogue { bias: b1.as_deref(), map: Some(map) }),
+                    (&widen2, Epilogue { bias: b2.as_deref(), map: None }),
+                )
+            })
+        })?
+    })?;
+    Ok(out.flatten().map(|out| Tensor::from_vec(out, (m, n), x.device())).transpose()?)
+}
+
+/// `f` over the values of `x` (f32, contiguous), borrowed in place; `None` if `x` is not in
+/// CPU memory.
+pub(crate) fn with_cpu_rows<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<Option<R>> {
     let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else { return Ok(None) };
-    let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-    let out = with_half_weight(w1, |first| {
-        with_half_weight(w2, |second| {
-            let widen1 = |row: usize, count: usize, dst: &mut [f32]| first.widen_rows(row, count, k, dst);
-            let widen2 =
-                |row: usize, count: usize, dst: &mut [f32]| second.widen_rows(row, count, hidden, dst);
-            sgemm::mlp(
-                xs,
-                (m, k, hidden, n),
-                (&widen1, Epilogue { bias: b1.as_deref(), map: Some(map) }),
-                (&widen2, Epilogue { bias: b2.as_deref(), map: None }),
-            )
-        })
-    })??;
-    Ok(out.map(|out| Tensor::from_vec(out, (m, n), x.device())).transpose()?)
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let start = layout.start_offset();
+    Ok(Some(f(&cpu.as_slice::<f32>()?[start..start + x.elem_count()])?))
 }
 
 /// A bias as f32 values.
@@ -181,23 +190,22 @@ fn matmul_compact(x: &Tensor, w: CompactWeight, n: usize, k: usize, epilogue: Ep
         );
     }
     let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(candle_core::Error::Msg("compact matmul runs on the CPU only".into()).into());
-    };
-    let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-    let mut out = if m <= ROW_KERNEL_MAX_M {
-        let mut out_t = vec![0f32; n * m];
-        rows_kernel(w, xs, m, k, &mut out_t);
-        // out_t is [n, m]; m ≤ 8, so the transpose is cheap.
-        (0..m * n).map(|idx| out_t[(idx % n) * m + idx / n]).collect()
-    } else if m <= PANEL_KERNEL_MAX_M {
-        panels_kernel(w, xs, m, n, k)
-    } else {
-        return Ok(Tensor::from_vec(slabs_kernel(w, xs, m, n, k, epilogue), (m, n), x.device())?);
-    };
-    epilogue.apply(&mut out, n);
-    drop(storage);
+    let out = with_cpu_rows(&x, |xs| {
+        if m > PANEL_KERNEL_MAX_M {
+            return Ok(slabs_kernel(w, xs, m, n, k, epilogue));
+        }
+        let mut out = if m <= ROW_KERNEL_MAX_M {
+            let mut out_t = vec![0f32; n * m];
+            rows_kernel(w, xs, m, k, &mut out_t);
+            // out_t is [n, m]; m ≤ 8, so the transpose is cheap.
+            (0..m * n).map(|idx| out_t[(idx % n) * m + idx / n]).collect()
+        } else {
+            panels_kernel(w, xs, m, n, k)
+        };
+        epilogue.apply(&mut out, n);
+        Ok(out)
+    })?
+    .ok_or_else(|| candle_core::Error::Msg("compact matmul runs on the CPU only".into()))?;
     Ok(Tensor::from_vec(out, (m, n), x.device())?)
 }
 
