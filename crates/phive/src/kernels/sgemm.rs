@@ -5,10 +5,11 @@
 //! slab of the widened weight was packed again, and the bias and the activation were separate
 //! passes over outputs of tens of MB (fresh pages, written and read again). Here the weight is
 //! widened once per call straight into panels of `NR` output features (`[k][NR]`,
-//! zero-padded), each task packs a block of activation rows into slivers of `MR` rows
-//! (`[kc][MR]`), and a register-blocked microkernel (`sgemm_x86`) sums `MR × NR` outputs over
-//! [`KC`] inputs at a time. The bias and the map go onto each finished tile while it is in L1,
-//! and [`mlp`] takes a block of rows through both of a transformer MLP's products at once.
+//! zero-padded), and a register-blocked microkernel (`sgemm_x86`) sums `MR × NR` outputs over
+//! [`KC`] inputs at a time, reading its `MR` activation rows where they are (a packed copy of
+//! them, made once per chunk of panels, took 6% of SigLIP's time). The bias and the map go
+//! onto each finished tile while it is in L1, and [`mlp`] takes a block of rows through both
+//! of a transformer MLP's products at once.
 //!
 //! Every output is one f32 FMA chain over the inputs in order, then the bias added: results
 //! differ from another f32 product only in the order of its sums.
@@ -20,7 +21,7 @@ use super::gemm::{with_scratch, SharedOut};
 use super::simd::{simd_level, SimdLevel};
 
 /// Inputs per pass of the microkernel over a tile. A weight sliver (`KC × NR` floats, 128 KB
-/// with AVX-512) and a task's packed rows (`MC × KC`, 192 KB) stay in L2 while they meet; a
+/// with AVX-512) and a task's rows (`MC × KC`, 192 KB) stay in L2 while they meet; a
 /// longer pass stores and reloads each tile's sums less often (128 → 512 inputs: 5–10% on
 /// CLIP's shapes, Zen 4).
 const KC: usize = 512;
@@ -34,6 +35,9 @@ const NC: usize = 1024;
 /// 20 MB) fit; a larger weight (the image projection's, 50 MB) is laid out and multiplied a
 /// group of features at a time, so no call holds more than this beside the stored weight.
 const POOLED_FLOATS: usize = 8 << 20;
+
+/// Features widened and laid out together, and the side of the AVX-512 transposing block.
+const GROUP: usize = 16;
 
 /// The register tiles of the two x86 microkernels: rows × output features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +127,8 @@ pub(crate) fn matmul(
                 let rows = block * block_rows..((block + 1) * block_rows).min(m);
                 let panels = chunk * per_chunk..((chunk + 1) * per_chunk).min(panels);
                 let xs = &xs[rows.start * k..rows.end * k];
-                with_scratch(|[packed_rows, _, _]| {
-                    let out = Output { at: shared.at(rows.start * n + features.start), ld: n };
-                    multiply_block(tile, xs, weight, panels, epilogue, packed_rows, out)
-                })
+                let out = Output { at: shared.at(rows.start * n + features.start), ld: n };
+                multiply_block(tile, xs, weight, panels, epilogue, out)
             })
         });
     }
@@ -162,29 +164,13 @@ pub(crate) fn mlp(
             let block_rows = row_block(m);
             (0..m.div_ceil(block_rows)).into_par_iter().for_each(|block| {
                 let rows = block * block_rows..((block + 1) * block_rows).min(m);
-                with_scratch(|[packed_rows, activations, _]| {
+                with_scratch(|[activations, _, _]| {
                     activations.resize(rows.len() * hidden, 0.0);
                     let xs = &xs[rows.start * k..rows.end * k];
                     let out = Output { at: activations.as_mut_ptr(), ld: hidden };
-                    multiply_block(
-                        tile,
-                        xs,
-                        first,
-                        0..hidden.div_ceil(tile.nr()),
-                        epilogue1,
-                        packed_rows,
-                        out,
-                    );
+                    multiply_block(tile, xs, first, 0..hidden.div_ceil(tile.nr()), epilogue1, out);
                     let out = Output { at: shared.at(rows.start * n), ld: n };
-                    multiply_block(
-                        tile,
-                        activations,
-                        second,
-                        0..n.div_ceil(tile.nr()),
-                        epilogue2,
-                        packed_rows,
-                        out,
-                    );
+                    multiply_block(tile, activations, second, 0..n.div_ceil(tile.nr()), epilogue2, out);
                 })
             })
         })
@@ -227,12 +213,13 @@ fn with_packed_weight<R>(
     packed.par_chunks_mut((k * nr).max(1)).enumerate().for_each(|(p, panel)| {
         with_scratch(|[rows, _, _]| {
             let count = nr.min(n - p * nr);
-            rows.resize(count * k, 0.0);
-            widen(p * nr, count, rows);
-            for (j, row) in rows.chunks_exact(k).enumerate() {
-                for (i, &w) in row.iter().enumerate() {
-                    panel[i * nr + j] = w;
-                }
+            // Sixteen features at a time, so their widened rows (275 KB at SigLIP's widest
+            // input) stay in L2 while they are turned into the panel's columns.
+            for first in (0..count).step_by(GROUP) {
+                let features = GROUP.min(count - first);
+                rows.resize(features * k, 0.0);
+                widen(p * nr + first, features, rows);
+                transpose_into(tile, rows, (features, k), &mut panel[first..], nr);
             }
             for line in panel.chunks_exact_mut(nr) {
                 line[count..].fill(0.0);
@@ -242,6 +229,30 @@ fn with_packed_weight<R>(
     let result = f(PackedWeight { values: &packed, n, k });
     pool().push(packed);
     result
+}
+
+/// Writes `rows` (`[features, k]`) transposed: input `i`'s values go to `dst[i·ld..][..features]`.
+fn transpose_into(tile: Tile, rows: &[f32], (features, k): (usize, usize), dst: &mut [f32], ld: usize) {
+    debug_assert!(
+        rows.len() == features * k && features <= ld && dst.len() >= k.saturating_sub(1) * ld + features
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if tile == Tile::Avx512 && features == GROUP {
+        done = k - k % GROUP;
+        for i in (0..done).step_by(GROUP) {
+            // SAFETY: `Tile::detect` found AVX-512; 16 rows of `k` hold inputs `i..i + 16`, and
+            // `dst` has 16 lines of `ld` from `i·ld` (checked above).
+            unsafe {
+                super::sgemm_x86::transpose_16x16(rows[i..].as_ptr(), k, dst[i * ld..].as_mut_ptr(), ld)
+            };
+        }
+    }
+    for i in done..k {
+        for (j, row) in rows.chunks_exact(k).enumerate() {
+            dst[i * ld + j] = row[i];
+        }
+    }
 }
 
 /// Where a task's outputs go: its first row at `at`, rows `ld` floats apart.
@@ -260,32 +271,31 @@ fn multiply_block(
     weight: PackedWeight,
     panels: std::ops::Range<usize>,
     epilogue: Epilogue,
-    packed_rows: &mut Vec<f32>,
     out: Output,
 ) {
     let (mr, nr, n, k) = (tile.mr(), tile.nr(), weight.n, weight.k);
     let rows = xs.len() / k.max(1);
-    let slivers = rows.div_ceil(mr);
     // Input blocks of equal length (SigLIP's 1,152 inputs: 3 × 384, not 512 + 512 + 128).
     let kc_step = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
-    packed_rows.resize(slivers * mr * kc_step, 0.0);
     let panels_per_chunk = (NC / nr).max(1);
     for first_panel in panels.clone().step_by(panels_per_chunk) {
         let chunk = first_panel..(first_panel + panels_per_chunk).min(panels.end);
         for k0 in (0..k).step_by(kc_step) {
             let kc = kc_step.min(k - k0);
-            pack_rows(xs, k, k0..k0 + kc, mr, packed_rows);
             let (first, last) = (k0 == 0, k0 + kc == k);
             for p in chunk.clone() {
                 let w = &weight.values[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
                 let cols = p * nr..((p + 1) * nr).min(n);
-                for s in 0..slivers {
-                    let tile_rows = mr.min(rows - s * mr);
-                    let a = &packed_rows[s * mr * kc..(s + 1) * mr * kc];
+                for s in (0..rows).step_by(mr) {
+                    let tile_rows = mr.min(rows - s);
+                    // A short sliver repeats its first row; those sums are not written out.
+                    let row_at = |i: usize| xs[(s + if i < tile_rows { i } else { 0 }) * k + k0..].as_ptr();
+                    let a = std::array::from_fn(row_at);
                     // SAFETY: this task alone writes its rows × columns `cols` of the output;
-                    // the tile's element (i, j) is at `(s·mr + i)·ld + cols.start + j`.
+                    // the tile's element (i, j) is at `(s + i)·ld + cols.start + j`; each row
+                    // pointer has `kc` inputs from `k0` within its row.
                     unsafe {
-                        let c = out.at.add(s * mr * out.ld + cols.start);
+                        let c = out.at.add(s * out.ld + cols.start);
                         multiply_tile(tile, kc, a, w, (c, out.ld), (tile_rows, cols.len()), first);
                         if last {
                             for i in 0..tile_rows {
@@ -310,71 +320,51 @@ fn finish(row: &mut [f32], bias: Option<&[f32]>, map: Option<Map>) {
     }
 }
 
-/// Packs the rows of `xs` (`[rows, k]`), inputs `inputs`, into slivers of `mr` rows: sliver
-/// `s` holds `[input][mr]`, the rows past the end zero.
-fn pack_rows(xs: &[f32], k: usize, inputs: std::ops::Range<usize>, mr: usize, dst: &mut [f32]) {
-    let (kc, rows) = (inputs.len(), xs.len() / k.max(1));
-    for (s, sliver) in dst.chunks_exact_mut(mr * kc).take(rows.div_ceil(mr)).enumerate() {
-        for i in 0..mr {
-            let r = s * mr + i;
-            if r < rows {
-                for (j, &x) in xs[r * k + inputs.start..r * k + inputs.end].iter().enumerate() {
-                    sliver[j * mr + i] = x;
-                }
-            } else {
-                (0..kc).for_each(|j| sliver[j * mr + i] = 0.0);
-            }
-        }
-    }
-}
-
-/// Sums one tile: `c[i][j] (+)= Σ_p a[p][i]·w[p][j]` over `kc` inputs, `c`'s rows `ldc`
+/// Sums one tile: `c[i][j] (+)= Σ_p a[i][p]·w[p][j]` over `kc` inputs, `c`'s rows `ldc`
 /// apart; with `first`, the sums start from zero instead of `c`. Only the `rows × cols` corner
 /// of the tile is read and written.
 ///
 /// # Safety
-/// `c` addresses `rows` rows of `cols` writable floats, `ldc` apart; `a` holds `kc · mr` and
-/// `w` `kc · nr` floats.
+/// `c` addresses `rows` rows of `cols` writable floats, `ldc` apart; each of `a` (the `mr`
+/// activation rows) holds `kc` and `w` `kc · nr` floats.
 unsafe fn multiply_tile(
     tile: Tile,
     kc: usize,
-    a: &[f32],
+    a: [*const f32; 6],
     w: &[f32],
     (c, ldc): (*mut f32, usize),
     (rows, cols): (usize, usize),
     first: bool,
 ) {
     let (mr, nr) = (tile.mr(), tile.nr());
-    debug_assert!(a.len() >= kc * mr && w.len() >= kc * nr && rows <= mr && cols <= nr);
-    let whole = rows == mr && cols == nr;
-    // An edge tile goes through a full-size buffer, so the microkernels see whole tiles only.
-    let mut edge = [0f32; 6 * 64];
-    let (dst, ld) = if whole { (c, ldc) } else { (edge.as_mut_ptr(), nr) };
-    if first {
-        for i in 0..mr {
-            // SAFETY: `dst` holds `mr` rows of `nr` (the caller's tile, or `edge`).
-            unsafe { std::ptr::write_bytes(dst.add(i * ld), 0, nr) };
+    debug_assert!(w.len() >= kc * nr && rows <= mr && cols <= nr);
+    let run = |dst: *mut f32, ld: usize| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Tile::detect` checked the CPU; `dst` addresses a whole tile, `ld` apart.
+        unsafe {
+            match tile {
+                Tile::Avx512 => super::sgemm_x86::tile_6x64(kc, a, w.as_ptr(), dst, ld, !first),
+                Tile::Avx2 => super::sgemm_x86::tile_6x16(kc, a, w.as_ptr(), dst, ld, !first),
+            }
         }
-    } else if !whole {
+    };
+    if rows == mr && cols == nr {
+        return run(c, ldc);
+    }
+    // An edge tile goes through a full-size buffer, so the microkernels see whole tiles only.
+    // (Only here: zeroing it for every tile took 1.6% of SigLIP's time.)
+    let mut edge = [0f32; 6 * 64];
+    let corner = |from: *const f32, from_ld: usize, to: *mut f32, to_ld: usize| {
         for i in 0..rows {
             // SAFETY: the caller's corner of `rows × cols`; `edge` holds `mr × nr`.
-            unsafe { std::ptr::copy_nonoverlapping(c.add(i * ldc), dst.add(i * ld), cols) };
+            unsafe { std::ptr::copy_nonoverlapping(from.add(i * from_ld), to.add(i * to_ld), cols) };
         }
+    };
+    if !first {
+        corner(c, ldc, edge.as_mut_ptr(), nr);
     }
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `Tile::detect` checked the CPU; the sizes were checked above.
-    unsafe {
-        match tile {
-            Tile::Avx512 => super::sgemm_x86::tile_6x64(kc, a.as_ptr(), w.as_ptr(), dst, ld),
-            Tile::Avx2 => super::sgemm_x86::tile_6x16(kc, a.as_ptr(), w.as_ptr(), dst, ld),
-        }
-    }
-    if !whole {
-        for i in 0..rows {
-            // SAFETY: as above.
-            unsafe { std::ptr::copy_nonoverlapping(dst.add(i * ld), c.add(i * ldc), cols) };
-        }
-    }
+    run(edge.as_mut_ptr(), nr);
+    corner(edge.as_ptr(), nr, c, ldc);
 }
 
 #[cfg(test)]
@@ -483,20 +473,17 @@ mod tests {
                 continue;
             }
             let (mr, nr) = (tile.mr(), tile.nr());
-            // One tile's worth through `multiply_tile`, from packed operands.
-            let mut a = vec![0f32; k * mr];
+            // One tile's worth through `multiply_tile`: the rows as they are, the weight packed.
+            let a = std::array::from_fn(|i| xs[i.min(m - 1) * k..].as_ptr());
             let mut b = vec![0f32; k * nr];
             for p in 0..k {
-                for i in 0..mr.min(m) {
-                    a[p * mr + i] = xs[i * k + p];
-                }
                 for j in 0..nr.min(n) {
                     b[p * nr + j] = w[j * k + p];
                 }
             }
             let mut c = vec![f32::NAN; mr * nr];
             // SAFETY: `c` holds the tile; the CPU has the tile's instructions (checked above).
-            unsafe { multiply_tile(tile, k, &a, &b, (c.as_mut_ptr(), nr), (mr, nr), true) };
+            unsafe { multiply_tile(tile, k, a, &b, (c.as_mut_ptr(), nr), (mr, nr), true) };
             let want = reference(&xs[..mr * k], &w[..nr * k], (mr, nr, k), Epilogue::default());
             for (g, r) in c.iter().zip(&want) {
                 assert!((g - r).abs() <= 1e-4, "{tile:?}: {g} vs {r}");

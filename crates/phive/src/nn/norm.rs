@@ -91,8 +91,8 @@ impl CustomOp3 for TwoPassLayerNorm {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, row)| {
             let n = row.len() as f64;
-            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let mean = lane_sum(row, |v| v) / n;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
             let inv = 1.0 / (var + eps).sqrt();
             for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
                 *o = (((v as f64 - mean) * inv) as f32) * w + b;
@@ -100,6 +100,21 @@ impl CustomOp3 for TwoPassLayerNorm {
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+}
+
+/// `Σ f(v)` over a row in f64, in eight interleaved partial sums so the compiler can keep
+/// them in vector lanes (one running sum is a chain of dependent scalar adds: 1.2% of
+/// SigLIP's time).
+fn lane_sum(row: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = row.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v as f64);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 fn contiguous<'a>(s: &'a [f32], l: &Layout) -> candle_core::Result<&'a [f32]> {
