@@ -286,16 +286,17 @@ fn multiply_block(
             for p in chunk.clone() {
                 let w = &weight.values[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
                 let cols = p * nr..((p + 1) * nr).min(n);
-                for s in (0..rows).step_by(mr) {
-                    let tile_rows = mr.min(rows - s);
+                for row0 in (0..rows).step_by(mr) {
+                    let tile_rows = mr.min(rows - row0);
                     // A short sliver repeats its first row; those sums are not written out.
-                    let row_at = |i: usize| xs[(s + if i < tile_rows { i } else { 0 }) * k + k0..].as_ptr();
+                    let row_at =
+                        |i: usize| xs[(row0 + if i < tile_rows { i } else { 0 }) * k + k0..].as_ptr();
                     let a = std::array::from_fn(row_at);
                     // SAFETY: this task alone writes its rows × columns `cols` of the output;
-                    // the tile's element (i, j) is at `(s + i)·ld + cols.start + j`; each row
+                    // the tile's element (i, j) is at `(row0 + i)·ld + cols.start + j`; each row
                     // pointer has `kc` inputs from `k0` within its row.
                     unsafe {
-                        let c = out.at.add(s * out.ld + cols.start);
+                        let c = out.at.add(row0 * out.ld + cols.start);
                         multiply_tile(tile, kc, a, w, (c, out.ld), (tile_rows, cols.len()), first);
                         if last {
                             for i in 0..tile_rows {
