@@ -25,7 +25,9 @@ use super::simd::{simd_level, SimdLevel};
 /// longer pass stores and reloads each tile's sums less often (128 → 512 inputs: 5–10% on
 /// CLIP's shapes, Zen 4).
 const KC: usize = 512;
-/// Most activation rows per task block (a multiple of both kernels' `MR`).
+/// Activation rows per register tile, the same for both microkernels.
+pub(super) const MR: usize = 6;
+/// Most activation rows per task block (a multiple of [`MR`]).
 const MC: usize = 96;
 /// Output features per chunk of a task's panels: its outputs (`MC × NC` floats, 384 KB)
 /// stay in L2 between input blocks.
@@ -61,15 +63,8 @@ impl Tile {
         }
     }
 
-    /// Activation rows per tile.
-    fn mr(self) -> usize {
-        match self {
-            Tile::Avx512 | Tile::Avx2 => 6,
-        }
-    }
-
     /// Output features per tile (and per weight panel).
-    fn nr(self) -> usize {
+    const fn nr(self) -> usize {
         match self {
             Tile::Avx512 => 64,
             Tile::Avx2 => 16,
@@ -153,7 +148,9 @@ pub(crate) fn mlp(
     assert!(epilogue1.bias.is_none_or(|b| b.len() == hidden), "sgemm: first bias is not [hidden]");
     assert!(epilogue2.bias.is_none_or(|b| b.len() == n), "sgemm: second bias is not [n]");
     let tile = Tile::detect()?;
-    let fits = |rows: usize, k: usize| k > 0 && rows.next_multiple_of(tile.nr()) * k <= POOLED_FLOATS;
+    let fits = |features: usize, inputs: usize| {
+        inputs > 0 && features.next_multiple_of(tile.nr()) * inputs <= POOLED_FLOATS
+    };
     if !(fits(hidden, k) && fits(n, hidden)) {
         return None;
     }
@@ -180,13 +177,13 @@ pub(crate) fn mlp(
     Some(out)
 }
 
-/// Rows per task block for `m` rows: at most [`MC`], a multiple of 6 (both tiles' `MR`), and
+/// Rows per task block for `m` rows: at most [`MC`], a multiple of [`MR`], and
 /// as many blocks as make whole rounds of the threads, so no thread is left with one more
 /// block than another (SigLIP's 1,025 rows: 12 blocks of 90, not 11 of 96).
 fn row_block(m: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let blocks = m.div_ceil(MC).next_multiple_of(threads).max(1);
-    m.div_ceil(blocks).next_multiple_of(6).clamp(6, MC)
+    m.div_ceil(blocks).next_multiple_of(MR).clamp(MR, MC)
 }
 
 /// A weight `[n, k]` laid out for a tile: panel `p` holds `[k][nr]`, the features past `n` zero.
@@ -273,7 +270,7 @@ fn multiply_block(
     epilogue: Epilogue,
     out: Output,
 ) {
-    let (mr, nr, n, k) = (tile.mr(), tile.nr(), weight.n, weight.k);
+    let (nr, n, k) = (tile.nr(), weight.n, weight.k);
     let rows = xs.len() / k.max(1);
     // Input blocks of equal length (SigLIP's 1,152 inputs: 3 × 384, not 512 + 512 + 128).
     let kc_step = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
@@ -286,8 +283,8 @@ fn multiply_block(
             for p in chunk.clone() {
                 let w = &weight.values[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
                 let cols = p * nr..((p + 1) * nr).min(n);
-                for row0 in (0..rows).step_by(mr) {
-                    let tile_rows = mr.min(rows - row0);
+                for row0 in (0..rows).step_by(MR) {
+                    let tile_rows = MR.min(rows - row0);
                     // A short sliver repeats its first row; those sums are not written out.
                     let row_at =
                         |i: usize| xs[(row0 + if i < tile_rows { i } else { 0 }) * k + k0..].as_ptr();
@@ -326,19 +323,19 @@ fn finish(row: &mut [f32], bias: Option<&[f32]>, map: Option<Map>) {
 /// of the tile is read and written.
 ///
 /// # Safety
-/// `c` addresses `rows` rows of `cols` writable floats, `ldc` apart; each of `a` (the `mr`
+/// `c` addresses `rows` rows of `cols` writable floats, `ldc` apart; each of `a` (the `MR`
 /// activation rows) holds `kc` and `w` `kc · nr` floats.
 unsafe fn multiply_tile(
     tile: Tile,
     kc: usize,
-    a: [*const f32; 6],
+    a: [*const f32; MR],
     w: &[f32],
     (c, ldc): (*mut f32, usize),
     (rows, cols): (usize, usize),
     first: bool,
 ) {
-    let (mr, nr) = (tile.mr(), tile.nr());
-    debug_assert!(w.len() >= kc * nr && rows <= mr && cols <= nr);
+    let nr = tile.nr();
+    debug_assert!(w.len() >= kc * nr && rows <= MR && cols <= nr);
     let run = |dst: *mut f32, ld: usize| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Tile::detect` checked the CPU; `dst` addresses a whole tile, `ld` apart.
@@ -349,15 +346,15 @@ unsafe fn multiply_tile(
             }
         }
     };
-    if rows == mr && cols == nr {
+    if rows == MR && cols == nr {
         return run(c, ldc);
     }
     // An edge tile goes through a full-size buffer, so the microkernels see whole tiles only.
     // (Only here: zeroing it for every tile took 1.6% of SigLIP's time.)
-    let mut edge = [0f32; 6 * 64];
+    let mut edge = [0f32; MR * Tile::Avx512.nr()];
     let corner = |from: *const f32, from_ld: usize, to: *mut f32, to_ld: usize| {
         for i in 0..rows {
-            // SAFETY: the caller's corner of `rows × cols`; `edge` holds `mr × nr`.
+            // SAFETY: the caller's corner of `rows × cols`; `edge` holds `MR × nr`.
             unsafe { std::ptr::copy_nonoverlapping(from.add(i * from_ld), to.add(i * to_ld), cols) };
         }
     };
@@ -473,7 +470,7 @@ mod tests {
             if Tile::detect().is_none_or(|best| best == Tile::Avx2 && tile == Tile::Avx512) {
                 continue;
             }
-            let (mr, nr) = (tile.mr(), tile.nr());
+            let nr = tile.nr();
             // One tile's worth through `multiply_tile`: the rows as they are, the weight packed.
             let a = std::array::from_fn(|i| xs[i.min(m - 1) * k..].as_ptr());
             let mut b = vec![0f32; k * nr];
@@ -482,10 +479,10 @@ mod tests {
                     b[p * nr + j] = w[j * k + p];
                 }
             }
-            let mut c = vec![f32::NAN; mr * nr];
+            let mut c = vec![f32::NAN; MR * nr];
             // SAFETY: `c` holds the tile; the CPU has the tile's instructions (checked above).
-            unsafe { multiply_tile(tile, k, a, &b, (c.as_mut_ptr(), nr), (mr, nr), true) };
-            let want = reference(&xs[..mr * k], &w[..nr * k], (mr, nr, k), Epilogue::default());
+            unsafe { multiply_tile(tile, k, a, &b, (c.as_mut_ptr(), nr), (MR, nr), true) };
+            let want = reference(&xs[..MR * k], &w[..nr * k], (MR, nr, k), Epilogue::default());
             for (g, r) in c.iter().zip(&want) {
                 assert!((g - r).abs() <= 1e-4, "{tile:?}: {g} vs {r}");
             }

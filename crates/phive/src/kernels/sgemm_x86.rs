@@ -6,6 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use super::sgemm::MR;
+
 /// `c[i][j] = (c[i][j] if accumulate) + Σ_p rows[i][p] · w[p·64 + j]` for a 6 × 64 tile,
 /// `c`'s rows `ldc` apart.
 ///
@@ -15,13 +17,12 @@ use std::arch::x86_64::*;
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn tile_6x64(
     kc: usize,
-    rows: [*const f32; 6],
+    rows: [*const f32; MR],
     w: *const f32,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
 ) {
-    const MR: usize = 6;
     // SAFETY (all accesses): the caller's bounds.
     unsafe {
         let mut sums = [[_mm512_setzero_ps(); 4]; MR];
@@ -64,13 +65,12 @@ pub(super) unsafe fn tile_6x64(
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile_6x16(
     kc: usize,
-    rows: [*const f32; 6],
+    rows: [*const f32; MR],
     w: *const f32,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
 ) {
-    const MR: usize = 6;
     // SAFETY (all accesses): the caller's bounds.
     unsafe {
         let mut sums = [[_mm256_setzero_ps(); 2]; MR];

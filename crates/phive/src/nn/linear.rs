@@ -390,9 +390,7 @@ impl Linear {
         };
         Ok(y.to_dtype(x.dtype())?.reshape(out_dims(lead, self.out_dim))?)
     }
-}
 
-impl Linear {
     /// `x` [..., in] as `[rows, in]` (the leading dims flattened: one 2-D product, no broadcast
     /// copies), and the leading dims.
     fn as_rows(&self, x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
