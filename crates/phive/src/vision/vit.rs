@@ -181,18 +181,23 @@ impl EncoderLayer {
         keys: Option<&Tensor>,
     ) -> Result<Tensor> {
         let c = x.dim(2)?;
-        let h = self.layer_norm1.forward(x)?;
-        let q = self.q_proj.forward(&h)?;
-        let mut k = self.k_proj.forward(&h)?;
-        let mut v = self.v_proj.forward(&h)?;
-        if let Some(idx) = keys {
-            k = k.index_select(idx, 1)?;
-            v = v.index_select(idx, 1)?;
-        }
-        let o = encoder_attention(&q, &k, &v, heads, ((c / heads) as f64).powf(-0.5))?;
+        // Each temporary is dropped as soon as it is used, so a batch of crops holds few
+        // activation-sized tensors at once.
+        let o = {
+            let h = self.layer_norm1.forward(x)?;
+            let q = self.q_proj.forward(&h)?;
+            let mut k = self.k_proj.forward(&h)?;
+            let mut v = self.v_proj.forward(&h)?;
+            drop(h);
+            if let Some(idx) = keys {
+                k = k.index_select(idx, 1)?;
+                v = v.index_select(idx, 1)?;
+            }
+            encoder_attention(&q, &k, &v, heads, ((c / heads) as f64).powf(-0.5))?
+        };
         let x = (x + self.out_proj.forward(&o)?)?;
-        let h = self.layer_norm2.forward(&x)?;
-        let h = mlp_forward(&h, &self.fc1, act, &self.fc2)?;
+        drop(o);
+        let h = mlp_forward(&self.layer_norm2.forward(&x)?, &self.fc1, act, &self.fc2)?;
         Ok((x + h)?)
     }
 }
