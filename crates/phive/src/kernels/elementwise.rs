@@ -109,8 +109,9 @@ pub fn silu_mul(gate: &[f32], up: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Softmax of `row` in place: `exp(x - max) / Σ`, the sum taken in eight lanes.
-pub fn softmax_in_place(row: &mut [f32]) {
+/// Softmax of `scale · row` in place: `exp((x - max)·scale) / Σ` for a `scale` > 0, the sum
+/// taken in eight lanes.
+pub fn softmax_in_place(row: &mut [f32], scale: f32) {
     if row.is_empty() {
         return;
     }
@@ -118,12 +119,12 @@ pub fn softmax_in_place(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     let lanes = if simd_level() >= SimdLevel::Avx2 {
         // SAFETY: the CPU has AVX2 and FMA (checked by `simd_level`).
-        unsafe { x86::exp_shifted(row, max) }
+        unsafe { x86::exp_shifted(row, max, scale) }
     } else {
-        exp_shifted(row, max)
+        exp_shifted(row, max, scale)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let lanes = exp_shifted(row, max);
+    let lanes = exp_shifted(row, max, scale);
     let sum =
         ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
     let inv = 1.0 / sum;
@@ -132,11 +133,11 @@ pub fn softmax_in_place(row: &mut [f32]) {
     }
 }
 
-/// `row[i] = exp(row[i] - max)`; returns the sums of the eight lanes `i % 8`.
-fn exp_shifted(row: &mut [f32], max: f32) -> [f32; 8] {
+/// `row[i] = exp((row[i] - max)·scale)`; returns the sums of the eight lanes `i % 8`.
+fn exp_shifted(row: &mut [f32], max: f32, scale: f32) -> [f32; 8] {
     let mut lanes = [0f32; 8];
     for (i, x) in row.iter_mut().enumerate() {
-        *x = exp1(*x - max);
+        *x = exp1((*x - max) * scale);
         lanes[i % 8] += *x;
     }
     lanes
@@ -221,14 +222,14 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn exp_shifted(row: &mut [f32], max: f32) -> [f32; 8] {
+    pub(super) fn exp_shifted(row: &mut [f32], max: f32, scale: f32) -> [f32; 8] {
         let whole = row.len() / 8 * 8;
-        let shift = _mm256_set1_ps(max);
+        let (shift, factor) = (_mm256_set1_ps(max), _mm256_set1_ps(scale));
         let mut acc = _mm256_setzero_ps();
         for c in row[..whole].chunks_exact_mut(8) {
             // SAFETY: the chunk holds 8 floats.
             unsafe {
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), shift));
+                let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), shift), factor));
                 _mm256_storeu_ps(c.as_mut_ptr(), e);
                 acc = _mm256_add_ps(acc, e);
             }
@@ -237,7 +238,7 @@ mod x86 {
         // SAFETY: `lanes` holds 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
         for (i, x) in row[whole..].iter_mut().enumerate() {
-            *x = exp1(*x - max);
+            *x = exp1((*x - max) * scale);
             lanes[i] += *x;
         }
         lanes
@@ -321,10 +322,10 @@ mod tests {
         for len in [1, 5, 8, 13, 577] {
             let row: Vec<f32> = src[..len].iter().map(|x| x * 0.3).collect();
             let mut simd = row.clone();
-            softmax_in_place(&mut simd);
+            softmax_in_place(&mut simd, 0.7);
             let mut scalar = row.clone();
             let max = scalar.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let l = exp_shifted(&mut scalar, max);
+            let l = exp_shifted(&mut scalar, max, 0.7);
             let inv = 1.0 / (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])));
             scalar.iter_mut().for_each(|x| *x *= inv);
             assert_eq!(simd, scalar, "softmax of {len}");
@@ -335,9 +336,9 @@ mod tests {
     fn softmax_sums_to_one_and_matches_f64() {
         let mut row: Vec<f32> = (0..577).map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0).collect();
         let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-        let want: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
+        let want: Vec<f64> = row.iter().map(|&x| ((x as f64 - max) * 0.5).exp()).collect();
         let total: f64 = want.iter().sum();
-        softmax_in_place(&mut row);
+        softmax_in_place(&mut row, 0.5);
         for (g, w) in row.iter().zip(&want) {
             assert!((*g as f64 - w / total).abs() < 1e-7, "{g} vs {}", w / total);
         }

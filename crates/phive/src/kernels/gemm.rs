@@ -1,8 +1,6 @@
 //! f32 matrix products on the `gemm` crate (the one candle's CPU matmul calls), for kernels that
-//! work around a product: reused buffers, strided heads, a bias added in place, and one
-//! attention head built from two products.
-
-use super::elementwise::softmax_in_place;
+//! work around a product (reused buffers, strided heads), and the per-thread buffers and shared
+//! outputs of the hand-written kernels.
 
 /// A matrix in memory: element `(i, j)` at `ptr + i·row + j·col`.
 #[derive(Debug, Clone, Copy)]
@@ -25,72 +23,16 @@ impl Strided {
     }
 }
 
-/// One attention head: `out = softmax(scale · q kᵀ) v` with `q` `[queries, dim]` and `k`, `v`
-/// `[keys, dim]` (row-major, rows `stride` apart each), query row `r` seeing only the keys in
-/// `visible(r)` (the others weigh exactly 0). The scores go to `scores`, a buffer the caller
-/// reuses; `out` is row-major with rows `out_stride` apart.
-///
-/// # Safety
-/// As [`product`]: the operands must hold the rows their shapes and strides address, and no
-/// other thread may touch `out`'s `queries × dim` elements meanwhile.
-#[allow(clippy::too_many_arguments)] // a head's shape, operands and mask
-pub(crate) unsafe fn attend_head(
-    (queries, keys, dim): (usize, usize, usize),
-    q: (*const f32, usize),
-    k: (*const f32, usize),
-    v: (*const f32, usize),
-    scale: f32,
-    visible: impl Fn(usize) -> std::ops::Range<usize>,
-    scores: &mut Vec<f32>,
-    (out, out_stride): (*mut f32, usize),
-) {
-    scores.resize(queries * keys, 0.0);
-    // SAFETY: the caller's contract; `scores` holds `queries` rows of `keys`.
-    unsafe {
-        product(
-            queries,
-            keys,
-            dim,
-            scores.as_mut_ptr(),
-            keys,
-            Strided::rows(q.0, q.1),
-            Strided::transposed(k.0, k.1),
-            scale,
-            false,
-        )
-    };
-    for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
-        let seen = visible(r);
-        row[..seen.start].fill(0.0);
-        row[seen.end..].fill(0.0);
-        softmax_in_place(&mut row[seen]);
-    }
-    // SAFETY: as above.
-    unsafe {
-        product(
-            queries,
-            dim,
-            keys,
-            out,
-            out_stride,
-            Strided::rows(scores.as_ptr(), keys),
-            Strided::rows(v.0, v.1),
-            1.0,
-            false,
-        )
-    };
-}
-
-/// Three f32 buffers a kernel's task may fill and reuse.
-pub(crate) type Scratch = [Vec<f32>; 3];
+/// Two f32 buffers a kernel's task may fill and reuse.
+pub(crate) type Scratch = [Vec<f32>; 2];
 
 /// `f` with this thread's scratch buffers. They persist per thread, so the tasks of a rayon
-/// loop reuse two or three allocations instead of each allocating its own (which, spread over
+/// loop reuse two allocations instead of each allocating its own (which, spread over
 /// the workers' malloc arenas, raised the peak memory of a Phi-4 image request by hundreds of
 /// MB). `f` must not start rayon work that could run another task on this thread.
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     thread_local! {
-        static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+        static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
     }
     SCRATCH.with(|s| f(&mut s.borrow_mut()))
 }

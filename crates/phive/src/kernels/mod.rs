@@ -23,6 +23,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+pub(crate) mod attend;
 #[cfg(target_arch = "x86_64")]
 mod bf16_amx;
 pub mod elementwise;

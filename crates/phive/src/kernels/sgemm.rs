@@ -43,7 +43,7 @@ const GROUP: usize = 16;
 
 /// The register tiles of the two x86 microkernels: rows × output features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tile {
+pub(super) enum Tile {
     /// AVX-512: 6 rows × 64 features, 24 zmm sums.
     Avx512,
     /// AVX2 + FMA: 6 rows × 16 features, 12 ymm sums.
@@ -52,7 +52,7 @@ enum Tile {
 
 impl Tile {
     /// The widest tile this CPU (and `PHIVE_SIMD`) allows, if any.
-    fn detect() -> Option<Tile> {
+    pub(super) fn detect() -> Option<Tile> {
         let level = simd_level();
         if level >= SimdLevel::Avx512Vnni {
             Some(Tile::Avx512)
@@ -64,7 +64,7 @@ impl Tile {
     }
 
     /// Output features per tile (and per weight panel).
-    const fn nr(self) -> usize {
+    pub(super) const fn nr(self) -> usize {
         match self {
             Tile::Avx512 => 64,
             Tile::Avx2 => 16,
@@ -161,7 +161,7 @@ pub(crate) fn mlp(
             let block_rows = row_block(m);
             (0..m.div_ceil(block_rows)).into_par_iter().for_each(|block| {
                 let rows = block * block_rows..((block + 1) * block_rows).min(m);
-                with_scratch(|[activations, _, _]| {
+                with_scratch(|[activations, _]| {
                     activations.resize(rows.len() * hidden, 0.0);
                     let xs = &xs[rows.start * k..rows.end * k];
                     let out = Output { at: activations.as_mut_ptr(), ld: hidden };
@@ -208,7 +208,7 @@ fn with_packed_weight<R>(
     let nr = tile.nr();
     packed.resize(n.div_ceil(nr) * k * nr, 0.0);
     packed.par_chunks_mut((k * nr).max(1)).enumerate().for_each(|(p, panel)| {
-        with_scratch(|[rows, _, _]| {
+        with_scratch(|[rows, _]| {
             let count = nr.min(n - p * nr);
             // Sixteen features at a time, so their widened rows (275 KB at SigLIP's widest
             // input) stay in L2 while they are turned into the panel's columns.
@@ -216,7 +216,7 @@ fn with_packed_weight<R>(
                 let features = GROUP.min(count - first);
                 rows.resize(features * k, 0.0);
                 widen(p * nr + first, features, rows);
-                transpose_into(tile, rows, (features, k), &mut panel[first..], nr);
+                transpose_into(tile, (rows, k), (features, k), &mut panel[first..], nr);
             }
             for line in panel.chunks_exact_mut(nr) {
                 line[count..].fill(0.0);
@@ -228,26 +228,32 @@ fn with_packed_weight<R>(
     result
 }
 
-/// Writes `rows` (`[features, k]`) transposed: input `i`'s values go to `dst[i·ld..][..features]`.
-fn transpose_into(tile: Tile, rows: &[f32], (features, k): (usize, usize), dst: &mut [f32], ld: usize) {
-    debug_assert!(
-        rows.len() == features * k && features <= ld && dst.len() >= k.saturating_sub(1) * ld + features
-    );
+/// Writes `features` rows of `k` inputs, `src_ld` apart in `src`, transposed: input `i`'s
+/// values go to `dst[i·ld..][..features]`.
+pub(super) fn transpose_into(
+    tile: Tile,
+    (src, src_ld): (&[f32], usize),
+    (features, k): (usize, usize),
+    dst: &mut [f32],
+    ld: usize,
+) {
+    assert!(features == 0 || src.len() >= (features - 1) * src_ld + k, "sgemm: rows out of bounds");
+    debug_assert!(features <= ld && dst.len() >= k.saturating_sub(1) * ld + features);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if tile == Tile::Avx512 && features == GROUP {
         done = k - k % GROUP;
         for i in (0..done).step_by(GROUP) {
-            // SAFETY: `Tile::detect` found AVX-512; 16 rows of `k` hold inputs `i..i + 16`, and
-            // `dst` has 16 lines of `ld` from `i·ld` (checked above).
+            // SAFETY: `Tile::detect` found AVX-512; 16 rows `src_ld` apart hold inputs
+            // `i..i + 16` (asserted above), and `dst` has 16 lines of `ld` from `i·ld`.
             unsafe {
-                super::sgemm_x86::transpose_16x16(rows[i..].as_ptr(), k, dst[i * ld..].as_mut_ptr(), ld)
+                super::sgemm_x86::transpose_16x16(src[i..].as_ptr(), src_ld, dst[i * ld..].as_mut_ptr(), ld)
             };
         }
     }
     for i in done..k {
-        for (j, row) in rows.chunks_exact(k).enumerate() {
-            dst[i * ld + j] = row[i];
+        for j in 0..features {
+            dst[i * ld + j] = src[j * src_ld + i];
         }
     }
 }
@@ -281,7 +287,7 @@ fn multiply_block(
             let kc = kc_step.min(k - k0);
             let (first, last) = (k0 == 0, k0 + kc == k);
             for p in chunk.clone() {
-                let w = &weight.values[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
+                let w = weight.values[(p * k + k0) * nr..(p * k + k0 + kc) * nr].as_ptr();
                 let cols = p * nr..((p + 1) * nr).min(n);
                 for row0 in (0..rows).step_by(MR) {
                     let tile_rows = MR.min(rows - row0);
@@ -291,10 +297,10 @@ fn multiply_block(
                     let a = std::array::from_fn(row_at);
                     // SAFETY: this task alone writes its rows × columns `cols` of the output;
                     // the tile's element (i, j) is at `(row0 + i)·ld + cols.start + j`; each row
-                    // pointer has `kc` inputs from `k0` within its row.
+                    // pointer has `kc` inputs from `k0` within its row, `w` `kc` lines of `nr`.
                     unsafe {
                         let c = out.at.add(row0 * out.ld + cols.start);
-                        multiply_tile(tile, kc, a, w, (c, out.ld), (tile_rows, cols.len()), first);
+                        multiply_tile(tile, kc, a, (w, nr), (c, out.ld), (tile_rows, cols.len()), first);
                         if last {
                             for i in 0..tile_rows {
                                 let row = std::slice::from_raw_parts_mut(c.add(i * out.ld), cols.len());
@@ -318,31 +324,32 @@ fn finish(row: &mut [f32], bias: Option<&[f32]>, map: Option<Map>) {
     }
 }
 
-/// Sums one tile: `c[i][j] (+)= Σ_p a[i][p]·w[p][j]` over `kc` inputs, `c`'s rows `ldc`
+/// Sums one tile: `c[i][j] (+)= Σ_p a[i][p]·w[p·ldw + j]` over `kc` inputs, `c`'s rows `ldc`
 /// apart; with `first`, the sums start from zero instead of `c`. Only the `rows × cols` corner
 /// of the tile is read and written.
 ///
 /// # Safety
-/// `c` addresses `rows` rows of `cols` writable floats, `ldc` apart; each of `a` (the `MR`
-/// activation rows) holds `kc` and `w` `kc · nr` floats.
-unsafe fn multiply_tile(
+/// `tile` is one [`Tile::detect`] allows. `c` addresses `rows` rows of `cols` writable floats,
+/// `ldc` apart; each of `a` (the `MR` activation rows) holds `kc` floats and `w` `kc` lines of
+/// `tile.nr()` floats, `ldw` apart.
+pub(super) unsafe fn multiply_tile(
     tile: Tile,
     kc: usize,
     a: [*const f32; MR],
-    w: &[f32],
+    (w, ldw): (*const f32, usize),
     (c, ldc): (*mut f32, usize),
     (rows, cols): (usize, usize),
     first: bool,
 ) {
     let nr = tile.nr();
-    debug_assert!(w.len() >= kc * nr && rows <= MR && cols <= nr);
+    debug_assert!(rows <= MR && cols <= nr);
     let run = |dst: *mut f32, ld: usize| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Tile::detect` checked the CPU; `dst` addresses a whole tile, `ld` apart.
         unsafe {
             match tile {
-                Tile::Avx512 => super::sgemm_x86::tile_6x64(kc, a, w.as_ptr(), dst, ld, !first),
-                Tile::Avx2 => super::sgemm_x86::tile_6x16(kc, a, w.as_ptr(), dst, ld, !first),
+                Tile::Avx512 => super::sgemm_x86::tile_6x64(kc, a, (w, ldw), dst, ld, !first),
+                Tile::Avx2 => super::sgemm_x86::tile_6x16(kc, a, (w, ldw), dst, ld, !first),
             }
         }
     };
@@ -481,7 +488,7 @@ mod tests {
             }
             let mut c = vec![f32::NAN; MR * nr];
             // SAFETY: `c` holds the tile; the CPU has the tile's instructions (checked above).
-            unsafe { multiply_tile(tile, k, a, &b, (c.as_mut_ptr(), nr), (MR, nr), true) };
+            unsafe { multiply_tile(tile, k, a, (b.as_ptr(), nr), (c.as_mut_ptr(), nr), (MR, nr), true) };
             let want = reference(&xs[..MR * k], &w[..nr * k], (MR, nr, k), Epilogue::default());
             for (g, r) in c.iter().zip(&want) {
                 assert!((g - r).abs() <= 1e-4, "{tile:?}: {g} vs {r}");

@@ -8,17 +8,17 @@ use std::arch::x86_64::*;
 
 use super::sgemm::MR;
 
-/// `c[i][j] = (c[i][j] if accumulate) + Σ_p rows[i][p] · w[p·64 + j]` for a 6 × 64 tile,
+/// `c[i][j] = (c[i][j] if accumulate) + Σ_p rows[i][p] · w[p·ldw + j]` for a 6 × 64 tile,
 /// `c`'s rows `ldc` apart.
 ///
 /// # Safety
-/// The CPU has AVX-512 F; each of `rows` holds `kc` and `w` `kc · 64` floats; `c` addresses 6
-/// rows of 64 writable floats.
+/// The CPU has AVX-512 F; each of `rows` holds `kc` floats, `w` `kc` lines of 64 floats
+/// `ldw` apart; `c` addresses 6 rows of 64 writable floats.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn tile_6x64(
     kc: usize,
     rows: [*const f32; MR],
-    w: *const f32,
+    (w, ldw): (*const f32, usize),
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -34,7 +34,7 @@ pub(super) unsafe fn tile_6x64(
             }
         }
         for p in 0..kc {
-            let wp = w.add(p * 64);
+            let wp = w.add(p * ldw);
             let ws = [
                 _mm512_loadu_ps(wp),
                 _mm512_loadu_ps(wp.add(16)),
@@ -56,17 +56,17 @@ pub(super) unsafe fn tile_6x64(
     }
 }
 
-/// `c[i][j] = (c[i][j] if accumulate) + Σ_p rows[i][p] · w[p·16 + j]` for a 6 × 16 tile,
+/// `c[i][j] = (c[i][j] if accumulate) + Σ_p rows[i][p] · w[p·ldw + j]` for a 6 × 16 tile,
 /// `c`'s rows `ldc` apart.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; each of `rows` holds `kc` and `w` `kc · 16` floats; `c`
-/// addresses 6 rows of 16 writable floats.
+/// The CPU has AVX2 and FMA; each of `rows` holds `kc` floats, `w` `kc` lines of 16 floats
+/// `ldw` apart; `c` addresses 6 rows of 16 writable floats.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile_6x16(
     kc: usize,
     rows: [*const f32; MR],
-    w: *const f32,
+    (w, ldw): (*const f32, usize),
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -81,8 +81,8 @@ pub(super) unsafe fn tile_6x16(
             }
         }
         for p in 0..kc {
-            let w0 = _mm256_loadu_ps(w.add(p * 16));
-            let w1 = _mm256_loadu_ps(w.add(p * 16 + 8));
+            let wp = w.add(p * ldw);
+            let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
             for (row, x) in sums.iter_mut().zip(rows) {
                 let x = _mm256_broadcast_ss(&*x.add(p));
                 row[0] = _mm256_fmadd_ps(x, w0, row[0]);

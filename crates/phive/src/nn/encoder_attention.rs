@@ -2,15 +2,17 @@
 //!
 //! A CLIP layer over five crops has 80 (crop, head) pairs whose 577×577 score matrices together
 //! take 106 MB. Built as tensors, that is a fresh allocation (page faults), a softmax pass and
-//! two transposing copies per layer. On the CPU, each pair is instead one task: its scores go to
-//! its thread's reused buffer (1.3 MB, cache-sized), the softmax runs in place with the vectorised
-//! `exp`, and the product with V is written straight into the heads' columns of the output.
+//! two transposing copies per layer. On the CPU, each pair is instead one task
+//! ([`attend_head`]): it reads its head's columns where the projections left them, keeps its
+//! scores in its thread's reused buffers, and writes straight into the heads' columns of the
+//! output.
 
 use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::attention::{attention, AttnMask};
-use crate::kernels::gemm::{attend_head, with_scratch, SharedOut};
+use crate::kernels::attend::attend_head;
+use crate::kernels::gemm::SharedOut;
 use crate::{Error, Result};
 
 /// `softmax(q kᵀ · scale) v` per head, with every key visible. `q` is `[n, t, c]`, `k` and `v`
@@ -83,24 +85,21 @@ fn per_head(q: &[f32], k: &[f32], v: &[f32], sh: Shape, scale: f32) -> Vec<f32> 
     let mut out = vec![0f32; n * t * c];
     let out_at = SharedOut::new(&mut out);
     (0..n * heads).into_par_iter().for_each(|task| {
-        with_scratch(|[scores, _, _]| {
-            let (item, head) = (task / heads, task % heads);
-            let (qb, kb) = (item * t * c + head * d, item * s * c + head * d);
-            // SAFETY: rows of `c` floats, `d` columns from `head·d`, inside each item's slice;
-            // each task writes only its own head's columns of `out`.
-            unsafe {
-                attend_head(
-                    (t, s, d),
-                    (q[qb..].as_ptr(), c),
-                    (k[kb..].as_ptr(), c),
-                    (v[kb..].as_ptr(), c),
-                    scale,
-                    |_| 0..s,
-                    scores,
-                    (out_at.at(qb), c),
-                )
-            };
-        })
+        let (item, head) = (task / heads, task % heads);
+        let (qb, kb) = (item * t * c + head * d, item * s * c + head * d);
+        // SAFETY: rows of `c` floats, `d` columns from `head·d`, inside each item's slice; each
+        // task writes only its own head's columns of `out`.
+        unsafe {
+            attend_head(
+                (t, s, d),
+                (q[qb..].as_ptr(), c),
+                (k[kb..].as_ptr(), c),
+                (v[kb..].as_ptr(), c),
+                scale,
+                |_| 0..s,
+                (out_at.at(qb), c),
+            )
+        };
     });
     out
 }

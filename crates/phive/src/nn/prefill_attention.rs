@@ -11,7 +11,8 @@ use rayon::prelude::*;
 
 use super::attention::visible_keys;
 use super::paged_attention::PagedLayer;
-use crate::kernels::gemm::{attend_head, with_scratch, SharedOut};
+use crate::kernels::attend::attend_head;
+use crate::kernels::gemm::{with_scratch, SharedOut};
 use crate::Result;
 
 /// One sequence's prefill chunk.
@@ -54,7 +55,7 @@ pub fn prefill_attention(q: &[f32], chunk: PrefillChunk, at: PagedLayer) -> Resu
     let mut out = vec![0f32; len * width];
     let out_at = SharedOut::new(&mut out);
     (0..g.kv_heads).into_par_iter().for_each(|kv_head| {
-        with_scratch(|[key_buf, value_buf, scores]| {
+        with_scratch(|[key_buf, value_buf]| {
             key_buf.clear();
             value_buf.clear();
             stores.read_head(g, chunk.blocks, keys, kv_head, key_buf, value_buf);
@@ -72,7 +73,6 @@ pub fn prefill_attention(q: &[f32], chunk: PrefillChunk, at: PagedLayer) -> Resu
                         (value_buf.as_ptr(), d),
                         scale,
                         visible,
-                        scores,
                         (out_at.at(h * d), width),
                     )
                 };

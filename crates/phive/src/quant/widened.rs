@@ -267,7 +267,7 @@ fn panels_kernel(w: CompactWeight, xs: &[f32], m: usize, n: usize, k: usize) -> 
     let mut out = vec![0f32; m * n];
     let shared = SharedOut::new(&mut out);
     (0..n.div_ceil(rows)).into_par_iter().for_each(|p| {
-        with_scratch(|[panel, _, _]| {
+        with_scratch(|[panel, _]| {
             let (first, count) = (p * rows, rows.min(n - p * rows));
             panel.resize(count * k, 0.0);
             w.widen_rows(first, count, k, panel);
