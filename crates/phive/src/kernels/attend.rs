@@ -86,7 +86,7 @@ impl Head {
     /// # Safety
     /// [`attend_head`]'s contract; `tile` is one [`Tile::detect`] allows.
     unsafe fn tiled(&self, tile: Tile, visible: &impl Fn(usize) -> Range<usize>, b: &mut Buffers) {
-        let Head { queries, keys, dim, q, k, v, scale, out } = *self;
+        let Head { queries, keys, dim, k, v, scale, .. } = *self;
         let k_len = if keys == 0 { 0 } else { (keys - 1) * k.1 + dim };
         // SAFETY: the caller's contract: `keys` rows of `dim` values, `k.1` apart.
         let k_rows = unsafe { std::slice::from_raw_parts(k.0, k_len) };
@@ -96,7 +96,7 @@ impl Head {
             b.tail.clear();
             b.tail.resize(keys * NARROW, 0.0);
             for (j, line) in b.tail.chunks_exact_mut(NARROW).enumerate() {
-                // SAFETY: row `j` of V holds `dim` values (`v_rows` floats in all).
+                // SAFETY: the caller's contract: row `j` of V holds `dim` values.
                 let row = unsafe { std::slice::from_raw_parts(v.0.add(j * v.1), dim) };
                 line[..dim - tail_start].copy_from_slice(&row[tail_start..]);
             }
@@ -106,29 +106,11 @@ impl Head {
         for r0 in (0..queries).step_by(QB) {
             let rows = r0..(r0 + QB).min(queries);
             let seen: Vec<Range<usize>> = rows.clone().map(|r| clamp(visible(r), keys)).collect();
+            // The keys any row of the block sees.
             let lo = seen.iter().filter(|s| !s.is_empty()).map(|s| s.start).min().unwrap_or(0);
             let hi = seen.iter().map(|s| s.end).max().unwrap_or(0).max(lo);
-            let scores = b.scores.as_mut_ptr();
-            // The scores of the keys any row of the block sees.
-            for (start, panel) in panels(keys, tile) {
-                let width = panel.nr().min(keys - start);
-                if start + width <= lo || start >= hi {
-                    continue;
-                }
-                let lines = (b.panels[start * dim..].as_ptr(), panel.nr());
-                // SAFETY: query rows hold `dim` values; the panel `dim` lines of `nr`; the
-                // block's score rows `ld` floats from column `start`.
-                unsafe {
-                    for_slivers(
-                        rows.clone(),
-                        |i| q.0.add(i * q.1),
-                        |a, first, count| {
-                            let c = (scores.add((first - r0) * ld + start), ld);
-                            multiply_tile(panel, dim, a, lines, c, (count, width), true)
-                        },
-                    )
-                };
-            }
+            // SAFETY: the caller's contract; `scores` holds `QB` rows of `ld`.
+            unsafe { self.scores(tile, rows.clone(), lo..hi, &b.panels, (b.scores.as_mut_ptr(), ld)) };
             for (i, seen) in seen.iter().enumerate() {
                 let row = &mut b.scores[i * ld..i * ld + hi];
                 let seen = if seen.is_empty() { lo..lo } else { seen.clone() };
@@ -136,29 +118,79 @@ impl Head {
                 row[seen.end..].fill(0.0);
                 softmax_in_place(&mut row[seen], scale);
             }
-            // Their probabilities times V's rows `lo..hi`.
-            let scores = b.scores.as_ptr();
-            for (start, panel) in panels(dim, tile) {
-                let width = panel.nr().min(dim - start);
-                let lines = if start + panel.nr() <= dim {
-                    // SAFETY: rows `lo..hi` of V hold features `start..start + nr`.
-                    (unsafe { v.0.add(lo * v.1 + start) }, v.1)
-                } else {
-                    (b.tail[lo * NARROW..].as_ptr(), NARROW)
-                };
-                // SAFETY: probability rows hold `hi - lo` values from `lo`; `out`'s rows this
-                // head's `dim` columns, for this task alone.
-                unsafe {
-                    for_slivers(
-                        rows.clone(),
-                        |i| scores.add((i - r0) * ld + lo),
-                        |a, first, count| {
-                            let c = (out.0.add(first * out.1 + start), out.1);
-                            multiply_tile(panel, hi - lo, a, lines, c, (count, width), true)
-                        },
-                    )
-                };
+            // SAFETY: as above; `tail` holds V's last features where `dim` needs them.
+            unsafe { self.times_values(tile, rows, lo..hi, &b.tail, (b.scores.as_ptr(), ld)) };
+        }
+    }
+
+    /// The scores of query `rows` against the keys of the panels that meet `seen`, into the
+    /// rows of `scores` (the block's first row first, rows `ld` apart, column = key).
+    ///
+    /// # Safety
+    /// [`attend_head`]'s contract; `panels` holds K as [`lay_out_keys`] leaves it; `scores`
+    /// addresses `rows.len()` rows of `ld` ≥ `keys` floats.
+    unsafe fn scores(
+        &self,
+        tile: Tile,
+        rows: Range<usize>,
+        seen: Range<usize>,
+        panels_of_k: &[f32],
+        (scores, ld): (*mut f32, usize),
+    ) {
+        let Head { keys, dim, q, .. } = *self;
+        for (start, panel) in panels(keys, tile) {
+            let width = panel.nr().min(keys - start);
+            if start + width <= seen.start || start >= seen.end {
+                continue;
             }
+            let lines = (panels_of_k[start * dim..].as_ptr(), panel.nr());
+            let each = |a, first: usize, count| {
+                // SAFETY: query rows hold `dim` values, the panel `dim` lines of `nr`, the
+                // score rows `width` floats from column `start`.
+                unsafe {
+                    let c = (scores.add((first - rows.start) * ld + start), ld);
+                    multiply_tile(panel, dim, a, lines, c, (count, width), true)
+                }
+            };
+            // SAFETY: the caller's contract.
+            for_slivers(rows.clone(), |i| unsafe { q.0.add(i * q.1) }, each);
+        }
+    }
+
+    /// `out`'s query `rows`: their probabilities over the keys `seen` (in `probabilities`, laid
+    /// out as [`Self::scores`] leaves them) times V's rows `seen`.
+    ///
+    /// # Safety
+    /// [`attend_head`]'s contract; `tail` holds V's features from `dim / NARROW · NARROW` on,
+    /// `NARROW` per key and zero-padded, when `dim` is not a multiple of [`NARROW`].
+    unsafe fn times_values(
+        &self,
+        tile: Tile,
+        rows: Range<usize>,
+        seen: Range<usize>,
+        tail: &[f32],
+        (probabilities, ld): (*const f32, usize),
+    ) {
+        let Head { dim, v, out, .. } = *self;
+        for (start, panel) in panels(dim, tile) {
+            let width = panel.nr().min(dim - start);
+            let lines = if start + panel.nr() <= dim {
+                // SAFETY: rows `seen` of V hold features `start..start + nr`.
+                (unsafe { v.0.add(seen.start * v.1 + start) }, v.1)
+            } else {
+                (tail[seen.start * NARROW..].as_ptr(), NARROW)
+            };
+            let each = |a, first: usize, count| {
+                // SAFETY: probability rows hold `seen.len()` values from `seen.start`; `out`'s
+                // rows this head's `dim` columns, for this task alone.
+                unsafe {
+                    let c = (out.0.add(first * out.1 + start), out.1);
+                    multiply_tile(panel, seen.len(), a, lines, c, (count, width), true)
+                }
+            };
+            // SAFETY: the probability rows lie in the buffer the caller passes.
+            let row = |i: usize| unsafe { probabilities.add((i - rows.start) * ld + seen.start) };
+            for_slivers(rows.clone(), row, each);
         }
     }
 
@@ -236,18 +268,7 @@ fn for_slivers(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::tests::pseudo_random;
 
     /// The head in f64, row by row.
     fn reference(
@@ -282,9 +303,9 @@ mod tests {
         let (queries, keys, dim) = shape;
         // Heads side by side, as the projections lay them out: this head is the second of three.
         let stride = 3 * dim;
-        let q = values(queries.max(keys) * stride, 1);
-        let k = values(keys * stride, 2);
-        let v = values(keys * stride, 3);
+        let q = pseudo_random(queries * stride, 1, 1.0);
+        let k = pseudo_random(keys * stride, 2, 1.0);
+        let v = pseudo_random(keys * stride, 3, 1.0);
         let visible = |r: usize| match causal {
             Some(position) => (position + r + 1).saturating_sub(40)..position + r + 1,
             None => 0..keys,
