@@ -3,7 +3,7 @@
 //! A CLIP layer over five crops has 80 (crop, head) pairs whose 577×577 score matrices together
 //! take 106 MB. Built as tensors, that is a fresh allocation (page faults), a softmax pass and
 //! two transposing copies per layer. On the CPU, each pair is instead one task
-//! ([`attend_head`]): it reads its head's columns where the projections left them, keeps its
+//! (`kernels::attend`): it reads its head's columns where the projections left them, keeps its
 //! scores in its thread's reused buffers, and writes straight into the heads' columns of the
 //! output.
 
