@@ -1,14 +1,16 @@
 //! One attention head, `softmax(scale · q kᵀ) v` with each query seeing a range of the keys:
 //! the vision towers' attention (every key visible) and the language model's prefill (causal).
 //!
-//! On the `gemm` crate, attention took 16% of a SigLIP pass for 13% of its FLOPs. Here both
-//! products run on [`super::sgemm`]'s register tiles. K is laid out once per head in panels of
+//! Both products run on [`super::sgemm`]'s register tiles, at the projections' rate (the
+//! `gemm` crate, still used for a few queries, was close to it on the towers' heads: the wall
+//! time measured about even), and causal blocks skip the keys no row of theirs may see, which
+//! the crate's square product could not. K is laid out once per head in panels of
 //! keys (its transpose, by the same in-register transposes as the weights); the queries go a
 //! block at a time: their scores against the keys they may see, the softmax in place, then the
 //! product with V, whose rows are the weight lines as they lie in memory. A block's scores stay
 //! in L2 between the two products. Features go in panels of 64 where the CPU has AVX-512, then
-//! of 16, so a head of 72 features (SigLIP) wastes a sixth of a narrow tile, not most of a wide
-//! one; a narrow tile runs as fast per FMA on Zen 4, whose 512-bit FMAs are two 256-bit ones.
+//! of 16, so a head of 72 features (SigLIP) wastes 8 of 80 columns, not 56 of 128; a narrow
+//! tile runs as fast per FMA on Zen 4, whose 512-bit FMAs are two 256-bit ones.
 
 use std::ops::Range;
 
