@@ -114,11 +114,8 @@ impl Head {
             // SAFETY: the caller's contract; `scores` holds `QB` rows of `ld`.
             unsafe { self.scores(tile, rows.clone(), lo..hi, &b.panels, (b.scores.as_mut_ptr(), ld)) };
             for (i, seen) in seen.iter().enumerate() {
-                let row = &mut b.scores[i * ld..i * ld + hi];
-                let seen = if seen.is_empty() { lo..lo } else { seen.clone() };
-                row[lo..seen.start].fill(0.0);
-                row[seen.end..].fill(0.0);
-                softmax_in_place(&mut row[seen], scale);
+                let seen = if seen.is_empty() { 0..0 } else { seen.start - lo..seen.end - lo };
+                softmax_of(&mut b.scores[i * ld + lo..i * ld + hi], seen, scale);
             }
             // SAFETY: as above; `tail` holds V's last features where `dim` needs them.
             unsafe { self.times_values(tile, rows, lo..hi, &b.tail, (b.scores.as_ptr(), ld)) };
@@ -146,16 +143,12 @@ impl Head {
                 continue;
             }
             let lines = (panels_of_k[start * dim..].as_ptr(), panel.nr());
-            let each = |a, first: usize, count| {
-                // SAFETY: query rows hold `dim` values, the panel `dim` lines of `nr`, the
-                // score rows `width` floats from column `start`.
-                unsafe {
-                    let c = (scores.add((first - rows.start) * ld + start), ld);
-                    multiply_tile(panel, dim, a, lines, c, (count, width), true)
-                }
+            // SAFETY: query rows hold `dim` values, the panel `dim` lines of `nr`, the score
+            // rows `width` floats from column `start`.
+            unsafe {
+                let row = |i: usize| q.0.add(i * q.1);
+                multiply_rows(panel, dim, (rows.clone(), row), lines, (scores.add(start), ld), width)
             };
-            // SAFETY: the caller's contract.
-            for_slivers(rows.clone(), |i| unsafe { q.0.add(i * q.1) }, each);
         }
     }
 
@@ -182,17 +175,13 @@ impl Head {
             } else {
                 (tail[seen.start * NARROW..].as_ptr(), NARROW)
             };
-            let each = |a, first: usize, count| {
-                // SAFETY: probability rows hold `seen.len()` values from `seen.start`; `out`'s
-                // rows this head's `dim` columns, for this task alone.
-                unsafe {
-                    let c = (out.0.add(first * out.1 + start), out.1);
-                    multiply_tile(panel, seen.len(), a, lines, c, (count, width), true)
-                }
+            // SAFETY: probability rows hold `seen.len()` values from `seen.start`; `out`'s rows
+            // this head's `dim` columns, for this task alone.
+            unsafe {
+                let row = |i: usize| probabilities.add((i - rows.start) * ld + seen.start);
+                let dst = (out.0.add(rows.start * out.1 + start), out.1);
+                multiply_rows(panel, seen.len(), (rows.clone(), row), lines, dst, width)
             };
-            // SAFETY: the probability rows lie in the buffer the caller passes.
-            let row = |i: usize| unsafe { probabilities.add((i - rows.start) * ld + seen.start) };
-            for_slivers(rows.clone(), row, each);
         }
     }
 
@@ -210,10 +199,7 @@ impl Head {
             product(queries, keys, dim, scores.as_mut_ptr(), keys, q, kt, 1.0, false)
         };
         for (r, row) in scores.chunks_exact_mut(keys.max(1)).enumerate() {
-            let seen = clamp(visible(r), keys);
-            row[..seen.start].fill(0.0);
-            row[seen.end..].fill(0.0);
-            softmax_in_place(&mut row[seen], scale);
+            softmax_of(row, clamp(visible(r), keys), scale);
         }
         // SAFETY: as above.
         unsafe {
@@ -221,6 +207,13 @@ impl Head {
             product(queries, dim, keys, out.0, out.1, p, v, 1.0, false)
         };
     }
+}
+
+/// The softmax of `scale · row[seen]` in place, the rest of `row` zero.
+fn softmax_of(row: &mut [f32], seen: Range<usize>, scale: f32) {
+    row[..seen.start].fill(0.0);
+    row[seen.end..].fill(0.0);
+    softmax_in_place(&mut row[seen], scale);
 }
 
 /// `range` within `0..keys`.
@@ -254,16 +247,31 @@ fn lay_out_keys(tile: Tile, (k, ld): (&[f32], usize), (keys, dim): (usize, usize
     }
 }
 
-/// Calls `each(rows, first, count)` for each sliver of at most [`MR`] rows of `rows`, with the
-/// sliver's row pointers (`row(i)` for row `i`; a short sliver repeats its first row).
-fn for_slivers(
-    rows: Range<usize>,
-    row: impl Fn(usize) -> *const f32,
-    mut each: impl FnMut([*const f32; MR], usize, usize),
+/// One panel's `width` columns for `rows`: the first row's at `dst`, rows `ld` apart, each the
+/// sum over `kc` inputs of the row's values (`row(i)` for row `i`) times the panel's `lines`
+/// (`kc` of `panel.nr()` floats, their stride apart). The rows go through the tile [`MR`] at a
+/// time; a short sliver repeats its first row, whose extra sums are not written.
+///
+/// # Safety
+/// As [`multiply_tile`], for every sliver: `panel` is a tile the CPU has, each `row(i)` holds
+/// `kc` floats, and `dst` addresses `rows.len()` rows of `width` writable floats.
+unsafe fn multiply_rows(
+    panel: Tile,
+    kc: usize,
+    (rows, row): (Range<usize>, impl Fn(usize) -> *const f32),
+    lines: (*const f32, usize),
+    (dst, ld): (*mut f32, usize),
+    width: usize,
 ) {
     for first in rows.clone().step_by(MR) {
         let count = MR.min(rows.end - first);
-        each(std::array::from_fn(|i| row(first + if i < count { i } else { 0 })), first, count);
+        let a = std::array::from_fn(|i| row(first + if i < count { i } else { 0 }));
+        // SAFETY: the caller's contract; the sliver's output rows start `first - rows.start`
+        // rows into `dst`.
+        unsafe {
+            let c = (dst.add((first - rows.start) * ld), ld);
+            multiply_tile(panel, kc, a, lines, c, (count, width), true)
+        }
     }
 }
 

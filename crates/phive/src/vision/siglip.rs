@@ -171,7 +171,8 @@ impl SiglipVisionTower {
                 None
             } else {
                 let idx: Vec<u32> = (0..gg as u32).filter(|&i| m[i as usize] != 0).collect();
-                Some(Tensor::from_vec(idx.clone(), idx.len(), x.device())?)
+                let len = idx.len();
+                Some(Tensor::from_vec(idx, len, x.device())?)
             };
             let ids = Tensor::from_vec(group.clone(), group.len(), x.device())?;
             let mut h = x.index_select(&ids, 0)?;
